@@ -1,0 +1,21 @@
+//! Wire types of Alcor's goal-state protocol and of the agent's control socket.
+//!
+//! [`schema`] is package `alcor.schema`, wire-compatible with Alcor: same
+//! message names, field numbers and enum values. Our own additions use field
+//! numbers from 100 up. [`control`] is the agent's local API for `agentctl`.
+
+// The module tree mirrors the protobuf packages, which the generated code
+// relies on to refer across packages.
+mod alcor {
+    pub mod schema {
+        tonic::include_proto!("alcor.schema");
+    }
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("alcor.agent.v1");
+        }
+    }
+}
+
+pub use alcor::agent::v1 as control;
+pub use alcor::schema;

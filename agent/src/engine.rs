@@ -413,26 +413,21 @@ impl Engine {
                 if let Some(report) = &report {
                     status.network_configuration_time = report.network_us;
                     status.dataplane_programming_time = report.dataplane_us;
-                    match &report.outcome {
-                        Outcome::Failed(reason) => {
-                            // Not applied: the desired state goes back to what
-                            // it was, and so must the kernel.
-                            status.operation_status = OperationStatus::Failure as i32;
-                            status.message = reason.clone();
-                            state.desired.ports.rollback_id(&work.id);
-                            refused.push(work.id.clone());
-                            continue;
-                        }
-                        Outcome::Pending => {
-                            status.operation_status = OperationStatus::Pending as i32;
-                            status.message =
-                                format!("waiting for device {} to appear", device_name(&work.id));
-                        }
-                        Outcome::Ready { .. } => {}
+                    if let Outcome::Failed(reason) = &report.outcome {
+                        // Not applied: the desired state goes back to what it
+                        // was, and so must the kernel.
+                        status.operation_status = OperationStatus::Failure as i32;
+                        status.message = reason.clone();
+                        state.desired.ports.rollback_id(&work.id);
+                        refused.push(work.id.clone());
+                        continue;
                     }
                 }
                 status.state_elapse_time = micros_since(run.started);
-                record_port(&mut state, work.id.clone(), report);
+                if let Some(port) = record_port(&mut state, work.id.clone(), report) {
+                    status.operation_status = port.operation_status() as i32;
+                    status.message = port.reason.clone();
+                }
             }
         }
         if !refused.is_empty() {
@@ -492,17 +487,18 @@ fn plan(port: &Port) -> Option<PortPlan> {
     }
 }
 
-/// Records a port's new runtime status; `None` means it has no device here.
-fn record_port(state: &mut AgentState, id: String, report: Option<Report>) {
+/// Records a port's new runtime status (a `None` report means it has no
+/// device here) and returns it, unless the port is no longer desired.
+fn record_port(state: &mut AgentState, id: String, report: Option<Report>) -> Option<&PortStatus> {
     if !state.desired.ports.contains(&id) {
         state.ports.remove(&id);
-        return;
+        return None;
     }
     let status = match report {
         Some(report) => PortStatus::from_outcome(&report.outcome, &device_name(&id)),
         None => PortStatus::unbound(),
     };
-    state.ports.insert(id, status);
+    Some(state.ports.entry(id).insert_entry(status).into_mut())
 }
 
 fn load_kind<R: Validate>(

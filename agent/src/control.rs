@@ -161,7 +161,7 @@ impl AgentControl for ControlService {
                     revision: entry.revision(),
                     name: entry.spec.name.clone(),
                     project_id: entry.spec.project_id.clone(),
-                    cidr: entry.spec.cidr.to_string(),
+                    cidr: entry.spec.cidr.map(|c| c.to_string()).unwrap_or_default(),
                     vni: entry.spec.vni.get(),
                 })
                 .collect()
@@ -248,13 +248,12 @@ impl AgentControl for ControlService {
         &self,
         _: Request<api::GetGoalStateRequest>,
     ) -> Result<Response<schema::GoalState>, Status> {
-        use schema::OperationType::Create;
         macro_rules! states {
             ($state:ident, $table:ident, $ty:ident) => {
                 sorted(&$state.desired.$table)
                     .into_iter()
                     .map(|entry| schema::$ty {
-                        operation_type: Create as i32,
+                        operation_type: entry.operation as i32,
                         configuration: Some(entry.config.clone()),
                     })
                     .collect()

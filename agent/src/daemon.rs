@@ -14,7 +14,7 @@ use alcor_proto::{
 };
 use anyhow::{Context, bail};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
@@ -75,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::error!("link events stopped; pending taps will not be noticed");
     });
 
-    let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone())?;
+    let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
     let control = ControlService::new(state, datapath, config.clone(), port_mtu);
     let control = serve_control(&config.control_socket, control)?;
     let metrics_server = metrics::serve(config.metrics_listen, metrics);
@@ -113,7 +113,9 @@ async fn port_mtu(handle: &rtnetlink::Handle, underlay: Option<&str>) -> anyhow:
     Ok(underlay_mtu - VXLAN_OVERHEAD)
 }
 
-fn serve_goal_state(
+/// Binds the goal-state listener now, so that a bind error stops the agent
+/// and readiness means the port accepts connections.
+async fn serve_goal_state(
     config: &Config,
     engine: Arc<tokio::sync::Mutex<Engine>>,
     metrics: Arc<Metrics>,
@@ -137,7 +139,12 @@ fn serve_goal_state(
     }
     let service = GoalStateProvisionerServer::new(GoalStateService::new(engine, metrics))
         .max_decoding_message_size(config.max_message_size);
-    Ok(server.add_service(service).serve(config.grpc_listen))
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("listening on {}", config.grpc_listen))?;
+    Ok(server
+        .add_service(service)
+        .serve_with_incoming(TcpListenerStream::new(listener)))
 }
 
 fn serve_control(

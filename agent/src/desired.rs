@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, hash_map};
 
-use alcor_proto::schema::{self, ResourceType};
+use alcor_proto::schema::{self, OperationType, ResourceType};
 use prost::Message;
 
 use crate::model::{DhcpEntry, Gateway, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc};
-use crate::store::StoreWrite;
+use crate::store::{Record, StoreWrite};
 
 /// A resource kind of the goal state: its configuration message, and where
 /// its table is.
@@ -61,10 +61,13 @@ resource!(DhcpEntry, Dhcp, schema::DhcpConfiguration, dhcp);
 resource!(Router, Router, schema::RouterConfiguration, routers);
 resource!(Gateway, Gateway, schema::GatewayConfiguration, gateways);
 
-/// A desired resource: the validated model and the configuration it came in.
+/// A desired resource: the validated model, and the operation and
+/// configuration it came in (its meaning can depend on the operation: an
+/// UPDATE without device id and owner unbinds a port).
 #[derive(Clone, Debug)]
 pub struct Entry<R: Resource> {
     pub spec: R,
+    pub operation: OperationType,
     pub config: R::Config,
 }
 
@@ -238,7 +241,10 @@ impl<R: Resource> Table<R> {
             writes.push(StoreWrite {
                 kind: R::KIND as i32,
                 id: id.to_string(),
-                config: self.get(id).map(|entry| entry.config.encode_to_vec()),
+                record: self.get(id).map(|entry| Record {
+                    operation: entry.operation as i32,
+                    config: entry.config.encode_to_vec(),
+                }),
             });
         }
     }
@@ -255,9 +261,10 @@ mod tests {
                 id: id.into(),
                 name: String::new(),
                 project_id: String::new(),
-                cidr: "10.0.0.0/16".parse().unwrap(),
+                cidr: None,
                 vni: Vni::try_from(7).unwrap(),
             },
+            operation: OperationType::Create,
             config: schema::VpcConfiguration {
                 id: id.into(),
                 revision_number: revision,

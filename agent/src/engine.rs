@@ -32,7 +32,7 @@ use crate::{
     metrics::{Metrics, PhaseLabels, ResourceLabels},
     model::*,
     plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
-    store::{Store, StoreError},
+    store::{Record, Store, StoreError},
 };
 
 /// How many ports are plumbed at once: enough to keep netlink busy while
@@ -184,12 +184,12 @@ impl Engine {
     /// Reloads the persisted desired state. Configurations that no longer
     /// validate are reported and skipped (they stay in the store).
     pub fn load(&mut self) -> Result<usize, StoreError> {
-        let mut by_kind: HashMap<i32, Vec<(String, Vec<u8>)>> = HashMap::new();
+        let mut by_kind: HashMap<i32, Vec<(String, Record)>> = HashMap::new();
         for stored in self.store.load()? {
             by_kind
                 .entry(stored.kind)
                 .or_default()
-                .push((stored.id, stored.config));
+                .push((stored.id, stored.record));
         }
         let mut state = self.write();
         let desired = &mut state.desired;
@@ -503,18 +503,25 @@ fn record_port(state: &mut AgentState, id: String, report: Option<Report>) -> Op
 
 fn load_kind<R: Validate>(
     desired: &mut DesiredState,
-    by_kind: &mut HashMap<i32, Vec<(String, Vec<u8>)>>,
+    by_kind: &mut HashMap<i32, Vec<(String, Record)>>,
 ) -> usize {
     let mut loaded = 0;
-    for (id, bytes) in by_kind.remove(&(R::KIND as i32)).unwrap_or_default() {
-        let parsed = R::Config::decode(bytes.as_slice())
+    for (id, record) in by_kind.remove(&(R::KIND as i32)).unwrap_or_default() {
+        let parsed = R::Config::decode(record.config.as_slice())
             .map_err(|e| e.to_string())
             .and_then(|config| {
-                R::parse(&config, OperationType::Update, desired).map(|spec| (config, spec))
+                let operation = OperationType::try_from(record.operation)
+                    .map_err(|_| format!("unknown operation {}", record.operation))?;
+                let spec = R::parse(&config, operation, desired)?;
+                Ok(Entry {
+                    spec,
+                    operation,
+                    config,
+                })
             });
         match parsed {
-            Ok((config, spec)) => {
-                R::table_mut(desired).upsert(id, Entry { spec, config });
+            Ok(entry) => {
+                R::table_mut(desired).upsert(id, entry);
                 loaded += 1;
             }
             Err(reason) => tracing::warn!(
@@ -626,7 +633,12 @@ impl Run {
                     return Ok(());
                 }
                 let spec = R::parse(&config, operation, &state.desired).map_err(invalid)?;
-                R::table_mut(&mut state.desired).upsert(id.clone(), Entry { spec, config });
+                let entry = Entry {
+                    spec,
+                    operation,
+                    config,
+                };
+                R::table_mut(&mut state.desired).upsert(id.clone(), entry);
                 if is_port {
                     self.ports.push(PortWork {
                         id,

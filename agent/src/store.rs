@@ -1,14 +1,26 @@
 //! Durable desired state: every accepted configuration, as the protobuf bytes
-//! it arrived in, keyed by resource kind and id. One redb transaction per
-//! goal-state message, committed before the reply is sent, so what a
-//! controller was told is applied survives a crash.
+//! it arrived in with its operation, keyed by resource kind and id. One redb
+//! transaction per goal-state message, committed before the reply is sent,
+//! so what a controller was told is applied survives a crash.
 
 use std::path::{Path, PathBuf};
 
+use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-/// (resource kind as its wire enum value, id) → encoded configuration.
+/// (resource kind as its wire enum value, id) → encoded [`Record`].
 const RESOURCES: TableDefinition<(i32, &str), &[u8]> = TableDefinition::new("resources");
+
+/// A stored resource: its operation and configuration as received.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Record {
+    /// The wire value of `OperationType`.
+    #[prost(int32, tag = "1")]
+    pub operation: i32,
+    /// The encoded configuration message.
+    #[prost(bytes = "vec", tag = "2")]
+    pub config: Vec<u8>,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {source}")]
@@ -18,12 +30,12 @@ pub struct StoreError {
     source: redb::Error,
 }
 
-/// One resource to write: its encoded configuration, or `None` to delete it.
+/// One resource to write, or to delete (`None`).
 #[derive(Debug)]
 pub struct StoreWrite {
     pub kind: i32,
     pub id: String,
-    pub config: Option<Vec<u8>>,
+    pub record: Option<Record>,
 }
 
 pub struct Store {
@@ -31,10 +43,10 @@ pub struct Store {
     path: PathBuf,
 }
 
-pub struct StoredConfig {
+pub struct Stored {
     pub kind: i32,
     pub id: String,
-    pub config: Vec<u8>,
+    pub record: Record,
 }
 
 impl Store {
@@ -55,21 +67,24 @@ impl Store {
         Ok(Store { db, path })
     }
 
-    pub fn load(&self) -> Result<Vec<StoredConfig>, StoreError> {
+    pub fn load(&self) -> Result<Vec<Stored>, StoreError> {
         self.read().map_err(|source| self.error(source))
     }
 
-    fn read(&self) -> Result<Vec<StoredConfig>, redb::Error> {
+    fn read(&self) -> Result<Vec<Stored>, redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(RESOURCES)?;
         let mut configs = Vec::new();
         for row in table.iter()? {
             let (key, value) = row?;
             let (kind, id) = key.value();
-            configs.push(StoredConfig {
+            let record = Record::decode(value.value()).map_err(|e| {
+                redb::Error::Corrupted(format!("resource {kind}/{id} does not decode: {e}"))
+            })?;
+            configs.push(Stored {
                 kind,
                 id: id.to_string(),
-                config: value.value().to_vec(),
+                record,
             });
         }
         Ok(configs)
@@ -89,9 +104,9 @@ impl Store {
             let mut table = txn.open_table(RESOURCES)?;
             for write in writes {
                 let key = (write.kind, write.id.as_str());
-                match &write.config {
-                    Some(config) => {
-                        table.insert(key, config.as_slice())?;
+                match &write.record {
+                    Some(record) => {
+                        table.insert(key, record.encode_to_vec().as_slice())?;
                     }
                     None => {
                         table.remove(key)?;
@@ -123,7 +138,10 @@ mod tests {
             let write = |id: &str, config: Option<Vec<u8>>| StoreWrite {
                 kind: 2,
                 id: id.into(),
-                config,
+                record: config.map(|config| Record {
+                    operation: 2,
+                    config,
+                }),
             };
             store
                 .commit(&[write("p1", Some(vec![1, 2])), write("p2", Some(vec![3]))])
@@ -133,6 +151,12 @@ mod tests {
         let loaded = Store::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!((loaded[0].kind, loaded[0].id.as_str()), (2, "p2"));
-        assert_eq!(loaded[0].config, vec![3]);
+        assert_eq!(
+            loaded[0].record,
+            Record {
+                operation: 2,
+                config: vec![3]
+            }
+        );
     }
 }

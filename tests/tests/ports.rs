@@ -103,7 +103,7 @@ async fn tap_port_is_pending_until_its_device_appears() {
     }
     let prefix = unique_prefix("tap");
     let host = Netns::new(format!("{prefix}-host")).unwrap();
-    let agent = Agent::start(&host, AgentOptions::default()).await;
+    let mut agent = Agent::start(&host, AgentOptions::default()).await;
 
     let reply = agent
         .client()
@@ -197,4 +197,48 @@ async fn tap_port_is_pending_until_its_device_appears() {
         .into_inner()
         .ports;
     assert_eq!(ports[0].phase, PortPhase::Unbound as i32);
+
+    // The unbind survives a restart: the tap is not adopted again.
+    agent.restart().await;
+    let ports = agent
+        .control()
+        .await
+        .list_ports(ListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .ports;
+    assert_eq!(ports[0].phase, PortPhase::Unbound as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_created_without_device_id_is_still_bound() {
+    if !privileged("a_port_created_without_device_id_is_still_bound") {
+        return;
+    }
+    let prefix = unique_prefix("nodev");
+    let host = Netns::new(format!("{prefix}-host")).unwrap();
+    let agent = Agent::start(&host, AgentOptions::default()).await;
+    // Alcor's controller may leave device id and owner empty on CREATE.
+    let mut port = tap_port("c0ffee00-1111-2222", "vpc1", "sn1", "10.0.1.12", MAC1);
+    if let Some(config) = port.configuration.as_mut() {
+        config.device_id.clear();
+        config.device_owner.clear();
+    }
+    let reply = agent
+        .client()
+        .await
+        .push_network_resource_states(v1(
+            vec![vpc("vpc1", 100, "10.0.0.0/16")],
+            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
+            vec![port],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.operation_statuses[2].operation_status,
+        OperationStatus::Pending as i32,
+        "{reply:?}"
+    );
 }

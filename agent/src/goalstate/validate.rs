@@ -151,7 +151,10 @@ impl Validate for Vpc {
             id: config.id.clone(),
             name: config.name.clone(),
             project_id: config.project_id.clone(),
-            cidr: parse_ipv4_net(&config.cidr)?,
+            cidr: match config.cidr.as_str() {
+                "" => None,
+                cidr => Some(parse_ipv4_net(cidr)?),
+            },
             vni,
         })
     }
@@ -302,9 +305,15 @@ impl Validate for Port {
             });
         }
 
+        // Nova unbinds a port with an UPDATE clearing its device id and
+        // owner; a port created without them is still bound (Alcor's
+        // controller does not always send them).
         let binding = if !config.netns.is_empty() {
             Binding::Netns(NetnsRef::parse(&config.netns)?)
-        } else if config.device_id.is_empty() && config.device_owner.is_empty() {
+        } else if op == OperationType::Update
+            && config.device_id.is_empty()
+            && config.device_owner.is_empty()
+        {
             Binding::Unbound
         } else {
             Binding::Tap

@@ -17,7 +17,8 @@ pub struct Vpc {
     pub id: String,
     pub name: String,
     pub project_id: String,
-    pub cidr: Ipv4Net,
+    /// Informational: subnets carry the prefixes that matter.
+    pub cidr: Option<Ipv4Net>,
     pub vni: Vni,
 }
 

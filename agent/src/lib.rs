@@ -5,6 +5,7 @@
 //! state in [`desired`], persisted by [`store`]) → reconcilers
 //! ([`plumbing`] for devices, [`datapath`] for eBPF) → the kernel.
 
+pub mod agentctl;
 pub mod config;
 pub mod control;
 pub mod daemon;

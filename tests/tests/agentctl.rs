@@ -118,8 +118,8 @@ async fn agentctl_shows_what_the_agent_holds() {
     assert_eq!(port["device"], DEVICE);
     assert_eq!(port["mac_address"], MAC);
     assert_eq!(port["fixed_ips"][0]["ip_address"], IP);
-    assert_eq!(port["phase"], PortPhase::Ready as i32);
-    assert_eq!(port["binding"], PortBinding::Netns as i32);
+    assert_eq!(port["phase"], PortPhase::Ready.as_str_name());
+    assert_eq!(port["binding"], PortBinding::Netns.as_str_name());
     assert_eq!(port["netns"], vm.name());
     // --json also works after the command.
     let json_after: serde_json::Value =

@@ -91,23 +91,46 @@ fn host_address_in(subnet: &Subnet, text: &str, what: &str) -> Result<Ipv4Addr, 
     Ok(ip)
 }
 
+/// An allowed address pair as ports and neighbors carry it.
+trait AddressPairConfig {
+    fn ip_address(&self) -> &str;
+    fn mac_address(&self) -> &str;
+}
+
+macro_rules! address_pair_config {
+    ($($ty:ty),*) => {$(
+        impl AddressPairConfig for $ty {
+            fn ip_address(&self) -> &str {
+                &self.ip_address
+            }
+            fn mac_address(&self) -> &str {
+                &self.mac_address
+            }
+        }
+    )*};
+}
+
+address_pair_config!(
+    schema::port_configuration::AllowAddressPair,
+    schema::neighbor_configuration::AllowAddressPair
+);
+
 /// Allowed address pairs name an address or a prefix; the MAC defaults to the
 /// owner's.
-fn address_pairs<'a>(
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+fn address_pairs(
+    pairs: &[impl AddressPairConfig],
     owner_mac: Mac,
 ) -> Result<Vec<AddressPair>, String> {
     pairs
-        .map(|(ip, mac)| {
-            let ip = if ip.contains('/') {
-                parse_ipv4_net(ip)?
-            } else {
-                Ipv4Net::from(parse_ipv4(ip, "allowed address pair")?)
+        .iter()
+        .map(|pair| {
+            let ip = match pair.ip_address() {
+                prefix if prefix.contains('/') => parse_ipv4_net(prefix)?,
+                ip => Ipv4Net::from(parse_ipv4(ip, "allowed address pair")?),
             };
-            let mac = if mac.is_empty() {
-                owner_mac
-            } else {
-                Mac::parse_unicast(mac)?
+            let mac = match pair.mac_address() {
+                "" => owner_mac,
+                mac => Mac::parse_unicast(mac)?,
             };
             Ok(AddressPair { ip, mac })
         })
@@ -326,13 +349,7 @@ impl Validate for Port {
             mac,
             admin_state_up: config.admin_state_up,
             fixed_ips,
-            allowed_address_pairs: address_pairs(
-                config
-                    .allow_address_pairs
-                    .iter()
-                    .map(|p| (p.ip_address.as_str(), p.mac_address.as_str())),
-                mac,
-            )?,
+            allowed_address_pairs: address_pairs(&config.allow_address_pairs, mac)?,
             security_group_ids: config
                 .security_group_ids
                 .iter()
@@ -393,13 +410,7 @@ impl Validate for Neighbor {
             host_ip: parse_ipv4(&config.host_ip_address, "host_ip_address")?,
             host_mac,
             fixed_ips,
-            allowed_address_pairs: address_pairs(
-                config
-                    .allow_address_pairs
-                    .iter()
-                    .map(|p| (p.ip_address.as_str(), p.mac_address.as_str())),
-                mac,
-            )?,
+            allowed_address_pairs: address_pairs(&config.allow_address_pairs, mac)?,
         })
     }
 }

@@ -92,6 +92,11 @@ impl Agent {
         self.dir.path().join("agent.sock")
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod goalstate;
 pub mod netns;
+pub mod topology;
 
 use std::time::{Duration, Instant};
 

@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo xtask`: the project's chores, in Rust.
+
+mod bench;
+mod ci;
+mod demo;
+mod ebpf;
+mod setup;
+mod tls;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Alcor-in-Rust development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what tests, demo and benchmarks need (Debian packages, the
+    /// eBPF toolchain) and mount bpffs. Idempotent.
+    Setup,
+    /// Build the eBPF datapath.
+    BuildEbpf,
+    /// Setup, then fmt, clippy, build and the whole test suite (what CI runs).
+    Test,
+    /// Two hosts on a fabric, their agents over mutual TLS, a controller
+    /// pushing goal state, VMs plugged in, and an agent crash survived.
+    Demo,
+    /// Run a benchmark against its peers in the same run (release build).
+    Bench {
+        /// Benchmark name; an unknown one lists those that exist.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => ebpf::build_ebpf(),
+        Task::Test => ci::run(),
+        Task::Demo => demo::run(),
+        Task::Bench { name } => bench::run(&name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

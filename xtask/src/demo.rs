@@ -1,0 +1,580 @@
+//! `cargo xtask demo`: the agent doing its main job with real processes.
+//!
+//! A fabric namespace whose bridge is the underlay, two host namespaces with
+//! an agent each (mutual TLS on the underlay address), a controller
+//! namespace pushing goal state, VM namespaces that get their `eth0`, and an
+//! agent killed with SIGKILL and restarted without disturbing its ports.
+//!
+//! The demo is a list of steps (`STEPS`): to show more, add a method and a
+//! line. Everything is removed at the end, on failure, panic or Ctrl-C too.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use alcor_proto::{
+    control::{ListRequest, Port, PortPhase},
+    schema::{
+        GoalState, GoalStateOperationReply, GoalStateV2, OperationStatus, ResourceType,
+        goal_state_provisioner_client::GoalStateProvisionerClient,
+    },
+};
+use alcor_tests::{
+    Agent, Netns, agent::connect_in, goalstate, topology::Topology,
+    topology::namespaces_with_prefix,
+};
+use anyhow::{Context, anyhow, bail, ensure};
+use futures::{FutureExt, future::LocalBoxFuture};
+use tonic::transport::{Channel, ClientTlsConfig};
+
+use crate::{
+    setup,
+    tls::{CertFiles, Pki},
+    util,
+};
+
+/// Namespaces of the demo are called `xdemo<pid>-…`.
+const TAG: &str = "xdemo";
+
+/// (host, underlay address) of the hosts that run an agent.
+const HOSTS: &[(&str, &str)] = &[("host1", "198.18.0.1/24"), ("host2", "198.18.0.2/24")];
+/// The controller's namespace on the fabric.
+const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
+const VMS_PER_HOST: usize = 2;
+
+const VPC: (&str, u32, &str) = ("vpc-demo", 1001, "10.0.0.0/16");
+const SUBNET: (&str, &str, &str) = ("subnet-demo", "10.0.1.0/24", "10.0.1.1");
+
+/// How long any one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+type StepFn = for<'a> fn(&'a mut Demo) -> LocalBoxFuture<'a, anyhow::Result<()>>;
+
+/// The demo, in order: (what a human is told, what runs).
+const STEPS: &[(&str, StepFn)] = &[
+    (
+        "Underlay: a fabric namespace with a Linux bridge, two hosts and a controller on 198.18.0.0/24",
+        |d| Box::pin(d.underlay()),
+    ),
+    (
+        "Throwaway PKI (rcgen): a CA, a server certificate per agent, a client certificate for the controller",
+        |d| Box::pin(d.pki()),
+    ),
+    (
+        "An alcor-agent in each host namespace, serving goal state on its underlay address with mutual TLS",
+        |d| Box::pin(d.agents()),
+    ),
+    (
+        "VM namespaces, two per host, still without a network device",
+        |d| Box::pin(d.vms()),
+    ),
+    (
+        "The controller pushes goal state over mTLS: one VPC, one subnet, two netns-bound ports per host",
+        |d| Box::pin(d.push()),
+    ),
+    ("What each agent reports (agentctl ports)", |d| {
+        Box::pin(d.agentctl_ports())
+    }),
+    (
+        "What each VM sees: its eth0, with the port's MAC and the underlay MTU minus VXLAN",
+        |d| Box::pin(d.vm_view()),
+    ),
+    (
+        "Crash and restart: kill -9 the agent on host1, start it again, same ports",
+        |d| Box::pin(d.restart()),
+    ),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run()?;
+    println!("demo: building alcor-agent and agentctl");
+    util::build_agent(false)?;
+    let agentctl = util::try_build(false, "agentctl");
+    util::sweep_leftovers(TAG)?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut demo = Demo::new(agentctl);
+    println!("\nAlcor-in-Rust demo (namespaces {}-*)", demo.prefix);
+    let outcome = runtime.block_on(async {
+        let steps = std::panic::AssertUnwindSafe(demo.run_steps()).catch_unwind();
+        tokio::select! {
+            result = steps => result.unwrap_or_else(|panic| Err(anyhow!("panicked: {}", panic_message(&panic)))),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    if let Err(error) = &outcome {
+        println!("\ndemo FAILED: {error:#}");
+        if let Some(log) = demo.agent_logs() {
+            println!("agent logs (tail):\n{log}");
+        }
+    }
+    let prefix = demo.prefix.clone();
+    println!("\nCleaning up: agents, VM namespaces, hosts, fabric, certificates");
+    drop(demo);
+    drop(runtime);
+    let left = namespaces_with_prefix(&format!("{prefix}-"))?;
+    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    println!("  no namespace of the demo is left (`ip netns list` has none of {prefix}-*)");
+    outcome
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+struct Demo {
+    prefix: String,
+    /// Whether agentctl could be built, and why not.
+    agentctl: Result<(), String>,
+    // Fields drop in order: agents (killed, pins removed) before the VMs,
+    // the hosts and the fabric; certificates last.
+    agents: BTreeMap<String, Agent>,
+    vms: Vec<Vm>,
+    topology: Option<Topology>,
+    pki: Option<Pki>,
+    server_certs: BTreeMap<String, CertFiles>,
+    controller_tls: Option<ClientTlsConfig>,
+}
+
+struct Vm {
+    host: String,
+    port_id: String,
+    ip: String,
+    mac: String,
+    netns: Netns,
+}
+
+impl Demo {
+    fn new(agentctl: Result<(), String>) -> Demo {
+        Demo {
+            prefix: util::run_prefix(TAG),
+            agentctl,
+            agents: BTreeMap::new(),
+            vms: Vec::new(),
+            topology: None,
+            pki: None,
+            server_certs: BTreeMap::new(),
+            controller_tls: None,
+        }
+    }
+
+    async fn run_steps(&mut self) -> anyhow::Result<()> {
+        for (n, (title, step)) in STEPS.iter().enumerate() {
+            println!("\n[{}/{}] {title}", n + 1, STEPS.len());
+            let started = Instant::now();
+            step(self)
+                .await
+                .with_context(|| format!("step {}: {title}", n + 1))?;
+            say(format!("({:.0?})", started.elapsed()));
+        }
+        println!("\nThe demo ran to the end.");
+        Ok(())
+    }
+
+    fn topology(&self) -> anyhow::Result<&Topology> {
+        self.topology.as_ref().context("no topology yet")
+    }
+
+    fn agent(&self, host: &str) -> anyhow::Result<&Agent> {
+        self.agents
+            .get(host)
+            .with_context(|| format!("no agent on {host}"))
+    }
+
+    async fn underlay(&mut self) -> anyhow::Result<()> {
+        let mut topology = Topology::new(&self.prefix)?;
+        say(format!(
+            "fabric {} with bridge br0 (nothing in the root namespace)",
+            topology.fabric().name()
+        ));
+        for (name, address) in HOSTS.iter().chain([&CONTROLLER]) {
+            let host = topology.add_host(name, address)?;
+            say(format!(
+                "{:<6} namespace {:<22} underlay0 {address}",
+                name,
+                host.netns().name()
+            ));
+        }
+        let ctl = topology.host(CONTROLLER.0);
+        for (name, _) in HOSTS {
+            let ip = topology.host(name).underlay_ip().to_string();
+            ctl.netns()
+                .exec("ping", &["-c", "1", "-W", "2", "-q", &ip])
+                .with_context(|| format!("controller cannot reach {name} over the fabric"))?;
+            say(format!("ping from the controller to {name} ({ip}): ok"));
+        }
+        self.topology = Some(topology);
+        Ok(())
+    }
+
+    async fn pki(&mut self) -> anyhow::Result<()> {
+        let pki = Pki::new("alcor demo")?;
+        let controller = pki.client("controller")?;
+        self.controller_tls = Some(pki.client_config(&controller)?);
+        say(format!(
+            "in {}: ca.pem, controller.pem (client auth)",
+            pki.dir().display()
+        ));
+        for (name, _) in HOSTS {
+            let ip = self.topology()?.host(name).underlay_ip();
+            self.server_certs
+                .insert(name.to_string(), pki.server(name, ip.into())?);
+            say(format!("{name}.pem: server auth, valid for IP {ip}"));
+        }
+        self.pki = Some(pki);
+        Ok(())
+    }
+
+    async fn agents(&mut self) -> anyhow::Result<()> {
+        let topology = self.topology.as_ref().context("no topology")?;
+        let pki = self.pki.as_ref().context("no PKI")?;
+        for (name, _) in HOSTS {
+            let host = topology.host(name);
+            let mut options = host.agent_options();
+            let server = self.server_certs.get(*name).context("no certificate")?;
+            options.args.extend(pki.agent_args(server));
+            let agent = Agent::start(host.netns(), options).await;
+            say(format!(
+                "{name}: alcor-agent pid {} listening on {} (mTLS), control socket {}",
+                agent.pid().unwrap_or_default(),
+                agent.grpc_listen(),
+                agent.control_socket().display()
+            ));
+            self.agents.insert(name.to_string(), agent);
+        }
+        // A controller without a client certificate is turned away.
+        let ca_only = ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(pki.ca_file())?),
+        );
+        let host = topology.host(HOSTS[0].0);
+        let refused = match self.connect(host.grpc_addr(), ca_only).await {
+            Err(error) => format!("{error:#}"),
+            Ok(mut client) => match tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                client.push_network_resource_states(GoalState::default()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => bail!("the agent accepted a client without a certificate"),
+                Ok(Err(status)) => status.to_string(),
+                Err(_) => bail!("timed out trying a client without a certificate"),
+            },
+        };
+        let reason = refused
+            .split_once("alert: ")
+            .map_or(first_line(&refused), |(_, alert)| {
+                alert.split(['"', ' ', '}']).next().unwrap_or(alert)
+            });
+        say(format!(
+            "a client without a certificate is refused (TLS alert: {reason})"
+        ));
+        Ok(())
+    }
+
+    async fn vms(&mut self) -> anyhow::Result<()> {
+        for (h, (host, _)) in HOSTS.iter().enumerate() {
+            for v in 1..=VMS_PER_HOST {
+                let netns = Netns::new(format!("{}-h{}-vm{v}", self.prefix, h + 1))?;
+                let vm = Vm {
+                    host: host.to_string(),
+                    port_id: format!("port-h{}-vm{v}", h + 1),
+                    ip: format!("10.0.1.{}", 10 * (h + 1) + v),
+                    mac: format!("fa:16:3e:00:0{}:0{v}", h + 1),
+                    netns,
+                };
+                say(format!(
+                    "{host}: VM namespace {} for port {} ({}, {})",
+                    vm.netns.name(),
+                    vm.port_id,
+                    vm.ip,
+                    vm.mac
+                ));
+                self.vms.push(vm);
+            }
+        }
+        Ok(())
+    }
+
+    /// The goal state the controller computes for `host`.
+    fn goal_state(&self, host: &str) -> GoalStateV2 {
+        let ports = self
+            .vms
+            .iter()
+            .filter(|vm| vm.host == host)
+            .map(|vm| {
+                goalstate::netns_port(
+                    &vm.port_id,
+                    VPC.0,
+                    SUBNET.0,
+                    &vm.ip,
+                    &vm.mac,
+                    vm.netns.name(),
+                )
+            })
+            .collect();
+        goalstate::v2(
+            vec![goalstate::vpc(VPC.0, VPC.1, VPC.2)],
+            vec![goalstate::subnet(SUBNET.0, VPC.0, SUBNET.1, SUBNET.2)],
+            ports,
+        )
+    }
+
+    async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        tls: ClientTlsConfig,
+    ) -> anyhow::Result<GoalStateProvisionerClient<Channel>> {
+        let ctl = self.topology()?.host(CONTROLLER.0);
+        let channel = timeout(connect_in(&ctl.netns().path(), addr, Some(tls))).await??;
+        Ok(GoalStateProvisionerClient::new(channel))
+    }
+
+    /// Pushes each host its goal state from the controller's namespace, on
+    /// a V2 stream, and checks every resource succeeded.
+    async fn push_all(&self) -> anyhow::Result<()> {
+        let tls = self
+            .controller_tls
+            .clone()
+            .context("no client certificate")?;
+        for (name, _) in HOSTS {
+            let addr = self.topology()?.host(name).grpc_addr();
+            let mut client = self.connect(addr, tls.clone()).await?;
+            let message = self.goal_state(name);
+            let mut replies =
+                timeout(client.push_goal_states_stream(futures::stream::iter([message])))
+                    .await??
+                    .into_inner();
+            let reply = timeout(replies.message())
+                .await??
+                .context("the stream ended without a reply")?;
+            say(format!(
+                "{name} ({addr}): {} µs in the agent",
+                reply.message_total_operation_time
+            ));
+            print_statuses(&reply);
+            ensure!(
+                reply
+                    .operation_statuses
+                    .iter()
+                    .all(|s| s.operation_status == OperationStatus::Success as i32),
+                "not everything succeeded on {name}"
+            );
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self) -> anyhow::Result<()> {
+        say(format!(
+            "from namespace {}-{} ({}), client certificate 'controller'",
+            self.prefix, CONTROLLER.0, CONTROLLER.1
+        ));
+        self.push_all().await
+    }
+
+    async fn agentctl_ports(&mut self) -> anyhow::Result<()> {
+        for (name, _) in HOSTS {
+            let agent = self.agent(name)?;
+            match &self.agentctl {
+                Ok(()) => {
+                    say(format!(
+                        "{name}: agentctl --socket {} ports",
+                        agent.control_socket().display()
+                    ));
+                    let output = agent.agentctl(&["ports"]);
+                    for line in String::from_utf8_lossy(&output.stdout).lines() {
+                        say(format!("  {line}"));
+                    }
+                    ensure!(
+                        output.status.success(),
+                        "agentctl failed: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
+                }
+                Err(why) => {
+                    say(format!(
+                        "{name}: agentctl is not built yet ({why}); the agent's control socket says:"
+                    ));
+                    for port in list_ports(agent).await? {
+                        say(format!(
+                            "  {:<14} {:<15} ifindex {:<4} {:<6} {} mtu {} netns {}",
+                            port.id,
+                            port.device,
+                            port.ifindex,
+                            phase_name(port.phase),
+                            port.mac_address,
+                            port.mtu,
+                            port.netns
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn vm_view(&mut self) -> anyhow::Result<()> {
+        for vm in &self.vms {
+            let brief = vm.netns.exec("ip", &["-br", "link", "show", "eth0"])?;
+            let link = vm.netns.link("eth0")?.context("no eth0")?;
+            say(format!(
+                "{:<8} {}  -> MAC {} MTU {}",
+                vm.netns
+                    .name()
+                    .trim_start_matches(&format!("{}-", self.prefix)),
+                brief.split_whitespace().collect::<Vec<_>>().join("  "),
+                link["address"].as_str().unwrap_or("?"),
+                link["mtu"]
+            ));
+            ensure!(
+                link["address"] == vm.mac.as_str(),
+                "{}: wrong MAC",
+                vm.port_id
+            );
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        let host = HOSTS[0].0;
+        let before = ready_ports(self.agent(host)?).await?;
+        let agent = self.agents.get_mut(host).context("no agent")?;
+        let pid = agent.pid().unwrap_or_default();
+        agent.kill();
+        say(format!("kill -9 {pid}: the agent on {host} is gone"));
+        for vm in self.vms.iter().filter(|vm| vm.host == host) {
+            let up = vm
+                .netns
+                .link("eth0")?
+                .is_some_and(|l| l["operstate"] == "UP");
+            say(format!(
+                "  meanwhile {}'s eth0 is {}",
+                vm.port_id,
+                if up { "still there and UP" } else { "NOT up" }
+            ));
+        }
+        let started = Instant::now();
+        let agent = self.agents.get_mut(host).context("no agent")?;
+        agent.restart().await;
+        say(format!(
+            "restarted as pid {} in {:.0?} (same state dir); it adopts what exists",
+            agent.pid().unwrap_or_default(),
+            started.elapsed()
+        ));
+        let after = ready_ports(self.agent(host)?).await?;
+        for (id, (device, ifindex)) in &before {
+            let now = after.get(id).map(|(_, i)| *i);
+            say(format!(
+                "  {id:<14} {device:<15} ifindex {ifindex} before, {} after: {}",
+                now.map_or("none".into(), |i| i.to_string()),
+                if now == Some(*ifindex) {
+                    "same device"
+                } else {
+                    "CHANGED"
+                }
+            ));
+        }
+        ensure!(
+            before == after,
+            "ports differ after the restart: {before:?} vs {after:?}"
+        );
+        say("the controller pushes the same goal state again: idempotent, nothing recreated");
+        self.push_all().await?;
+        let again = ready_ports(self.agent(host)?).await?;
+        ensure!(before == again, "a re-push changed the ports: {again:?}");
+        say("  ifindexes unchanged");
+        Ok(())
+    }
+
+    /// The last lines of each agent's log.
+    fn agent_logs(&self) -> Option<String> {
+        let logs: Vec<String> = self
+            .agents
+            .iter()
+            .map(|(name, agent)| {
+                let log = agent.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(10)..].join("\n    ");
+                format!("  {name}:\n    {tail}")
+            })
+            .collect();
+        (!logs.is_empty()).then(|| logs.join("\n"))
+    }
+}
+
+fn say(line: impl AsRef<str>) {
+    println!("  {}", line.as_ref());
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+async fn timeout<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, future)
+        .await
+        .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
+}
+
+fn print_statuses(reply: &GoalStateOperationReply) {
+    for status in &reply.operation_statuses {
+        let kind = ResourceType::try_from(status.resource_type).map_or("?", |t| t.as_str_name());
+        let outcome =
+            OperationStatus::try_from(status.operation_status).map_or("?", |s| s.as_str_name());
+        let mut line = format!("  {kind:<7} {:<14} {outcome}", status.resource_id);
+        if status.resource_type == ResourceType::Port as i32 {
+            line += &format!(
+                "  (netlink {} µs, datapath {} µs)",
+                status.network_configuration_time, status.dataplane_programming_time
+            );
+        }
+        if !status.message.is_empty() {
+            line += &format!("  {}", status.message);
+        }
+        say(line);
+    }
+}
+
+async fn list_ports(agent: &Agent) -> anyhow::Result<Vec<Port>> {
+    let mut ports = timeout(agent.control().await.list_ports(ListRequest {}))
+        .await??
+        .into_inner()
+        .ports;
+    ports.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(ports)
+}
+
+/// id → (host device, ifindex) of the agent's ports, all of which must be
+/// ready.
+async fn ready_ports(agent: &Agent) -> anyhow::Result<BTreeMap<String, (String, u32)>> {
+    let ports = list_ports(agent).await?;
+    ensure!(!ports.is_empty(), "the agent has no ports");
+    for port in &ports {
+        ensure!(
+            port.phase == PortPhase::Ready as i32,
+            "port {} is {}: {}",
+            port.id,
+            phase_name(port.phase),
+            port.reason
+        );
+    }
+    Ok(ports
+        .into_iter()
+        .map(|p| (p.id, (p.device, p.ifindex)))
+        .collect())
+}
+
+fn phase_name(phase: i32) -> &'static str {
+    match PortPhase::try_from(phase) {
+        Ok(PortPhase::Ready) => "ready",
+        Ok(PortPhase::Pending) => "pending",
+        Ok(PortPhase::Failed) => "failed",
+        Ok(PortPhase::Unbound) => "unbound",
+        Err(_) => "?",
+    }
+}

@@ -1,1 +1,19 @@
+//! Alcor-in-Rust agent: receives goal state from the controller over gRPC
+//! (Alcor's `GoalStateProvisioner`) and makes this host match it.
+//!
+//! Data flows one way: [`goalstate`] (API, validation) → [`engine`] (desired
+//! state in [`desired`], persisted by [`store`]) → reconcilers
+//! ([`plumbing`] for devices, [`datapath`] for eBPF) → the kernel.
+
+pub mod agentctl;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
+pub mod desired;
+pub mod engine;
+pub mod goalstate;
+pub mod metrics;
+pub mod model;
+pub mod plumbing;
+pub mod store;

@@ -1,0 +1,243 @@
+//! Agent settings: command-line flags, optionally over a TOML file
+//! (`--config`) whose keys are the flag names in snake_case. Flags win.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags, and the same settings as read from the config file.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "alcor-agent",
+    version,
+    about = "Alcor-in-Rust data-plane agent: applies goal state pushed by the controller to this host"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these settings (keys in snake_case); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Where the goal-state gRPC service listens [default: 0.0.0.0:50001]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// Directory of the persisted desired state [default: /var/lib/alcor]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Unix socket of the local control service used by agentctl (root only)
+    /// [default: /run/alcor/agent.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Underlay NIC; port MTU is its MTU minus the 50 bytes of VXLAN
+    /// (1450 when not given).
+    #[arg(long, value_name = "DEV")]
+    pub underlay_dev: Option<String>,
+
+    /// This host's underlay (tunnel endpoint) address.
+    #[arg(long, value_name = "IP")]
+    pub underlay_ip: Option<Ipv4Addr>,
+
+    /// Where Prometheus metrics are served (GET /metrics) [default: 127.0.0.1:9490]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// PEM certificate the goal-state service presents.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: only clients with a certificate it signed may push goal state.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve goal state without TLS on a non-loopback address (anyone who can
+    /// reach the port can then program this host).
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure: bool,
+
+    /// bpffs directory where the datapath pins its maps and links
+    /// [default: /sys/fs/bpf/alcor]
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
+
+    /// Largest goal-state message accepted, in bytes [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// The settings in force, defaults applied and checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub grpc_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub underlay_dev: Option<String>,
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub metrics_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub tls: Option<Tls>,
+    pub insecure: bool,
+    pub bpf_pin_dir: PathBuf,
+    pub max_message_size: usize,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_LISTEN: &'static str = "0.0.0.0:50001";
+    pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/alcor";
+    pub const DEFAULT_CONTROL_SOCKET: &'static str = "/run/alcor/agent.sock";
+    pub const DEFAULT_METRICS_LISTEN: &'static str = "127.0.0.1:9490";
+    pub const DEFAULT_BPF_PIN_DIR: &'static str = "/sys/fs/bpf/alcor";
+    pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+    /// Reads the config file, if any, under the flags.
+    pub fn load(flags: Settings) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        Config::merge(flags, file)
+    }
+
+    fn merge(flags: Settings, file: Settings) -> anyhow::Result<Config> {
+        let parse = |text: &str| text.parse().expect("valid default address");
+        let tls = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+            flags.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(Tls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            _ => bail!("mutual TLS needs all of --tls-cert, --tls-key and --tls-client-ca"),
+        };
+        let config = Config {
+            grpc_listen: flags
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| parse(Self::DEFAULT_GRPC_LISTEN)),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| Self::DEFAULT_STATE_DIR.into()),
+            control_socket: flags
+                .control_socket
+                .or(file.control_socket)
+                .unwrap_or_else(|| Self::DEFAULT_CONTROL_SOCKET.into()),
+            underlay_dev: flags.underlay_dev.or(file.underlay_dev),
+            underlay_ip: flags.underlay_ip.or(file.underlay_ip),
+            metrics_listen: flags
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| parse(Self::DEFAULT_METRICS_LISTEN)),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            tls,
+            insecure: flags.insecure || file.insecure,
+            bpf_pin_dir: flags
+                .bpf_pin_dir
+                .or(file.bpf_pin_dir)
+                .unwrap_or_else(|| Self::DEFAULT_BPF_PIN_DIR.into()),
+            max_message_size: flags
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(Self::DEFAULT_MAX_MESSAGE_SIZE),
+        };
+        if config.tls.is_none() && !config.grpc_listen.ip().is_loopback() && !config.insecure {
+            bail!(
+                "refusing to serve goal state on {} without mutual TLS: whoever reaches it \
+                 programs this host. Give --tls-cert, --tls-key and --tls-client-ca, listen on \
+                 a loopback address, or pass --insecure",
+                config.grpc_listen
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Settings {
+        Settings::parse_from(std::iter::once("alcor-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_refuse_plain_text_on_every_address() {
+        let error = Config::merge(flags(&[]), Settings::default()).unwrap_err();
+        assert!(error.to_string().contains("without mutual TLS"), "{error}");
+    }
+
+    #[test]
+    fn loopback_or_insecure_may_go_without_tls() {
+        let config = Config::merge(
+            flags(&["--grpc-listen", "127.0.0.1:50001"]),
+            Settings::default(),
+        )
+        .unwrap();
+        assert!(config.tls.is_none());
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/alcor"));
+        assert_eq!(config.max_message_size, 64 << 20);
+        assert!(Config::merge(flags(&["--insecure"]), Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn tls_material_comes_whole() {
+        let error =
+            Config::merge(flags(&["--tls-cert", "c.pem"]), Settings::default()).unwrap_err();
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_errors() {
+        let file: Settings = toml::from_str(
+            "grpc_listen = \"127.0.0.1:1\"\nstate_dir = \"/tmp/a\"\nlog_format = \"json\"",
+        )
+        .unwrap();
+        let config = Config::merge(flags(&["--grpc-listen", "127.0.0.1:2"]), file).unwrap();
+        assert_eq!(config.grpc_listen.port(), 2);
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/a"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(toml::from_str::<Settings>("grpc_lisen = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! Wires the agent together: state, datapath, netlink, the engine, and the
+//! three listeners (goal state, control socket, metrics).
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use alcor_proto::{
+    control::agent_control_server::AgentControlServer,
+    schema::goal_state_provisioner_server::GoalStateProvisionerServer,
+};
+use anyhow::{Context, bail};
+use tokio::{net::UnixListener, signal::unix::SignalKind};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::{
+    config::Config,
+    control::ControlService,
+    datapath::Datapath,
+    engine::{Engine, SharedState},
+    goalstate::GoalStateService,
+    metrics::{self, Metrics},
+    plumbing::{self, Plumber, link},
+    store::Store,
+};
+
+/// Bytes VXLAN adds to a frame: outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Underlay MTU assumed when no underlay device is configured.
+const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    let store = Store::open(&config.state_dir)?;
+    let datapath = Datapath::open(&config.bpf_pin_dir).with_context(|| {
+        format!(
+            "loading the datapath (pins in {})",
+            config.bpf_pin_dir.display()
+        )
+    })?;
+    let datapath = Arc::new(Mutex::new(datapath));
+
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    let port_mtu = port_mtu(&handle, config.underlay_dev.as_deref()).await?;
+    // Subscribe before adopting, so that no device appearing meanwhile is missed.
+    let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let state = SharedState::default();
+    let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
+    let mut engine = Engine::new(state.clone(), store, plumber, metrics.clone());
+    let loaded = engine.load()?;
+    engine.adopt().await?;
+    tracing::info!(
+        resources = loaded,
+        port_mtu,
+        "desired state loaded and adopted"
+    );
+    let engine = Arc::new(tokio::sync::Mutex::new(engine));
+
+    let events_engine = engine.clone();
+    tokio::spawn(async move {
+        while let Some(event) = link_events.recv().await {
+            events_engine.lock().await.on_link_event(event).await;
+        }
+        tracing::error!("link events stopped; pending taps will not be noticed");
+    });
+
+    let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
+    let control = ControlService::new(state, datapath, config.clone(), port_mtu);
+    let control = serve_control(&config.control_socket, control)?;
+    let metrics_server = metrics::serve(config.metrics_listen, metrics);
+
+    notify_systemd();
+    tracing::info!(
+        grpc = %config.grpc_listen,
+        mutual_tls = config.tls.is_some(),
+        control = %config.control_socket.display(),
+        metrics = %config.metrics_listen,
+        "alcor-agent ready"
+    );
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = goal_state => result.context("goal-state server")?,
+        result = control => result.context("control server")?,
+        result = metrics_server => result.context("metrics server")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; the datapath keeps forwarding"),
+        _ = terminate.recv() => tracing::info!("terminated; the datapath keeps forwarding"),
+    }
+    Ok(())
+}
+
+async fn port_mtu(handle: &rtnetlink::Handle, underlay: Option<&str>) -> anyhow::Result<u32> {
+    let underlay_mtu = match underlay {
+        None => DEFAULT_UNDERLAY_MTU,
+        Some(name) => link::mtu(handle, name)
+            .await
+            .with_context(|| format!("reading the MTU of underlay device {name}"))?
+            .with_context(|| format!("underlay device {name} does not exist"))?,
+    };
+    if underlay_mtu <= VXLAN_OVERHEAD + 576 {
+        bail!("underlay MTU {underlay_mtu} leaves no room for VXLAN");
+    }
+    Ok(underlay_mtu - VXLAN_OVERHEAD)
+}
+
+/// Binds the goal-state listener now, so that a bind error stops the agent
+/// and readiness means the port accepts connections.
+async fn serve_goal_state(
+    config: &Config,
+    engine: Arc<tokio::sync::Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    let mut server = Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            let read =
+                |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
+            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            let tls_config = ServerTlsConfig::new()
+                .identity(identity)
+                .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+            server = server.tls_config(tls_config).context("TLS configuration")?;
+        }
+        None if !config.grpc_listen.ip().is_loopback() => tracing::warn!(
+            listen = %config.grpc_listen,
+            "--insecure: goal state is served without TLS; anyone who reaches this port can program the host"
+        ),
+        None => {}
+    }
+    let service = GoalStateProvisionerServer::new(GoalStateService::new(engine, metrics))
+        .max_decoding_message_size(config.max_message_size);
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("listening on {}", config.grpc_listen))?;
+    Ok(server
+        .add_service(service)
+        .serve_with_incoming(TcpListenerStream::new(listener)))
+}
+
+fn serve_control(
+    path: &Path,
+    service: ControlService,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+        _ => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    Ok(Server::builder()
+        .add_service(AgentControlServer::new(service))
+        .serve_with_incoming(UnixListenerStream::new(listener)))
+}
+
+/// Tells systemd (Type=notify) the agent is ready, and keeps its watchdog fed
+/// for as long as the runtime is alive.
+fn notify_systemd() {
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "could not notify systemd");
+    }
+    if let Some(timeout) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(timeout / 2);
+            loop {
+                ticks.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_lose_the_vxlan_overhead() {
+        assert_eq!(DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD, 1450);
+    }
+}

@@ -1,0 +1,668 @@
+//! The engine applies goal-state messages, one at a time:
+//!
+//! 1. every resource is parsed and checked against the desired state, in
+//!    dependency order (creates and updates from VPCs down to DHCP entries,
+//!    then deletes from the bottom up), honouring revision numbers;
+//! 2. the ports it changed are plumbed, concurrently; a port the kernel
+//!    refuses is rolled back (FAILURE: not applied, nothing half-made);
+//! 3. the changes are persisted in one transaction before the reply.
+//!
+//! It also adopts what exists when the agent starts, and reacts to link
+//! events (a tap appearing, a device vanishing).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::Instant,
+};
+
+use alcor_proto::schema::{
+    GoalStateOperationReply, OperationStatus, OperationType, ResourceType,
+    goal_state_operation_reply::GoalStateOperationStatus,
+};
+use futures::{StreamExt, stream};
+use prost::Message;
+
+use crate::{
+    desired::{DesiredState, Entry},
+    goalstate::{
+        batch::{Batch, Batched, Op},
+        validate::{Validate, check_id},
+    },
+    metrics::{Metrics, PhaseLabels, ResourceLabels},
+    model::*,
+    plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
+    store::{Record, Store, StoreError},
+};
+
+/// How many ports are plumbed at once: enough to keep netlink busy while
+/// each request waits for the kernel.
+const PLUMB_CONCURRENCY: usize = 64;
+
+/// What a port is, on this host, right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPhase {
+    Unbound,
+    Pending,
+    Ready,
+    Failed,
+}
+
+impl PortPhase {
+    pub const ALL: [PortPhase; 4] = [
+        PortPhase::Unbound,
+        PortPhase::Pending,
+        PortPhase::Ready,
+        PortPhase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortPhase::Unbound => "unbound",
+            PortPhase::Pending => "pending",
+            PortPhase::Ready => "ready",
+            PortPhase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStatus {
+    pub phase: PortPhase,
+    /// Host-side device index while ready.
+    pub ifindex: u32,
+    /// Why the port is pending or failed.
+    pub reason: String,
+}
+
+impl PortStatus {
+    fn from_outcome(outcome: &Outcome, device: &str) -> PortStatus {
+        let (phase, ifindex, reason) = match outcome {
+            Outcome::Ready { ifindex } => (PortPhase::Ready, *ifindex, String::new()),
+            Outcome::Pending => (
+                PortPhase::Pending,
+                0,
+                format!("waiting for device {device} to appear"),
+            ),
+            Outcome::Failed(reason) => (PortPhase::Failed, 0, reason.clone()),
+        };
+        PortStatus {
+            phase,
+            ifindex,
+            reason,
+        }
+    }
+
+    fn unbound() -> PortStatus {
+        PortStatus {
+            phase: PortPhase::Unbound,
+            ifindex: 0,
+            reason: String::new(),
+        }
+    }
+
+    /// The operation status a push reports for a port in this state.
+    fn operation_status(&self) -> OperationStatus {
+        match self.phase {
+            PortPhase::Ready | PortPhase::Unbound => OperationStatus::Success,
+            PortPhase::Pending => OperationStatus::Pending,
+            PortPhase::Failed => OperationStatus::Failure,
+        }
+    }
+}
+
+/// What readers (the control socket) see: the desired state and how far the
+/// host is from it.
+#[derive(Default)]
+pub struct AgentState {
+    pub desired: DesiredState,
+    pub ports: HashMap<String, PortStatus>,
+    pub messages_applied: u64,
+}
+
+pub type SharedState = Arc<RwLock<AgentState>>;
+
+pub struct Engine {
+    state: SharedState,
+    store: Store,
+    plumber: Plumber,
+    metrics: Arc<Metrics>,
+}
+
+/// A port touched by the message being applied.
+struct PortWork {
+    id: String,
+    /// Its status in the reply.
+    status: usize,
+}
+
+/// The bookkeeping of one message.
+struct Run {
+    started: Instant,
+    statuses: Vec<GoalStateOperationStatus>,
+    seen: HashSet<(i32, String)>,
+    ports: Vec<PortWork>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Upserts,
+    Deletes,
+}
+
+impl Engine {
+    pub fn new(
+        state: SharedState,
+        store: Store,
+        plumber: Plumber,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        Engine {
+            state,
+            store,
+            plumber,
+            metrics,
+        }
+    }
+
+    pub fn plumber(&self) -> &Plumber {
+        &self.plumber
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, AgentState> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, AgentState> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reloads the persisted desired state. Configurations that no longer
+    /// validate are reported and skipped (they stay in the store).
+    pub fn load(&mut self) -> Result<usize, StoreError> {
+        let mut by_kind: HashMap<i32, Vec<(String, Record)>> = HashMap::new();
+        for stored in self.store.load()? {
+            by_kind
+                .entry(stored.kind)
+                .or_default()
+                .push((stored.id, stored.record));
+        }
+        let mut state = self.write();
+        let desired = &mut state.desired;
+        let mut loaded = 0;
+        loaded += load_kind::<Vpc>(desired, &mut by_kind);
+        loaded += load_kind::<Subnet>(desired, &mut by_kind);
+        loaded += load_kind::<SecurityGroup>(desired, &mut by_kind);
+        loaded += load_kind::<Router>(desired, &mut by_kind);
+        loaded += load_kind::<Port>(desired, &mut by_kind);
+        loaded += load_kind::<Neighbor>(desired, &mut by_kind);
+        loaded += load_kind::<DhcpEntry>(desired, &mut by_kind);
+        loaded += load_kind::<Gateway>(desired, &mut by_kind);
+        desired.commit();
+        Ok(loaded)
+    }
+
+    /// Makes the host match the loaded desired state, adopting what exists:
+    /// devices the agent made for ports that are gone are deleted, the others
+    /// are kept as they are (same ifindex, no flap).
+    pub async fn adopt(&mut self) -> anyhow::Result<()> {
+        let links = self
+            .plumber
+            .all_links()
+            .await
+            .map_err(|e| anyhow::anyhow!("listing links: {e}"))?;
+        let orphans: Vec<_> = {
+            let state = self.read();
+            links
+                .iter()
+                .filter(|link| {
+                    Plumber::owner_port_id(link).is_some_and(|id| !state.desired.ports.contains(id))
+                })
+                .cloned()
+                .collect()
+        };
+        for orphan in &orphans {
+            tracing::info!(
+                device = orphan.name,
+                "deleting a device of a port that is gone"
+            );
+            if let Err(reason) = self.plumber.delete_orphan(orphan).await {
+                tracing::warn!(device = orphan.name, %reason, "could not delete");
+            }
+        }
+
+        let ids: Vec<String> = self
+            .read()
+            .desired
+            .ports
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.reconcile_ports(ids).await;
+
+        // Datapath attachments of devices no ready port owns any more.
+        let ready: HashSet<u32> = self
+            .read()
+            .ports
+            .values()
+            .filter(|status| status.phase == PortPhase::Ready)
+            .map(|status| status.ifindex)
+            .collect();
+        let mut datapath = self
+            .plumber
+            .datapath()
+            .map_err(|reason| anyhow::anyhow!(reason))?;
+        for ifindex in datapath.attached_ports()? {
+            if !ready.contains(&ifindex) {
+                datapath.detach_port(ifindex)?;
+            }
+        }
+        drop(datapath);
+        self.update_port_gauges();
+        Ok(())
+    }
+
+    /// Reacts to a link event: a pending tap that appeared, a ready device
+    /// that vanished.
+    pub async fn on_link_event(&mut self, event: LinkEvent) {
+        let affected: Vec<String> = {
+            let state = self.read();
+            match &event {
+                LinkEvent::Changed(link) => {
+                    let port_id = state.ports.iter().find(|(id, status)| {
+                        status.phase == PortPhase::Pending && device_name(id) == link.name
+                    });
+                    port_id.map(|(id, _)| id.clone()).into_iter().collect()
+                }
+                LinkEvent::Removed(link) => state
+                    .ports
+                    .iter()
+                    .filter(|(_, status)| {
+                        status.phase == PortPhase::Ready && status.ifindex == link.index
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                LinkEvent::Resync => state
+                    .ports
+                    .iter()
+                    .filter(|(_, status)| status.phase != PortPhase::Unbound)
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            }
+        };
+        if !affected.is_empty() {
+            tracing::debug!(?event, ports = ?affected, "link event");
+            self.reconcile_ports(affected).await;
+            self.update_port_gauges();
+        }
+    }
+
+    /// Brings each port's devices in line with its desired state and records
+    /// the outcome; failures stay desired, with their reason, until the next
+    /// event or push.
+    async fn reconcile_ports(&mut self, ids: Vec<String>) {
+        let reports = self.plumb(&ids).await;
+        let mut state = self.write();
+        for (id, report) in ids.into_iter().zip(reports) {
+            record_port(&mut state, id, report);
+        }
+    }
+
+    /// Plumbs (or unplumbs) the given ports concurrently, in order.
+    async fn plumb(&self, ids: &[String]) -> Vec<Option<Report>> {
+        let plans: Vec<(String, Option<PortPlan>)> = {
+            let state = self.read();
+            ids.iter()
+                .map(|id| {
+                    (
+                        id.clone(),
+                        state.desired.ports.get(id).and_then(|e| plan(&e.spec)),
+                    )
+                })
+                .collect()
+        };
+        let plumber = &self.plumber;
+        stream::iter(plans)
+            .map(|(id, plan)| async move {
+                match plan {
+                    Some(plan) => Some(plumber.apply(&plan).await),
+                    None => match plumber.remove(&id).await {
+                        Ok(()) => None,
+                        Err(reason) => Some(Report {
+                            outcome: Outcome::Failed(reason),
+                            network_us: 0,
+                            dataplane_us: 0,
+                        }),
+                    },
+                }
+            })
+            .buffered(PLUMB_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Applies one goal-state message and says what became of each resource.
+    pub async fn apply(&mut self, mut batch: Batch) -> GoalStateOperationReply {
+        let mut run = Run {
+            started: Instant::now(),
+            statuses: Vec::new(),
+            seen: HashSet::new(),
+            ports: Vec::new(),
+        };
+        {
+            let mut state = self.write();
+            let state = &mut *state;
+            // Creates and updates top-down, so that a resource finds what it
+            // refers to; deletes bottom-up, so that nothing is left dangling.
+            macro_rules! stage {
+                ($pass:expr; $($kind:ty),*) => {
+                    $(run.stage::<$kind>(state, &mut batch, $pass);)*
+                };
+            }
+            stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
+            stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
+        }
+
+        self.plumb_changed_ports(&mut run).await;
+        self.persist(&mut run).await;
+
+        let elapsed = run.started.elapsed();
+        {
+            let mut state = self.write();
+            state.messages_applied += 1;
+        }
+        for status in &run.statuses {
+            let kind = ResourceType::try_from(status.resource_type)
+                .map_or("UNKNOWN", |kind| kind.as_str_name());
+            let outcome = OperationStatus::try_from(status.operation_status)
+                .map_or("UNKNOWN", |status| status.as_str_name());
+            self.metrics
+                .resources
+                .get_or_create(&ResourceLabels {
+                    kind,
+                    status: outcome,
+                })
+                .inc();
+        }
+        self.metrics.apply_seconds.observe(elapsed.as_secs_f64());
+        self.update_port_gauges();
+
+        GoalStateOperationReply {
+            format_version: 1,
+            operation_statuses: run.statuses,
+            message_total_operation_time: micros_since(run.started),
+        }
+    }
+
+    async fn plumb_changed_ports(&mut self, run: &mut Run) {
+        if run.ports.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = run.ports.iter().map(|work| work.id.clone()).collect();
+        let reports = self.plumb(&ids).await;
+
+        let mut refused = Vec::new();
+        {
+            let mut state = self.write();
+            for (work, report) in run.ports.iter().zip(reports) {
+                let status = &mut run.statuses[work.status];
+                if let Some(report) = &report {
+                    status.network_configuration_time = report.network_us;
+                    status.dataplane_programming_time = report.dataplane_us;
+                    if let Outcome::Failed(reason) = &report.outcome {
+                        // Not applied: the desired state goes back to what it
+                        // was, and so must the kernel.
+                        status.operation_status = OperationStatus::Failure as i32;
+                        status.message = reason.clone();
+                        state.desired.ports.rollback_id(&work.id);
+                        refused.push(work.id.clone());
+                        continue;
+                    }
+                }
+                status.state_elapse_time = micros_since(run.started);
+                if let Some(port) = record_port(&mut state, work.id.clone(), report) {
+                    status.operation_status = port.operation_status() as i32;
+                    status.message = port.reason.clone();
+                }
+            }
+        }
+        if !refused.is_empty() {
+            self.reconcile_ports(refused).await;
+        }
+    }
+
+    /// Persists what the message changed; if the disk refuses, nothing of
+    /// the message is applied.
+    async fn persist(&mut self, run: &mut Run) {
+        let writes = self.write().desired.pending_writes();
+        // An fsync: keep the other tasks of this worker running meanwhile.
+        match tokio::task::block_in_place(|| self.store.commit(&writes)) {
+            Ok(()) => self.write().desired.commit(),
+            Err(error) => {
+                tracing::error!(%error, "persisting the desired state failed; message not applied");
+                self.write().desired.rollback();
+                let ids = run.ports.iter().map(|work| work.id.clone()).collect();
+                self.reconcile_ports(ids).await;
+                for status in &mut run.statuses {
+                    let applied = [OperationStatus::Success, OperationStatus::Pending]
+                        .map(|s| s as i32)
+                        .contains(&status.operation_status);
+                    if applied && status.operation_type != OperationType::Info as i32 {
+                        status.operation_status = OperationStatus::Failure as i32;
+                        status.message = format!("not applied: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_port_gauges(&self) {
+        let state = self.read();
+        for phase in PortPhase::ALL {
+            let count = state.ports.values().filter(|s| s.phase == phase).count();
+            self.metrics
+                .ports
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The plan of a port that has a device on this host.
+fn plan(port: &Port) -> Option<PortPlan> {
+    match port.binding {
+        Binding::Unbound => None,
+        _ => Some(PortPlan {
+            id: port.id.clone(),
+            device: port.device_name(),
+            binding: port.binding.clone(),
+            mac: port.mac,
+        }),
+    }
+}
+
+/// Records a port's new runtime status (a `None` report means it has no
+/// device here) and returns it, unless the port is no longer desired.
+fn record_port(state: &mut AgentState, id: String, report: Option<Report>) -> Option<&PortStatus> {
+    if !state.desired.ports.contains(&id) {
+        state.ports.remove(&id);
+        return None;
+    }
+    let status = match report {
+        Some(report) => PortStatus::from_outcome(&report.outcome, &device_name(&id)),
+        None => PortStatus::unbound(),
+    };
+    Some(state.ports.entry(id).insert_entry(status).into_mut())
+}
+
+fn load_kind<R: Validate>(
+    desired: &mut DesiredState,
+    by_kind: &mut HashMap<i32, Vec<(String, Record)>>,
+) -> usize {
+    let mut loaded = 0;
+    for (id, record) in by_kind.remove(&(R::KIND as i32)).unwrap_or_default() {
+        let parsed = R::Config::decode(record.config.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                let operation = OperationType::try_from(record.operation)
+                    .map_err(|_| format!("unknown operation {}", record.operation))?;
+                let spec = R::parse(&config, operation, desired)?;
+                Ok(Entry {
+                    spec,
+                    operation,
+                    config,
+                })
+            });
+        match parsed {
+            Ok(entry) => {
+                R::table_mut(desired).upsert(id, entry);
+                loaded += 1;
+            }
+            Err(reason) => tracing::warn!(
+                kind = R::KIND.as_str_name(),
+                id,
+                %reason,
+                "a stored configuration no longer applies; skipped"
+            ),
+        }
+    }
+    loaded
+}
+
+impl Run {
+    /// Stages the operations of one kind that belong to `pass`.
+    fn stage<R: Validate + Batched>(
+        &mut self,
+        state: &mut AgentState,
+        batch: &mut Batch,
+        pass: Pass,
+    ) {
+        let ops = std::mem::take(R::ops(batch));
+        let mut later = Vec::new();
+        for op in ops {
+            let is_delete = op.operation == OperationType::Delete as i32;
+            if (pass == Pass::Deletes) != is_delete {
+                later.push(op);
+                continue;
+            }
+            let status = self.stage_one::<R>(state, op);
+            self.statuses.push(status);
+        }
+        *R::ops(batch) = later;
+    }
+
+    fn stage_one<R: Validate>(
+        &mut self,
+        state: &mut AgentState,
+        op: Op<R::Config>,
+    ) -> GoalStateOperationStatus {
+        let mut status = GoalStateOperationStatus {
+            resource_id: op.map_key.clone().unwrap_or_default(),
+            resource_type: R::KIND as i32,
+            operation_type: op.operation,
+            operation_status: OperationStatus::Success as i32,
+            ..Default::default()
+        };
+        let outcome = self.decide::<R>(state, op, &mut status);
+        if let Err((code, message)) = outcome {
+            status.operation_status = code as i32;
+            status.message = message;
+        }
+        status.state_elapse_time = micros_since(self.started);
+        status
+    }
+
+    /// Checks and stages one operation; `Err` is the status and reason of an
+    /// operation that is not applied.
+    fn decide<R: Validate>(
+        &mut self,
+        state: &mut AgentState,
+        op: Op<R::Config>,
+        status: &mut GoalStateOperationStatus,
+    ) -> Result<(), (OperationStatus, String)> {
+        let invalid = |reason: String| (OperationStatus::InvalidArg, reason);
+        let config = op
+            .config
+            .ok_or_else(|| invalid("the resource state has no configuration".into()))?;
+        let id = R::config_id(&config).to_string();
+        status.resource_id = id.clone();
+        if let Some(key) = op.map_key.filter(|key| *key != id) {
+            return Err(invalid(format!(
+                "map key {key:?} differs from the configuration id {id:?}"
+            )));
+        }
+        check_id(&id).map_err(invalid)?;
+        if !self.seen.insert((R::KIND as i32, id.clone())) {
+            return Err(invalid(format!(
+                "{} {id} appears more than once in this message",
+                R::KIND.as_str_name()
+            )));
+        }
+        let operation = OperationType::try_from(op.operation)
+            .map_err(|_| invalid(format!("unknown operation_type value {}", op.operation)))?;
+
+        let revision = R::config_revision(&config);
+        let stored = R::table(&state.desired).get(&id).map(Entry::revision);
+        // Revision 0 carries no ordering: it always applies.
+        if let Some(stored) = stored
+            && revision != 0
+            && revision < stored
+        {
+            return Err((
+                OperationStatus::OutOfOrder,
+                format!("revision {revision} is older than the applied revision {stored}"),
+            ));
+        }
+        let is_port = R::KIND == ResourceType::Port;
+
+        match operation {
+            OperationType::Info | OperationType::Get => Ok(()),
+            OperationType::Create | OperationType::Update => {
+                if stored == Some(revision) && revision != 0 {
+                    // Already applied: report how the port is doing.
+                    if let Some(port) = state.ports.get(&id).filter(|_| is_port) {
+                        status.operation_status = port.operation_status() as i32;
+                        status.message = port.reason.clone();
+                    }
+                    return Ok(());
+                }
+                let spec = R::parse(&config, operation, &state.desired).map_err(invalid)?;
+                let entry = Entry {
+                    spec,
+                    operation,
+                    config,
+                };
+                R::table_mut(&mut state.desired).upsert(id.clone(), entry);
+                if is_port {
+                    self.ports.push(PortWork {
+                        id,
+                        status: self.statuses.len(),
+                    });
+                }
+                Ok(())
+            }
+            OperationType::Delete => {
+                if stored.is_none() {
+                    return Ok(());
+                }
+                if let Some(reason) = R::referenced_by(&id, &state.desired) {
+                    return Err(invalid(format!("cannot delete: {reason}")));
+                }
+                R::table_mut(&mut state.desired).remove(&id);
+                if is_port {
+                    self.ports.push(PortWork {
+                        id,
+                        status: self.statuses.len(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The goal-state API: Alcor's `GoalStateProvisioner` service, the message
+//! normalisation into batches, and the validation of each resource.
+
+pub mod batch;
+mod service;
+pub mod validate;
+
+pub use service::GoalStateService;

@@ -1,0 +1,591 @@
+//! Parse, don't validate: turns each wire configuration into its model type,
+//! checked against the desired state it would join. An error is the reason an
+//! operator reads in the resource's INVALID_ARG status.
+
+use std::net::Ipv4Addr;
+
+use alcor_proto::schema::{
+    self, DestinationType, EtherType, GatewayType, NeighborType, NetworkType, OperationType,
+    Protocol, UpdateType, security_group_configuration::Direction,
+};
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::{
+    desired::{DesiredState, Resource},
+    model::*,
+};
+
+/// Longest id, name or other free text accepted in a configuration.
+pub const MAX_TEXT_LEN: usize = 255;
+
+pub trait Validate: Resource + Sized {
+    /// Parses a configuration for a CREATE or UPDATE against the desired state
+    /// it would join.
+    fn parse(
+        config: &Self::Config,
+        op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String>;
+
+    /// Why `id` cannot be deleted now, if other resources still refer to it.
+    fn referenced_by(_id: &str, _state: &DesiredState) -> Option<String> {
+        None
+    }
+}
+
+/// Checks that an id is usable: present, bounded, printable.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("id is empty".into());
+    }
+    check_text("id", id)
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_TEXT_LEN {
+        return Err(format!(
+            "{field} is {} bytes long, more than {MAX_TEXT_LEN}",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} {value:?} contains control characters"));
+    }
+    Ok(())
+}
+
+fn enum_value<E: TryFrom<i32>>(field: &str, raw: i32) -> Result<E, String> {
+    E::try_from(raw).map_err(|_| format!("unknown {field} value {raw}"))
+}
+
+fn vpc_of<'a>(state: &'a DesiredState, vpc_id: &str) -> Result<&'a Vpc, String> {
+    state
+        .vpcs
+        .get(vpc_id)
+        .map(|entry| &entry.spec)
+        .ok_or_else(|| format!("unknown VPC {vpc_id:?}"))
+}
+
+fn subnet_of<'a>(state: &'a DesiredState, subnet_id: &str) -> Result<&'a Subnet, String> {
+    state
+        .subnets
+        .get(subnet_id)
+        .map(|entry| &entry.spec)
+        .ok_or_else(|| format!("unknown subnet {subnet_id:?}"))
+}
+
+/// An address a VM can hold in `subnet`: inside it, and neither its network
+/// nor its broadcast address.
+fn host_address_in(subnet: &Subnet, text: &str, what: &str) -> Result<Ipv4Addr, String> {
+    let ip = parse_ipv4(text, what)?;
+    let cidr = subnet.cidr;
+    if !cidr.contains(&ip) {
+        return Err(format!(
+            "{what} {ip} is outside subnet {} ({cidr})",
+            subnet.id
+        ));
+    }
+    if cidr.prefix_len() < 31 && (ip == cidr.network() || ip == cidr.broadcast()) {
+        return Err(format!("{what} {ip} is not a host address of {cidr}"));
+    }
+    Ok(ip)
+}
+
+/// An allowed address pair as ports and neighbors carry it.
+trait AddressPairConfig {
+    fn ip_address(&self) -> &str;
+    fn mac_address(&self) -> &str;
+}
+
+macro_rules! address_pair_config {
+    ($($ty:ty),*) => {$(
+        impl AddressPairConfig for $ty {
+            fn ip_address(&self) -> &str {
+                &self.ip_address
+            }
+            fn mac_address(&self) -> &str {
+                &self.mac_address
+            }
+        }
+    )*};
+}
+
+address_pair_config!(
+    schema::port_configuration::AllowAddressPair,
+    schema::neighbor_configuration::AllowAddressPair
+);
+
+/// Allowed address pairs name an address or a prefix; the MAC defaults to the
+/// owner's.
+fn address_pairs(
+    pairs: &[impl AddressPairConfig],
+    owner_mac: Mac,
+) -> Result<Vec<AddressPair>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let ip = match pair.ip_address() {
+                prefix if prefix.contains('/') => parse_ipv4_net(prefix)?,
+                ip => Ipv4Net::from(parse_ipv4(ip, "allowed address pair")?),
+            };
+            let mac = match pair.mac_address() {
+                "" => owner_mac,
+                mac => Mac::parse_unicast(mac)?,
+            };
+            Ok(AddressPair { ip, mac })
+        })
+        .collect()
+}
+
+fn first_user<R: Resource>(state: &DesiredState, uses: impl Fn(&R) -> bool) -> Option<&str> {
+    R::table(state)
+        .iter()
+        .find(|(_, entry)| uses(&entry.spec))
+        .map(|(id, _)| id.as_str())
+}
+
+fn kind_name(kind: schema::ResourceType) -> &'static str {
+    kind.as_str_name()
+}
+
+/// "still used by PORT p1", for the first resource of kind `R` that uses it.
+fn used_by<R: Resource>(state: &DesiredState, uses: impl Fn(&R) -> bool) -> Option<String> {
+    first_user::<R>(state, uses).map(|id| format!("still used by {} {id}", kind_name(R::KIND)))
+}
+
+impl Validate for Vpc {
+    fn parse(
+        config: &schema::VpcConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        check_text("name", &config.name)?;
+        check_text("project_id", &config.project_id)?;
+        let vni = Vni::try_from(u64::from(config.tunnel_id))?;
+        if let Some(existing) = state.vpcs.get(&config.id)
+            && existing.spec.vni != vni
+            && let Some(subnet) = first_user::<Subnet>(state, |s| s.vpc_id == config.id)
+        {
+            return Err(format!(
+                "cannot change the tunnel id of a VPC that has subnets (subnet {subnet})"
+            ));
+        }
+        Ok(Vpc {
+            id: config.id.clone(),
+            name: config.name.clone(),
+            project_id: config.project_id.clone(),
+            cidr: match config.cidr.as_str() {
+                "" => None,
+                cidr => Some(parse_ipv4_net(cidr)?),
+            },
+            vni,
+        })
+    }
+
+    fn referenced_by(id: &str, state: &DesiredState) -> Option<String> {
+        used_by::<Subnet>(state, |s| s.vpc_id == id)
+            .or_else(|| used_by::<Port>(state, |p| p.vpc_id == id))
+            .or_else(|| used_by::<Neighbor>(state, |n| n.vpc_id == id))
+            .or_else(|| used_by::<SecurityGroup>(state, |g| g.vpc_id == id))
+    }
+}
+
+impl Validate for Subnet {
+    fn parse(
+        config: &schema::SubnetConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        check_text("name", &config.name)?;
+        check_text("availability_zone", &config.availability_zone)?;
+        let network_type: NetworkType = enum_value("network_type", config.network_type)?;
+        if network_type != NetworkType::Vxlan {
+            return Err(format!(
+                "network type {} is not supported (only VXLAN)",
+                network_type.as_str_name()
+            ));
+        }
+        let vpc = vpc_of(state, &config.vpc_id)?;
+        let vni = match config.tunnel_id {
+            0 => vpc.vni,
+            tunnel_id => Vni::try_from(tunnel_id)?,
+        };
+        if vni != vpc.vni {
+            return Err(format!(
+                "tunnel id {vni} differs from the tunnel id {} of VPC {}",
+                vpc.vni, vpc.id
+            ));
+        }
+        let cidr = parse_ipv4_net(&config.cidr)?;
+        let mut subnet = Subnet {
+            id: config.id.clone(),
+            vpc_id: config.vpc_id.clone(),
+            name: config.name.clone(),
+            cidr,
+            vni,
+            gateway: None,
+            dhcp_enable: config.dhcp_enable,
+            dns_servers: config
+                .dns_entry_list
+                .iter()
+                .map(|dns| parse_ipv4(&dns.entry, "DNS server"))
+                .collect::<Result<_, _>>()?,
+            extra_dhcp_options: config
+                .extra_dhcp_options
+                .iter()
+                .map(|option| {
+                    check_text("DHCP option name", &option.name)?;
+                    check_text("DHCP option value", &option.value)?;
+                    if option.name.is_empty() {
+                        return Err("DHCP option without a name".to_string());
+                    }
+                    Ok(DhcpOption {
+                        name: option.name.clone(),
+                        value: option.value.clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            availability_zone: config.availability_zone.clone(),
+        };
+        if let Some(gateway) = config.gateway.as_ref().filter(|g| !g.ip_address.is_empty()) {
+            subnet.gateway = Some(GatewayAddress {
+                ip: host_address_in(&subnet, &gateway.ip_address, "gateway")?,
+                mac: Mac::parse_unicast(&gateway.mac_address)
+                    .map_err(|reason| format!("gateway: {reason}"))?,
+            });
+        }
+        // A changed subnet must still hold the addresses handed out in it.
+        for port in state.ports.specs() {
+            for fixed in port.fixed_ips.iter().filter(|f| f.subnet_id == subnet.id) {
+                if !cidr.contains(&fixed.ip) {
+                    return Err(format!(
+                        "port {} has address {} outside the new CIDR {cidr}",
+                        port.id, fixed.ip
+                    ));
+                }
+            }
+        }
+        Ok(subnet)
+    }
+
+    fn referenced_by(id: &str, state: &DesiredState) -> Option<String> {
+        used_by::<Port>(state, |p| p.fixed_ips.iter().any(|f| f.subnet_id == id))
+            .or_else(|| {
+                used_by::<Neighbor>(state, |n| n.fixed_ips.iter().any(|f| f.subnet_id == id))
+            })
+            .or_else(|| used_by::<DhcpEntry>(state, |d| d.subnet_id == id))
+            .or_else(|| {
+                used_by::<Router>(state, |r| r.subnet_tables.iter().any(|t| t.subnet_id == id))
+            })
+    }
+}
+
+impl Validate for Port {
+    fn parse(
+        config: &schema::PortConfiguration,
+        op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        if op == OperationType::Create && config.update_type != UpdateType::Full as i32 {
+            return Err("a port CREATE must carry update_type FULL".into());
+        }
+        check_text("name", &config.name)?;
+        check_text("device_id", &config.device_id)?;
+        check_text("device_owner", &config.device_owner)?;
+        check_device_name(&config.id)?;
+        vpc_of(state, &config.vpc_id)?;
+        let mac = Mac::parse_unicast(&config.mac_address)?;
+        if let Some(other) = state
+            .ports
+            .specs()
+            .find(|p| p.id != config.id && p.vpc_id == config.vpc_id && p.mac == mac)
+        {
+            return Err(format!(
+                "MAC {mac} is already used by port {} in this VPC",
+                other.id
+            ));
+        }
+
+        let mut fixed_ips = Vec::with_capacity(config.fixed_ips.len());
+        for fixed in &config.fixed_ips {
+            let subnet = subnet_of(state, &fixed.subnet_id)?;
+            if subnet.vpc_id != config.vpc_id {
+                return Err(format!(
+                    "subnet {} belongs to VPC {}, not to the port's VPC {}",
+                    subnet.id, subnet.vpc_id, config.vpc_id
+                ));
+            }
+            let ip = host_address_in(subnet, &fixed.ip_address, "fixed IP")?;
+            if subnet.gateway.is_some_and(|gateway| gateway.ip == ip) {
+                return Err(format!(
+                    "fixed IP {ip} is the gateway of subnet {}",
+                    subnet.id
+                ));
+            }
+            fixed_ips.push(FixedIp {
+                subnet_id: subnet.id.clone(),
+                ip,
+            });
+        }
+
+        // Nova unbinds a port with an UPDATE clearing its device id and
+        // owner; a port created without them is still bound (Alcor's
+        // controller does not always send them).
+        let binding = if !config.netns.is_empty() {
+            Binding::Netns(NetnsRef::parse(&config.netns)?)
+        } else if op == OperationType::Update
+            && config.device_id.is_empty()
+            && config.device_owner.is_empty()
+        {
+            Binding::Unbound
+        } else {
+            Binding::Tap
+        };
+
+        Ok(Port {
+            id: config.id.clone(),
+            vpc_id: config.vpc_id.clone(),
+            name: config.name.clone(),
+            mac,
+            admin_state_up: config.admin_state_up,
+            fixed_ips,
+            allowed_address_pairs: address_pairs(&config.allow_address_pairs, mac)?,
+            security_group_ids: config
+                .security_group_ids
+                .iter()
+                .map(|group| check_id(&group.id).map(|()| group.id.clone()))
+                .collect::<Result<_, _>>()?,
+            binding,
+        })
+    }
+}
+
+/// The port id names its host-side device, so its first characters must be
+/// valid in an interface name.
+fn check_device_name(port_id: &str) -> Result<(), String> {
+    let device = device_name(port_id);
+    if device
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "port id {port_id:?} does not give a valid device name ({device:?})"
+        ))
+    }
+}
+
+impl Validate for Neighbor {
+    fn parse(
+        config: &schema::NeighborConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        check_text("name", &config.name)?;
+        vpc_of(state, &config.vpc_id)?;
+        let mac = Mac::parse_unicast(&config.mac_address)?;
+        let host_mac = match config.host_mac_address.as_str() {
+            "" => None,
+            text => Some(Mac::parse_unicast(text).map_err(|r| format!("host MAC: {r}"))?),
+        };
+        let fixed_ips = config
+            .fixed_ips
+            .iter()
+            .map(|fixed| {
+                let kind: NeighborType = enum_value("neighbor_type", fixed.neighbor_type)?;
+                let subnet = subnet_of(state, &fixed.subnet_id)?;
+                Ok(NeighborIp {
+                    l3: kind == NeighborType::L3,
+                    subnet_id: subnet.id.clone(),
+                    ip: host_address_in(subnet, &fixed.ip_address, "neighbor IP")?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Neighbor {
+            id: config.id.clone(),
+            vpc_id: config.vpc_id.clone(),
+            name: config.name.clone(),
+            mac,
+            host_ip: parse_ipv4(&config.host_ip_address, "host_ip_address")?,
+            host_mac,
+            fixed_ips,
+            allowed_address_pairs: address_pairs(&config.allow_address_pairs, mac)?,
+        })
+    }
+}
+
+impl Validate for DhcpEntry {
+    fn parse(
+        config: &schema::DhcpConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        check_text("port_host_name", &config.port_host_name)?;
+        let subnet = subnet_of(state, &config.subnet_id)?;
+        let ipv6 = match config.ipv6_address.as_str() {
+            "" => None,
+            text => Some(
+                text.parse()
+                    .map_err(|_| format!("invalid IPv6 address {text:?}"))?,
+            ),
+        };
+        Ok(DhcpEntry {
+            id: config.id.clone(),
+            subnet_id: subnet.id.clone(),
+            mac: Mac::parse_unicast(&config.mac_address)?,
+            ipv4: host_address_in(subnet, &config.ipv4_address, "DHCP address")?,
+            ipv6,
+            hostname: config.port_host_name.clone(),
+        })
+    }
+}
+
+impl Validate for Router {
+    fn parse(
+        config: &schema::RouterConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        let host_dvr_mac = match config.host_dvr_mac_address.as_str() {
+            "" => None,
+            text => Some(Mac::parse_unicast(text).map_err(|r| format!("host DVR MAC: {r}"))?),
+        };
+        let subnet_tables = config
+            .subnet_routing_tables
+            .iter()
+            .map(|table| {
+                let subnet = subnet_of(state, &table.subnet_id)?;
+                let routes = table
+                    .routing_rules
+                    .iter()
+                    .map(|rule| {
+                        check_text("routing rule id", &rule.id)?;
+                        check_text("routing rule name", &rule.name)?;
+                        let destination: Ipv4Net = rule.destination.parse().map_err(|_| {
+                            format!("invalid route destination {:?}", rule.destination)
+                        })?;
+                        let next_hop = match rule.next_hop_ip.as_str() {
+                            "" => None,
+                            text => Some(parse_ipv4(text, "next hop")?),
+                        };
+                        let extra = rule.routing_rule_extra_info.clone().unwrap_or_default();
+                        let destination_type: DestinationType =
+                            enum_value("destination_type", extra.destination_type)?;
+                        let next_hop_mac = match extra.next_hop_mac.as_str() {
+                            "" => None,
+                            text => Some(text.parse::<Mac>()?),
+                        };
+                        Ok(Route {
+                            id: rule.id.clone(),
+                            name: rule.name.clone(),
+                            destination: destination.trunc(),
+                            next_hop,
+                            next_hop_mac,
+                            priority: rule.priority,
+                            to_vpc_gateway: destination_type == DestinationType::VpcGw,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?;
+                Ok(SubnetRoutes {
+                    subnet_id: subnet.id.clone(),
+                    routes,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Router {
+            id: config.id.clone(),
+            host_dvr_mac,
+            subnet_tables,
+        })
+    }
+}
+
+impl Validate for SecurityGroup {
+    fn parse(
+        config: &schema::SecurityGroupConfiguration,
+        _op: OperationType,
+        state: &DesiredState,
+    ) -> Result<Self, String> {
+        check_text("name", &config.name)?;
+        vpc_of(state, &config.vpc_id)?;
+        let rules = config
+            .security_group_rules
+            .iter()
+            .map(|rule| {
+                check_id(&rule.id).map_err(|r| format!("rule {r}"))?;
+                let direction: Direction = enum_value("direction", rule.direction)?;
+                let ethertype: EtherType = enum_value("ethertype", rule.ethertype)?;
+                let protocol = match enum_value("protocol", rule.protocol)? {
+                    Protocol::Tcp => RuleProtocol::Tcp,
+                    Protocol::Udp => RuleProtocol::Udp,
+                    Protocol::Icmp => RuleProtocol::Icmp,
+                    other => {
+                        return Err(format!(
+                            "protocol {} cannot be filtered by a security group rule",
+                            other.as_str_name()
+                        ));
+                    }
+                };
+                let ports = match (rule.port_range_min, rule.port_range_max) {
+                    (0, 0) => None,
+                    (min, max) if min <= max && max <= u32::from(u16::MAX) => {
+                        Some((min as u16, max as u16))
+                    }
+                    (min, max) => return Err(format!("invalid port range {min}-{max}")),
+                };
+                let remote_ip_prefix = match rule.remote_ip_prefix.as_str() {
+                    "" => None,
+                    text => Some(
+                        text.parse::<IpNet>()
+                            .map_err(|_| format!("invalid remote IP prefix {text:?}"))?,
+                    ),
+                };
+                let remote_group_id = match rule.remote_group_id.as_str() {
+                    "" => None,
+                    id => Some(check_id(id).map(|()| id.to_string())?),
+                };
+                Ok(SecurityGroupRule {
+                    id: rule.id.clone(),
+                    ingress: direction == Direction::Ingress,
+                    ipv6: ethertype == EtherType::Ipv6,
+                    protocol,
+                    ports,
+                    remote_ip_prefix,
+                    remote_group_id,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(SecurityGroup {
+            id: config.id.clone(),
+            vpc_id: config.vpc_id.clone(),
+            name: config.name.clone(),
+            rules,
+        })
+    }
+}
+
+impl Validate for Gateway {
+    fn parse(
+        config: &schema::GatewayConfiguration,
+        _op: OperationType,
+        _state: &DesiredState,
+    ) -> Result<Self, String> {
+        let kind: GatewayType = enum_value("gateway_type", config.gateway_type)?;
+        let destinations = config
+            .destinations
+            .iter()
+            .map(|d| {
+                Ok(GatewayAddress {
+                    ip: parse_ipv4(&d.ip_address, "gateway destination")?,
+                    mac: Mac::parse_unicast(&d.mac_address)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Gateway {
+            id: config.id.clone(),
+            kind: kind as i32,
+            destinations,
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! Port plumbing: makes the kernel devices behind ports match the desired
+//! state, through rtnetlink, and attaches the datapath to them.
+//!
+//! Reconciling is level-triggered and idempotent: `apply` and `remove` look
+//! at what exists and change only what differs, so the same calls serve a
+//! goal-state push, a device appearing, and adoption after a restart.
+
+pub mod link;
+mod watch;
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use self::link::Link;
+pub use self::watch::{LinkEvent, watch_links};
+use crate::{
+    datapath::Datapath,
+    model::{Binding, Mac, NetnsRef, device_name},
+};
+
+/// The name of the VM-side end of a netns-bound port's veth pair.
+pub const VM_DEVICE: &str = "eth0";
+
+/// Prefix of the alias the agent gives to the devices it creates: the alias
+/// says which port a device belongs to and with which spec, so a restarted
+/// agent can tell its own devices, and stale ones, from anybody else's.
+const ALIAS_PREFIX: &str = "alcor:";
+
+/// What a bound port needs from the kernel.
+#[derive(Clone, Debug)]
+pub struct PortPlan {
+    pub id: String,
+    pub device: String,
+    pub binding: Binding,
+    pub mac: Mac,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ready {
+        ifindex: u32,
+    },
+    /// A tap port whose device the hypervisor has not created yet.
+    Pending,
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// Microseconds spent on netlink plumbing.
+    pub network_us: u32,
+    /// Microseconds spent attaching the datapath.
+    pub dataplane_us: u32,
+}
+
+pub struct Plumber {
+    handle: Handle,
+    datapath: Arc<Mutex<Datapath>>,
+    /// MTU of port devices: the underlay's minus the VXLAN overhead.
+    mtu: u32,
+}
+
+/// Who owns the port device called by a port's name.
+enum Owner {
+    /// Created by the agent for this port, with this spec.
+    Agent { spec_matches: bool },
+    /// Created by somebody else (a hypervisor's tap, usually).
+    Other,
+}
+
+impl Plumber {
+    pub fn new(handle: Handle, datapath: Arc<Mutex<Datapath>>, mtu: u32) -> Plumber {
+        Plumber {
+            handle,
+            datapath,
+            mtu,
+        }
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub async fn all_links(&self) -> Result<Vec<Link>, rtnetlink::Error> {
+        link::all(&self.handle).await
+    }
+
+    /// Makes the port's device exist as planned and attaches the datapath.
+    pub async fn apply(&self, plan: &PortPlan) -> Report {
+        let started = Instant::now();
+        let plumbed = self.plumb(plan).await;
+        let network_us = micros_since(started);
+        let mut dataplane_us = 0;
+        let outcome = match plumbed {
+            Ok(Some(ifindex)) => {
+                let attaching = Instant::now();
+                let attached = self.attach(ifindex);
+                dataplane_us = micros_since(attaching);
+                match attached {
+                    Ok(()) => Outcome::Ready { ifindex },
+                    Err(reason) => {
+                        // Leave nothing half-made behind.
+                        if let Err(cleanup) = self.remove(&plan.id).await {
+                            tracing::warn!(port = plan.id, %cleanup, "cleanup after a failed attach");
+                        }
+                        Outcome::Failed(reason)
+                    }
+                }
+            }
+            Ok(None) => Outcome::Pending,
+            Err(reason) => Outcome::Failed(reason),
+        };
+        Report {
+            outcome,
+            network_us,
+            dataplane_us,
+        }
+    }
+
+    /// Undoes what `apply` did: deletes a device the agent created, forgets
+    /// (detaches from) one it adopted.
+    pub async fn remove(&self, port_id: &str) -> Result<(), String> {
+        let device = device_name(port_id);
+        let Some(found) = self.find(&device).await? else {
+            return Ok(());
+        };
+        if Self::created_for(port_id, &found) {
+            self.delete_orphan(&found).await
+        } else {
+            self.detach(found.index)
+        }
+    }
+
+    /// Deletes a device the agent created for a port that no longer exists.
+    pub async fn delete_orphan(&self, found: &Link) -> Result<(), String> {
+        self.detach(found.index)?;
+        link::delete(&self.handle, found.index)
+            .await
+            .map_err(|e| format!("deleting {}: {e}", found.name))
+    }
+
+    /// The port id in the alias of a device the agent created.
+    pub fn owner_port_id(found: &Link) -> Option<&str> {
+        let rest = found.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)?;
+        Some(rest.rsplit_once(':').map_or(rest, |(id, _spec)| id))
+    }
+
+    async fn find(&self, device: &str) -> Result<Option<Link>, String> {
+        link::by_name(&self.handle, device)
+            .await
+            .map_err(|e| format!("looking up {device}: {e}"))
+    }
+
+    /// Returns the device's ifindex once it is as planned, `None` for a tap
+    /// that does not exist yet.
+    async fn plumb(&self, plan: &PortPlan) -> Result<Option<u32>, String> {
+        let found = self.find(&plan.device).await?;
+        match (&plan.binding, found) {
+            (Binding::Unbound, _) => Err("an unbound port has no device".into()),
+            (Binding::Tap, None) => Ok(None),
+            (Binding::Tap, Some(found)) => match self.owner(plan, &found) {
+                Owner::Other => Ok(Some(found.index)),
+                // The port was netns-bound before: its veth goes, the tap will come.
+                Owner::Agent { .. } => {
+                    self.delete_orphan(&found).await?;
+                    Ok(None)
+                }
+            },
+            (Binding::Netns(netns), found) => {
+                if let Some(found) = found {
+                    match self.owner(plan, &found) {
+                        Owner::Agent { spec_matches: true } => return Ok(Some(found.index)),
+                        Owner::Agent {
+                            spec_matches: false,
+                        } => self.delete_orphan(&found).await?,
+                        Owner::Other => {
+                            return Err(format!(
+                                "device {} already exists and was not created by the agent",
+                                plan.device
+                            ));
+                        }
+                    }
+                }
+                self.create_veth(plan, netns).await.map(Some)
+            }
+        }
+    }
+
+    fn created_for(port_id: &str, found: &Link) -> bool {
+        found.kind == Some(InfoKind::Veth) && Self::owner_port_id(found) == Some(port_id)
+    }
+
+    fn owner(&self, plan: &PortPlan, found: &Link) -> Owner {
+        if Self::created_for(&plan.id, found) {
+            Owner::Agent {
+                spec_matches: found.alias.as_deref() == Some(self.alias(plan).as_str()),
+            }
+        } else {
+            Owner::Other
+        }
+    }
+
+    /// `alcor:<port id>:<hash of what the VM side was created with>`.
+    fn alias(&self, plan: &PortPlan) -> String {
+        let netns = match &plan.binding {
+            Binding::Netns(netns) => netns.as_str(),
+            _ => "",
+        };
+        let spec = format!("{netns}\0{}\0{}", plan.mac, self.mtu);
+        format!("{ALIAS_PREFIX}{}:{:016x}", plan.id, fnv1a(spec.as_bytes()))
+    }
+
+    /// Creates the veth pair in one netlink request whose main device is the
+    /// VM side, created directly in its namespace, named, addressed, sized
+    /// and up; its peer, the host side, stays here. (The other way round
+    /// fails: a veth cannot go up at creation before its peer exists.) Then
+    /// the host side is labelled and brought up.
+    async fn create_veth(&self, plan: &PortPlan, netns: &NetnsRef) -> Result<u32, String> {
+        let path = netns.path();
+        let namespace = File::open(&path).map_err(|e| {
+            format!(
+                "network namespace {} ({}) cannot be opened: {e}",
+                netns.as_str(),
+                path.display()
+            )
+        })?;
+        let host_side = LinkUnspec::new_with_name(&plan.device)
+            .mtu(self.mtu)
+            .build();
+        let vm_side = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(VM_DEVICE)
+            .address(plan.mac.octets().to_vec())
+            .mtu(self.mtu)
+            .setns_by_fd(namespace.as_raw_fd())
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(host_side)))
+            .build();
+        self.handle
+            .link()
+            .add(vm_side)
+            .execute()
+            .await
+            .map_err(|e| match link::errno(&e) {
+                Some(nix::libc::EEXIST) => format!(
+                    "cannot create {}: it exists, or namespace {} already has an {VM_DEVICE}",
+                    plan.device,
+                    netns.as_str()
+                ),
+                _ => format!("creating veth {}: {e}", plan.device),
+            })?;
+        let created = self
+            .find(&plan.device)
+            .await?
+            .ok_or_else(|| format!("veth {} vanished right after its creation", plan.device))?;
+        // The kernel ignores an alias given at creation: set it with `up`.
+        let finish = LinkUnspec::new_with_index(created.index)
+            .append_extra_attribute(LinkAttribute::IfAlias(self.alias(plan)))
+            .up()
+            .build();
+        if let Err(error) = self.handle.link().set(finish).execute().await {
+            let _ = link::delete(&self.handle, created.index).await;
+            return Err(format!("bringing up veth {}: {error}", plan.device));
+        }
+        Ok(created.index)
+    }
+
+    fn attach(&self, ifindex: u32) -> Result<(), String> {
+        self.datapath()?
+            .attach_port(ifindex)
+            .map_err(|e| format!("attaching the datapath: {e}"))
+    }
+
+    fn detach(&self, ifindex: u32) -> Result<(), String> {
+        self.datapath()?
+            .detach_port(ifindex)
+            .map_err(|e| format!("detaching the datapath: {e}"))
+    }
+
+    pub fn datapath(&self) -> Result<std::sync::MutexGuard<'_, Datapath>, String> {
+        self.datapath
+            .lock()
+            .map_err(|_| "the datapath lock is poisoned".to_string())
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash (std's is not guaranteed across releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub fn micros_since(start: Instant) -> u32 {
+    u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,250 @@
+//! An `alcor-agent` process running inside a host namespace, and clients to
+//! reach it from outside.
+
+use std::{
+    fs::{File, OpenOptions},
+    net::SocketAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use alcor_proto::{
+    control::agent_control_client::AgentControlClient,
+    schema::goal_state_provisioner_client::GoalStateProvisionerClient,
+};
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use nix::sched::{CloneFlags, setns};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tower::service_fn;
+
+use crate::{Netns, wait_for};
+
+/// The goal-state port agents listen on in tests (inside their namespace).
+pub const GRPC_PORT: u16 = 50001;
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Flags added to the defaults (e.g. TLS material, --underlay-dev).
+    pub args: Vec<String>,
+    /// Listen on this address instead of 127.0.0.1:50001.
+    pub grpc_listen: Option<SocketAddr>,
+}
+
+pub struct Agent {
+    netns: PathBuf,
+    options: AgentOptions,
+    dir: tempfile::TempDir,
+    pin_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Where cargo put this workspace's binaries: next to the test executable's
+/// `deps/` directory, unless `ALCOR_BIN_DIR` says otherwise.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ALCOR_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.to_path_buf())
+        })
+        .expect("cannot locate the target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+impl Agent {
+    /// Starts an agent in `host` and waits until its control socket answers.
+    pub async fn start(host: &Netns, options: AgentOptions) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("alcor-{}-", host.name()))
+            .tempdir()
+            .expect("temp dir");
+        let mut agent = Agent {
+            netns: host.path(),
+            options,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/alcor-test-{}", host.name())),
+            dir,
+            child: None,
+        };
+        agent.spawn().await;
+        agent
+    }
+
+    pub fn grpc_listen(&self) -> SocketAddr {
+        self.options
+            .grpc_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], GRPC_PORT)))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Everything the agent logged, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let namespace = File::open(&self.netns).expect("host namespace");
+        let mut command = Command::new(bin("alcor-agent"));
+        command
+            .arg("--grpc-listen")
+            .arg(self.grpc_listen().to_string())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--control-socket")
+            .arg(self.control_socket())
+            .arg("--bpf-pin-dir")
+            .arg(&self.pin_dir)
+            .args(&self.options.args)
+            .env("RUST_LOG", "info,alcor_agent=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        // Only the network namespace changes: the agent shares the mount
+        // namespace (and so bpffs) with the test, unlike `ip netns exec`.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(move || {
+                setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(command.spawn().expect("spawning alcor-agent"));
+        let socket = self.control_socket();
+        let child = self.child.as_mut().expect("just spawned");
+        wait_for(
+            "the agent to serve its control socket",
+            Duration::from_secs(30),
+            async || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("alcor-agent exited early ({status})");
+                }
+                tokio::net::UnixStream::connect(&socket).await.ok()
+            },
+        )
+        .await;
+    }
+
+    /// Kills the agent at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A goal-state client connected from inside the agent's namespace.
+    pub async fn client(&self) -> GoalStateProvisionerClient<Channel> {
+        let channel = connect_in(&self.netns, self.grpc_listen(), None)
+            .await
+            .expect("connecting to the agent");
+        GoalStateProvisionerClient::new(channel).max_decoding_message_size(usize::MAX)
+    }
+
+    /// The control service, over its Unix socket.
+    pub async fn control(&self) -> AgentControlClient<Channel> {
+        let socket = self.control_socket();
+        let channel = Endpoint::from_static("http://agent.sock")
+            .connect_with_connector(service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connecting to the control socket");
+        AgentControlClient::new(channel)
+    }
+
+    /// Runs `agentctl --socket <this agent's socket> ARGS`.
+    pub fn agentctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("agentctl"))
+            .arg("--socket")
+            .arg(self.control_socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running agentctl")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        // Removing the pins detaches the agent's programs.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Opens a gRPC channel whose TCP connections are made from inside the
+/// namespace at `netns`; with `tls`, over mutual TLS.
+pub async fn connect_in(
+    netns: &Path,
+    addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let netns = netns.to_path_buf();
+    let channel = endpoint
+        .connect_with_connector(service_fn(move |_| {
+            let netns = netns.clone();
+            async move {
+                let stream = tokio::task::spawn_blocking(move || tcp_connect_in(&netns, addr))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                stream.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
+            }
+        }))
+        .await
+        .context("connecting")?;
+    Ok(channel)
+}
+
+/// Connects from a thread that entered the namespace: the socket belongs to
+/// the namespace it was created in.
+fn tcp_connect_in(netns: &Path, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let namespace = File::open(netns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("connect thread panicked"))?
+    })
+}

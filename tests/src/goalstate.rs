@@ -1,0 +1,140 @@
+//! Builders for goal-state messages, with the defaults a controller would
+//! send (revision 1, CREATE, port update_type FULL).
+
+use alcor_proto::schema::{
+    self, GoalState, GoalStateV2, OperationType, PortState, SubnetState, UpdateType, VpcState,
+    port_configuration::FixedIp, subnet_configuration::Gateway,
+};
+
+pub fn vpc(id: &str, vni: u32, cidr: &str) -> VpcState {
+    VpcState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::VpcConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            name: format!("vpc {id}"),
+            project_id: "project".into(),
+            cidr: cidr.into(),
+            tunnel_id: vni,
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn subnet(id: &str, vpc_id: &str, cidr: &str, gateway_ip: &str) -> SubnetState {
+    SubnetState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::SubnetConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            vpc_id: vpc_id.into(),
+            name: format!("subnet {id}"),
+            cidr: cidr.into(),
+            gateway: Some(Gateway {
+                ip_address: gateway_ip.into(),
+                mac_address: "fa:16:3e:00:00:01".into(),
+            }),
+            dhcp_enable: true,
+            ..Default::default()
+        }),
+    }
+}
+
+/// A port bound to a network namespace (the agent makes its veth).
+pub fn netns_port(
+    id: &str,
+    vpc_id: &str,
+    subnet_id: &str,
+    ip: &str,
+    mac: &str,
+    netns: &str,
+) -> PortState {
+    let mut port = tap_port(id, vpc_id, subnet_id, ip, mac);
+    if let Some(config) = port.configuration.as_mut() {
+        config.netns = netns.into();
+        config.device_owner = "compute:container".into();
+    }
+    port
+}
+
+/// A port bound to a hypervisor tap (`tap` + 11 characters of the id).
+pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) -> PortState {
+    PortState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::PortConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            vpc_id: vpc_id.into(),
+            name: format!("port {id}"),
+            device_id: format!("vm-{id}"),
+            device_owner: "compute:nova".into(),
+            mac_address: mac.into(),
+            admin_state_up: true,
+            fixed_ips: vec![FixedIp {
+                subnet_id: subnet_id.into(),
+                ip_address: ip.into(),
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// Any resource state: sets its operation and revision.
+pub trait StateExt: Sized {
+    fn with(self, operation: OperationType, revision: u32) -> Self;
+}
+
+macro_rules! state_ext {
+    ($($state:ty),*) => {$(
+        impl StateExt for $state {
+            fn with(mut self, operation: OperationType, revision: u32) -> Self {
+                self.operation_type = operation as i32;
+                if let Some(config) = self.configuration.as_mut() {
+                    config.revision_number = revision;
+                }
+                self
+            }
+        }
+    )*};
+}
+
+state_ext!(VpcState, SubnetState, PortState);
+
+/// A V1 message with these resources.
+pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {
+    GoalState {
+        format_version: 1,
+        vpc_states: vpcs,
+        subnet_states: subnets,
+        port_states: ports,
+        ..Default::default()
+    }
+}
+
+/// The same resources as a V2 message, keyed by id.
+pub fn v2(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalStateV2 {
+    macro_rules! by_id {
+        ($states:expr) => {
+            $states
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.configuration
+                            .as_ref()
+                            .map(|c| c.id.clone())
+                            .unwrap_or_default(),
+                        s,
+                    )
+                })
+                .collect()
+        };
+    }
+    GoalStateV2 {
+        format_version: 1,
+        vpc_states: by_id!(vpcs),
+        subnet_states: by_id!(subnets),
+        port_states: by_id!(ports),
+        ..Default::default()
+    }
+}

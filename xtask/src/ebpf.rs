@@ -1,67 +1,77 @@
-//! The eBPF toolchain. A stub until the eBPF branch lands and replaces this
-//! file; it keeps the same two functions.
+//! The eBPF toolchain and build, for `cargo xtask setup` and
+//! `cargo xtask build-ebpf`. The agent's build script builds the same object
+//! the same way (both include ebpf/toolchain.rs).
 
-use std::process::Command;
+use std::{
+    env,
+    path::Path,
+    process::Command,
+};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, Result, anyhow, ensure};
 
-const BPF_LINKER_VERSION: &str = "0.10.4";
+#[path = "../../ebpf/toolchain.rs"]
+mod toolchain;
 
-/// Installs what building the eBPF programs needs, if it is missing:
-/// nightly's rust-src (for `-Z build-std=core`) and bpf-linker 0.10.4.
-pub fn ensure_toolchain() -> anyhow::Result<()> {
-    let installed = Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .context("running rustup")?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|line| line.starts_with("rust-src"))
-    {
-        println!("setup: adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args([
+/// Installs what building the eBPF programs needs and is missing: the
+/// nightly toolchain's rust-src component and bpf-linker. Idempotent.
+pub fn ensure_toolchain() -> Result<()> {
+    let nightly = toolchain::TOOLCHAIN;
+    match toolchain::rust_src_installed() {
+        Ok(true) => println!("eBPF toolchain: {nightly} with rust-src is installed"),
+        Ok(false) => run(toolchain::rustup().args([
             "component",
             "add",
             "rust-src",
             "--toolchain",
-            "nightly",
-        ]))?;
-    }
-    let linker = Command::new("bpf-linker").arg("--version").output();
-    let has_linker = linker.is_ok_and(|out| {
-        String::from_utf8_lossy(&out.stdout).contains(&format!("bpf-linker {BPF_LINKER_VERSION}"))
-    });
-    if !has_linker {
-        println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
-        run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            nightly,
+        ]))?,
+        Err(e) => {
+            println!("eBPF toolchain: {e}");
+            run(toolchain::rustup().args([
+                "toolchain",
                 "install",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                "--locked",
-            ]),
-        )?;
+                nightly,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+        }
+    }
+    match toolchain::bpf_linker() {
+        Some(path) => println!("eBPF toolchain: bpf-linker is {}", path.display()),
+        None => {
+            // 0.10 loads rustc's own LLVM, so no system LLVM is needed.
+            let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let package = format!("bpf-linker@{}", toolchain::BPF_LINKER_VERSION);
+            run(Command::new(cargo).args(["install", &package, "--locked"]))?;
+        }
     }
     Ok(())
 }
 
-/// Builds the eBPF object, which agent/build.rs compiles into the agent.
-pub fn build_ebpf() -> anyhow::Result<()> {
-    println!("build-ebpf: the eBPF object is built by agent/build.rs; building alcor-agent");
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-            "build",
-            "-p",
-            "alcor-agent",
-        ]),
-    )
+/// Builds the eBPF object into ebpf/target and prints where it is.
+pub fn build_ebpf() -> Result<()> {
+    let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ebpf");
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", ebpf_dir.display()))?;
+    let target_dir = ebpf_dir.join("target");
+    let bpf_linker = toolchain::check().map_err(|e| anyhow!(e))?;
+    run(&mut toolchain::cargo_build(&ebpf_dir, &target_dir, &bpf_linker))?;
+    let object = toolchain::object_path(&target_dir);
+    ensure!(object.is_file(), "the build left no {}", object.display());
+    println!("eBPF object: {}", object.display());
+    Ok(())
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
+/// Runs `command`, saying what it runs, and fails unless it succeeds.
+fn run(command: &mut Command) -> Result<()> {
+    println!("running {command:?}");
     let status = command
         .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
-    }
+        .with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed: {status}");
     Ok(())
 }

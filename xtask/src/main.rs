@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Alcor-in-Rust development tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Alcor-in-Rust development tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,

@@ -109,6 +109,10 @@ struct Measure {
     latencies_us: Vec<u64>,
     /// `message_total_operation_time` of each reply: the agent's own time.
     agent_us: Vec<u64>,
+    /// Each port's `network_configuration_time` (netlink plumbing) and
+    /// `dataplane_programming_time` (eBPF attachment), µs.
+    netlink_us: Vec<u64>,
+    datapath_us: Vec<u64>,
     peak_rss_kib: Option<u64>,
 }
 
@@ -187,10 +191,12 @@ async fn one_message(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow
         wall,
         latencies_us,
         agent_us: vec![u64::from(reply.message_total_operation_time)],
+        netlink_us: port_times(&port_statuses).0,
+        datapath_us: port_times(&port_statuses).1,
         peak_rss_kib: peak_rss_kib(&agent),
     };
     verify_eth0(vms, ports)?;
-    remove_ports(host, agent, ports)?;
+    remove_ports(host, agent, vms)?;
     Ok(measure)
 }
 
@@ -199,17 +205,18 @@ async fn pipelined(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow::
     let (host, agent) = fresh_agent(prefix, "b").await?;
     let (vpcs, subnets) = network();
     let mut client = agent.client().await;
-    let reply = client
-        .push_goal_states_stream(futures::stream::iter([goalstate::v2(
-            vpcs,
-            subnets,
-            vec![],
-        )]))
-        .await?
-        .into_inner()
-        .message()
-        .await?
-        .context("no reply to the VPC and subnet")?;
+    let network = goalstate::v2(vpcs, subnets, vec![]);
+    let reply = tokio::time::timeout(RUN_TIMEOUT, async {
+        client
+            .push_goal_states_stream(futures::stream::iter([network]))
+            .await?
+            .into_inner()
+            .message()
+            .await
+    })
+    .await
+    .map_err(|_| anyhow!("no reply to the VPC and subnet within {RUN_TIMEOUT:?}"))??
+    .context("no reply to the VPC and subnet")?;
     check_reply(&reply, 2, &agent)?;
 
     let messages: Vec<GoalStateV2> = ports
@@ -247,8 +254,9 @@ async fn pipelined(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow::
         received.len(),
         agent.log()
     );
+    let mut port_statuses = Vec::with_capacity(PORTS);
     for (_, reply) in &received {
-        check_reply(reply, 1, &agent)?;
+        port_statuses.extend(check_reply(reply, 1, &agent)?);
     }
     let sent = sent.lock().expect("sent log").clone();
     ensure!(
@@ -269,10 +277,12 @@ async fn pipelined(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow::
             .iter()
             .map(|(_, reply)| u64::from(reply.message_total_operation_time))
             .collect(),
+        netlink_us: port_times(&port_statuses).0,
+        datapath_us: port_times(&port_statuses).1,
         peak_rss_kib: peak_rss_kib(&agent),
     };
     verify_eth0(vms, ports)?;
-    remove_ports(host, agent, ports)?;
+    remove_ports(host, agent, vms)?;
     Ok(measure)
 }
 
@@ -298,7 +308,7 @@ fn ip_batch_peer(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow::Re
     ip_batch(Some(host.name()), &script, false)?;
     let wall = started.elapsed();
     verify_eth0(vms, ports)?;
-    delete_devices(&host, ports)?;
+    remove_host(host, vms)?;
     Ok(Measure {
         name: "ip -batch (kernel tooling)",
         wall,
@@ -312,9 +322,7 @@ fn check_reply<'a>(
     reply: &'a GoalStateOperationReply,
     expected: usize,
     agent: &Agent,
-) -> anyhow::Result<
-    Vec<&'a alcor_proto::schema::goal_state_operation_reply::GoalStateOperationStatus>,
-> {
+) -> anyhow::Result<Vec<&'a PortStatus>> {
     ensure!(
         reply.operation_statuses.len() == expected,
         "{} statuses instead of {expected}",
@@ -340,6 +348,21 @@ fn check_reply<'a>(
         .collect())
 }
 
+type PortStatus = alcor_proto::schema::goal_state_operation_reply::GoalStateOperationStatus;
+
+/// (netlink, datapath) µs of each port status.
+fn port_times(statuses: &[&PortStatus]) -> (Vec<u64>, Vec<u64>) {
+    statuses
+        .iter()
+        .map(|s| {
+            (
+                u64::from(s.network_configuration_time),
+                u64::from(s.dataplane_programming_time),
+            )
+        })
+        .unzip()
+}
+
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
     status
@@ -352,28 +375,33 @@ fn peak_rss_kib(agent: &Agent) -> Option<u64> {
         .ok()
 }
 
-/// Every VM namespace has its eth0 (checked from one thread that enters
-/// each namespace in turn), and a few have the right MAC, MTU and state.
-fn verify_eth0(vms: &NetnsSet, ports: &[PortSpec]) -> anyhow::Result<()> {
-    let names = vms.names().to_vec();
-    let missing = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
-        let mut missing = Vec::new();
+/// How many of `names` have an eth0, checked from one thread that enters
+/// each namespace in turn (no process per namespace).
+fn count_eth0(names: &[String]) -> anyhow::Result<usize> {
+    let names = names.to_vec();
+    std::thread::spawn(move || -> anyhow::Result<usize> {
+        let mut found = 0;
         for name in names {
             let file = File::open(format!("/var/run/netns/{name}"))?;
             nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-            if nix::net::if_::if_nametoindex("eth0").is_err() {
-                missing.push(name);
+            if nix::net::if_::if_nametoindex("eth0").is_ok() {
+                found += 1;
             }
         }
-        Ok(missing)
+        Ok(found)
     })
     .join()
-    .map_err(|_| anyhow!("the checking thread panicked"))??;
+    .map_err(|_| anyhow!("the checking thread panicked"))?
+}
+
+/// Every VM namespace has its eth0, and a few have the right MAC, MTU and
+/// state.
+fn verify_eth0(vms: &NetnsSet, ports: &[PortSpec]) -> anyhow::Result<()> {
+    let found = count_eth0(vms.names())?;
     ensure!(
-        missing.is_empty(),
-        "{} VM namespaces have no eth0, e.g. {}",
-        missing.len(),
-        missing[0]
+        found == vms.len(),
+        "only {found} of {} VM namespaces have an eth0",
+        vms.len()
     );
     for port in [&ports[0], &ports[ports.len() / 2], &ports[ports.len() - 1]] {
         let out = alcor_tests::netns::run(
@@ -395,19 +423,30 @@ fn verify_eth0(vms: &NetnsSet, ports: &[PortSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the agent and deletes the host sides (which takes the VM sides
-/// along, synchronously), so the next run starts from empty VMs.
-fn remove_ports(host: Netns, agent: Agent, ports: &[PortSpec]) -> anyhow::Result<()> {
+/// Stops the agent and empties the VMs for the next run.
+fn remove_ports(host: Netns, agent: Agent, vms: &NetnsSet) -> anyhow::Result<()> {
     drop(agent);
-    delete_devices(&host, ports)
+    remove_host(host, vms)
 }
 
-fn delete_devices(host: &Netns, ports: &[PortSpec]) -> anyhow::Result<()> {
-    let script: String = ports
-        .iter()
-        .map(|p| format!("link del dev {}\n", p.device))
-        .collect();
-    ip_batch(Some(host.name()), &script, true).context("deleting the veths")
+/// Deletes the host namespace and waits until the kernel has taken the VM
+/// sides of its veths along. (Its namespace cleanup removes all the pairs
+/// at once, in a fraction of a second; `ip link del` one by one waits for
+/// an RCU grace period each, about 18 ms.)
+fn remove_host(host: Netns, vms: &NetnsSet) -> anyhow::Result<()> {
+    drop(host);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = count_eth0(vms.names())?;
+        if left == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{left} VM namespaces still have an eth0 a minute after their host namespace went"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn fmt_us(us: Option<u64>) -> String {
@@ -450,6 +489,16 @@ fn report(ours: &[Measure], ip: &Measure) -> anyhow::Result<()> {
             "p99_port_latency_us": m.percentile_us(99.0),
             "peak_rss_kib": m.peak_rss_kib,
             "ratio_to_ip_batch": ratio,
+            "port_netlink_us": (!m.netlink_us.is_empty()).then(|| json!({
+                "sum": m.netlink_us.iter().sum::<u64>(),
+                "p50": percentile(&m.netlink_us, 50.0),
+                "p99": percentile(&m.netlink_us, 99.0),
+            })),
+            "port_datapath_us": (!m.datapath_us.is_empty()).then(|| json!({
+                "sum": m.datapath_us.iter().sum::<u64>(),
+                "p50": percentile(&m.datapath_us, 50.0),
+                "p99": percentile(&m.datapath_us, 99.0),
+            })),
             "agent_message_time_us": (!m.agent_us.is_empty()).then(|| json!({
                 "messages": m.agent_us.len(),
                 "sum": m.agent_us.iter().sum::<u64>(),
@@ -471,6 +520,13 @@ fn report(ours: &[Measure], ip: &Measure) -> anyhow::Result<()> {
             m.agent_us.len(),
             fmt_us(percentile(&m.agent_us, 50.0)),
             fmt_us(percentile(&m.agent_us, 99.0)),
+        );
+        println!(
+            "    per port: netlink p50 {} p99 {}, datapath attach p50 {} p99 {}",
+            fmt_us(percentile(&m.netlink_us, 50.0)),
+            fmt_us(percentile(&m.netlink_us, 99.0)),
+            fmt_us(percentile(&m.datapath_us, 50.0)),
+            fmt_us(percentile(&m.datapath_us, 99.0)),
         );
     }
     let dir = util::target_dir().join("bench");

@@ -2,11 +2,7 @@
 //! `cargo xtask build-ebpf`. The agent's build script builds the same object
 //! the same way (both include ebpf/toolchain.rs).
 
-use std::{
-    env,
-    path::Path,
-    process::Command,
-};
+use std::{env, path::Path, process::Command};
 
 use anyhow::{Context, Result, anyhow, ensure};
 
@@ -19,13 +15,9 @@ pub fn ensure_toolchain() -> Result<()> {
     let nightly = toolchain::TOOLCHAIN;
     match toolchain::rust_src_installed() {
         Ok(true) => println!("eBPF toolchain: {nightly} with rust-src is installed"),
-        Ok(false) => run(toolchain::rustup().args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            nightly,
-        ]))?,
+        Ok(false) => {
+            run(toolchain::rustup().args(["component", "add", "rust-src", "--toolchain", nightly]))?
+        }
         Err(e) => {
             println!("eBPF toolchain: {e}");
             run(toolchain::rustup().args([
@@ -59,7 +51,11 @@ pub fn build_ebpf() -> Result<()> {
         .with_context(|| format!("cannot find {}", ebpf_dir.display()))?;
     let target_dir = ebpf_dir.join("target");
     let bpf_linker = toolchain::check().map_err(|e| anyhow!(e))?;
-    run(&mut toolchain::cargo_build(&ebpf_dir, &target_dir, &bpf_linker))?;
+    run(&mut toolchain::cargo_build(
+        &ebpf_dir,
+        &target_dir,
+        &bpf_linker,
+    ))?;
     let object = toolchain::object_path(&target_dir);
     ensure!(object.is_file(), "the build left no {}", object.display());
     println!("eBPF object: {}", object.display());

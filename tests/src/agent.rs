@@ -31,6 +31,8 @@ pub struct AgentOptions {
     pub args: Vec<String>,
     /// Listen on this address instead of 127.0.0.1:50001.
     pub grpc_listen: Option<SocketAddr>,
+    /// Extra environment (e.g. what systemd would set).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Agent {
@@ -124,6 +126,7 @@ impl Agent {
             .arg("--bpf-pin-dir")
             .arg(&self.pin_dir)
             .args(&self.options.args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,alcor_agent=debug")
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -62,6 +62,7 @@ impl Host {
                 self.underlay_ip.to_string(),
             ],
             grpc_listen: Some(self.grpc_addr()),
+            ..Default::default()
         }
     }
 }

@@ -84,6 +84,7 @@ async fn only_clients_signed_by_the_configured_ca_may_push() {
         AgentOptions {
             args,
             grpc_listen: Some(listen),
+            ..Default::default()
         },
     )
     .await;

@@ -272,16 +272,22 @@ impl Plumber {
         Ok(created.index)
     }
 
+    // Datapath calls are blocking syscalls under a mutex: let the runtime
+    // move other tasks off this worker meanwhile.
     fn attach(&self, ifindex: u32) -> Result<(), String> {
-        self.datapath()?
-            .attach_port(ifindex)
-            .map_err(|e| format!("attaching the datapath: {e}"))
+        tokio::task::block_in_place(|| {
+            self.datapath()?
+                .attach_port(ifindex)
+                .map_err(|e| format!("attaching the datapath: {e}"))
+        })
     }
 
     fn detach(&self, ifindex: u32) -> Result<(), String> {
-        self.datapath()?
-            .detach_port(ifindex)
-            .map_err(|e| format!("detaching the datapath: {e}"))
+        tokio::task::block_in_place(|| {
+            self.datapath()?
+                .detach_port(ifindex)
+                .map_err(|e| format!("detaching the datapath: {e}"))
+        })
     }
 
     pub fn datapath(&self) -> Result<std::sync::MutexGuard<'_, Datapath>, String> {

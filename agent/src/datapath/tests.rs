@@ -571,3 +571,56 @@ fn tcx_links_of_the_previous_build_are_replaced() {
         wait_for_counters(&datapath, port, expected);
     });
 }
+
+/// Attaches `ports` one by one and prints the time an attach takes.
+fn attach_timed(datapath: &mut Datapath, ports: &[u32], what: &str) {
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for &port in ports {
+        let attaching = Instant::now();
+        datapath.attach_port(port).unwrap();
+        slowest = slowest.max(attaching.elapsed());
+    }
+    let total = started.elapsed();
+    let _ = writeln!(
+        io::stderr(),
+        "{what} {} ports in {total:?}: {:?} per attach, slowest {slowest:?}",
+        ports.len(),
+        total / ports.len() as u32
+    );
+}
+
+#[test]
+fn fifty_ports_attach_and_count() {
+    if !privileged() {
+        return;
+    }
+    in_new_netns(|| {
+        const PORTS: usize = 50;
+        let pins = PinDir::new();
+        let netlink = Netlink::new();
+        let veths: Vec<(u32, u32)> = (0..PORTS)
+            .map(|i| netlink.add_veth(&format!("port{i}"), &format!("vm{i}"), None))
+            .collect();
+        let mut ports: Vec<u32> = veths.iter().map(|&(port, _)| port).collect();
+        ports.sort_unstable();
+
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        attach_timed(&mut datapath, &ports, "attached");
+        assert_eq!(datapath.attached_ports().unwrap(), ports);
+        // A restarted agent adopts them all (a program swap per filter).
+        drop(datapath);
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        assert_eq!(datapath.attached_ports().unwrap(), ports);
+        attach_timed(&mut datapath, &ports, "adopted");
+
+        for &(_, vm) in &veths {
+            send_frames(vm, 60, 1);
+        }
+        let mut expected = PortCounters::default();
+        add(&mut expected, Hook::FromVm, 60, 1);
+        for &port in &ports {
+            wait_for_counters(&datapath, port, expected);
+        }
+    });
+}

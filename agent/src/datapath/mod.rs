@@ -1,50 +1,73 @@
 //! The eBPF datapath: loads the programs built from `ebpf/` (embedded in the
-//! agent binary by build.rs), attaches the port program to port devices with
-//! tcx links and reads its maps.
+//! agent binary by build.rs), attaches the port program to port devices as tc
+//! filters and reads its maps.
 //!
-//! Maps and links are pinned under a per-agent directory on bpffs, so that a
-//! stopped or crashed agent leaves forwarding running and its successor adopts
-//! what it finds there. Several agents (one per network namespace, as in the
-//! tests) can share a machine as long as their pin directories differ.
+//! Port programs are cls_bpf filters in direct-action mode on the device's
+//! clsact qdisc (legacy netlink tc), not tcx links: attaching a tcx link
+//! waits for an RCU grace period while holding the rtnl lock (~13 ms per
+//! hook on this machine kind, stalling every other netlink user of the host),
+//! adding a filter does not (~0.2 ms per port, both hooks). A filter belongs
+//! to its device, so it keeps running when the agent stops or crashes,
+//! without any pin.
 //!
-//! Every method is synchronous and quick (a few bpf syscalls, no waiting).
+//! Maps are pinned under a per-agent directory on bpffs, so that counters
+//! survive restarts and a successor knows which ports it had attached. Several
+//! agents (one per network namespace, as in the tests) can share a machine as
+//! long as their pin directories differ.
+//!
+//! Every method is synchronous and quick (a few bpf and netlink syscalls, no
+//! waiting). Devices are looked up in the calling thread's network namespace.
 
 mod bpffs;
 #[cfg(test)]
 mod tests;
 
 use std::{
-    collections::BTreeSet,
     ffi::CStr,
-    fs, io,
+    fs, io, mem,
     path::{Path, PathBuf},
 };
 
-use alcor_ebpf_common::{maps, programs};
+use alcor_ebpf_common::{MAX_PORTS, maps, programs};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Map, MapData, MapError, PerCpuHashMap},
+    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap},
     pin::PinError,
     programs::{
-        LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType,
+        Link, Program, ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle,
         links::{FdLink, LinkError, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
     },
     sys::SyscallError,
 };
 
 pub use alcor_ebpf_common::PortCounters;
 
-/// Where the agent pins its maps and links unless configured otherwise.
+/// Where the agent pins its maps unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/alcor";
 
 /// The object agent/build.rs built from ebpf/: every program and map.
 static DATAPATH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/alcor-datapath"));
 
-/// Subdirectory of the pin directory holding one link per port and hook.
-const LINKS_DIR: &str = "links";
-const PORT_LINK_PREFIX: &str = "port-";
+/// Our filter on each hook of a port device's clsact qdisc is at priority 1,
+/// handle 1. Fixed, so that a successor addresses it without listing filters
+/// and swaps its program in place. Priority 1 runs before anything tc adds
+/// with its default priorities (49152 and down); our program's verdict is
+/// final (direct action), as the port's datapath must be.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Pinned hash of the ports the agent attached: ifindex → 1, from the start
+/// of `attach_port` to the end of `detach_port`. The agent's own record (no
+/// program reads it), so it is created here rather than in the object.
+const ATTACHED_PORTS: &str = "ATTACHED_PORTS";
+/// BPF_F_NO_PREALLOC: entries are allocated as ports come, not all upfront.
+const NO_PREALLOC: u32 = 1;
+
+/// Where the previous build pinned a tcx link per port and hook, named
+/// `port-<ifindex>-<ingress|egress>`; replaced by filters on open.
+const TCX_LINKS_DIR: &str = "links";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -83,17 +106,31 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("cannot pin map at {}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    /// A tcx link pinned by the previous build.
     #[error("link pinned at {}", path.display())]
     Link {
         path: PathBuf,
         #[source]
         source: LinkError,
     },
-    #[error("cannot pin link at {}", path.display())]
-    Pin {
-        path: PathBuf,
+    #[error("cannot add a clsact qdisc to device {ifindex}")]
+    Clsact {
+        ifindex: u32,
         #[source]
-        source: PinError,
+        source: TcError,
+    },
+    #[error("tc filter of {program} on device {ifindex}")]
+    Filter {
+        ifindex: u32,
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
     },
     /// The port's device does not exist (yet): nothing was attached.
     #[error("no network device with ifindex {0}")]
@@ -126,31 +163,39 @@ impl Hook {
         }
     }
 
-    const fn pin_suffix(self) -> &'static str {
-        match self {
-            Self::FromVm => "ingress",
-            Self::ToVm => "egress",
-        }
+    /// Our filter on this hook of device `ifname`, as aya addresses it.
+    fn filter(self, ifname: &str) -> Result<SchedClassifierLink, ProgramError> {
+        SchedClassifierLink::attached(
+            ifname,
+            self.attach_type(),
+            FILTER_PRIORITY,
+            FILTER_HANDLE,
+            None,
+        )
+        .map_err(ProgramError::from)
     }
 }
 
 /// One agent's datapath: its loaded programs and their maps. Dropping it
-/// leaves everything pinned, and so attached and counting.
+/// leaves the filters attached and counting, and the maps pinned.
 pub struct Datapath {
     ebpf: Ebpf,
     counters: PerCpuHashMap<MapData, u32, PortCounters>,
-    links_dir: PathBuf,
+    attached: HashMap<MapData, u32, u8>,
 }
 
 impl Datapath {
     /// Loads the embedded programs; maps are pinned under `pin_dir` (default used by the
     /// agent: /sys/fs/bpf/alcor) and reused if already pinned there, so counters survive
     /// agent restarts. Mounts bpffs at /sys/fs/bpf if it is not mounted. Creates pin_dir.
+    ///
+    /// Forgets the ports (and counters) of devices deleted while no agent ran.
+    /// Ports attached by the previous build with pinned tcx links are given
+    /// filters and lose their links.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         bpffs::ensure_mounted()?;
-        let links_dir = pin_dir.join(LINKS_DIR);
-        fs::create_dir_all(&links_dir).map_err(|source| DatapathError::Io {
-            what: format!("cannot create {}", links_dir.display()),
+        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
+            what: format!("cannot create {}", pin_dir.display()),
             source,
         })?;
         if !bpffs::contains(pin_dir)? {
@@ -180,71 +225,84 @@ impl Datapath {
             .take_map(maps::PORT_COUNTERS)
             .ok_or(DatapathError::Missing(maps::PORT_COUNTERS))?;
         let counters = PerCpuHashMap::try_from(counters).map_err(map_error(maps::PORT_COUNTERS))?;
-        Ok(Self {
+        let attached = attached_ports_map(&pin_dir.join(ATTACHED_PORTS))?;
+        let mut datapath = Self {
             ebpf,
             counters,
-            links_dir,
-        })
+            attached,
+        };
+        datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;
+        datapath.forget_deleted_devices()?;
+        Ok(datapath)
     }
 
-    /// Attaches the port program to the device (tcx ingress and egress), links pinned
-    /// under pin_dir (so a crash/restart of the agent leaves them attached). Idempotent: if a
-    /// pinned link for this ifindex already exists and is still attached to it, it is kept
-    /// (and updated in place to the newly loaded program, so a new agent binary upgrades
-    /// programs atomically without detaching); a stale pin (device gone) is replaced.
+    /// Attaches the port program to the device: a filter on each hook (ingress and egress)
+    /// of its clsact qdisc, added if missing. The filters belong to the device, so they keep
+    /// running when the agent stops. Idempotent: where our filter already is (see
+    /// [`FILTER_PRIORITY`]), it is kept and its program replaced in place by the one this
+    /// agent loaded, atomically, so a new agent binary upgrades programs without a gap.
     ///
     /// Counters are keyed by ifindex and kept until [`Self::detach_port`].
     pub fn attach_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let ifname = ifname(ifindex)?;
+        let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
+        // Recorded first: should the agent die halfway, its successor still
+        // lists the port, and can detach it.
+        self.attached
+            .insert(ifindex, 1, 0)
+            .map_err(map_error(ATTACHED_PORTS))?;
+        let new_qdisc = match tc::qdisc_add_clsact(&ifname) {
+            Ok(()) => true,
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Err(source) => return Err(DatapathError::Clsact { ifindex, source }),
+        };
         for hook in Hook::ALL {
-            self.attach_hook(ifindex, &ifname, hook)?;
+            self.attach_hook(ifindex, &ifname, hook, new_qdisc)?;
         }
         Ok(())
     }
 
-    /// Detaches and unpins the port's links and removes its counters. Ok if nothing is attached.
+    /// Removes our filters from the device (if it still exists) and forgets the port and its
+    /// counters. Ok if nothing is attached. The clsact qdisc stays: it may hold filters of
+    /// others, costs nothing empty, and a later attach reuses it.
+    ///
+    /// Unlike a tcx detach, deleting a filter does not wait for programs running on other
+    /// CPUs: a frame in flight at that very moment may still count into a fresh counters
+    /// entry, kept until the next detach or, once the device is gone, the next open.
     pub fn detach_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        for hook in Hook::ALL {
-            let path = self.link_path(ifindex, hook);
-            if let Some(pinned) = pinned_link(&path)? {
-                let link = pinned.unpin().map_err(|source| DatapathError::Io {
-                    what: format!("cannot unpin {}", path.display()),
-                    source,
-                })?;
-                // Ours is now the last reference: closing it detaches the
-                // link before `drop` returns, so no program still runs when
-                // the counters go.
-                drop(link);
+        if let Some(ifname) = ifname(ifindex)? {
+            for hook in Hook::ALL {
+                let deleted = hook.filter(&ifname).and_then(Link::detach);
+                match deleted {
+                    // No such filter, no clsact qdisc (or a filter of another
+                    // protocol at our priority), the device just went: in
+                    // every case, none of ours is left.
+                    Err(e)
+                        if matches!(
+                            errno(&e),
+                            Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
+                        ) => {}
+                    deleted => deleted.map_err(filter_error(ifindex, hook))?,
+                }
             }
         }
-        match self.counters.remove(&ifindex) {
-            Err(MapError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
-                Ok(())
-            }
-            removed => removed.map_err(map_error(maps::PORT_COUNTERS)),
-        }
+        self.forget(ifindex)
     }
 
-    /// Ifindexes that have pinned links under pin_dir (lets the agent clean up ports
-    /// that are no longer desired after a restart).
+    /// Ports attached and not detached since, whose device still exists, in ifindex order
+    /// (lets the agent clean up ports that are no longer desired after a restart). Read from
+    /// a pinned map, so it survives restarts.
     pub fn attached_ports(&self) -> Result<Vec<u32>, DatapathError> {
-        let io_error = |source| DatapathError::Io {
-            what: format!("cannot list {}", self.links_dir.display()),
-            source,
-        };
-        let mut ports = BTreeSet::new();
-        for entry in fs::read_dir(&self.links_dir).map_err(io_error)? {
-            let name = entry.map_err(io_error)?.file_name();
-            let ifindex: Option<u32> = name
-                .to_str()
-                .and_then(|name| name.strip_prefix(PORT_LINK_PREFIX))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(ifindex, _hook)| ifindex.parse().ok());
-            ports.extend(ifindex);
+        let mut ports = Vec::new();
+        for ifindex in self.attached.keys() {
+            let ifindex = ifindex.map_err(map_error(ATTACHED_PORTS))?;
+            // The device still exists. (Taking a deleted device's ifindex
+            // takes asking for it: the kernel hands them out cyclically.)
+            if ifname(ifindex)?.is_some() {
+                ports.push(ifindex);
+            }
         }
-        Ok(ports.into_iter().collect())
+        ports.sort_unstable();
+        Ok(ports)
     }
 
     /// Counters summed over CPUs; zero if the port has none.
@@ -264,50 +322,106 @@ impl Datapath {
             }))
     }
 
-    fn attach_hook(&mut self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), DatapathError> {
-        let path = self.link_path(ifindex, hook);
-        let name = hook.program();
+    /// Puts the hook's program in our filter: a change of the existing filter
+    /// if there is one (the device is never without a program), else a new
+    /// filter. `new_qdisc`: the clsact qdisc was just added, so it is empty.
+    fn attach_hook(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        hook: Hook,
+        new_qdisc: bool,
+    ) -> Result<(), DatapathError> {
         let program = self.program_mut(hook)?;
-        let program_id = program.info().map_err(program_error(name))?.id();
-
-        if let Some(pinned) = pinned_link(&path)? {
-            let link = FdLink::from(pinned);
-            let link_program = link.info().map_err(link_error(&path))?.program_id();
-            let (_, attached) = SchedClassifier::query_tcx(ifname, hook.attach_type())
-                .map_err(program_error(name))?;
-            if attached.iter().any(|p| p.id() == link_program) {
-                if link_program != program_id {
-                    // Swaps the program under the link: the device is never
-                    // without one.
-                    let link = SchedClassifierLink::try_from(link).map_err(link_error(&path))?;
-                    let id = program.attach_to_link(link).map_err(program_error(name))?;
-                    // The pin keeps the link; our handle is not needed.
-                    program.take_link(id).map_err(program_error(name))?;
-                }
-                return Ok(());
+        let changed = if new_qdisc {
+            None
+        } else {
+            // Without NLM_F_CREATE: ENOENT if there is no such filter.
+            match hook
+                .filter(ifname)
+                .and_then(|filter| program.attach_to_link(filter))
+            {
+                Ok(id) => Some(id),
+                Err(e) if errno(&e) == Some(libc::ENOENT) => None,
+                Err(e) => return Err(filter_error(ifindex, hook)(e)),
             }
-            // Stale: its device is gone (this ifindex is a new device) or
-            // someone detached it. Dropping the last handles frees it.
-            fs::remove_file(&path).map_err(|source| DatapathError::Io {
-                what: format!("cannot remove stale link {}", path.display()),
-                source,
-            })?;
-        }
-
-        // aya 0.14 attaches by name; the agent names its port devices itself
-        // (or the hypervisor does), so the name cannot change under us.
-        let id = program
-            .attach_with_options(
-                ifname,
-                hook.attach_type(),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(program_error(name))?;
-        let link = program.take_link(id).map_err(program_error(name))?;
-        let link = FdLink::try_from(link).map_err(link_error(&path))?;
-        link.pin(&path)
-            .map_err(|source| DatapathError::Pin { path, source })?;
+        };
+        let id = match changed {
+            Some(id) => id,
+            None => program
+                .attach_with_options(
+                    ifname,
+                    hook.attach_type(),
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: FILTER_PRIORITY,
+                        handle: FILTER_HANDLE,
+                        classid: None,
+                    }),
+                )
+                .map_err(filter_error(ifindex, hook))?,
+        };
+        let filter = program.take_link(id).map_err(filter_error(ifindex, hook))?;
+        // The filter is the device's, not this process's: aya's handle
+        // deletes it when dropped, and so would the program holding it.
+        mem::forget(filter);
         Ok(())
+    }
+
+    /// Replaces the previous build's tcx links (pinned under `dir`) with
+    /// filters, so that no port keeps both. A tcx program letting a frame
+    /// through skips the device's tc filters, so each port goes from the old
+    /// program to the new one without a moment with neither.
+    fn replace_tcx_links(&mut self, dir: &Path) -> Result<(), DatapathError> {
+        let io_error = |source| DatapathError::Io {
+            what: format!("cannot clean up {}", dir.display()),
+            source,
+        };
+        let entries = match fs::read_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            entries => entries.map_err(io_error)?,
+        };
+        for entry in entries {
+            let path = entry.map_err(io_error)?.path();
+            let link = PinnedLink::from_pin(&path).map_err(link_error(&path))?;
+            let link = FdLink::from(link);
+            let ifindex = path
+                .file_name()
+                .and_then(|name| name.to_str()?.strip_prefix("port-")?.split_once('-'))
+                .and_then(|(ifindex, _hook)| ifindex.parse().ok());
+            if let Some(ifindex) = ifindex
+                && tcx_link_attached(&link, &path, ifindex)?
+            {
+                self.attach_port(ifindex)?;
+            }
+            fs::remove_file(&path).map_err(io_error)?;
+            // Ours is now the last reference: closing it detaches the link.
+            drop(link);
+        }
+        fs::remove_dir(dir).map_err(io_error)
+    }
+
+    /// Drops the entries of devices that are gone: `attached_ports` does
+    /// not list them, so nothing would detach them.
+    fn forget_deleted_devices(&mut self) -> Result<(), DatapathError> {
+        let mut gone = Vec::new();
+        for ifindex in self.attached.keys() {
+            let ifindex = ifindex.map_err(map_error(ATTACHED_PORTS))?;
+            gone.extend(ifname(ifindex)?.is_none().then_some(ifindex));
+        }
+        for ifindex in self.counters.keys() {
+            let ifindex = ifindex.map_err(map_error(maps::PORT_COUNTERS))?;
+            gone.extend(ifname(ifindex)?.is_none().then_some(ifindex));
+        }
+        gone.into_iter()
+            .try_for_each(|ifindex| self.forget(ifindex))
+    }
+
+    /// Drops the port's counters, then its entry in the attached ports.
+    fn forget(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        removed(self.counters.remove(&ifindex)).map_err(map_error(maps::PORT_COUNTERS))?;
+        // Last: should the agent die halfway, its successor still lists the
+        // port, and can detach it again.
+        removed(self.attached.remove(&ifindex)).map_err(map_error(ATTACHED_PORTS))
     }
 
     fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
@@ -318,26 +432,64 @@ impl Datapath {
             .try_into()
             .map_err(program_error(name))
     }
+}
 
-    fn link_path(&self, ifindex: u32, hook: Hook) -> PathBuf {
-        self.links_dir
-            .join(format!("{PORT_LINK_PREFIX}{ifindex}-{}", hook.pin_suffix()))
+/// The map of attached ports pinned at `path`, created if there is none.
+fn attached_ports_map(path: &Path) -> Result<HashMap<MapData, u32, u8>, DatapathError> {
+    let map = match MapData::from_pin(path) {
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            HashMap::<_, u32, u8>::create(MAX_PORTS, NO_PREALLOC)
+                .map_err(map_error(ATTACHED_PORTS))?
+                .pin(path)
+                .map_err(|source| DatapathError::Pin {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            MapData::from_pin(path)
+        }
+        map => map,
+    };
+    let map = map.and_then(Map::from_map_data);
+    match map.and_then(HashMap::try_from) {
+        Err(
+            MapError::InvalidMapType { .. }
+            | MapError::InvalidKeySize { .. }
+            | MapError::InvalidValueSize { .. },
+        ) => Err(DatapathError::IncompatiblePinnedMap {
+            name: ATTACHED_PORTS,
+            path: path.to_owned(),
+        }),
+        map => map.map_err(map_error(ATTACHED_PORTS)),
     }
 }
 
-/// The link pinned at `path`, if any.
-fn pinned_link(path: &Path) -> Result<Option<PinnedLink>, DatapathError> {
-    match PinnedLink::from_pin(path) {
-        Ok(pinned) => Ok(Some(pinned)),
-        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+/// Whether the tcx `link` pinned at `path` is attached to device `ifindex`.
+fn tcx_link_attached(link: &FdLink, path: &Path, ifindex: u32) -> Result<bool, DatapathError> {
+    let Some(ifname) = ifname(ifindex)? else {
+        return Ok(false);
+    };
+    let program = link.info().map_err(link_error(path))?.program_id();
+    for hook in Hook::ALL {
+        let (_, attached) = SchedClassifier::query_tcx(&ifname, hook.attach_type())
+            .map_err(filter_error(ifindex, hook))?;
+        if attached.iter().any(|p| p.id() == program) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A map entry's removal, where none to remove is fine.
+fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(SyscallError { io_error, .. }))
             if io_error.kind() == io::ErrorKind::NotFound =>
         {
-            Ok(None)
+            Ok(())
         }
-        Err(source) => Err(DatapathError::Link {
-            path: path.to_owned(),
-            source,
-        }),
+        result => result,
     }
 }
 
@@ -355,19 +507,48 @@ fn check_pinned_layout(counters: &MapData, path: &Path) -> Result<(), DatapathEr
     Ok(())
 }
 
-/// The name of device `ifindex` in this thread's network namespace.
-fn ifname(ifindex: u32) -> Result<String, DatapathError> {
+/// The name of device `ifindex` in this thread's network namespace; `None`
+/// if there is no such device.
+fn ifname(ifindex: u32) -> Result<Option<String>, DatapathError> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
     // SAFETY: the buffer is IF_NAMESIZE bytes, as if_indextoname requires.
     let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    let lookup_error = |source| DatapathError::Io {
+        what: format!("cannot look up device {ifindex}"),
+        source,
+    };
     if name.is_null() {
-        return Err(DatapathError::NoSuchDevice(ifindex));
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENXIO | libc::ENODEV) => Ok(None),
+            _ => Err(lookup_error(error)),
+        };
     }
+    // aya addresses devices by (UTF-8) name; the agent names its own.
     CStr::from_bytes_until_nul(&buf)
         .ok()
         .and_then(|name| name.to_str().ok())
-        .map(str::to_owned)
-        .ok_or(DatapathError::NoSuchDevice(ifindex))
+        .map(|name| Some(name.to_owned()))
+        .ok_or_else(|| lookup_error(io::ErrorKind::InvalidData.into()))
+}
+
+/// The errno a failed tc netlink request (or device lookup) returned.
+fn errno(error: &ProgramError) -> Option<i32> {
+    match error {
+        ProgramError::NetlinkError(e) | ProgramError::TcError(TcError::NetlinkError(e)) => {
+            e.raw_os_error()
+        }
+        ProgramError::IOError(e) | ProgramError::TcError(TcError::IoError(e)) => e.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn filter_error(ifindex: u32, hook: Hook) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Filter {
+        ifindex,
+        program: hook.program(),
+        source: Box::new(source),
+    }
 }
 
 fn program_error(name: &str) -> impl FnOnce(ProgramError) -> DatapathError + '_ {

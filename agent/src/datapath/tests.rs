@@ -7,14 +7,18 @@ use std::{
     io::{self, Write},
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use alcor_ebpf_common::programs::{PORT_FROM_VM, PORT_TO_VM};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{LinkOrder, TestRun, TestRunOptions};
 use futures::TryStreamExt;
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
 use nix::sched::{CloneFlags, unshare};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
@@ -211,38 +215,107 @@ impl Netlink {
         let request = self.handle.link().del(ifindex).execute();
         self.runtime.block_on(request).unwrap();
     }
+
+    /// The bpf filters on a hook of device `ifindex`'s clsact qdisc.
+    fn filters(&self, ifindex: u32, hook: Hook) -> Vec<Filter> {
+        let request = self
+            .handle
+            .traffic_filter(ifindex.try_into().unwrap())
+            .get();
+        let request = match hook {
+            Hook::FromVm => request.ingress(),
+            Hook::ToVm => request.egress(),
+        };
+        let messages: Vec<_> = self
+            .runtime
+            .block_on(request.execute().try_collect())
+            .unwrap();
+        // A dump also has an entry per priority, without options.
+        messages
+            .iter()
+            .filter_map(|message| {
+                let program = message.attributes.iter().find_map(|attribute| {
+                    let TcAttribute::Options(options) = attribute else {
+                        return None;
+                    };
+                    options.iter().find_map(|option| match option {
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                        _ => None,
+                    })
+                })?;
+                Some(Filter {
+                    priority: (message.header.info >> 16) as u16,
+                    handle: message.header.handle.into(),
+                    program,
+                })
+            })
+            .collect()
+    }
 }
 
-/// Sends `count` frames of `len` bytes out of device `ifindex` through an
-/// AF_PACKET socket, so they pass its tc egress.
-fn send_frames(ifindex: u32, len: usize, count: usize) {
-    let protocol = ETHERTYPE_EXPERIMENTAL.to_be();
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket(AF_PACKET): {}", io::Error::last_os_error());
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_protocol = protocol;
-    address.sll_ifindex = ifindex.try_into().unwrap();
-    address.sll_halen = 6;
-    address.sll_addr[..6].fill(0xff);
-    let frame = frame(len);
-    for _ in 0..count {
+/// A bpf filter on a clsact hook, as the kernel lists it.
+#[derive(Debug, PartialEq, Eq)]
+struct Filter {
+    priority: u16,
+    handle: u32,
+    program: u32,
+}
+
+/// Our filter, running the program loaded for `hook`.
+fn our_filter(datapath: &mut Datapath, hook: Hook) -> Filter {
+    Filter {
+        priority: FILTER_PRIORITY,
+        handle: FILTER_HANDLE.into(),
+        program: program_id(datapath, hook),
+    }
+}
+
+/// An AF_PACKET socket sending frames out of one device, so that they pass
+/// its tc egress. (Closing one waits for an RCU grace period: reuse it.)
+struct FrameSender {
+    socket: OwnedFd,
+    address: libc::sockaddr_ll,
+}
+
+impl FrameSender {
+    fn new(ifindex: u32) -> Self {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket(AF_PACKET): {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = ETHERTYPE_EXPERIMENTAL.to_be();
+        address.sll_ifindex = ifindex.try_into().unwrap();
+        address.sll_halen = 6;
+        address.sll_addr[..6].fill(0xff);
+        Self { socket, address }
+    }
+
+    fn send(&self, frame: &[u8]) {
         // SAFETY: the buffer and the address outlive the call, with their sizes.
         let sent = unsafe {
             libc::sendto(
-                socket.as_raw_fd(),
+                self.socket.as_raw_fd(),
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
-                (&raw const address).cast(),
+                (&raw const self.address).cast(),
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        assert_eq!(sent, len as isize, "{}", io::Error::last_os_error());
+        assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
+    }
+}
+
+/// Sends `count` frames of `len` bytes out of device `ifindex`.
+fn send_frames(ifindex: u32, len: usize, count: usize) {
+    let sender = FrameSender::new(ifindex);
+    let frame = frame(len);
+    for _ in 0..count {
+        sender.send(&frame);
     }
 }
 
@@ -263,18 +336,7 @@ fn wait_for_counters(datapath: &Datapath, ifindex: u32, expected: PortCounters) 
     }
 }
 
-/// Ids of the links pinned for a port (ingress, egress).
-fn pinned_link_ids(datapath: &Datapath, ifindex: u32) -> Vec<u32> {
-    Hook::ALL
-        .iter()
-        .map(|&hook| {
-            let pinned = PinnedLink::from_pin(datapath.link_path(ifindex, hook)).unwrap();
-            FdLink::from(pinned).info().unwrap().id()
-        })
-        .collect()
-}
-
-/// Ids of the programs attached to a device's hook.
+/// Ids of the programs attached to a device's hook with tcx.
 fn tcx_programs(ifname: &str, hook: Hook) -> Vec<u32> {
     let (_, programs) = SchedClassifier::query_tcx(ifname, hook.attach_type()).unwrap();
     programs.iter().map(|program| program.id()).collect()
@@ -303,9 +365,11 @@ fn ports_count_traffic_and_outlive_the_agent() {
         datapath.attach_port(port).unwrap();
         datapath.attach_port(port).unwrap();
         assert_eq!(datapath.attached_ports().unwrap(), [port]);
+        let mut first_programs = Vec::new();
         for hook in Hook::ALL {
-            let program = program_id(&mut datapath, hook);
-            assert_eq!(tcx_programs("port0", hook), [program], "{hook:?}");
+            let filter = our_filter(&mut datapath, hook);
+            first_programs.push(filter.program);
+            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
         }
 
         // The VM sends (the port's ingress); frames go to the VM (its egress).
@@ -317,21 +381,20 @@ fn ports_count_traffic_and_outlive_the_agent() {
         wait_for_counters(&datapath, port, expected);
 
         // The agent stops: the port keeps its programs and keeps counting.
-        let links = pinned_link_ids(&datapath, port);
         drop(datapath);
         send_frames(vm, 70, 1);
         add(&mut expected, Hook::FromVm, 70, 1);
 
         // Its successor finds the port and its counters, and adopts the
-        // links: same links, now running the programs it loaded.
+        // filters: the same filters, now running the programs it loaded.
         let mut datapath = Datapath::open(&pins.0).unwrap();
         assert_eq!(datapath.attached_ports().unwrap(), [port]);
         wait_for_counters(&datapath, port, expected);
         datapath.attach_port(port).unwrap();
-        assert_eq!(pinned_link_ids(&datapath, port), links);
-        for hook in Hook::ALL {
-            let program = program_id(&mut datapath, hook);
-            assert_eq!(tcx_programs("port0", hook), [program], "{hook:?}");
+        for (hook, first) in Hook::ALL.into_iter().zip(first_programs) {
+            let filter = our_filter(&mut datapath, hook);
+            assert_ne!(filter.program, first, "{hook:?}");
+            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
         }
         send_frames(port, 80, 1);
         add(&mut expected, Hook::ToVm, 80, 1);
@@ -341,7 +404,7 @@ fn ports_count_traffic_and_outlive_the_agent() {
         datapath.detach_port(port).unwrap();
         assert!(datapath.attached_ports().unwrap().is_empty());
         for hook in Hook::ALL {
-            assert!(tcx_programs("port0", hook).is_empty(), "{hook:?}");
+            assert!(netlink.filters(port, hook).is_empty(), "{hook:?}");
         }
         assert_eq!(
             datapath.port_counters(port).unwrap(),
@@ -354,42 +417,210 @@ fn ports_count_traffic_and_outlive_the_agent() {
             datapath.port_counters(port).unwrap(),
             PortCounters::default()
         );
+        // A detached port attaches again, on the clsact qdisc left behind.
+        datapath.attach_port(port).unwrap();
+        assert_eq!(datapath.attached_ports().unwrap(), [port]);
+        for hook in Hook::ALL {
+            let filter = our_filter(&mut datapath, hook);
+            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
+        }
     });
 }
 
 #[test]
-fn a_pin_left_by_a_deleted_device_is_replaced() {
+fn adopting_a_port_loses_no_frame() {
     if !privileged() {
         return;
     }
     in_new_netns(|| {
         let pins = PinDir::new();
         let netlink = Netlink::new();
-        let (port, _) = netlink.add_veth("port1", "vm1", None);
+        let (port, _) = netlink.add_veth("port0", "vm0", None);
         let mut datapath = Datapath::open(&pins.0).unwrap();
         datapath.attach_port(port).unwrap();
-        let stale = pinned_link_ids(&datapath, port);
 
-        // The pins outlive the device until the agent cleans up.
+        // Frames go to the VM all along (threads share the namespace they
+        // are spawned in) while successive agents take the port over.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let (sender, frame) = (FrameSender::new(port), frame(60));
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    sender.send(&frame);
+                    sent += 1;
+                }
+                sent
+            }
+        });
+        for _ in 0..5 {
+            drop(datapath);
+            datapath = Datapath::open(&pins.0).unwrap();
+            datapath.attach_port(port).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        let _ = writeln!(io::stderr(), "{sent} frames sent across 5 adoptions");
+        let mut expected = PortCounters::default();
+        add(&mut expected, Hook::ToVm, 60, sent);
+        assert_eq!(datapath.port_counters(port).unwrap(), expected);
+    });
+}
+
+#[test]
+fn a_deleted_device_is_forgotten() {
+    if !privileged() {
+        return;
+    }
+    in_new_netns(|| {
+        let pins = PinDir::new();
+        let netlink = Netlink::new();
+        let (port, vm) = netlink.add_veth("port1", "vm1", None);
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        datapath.attach_port(port).unwrap();
+        send_frames(vm, 60, 2);
+
+        // Deleted without a detach (say, by the hypervisor).
         netlink.delete(port);
-        assert_eq!(datapath.attached_ports().unwrap(), [port]);
+        assert!(datapath.attached_ports().unwrap().is_empty());
         assert!(matches!(
             datapath.attach_port(port),
             Err(DatapathError::NoSuchDevice(ifindex)) if ifindex == port
         ));
+        // The next agent drops what was kept for it.
+        drop(datapath);
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        assert_eq!(
+            datapath.port_counters(port).unwrap(),
+            PortCounters::default()
+        );
 
-        // A new device with the same ifindex gets fresh links that work.
+        // A new device with the same ifindex is a port of its own.
         let (again, vm) = netlink.add_veth("port1", "vm1", Some(port));
         assert_eq!(again, port);
+        assert!(datapath.attached_ports().unwrap().is_empty());
         datapath.attach_port(port).unwrap();
-        let fresh = pinned_link_ids(&datapath, port);
-        assert!(fresh.iter().all(|id| !stale.contains(id)), "{fresh:?}");
-        let mut expected = datapath.port_counters(port).unwrap();
-        send_frames(vm, 60, 2);
-        add(&mut expected, Hook::FromVm, 60, 2);
+        assert_eq!(datapath.attached_ports().unwrap(), [port]);
+        for hook in Hook::ALL {
+            let filter = our_filter(&mut datapath, hook);
+            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
+        }
+        let mut expected = PortCounters::default();
+        send_frames(vm, 70, 1);
+        add(&mut expected, Hook::FromVm, 70, 1);
         wait_for_counters(&datapath, port, expected);
 
+        // Detaching a port whose device is gone only forgets it.
+        netlink.delete(port);
         datapath.detach_port(port).unwrap();
-        assert!(datapath.attached_ports().unwrap().is_empty());
+        assert_eq!(
+            datapath.port_counters(port).unwrap(),
+            PortCounters::default()
+        );
+    });
+}
+
+#[test]
+fn tcx_links_of_the_previous_build_are_replaced() {
+    if !privileged() {
+        return;
+    }
+    in_new_netns(|| {
+        let pins = PinDir::new();
+        let netlink = Netlink::new();
+        let (port, vm) = netlink.add_veth("port2", "vm2", None);
+        let (gone, _) = netlink.add_veth("port3", "vm3", None);
+
+        // What the previous build left: a pinned tcx link per port and hook.
+        let links_dir = pins.0.join(TCX_LINKS_DIR);
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        fs::create_dir(&links_dir).unwrap();
+        for (ifindex, ifname) in [(port, "port2"), (gone, "port3")] {
+            for (hook, suffix) in Hook::ALL.into_iter().zip(["ingress", "egress"]) {
+                let program = datapath.program_mut(hook).unwrap();
+                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+                let id = program
+                    .attach_with_options(ifname, hook.attach_type(), options)
+                    .unwrap();
+                let link = FdLink::try_from(program.take_link(id).unwrap()).unwrap();
+                link.pin(links_dir.join(format!("port-{ifindex}-{suffix}")))
+                    .unwrap();
+            }
+        }
+        let tcx = Hook::ALL.map(|hook| tcx_programs("port2", hook));
+        drop(datapath);
+        netlink.delete(gone);
+        let mut expected = PortCounters::default();
+        send_frames(vm, 60, 1);
+        add(&mut expected, Hook::FromVm, 60, 1);
+
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        assert!(!links_dir.exists());
+        assert_eq!(datapath.attached_ports().unwrap(), [port]);
+        for (hook, tcx) in Hook::ALL.into_iter().zip(tcx) {
+            assert_eq!(tcx.len(), 1, "{hook:?}");
+            assert!(tcx_programs("port2", hook).is_empty(), "{hook:?}");
+            let filter = our_filter(&mut datapath, hook);
+            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
+        }
+        // Counted by the tcx program, then by the filter.
+        wait_for_counters(&datapath, port, expected);
+        send_frames(port, 90, 1);
+        add(&mut expected, Hook::ToVm, 90, 1);
+        wait_for_counters(&datapath, port, expected);
+    });
+}
+
+/// Attaches `ports` one by one and prints the time an attach takes.
+fn attach_timed(datapath: &mut Datapath, ports: &[u32], what: &str) {
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for &port in ports {
+        let attaching = Instant::now();
+        datapath.attach_port(port).unwrap();
+        slowest = slowest.max(attaching.elapsed());
+    }
+    let total = started.elapsed();
+    let _ = writeln!(
+        io::stderr(),
+        "{what} {} ports in {total:?}: {:?} per attach, slowest {slowest:?}",
+        ports.len(),
+        total / ports.len() as u32
+    );
+}
+
+#[test]
+fn fifty_ports_attach_and_count() {
+    if !privileged() {
+        return;
+    }
+    in_new_netns(|| {
+        const PORTS: usize = 50;
+        let pins = PinDir::new();
+        let netlink = Netlink::new();
+        let veths: Vec<(u32, u32)> = (0..PORTS)
+            .map(|i| netlink.add_veth(&format!("port{i}"), &format!("vm{i}"), None))
+            .collect();
+        let mut ports: Vec<u32> = veths.iter().map(|&(port, _)| port).collect();
+        ports.sort_unstable();
+
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        attach_timed(&mut datapath, &ports, "attached");
+        assert_eq!(datapath.attached_ports().unwrap(), ports);
+        // A restarted agent adopts them all (a program swap per filter).
+        drop(datapath);
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        assert_eq!(datapath.attached_ports().unwrap(), ports);
+        attach_timed(&mut datapath, &ports, "adopted");
+
+        for &(_, vm) in &veths {
+            send_frames(vm, 60, 1);
+        }
+        let mut expected = PortCounters::default();
+        add(&mut expected, Hook::FromVm, 60, 1);
+        for &port in &ports {
+            wait_for_counters(&datapath, port, expected);
+        }
     });
 }

@@ -37,7 +37,7 @@ use crate::{
 
 /// How many ports are plumbed at once: enough to keep netlink busy while
 /// each request waits for the kernel.
-const PLUMB_CONCURRENCY: usize = 64;
+const PLUMB_CONCURRENCY: usize = 8;
 
 /// What a port is, on this host, right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,8 +11,11 @@ use std::{
 };
 
 use alcor_proto::{
-    control::agent_control_client::AgentControlClient,
-    schema::goal_state_provisioner_client::GoalStateProvisionerClient,
+    control::{ListRequest, Port, agent_control_client::AgentControlClient},
+    schema::{
+        GoalState, GoalStateOperationReply,
+        goal_state_provisioner_client::GoalStateProvisionerClient,
+    },
 };
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
@@ -173,6 +176,27 @@ impl Agent {
             .await
             .expect("connecting to the agent");
         GoalStateProvisionerClient::new(channel).max_decoding_message_size(usize::MAX)
+    }
+
+    /// Pushes a V1 goal state and returns the reply.
+    pub async fn push(&self, message: GoalState) -> GoalStateOperationReply {
+        self.client()
+            .await
+            .push_network_resource_states(message)
+            .await
+            .expect("push")
+            .into_inner()
+    }
+
+    /// The ports as the agent reports them.
+    pub async fn ports(&self) -> Vec<Port> {
+        self.control()
+            .await
+            .list_ports(ListRequest {})
+            .await
+            .expect("list ports")
+            .into_inner()
+            .ports
     }
 
     /// The control service, over its Unix socket.

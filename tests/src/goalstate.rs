@@ -112,6 +112,16 @@ pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>)
     }
 }
 
+/// The usual fixture: VPC `vpc1` (VNI 100, 10.0.0.0/16) with subnet `sn1`
+/// (10.0.1.0/24, gateway 10.0.1.1), and these ports.
+pub fn one_subnet(ports: Vec<PortState>) -> GoalState {
+    v1(
+        vec![vpc("vpc1", 100, "10.0.0.0/16")],
+        vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
+        ports,
+    )
+}
+
 /// The same resources as a V2 message, keyed by id.
 pub fn v2(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalStateV2 {
     macro_rules! by_id {

@@ -82,11 +82,14 @@ async fn agentctl_shows_what_the_agent_holds() {
     let reply = agent
         .client()
         .await
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![netns_port(PORT_ID, "vpc1", "sn1", IP, MAC, vm.name())],
-        ))
+        .push_network_resource_states(one_subnet(vec![netns_port(
+            PORT_ID,
+            "vpc1",
+            "sn1",
+            IP,
+            MAC,
+            vm.name(),
+        )]))
         .await
         .expect("push")
         .into_inner();

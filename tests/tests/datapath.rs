@@ -45,23 +45,15 @@ async fn port_counters_count_real_traffic_even_while_the_agent_is_down() {
     let vm = Netns::new(format!("{prefix}-vm")).unwrap();
     let mut agent = Agent::start(&host, AgentOptions::default()).await;
     let reply = agent
-        .client()
-        .await
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![netns_port(
-                PORT,
-                "vpc1",
-                "sn1",
-                "10.0.1.10",
-                "fa:16:3e:00:40:01",
-                vm.name(),
-            )],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .push(one_subnet(vec![netns_port(
+            PORT,
+            "vpc1",
+            "sn1",
+            "10.0.1.10",
+            "fa:16:3e:00:40:01",
+            vm.name(),
+        )]))
+        .await;
     assert!(
         reply
             .operation_statuses

@@ -4,12 +4,9 @@
 
 use std::{io::Read, io::Write, time::Duration};
 
-use alcor_proto::{
-    control::ListRequest,
-    schema::{
-        GoalStateOperationReply, GoalStateV2, NetworkType, OperationStatus, OperationType,
-        PortState, UpdateType,
-    },
+use alcor_proto::schema::{
+    GoalStateOperationReply, GoalStateV2, NetworkType, OperationStatus, OperationType, PortState,
+    UpdateType,
 };
 use alcor_tests::{Agent, AgentOptions, Netns, goalstate::*, privileged, unique_prefix};
 use tokio_stream::StreamExt;
@@ -152,14 +149,7 @@ async fn bad_input_is_refused_with_a_reason_and_neighbours_still_apply() {
             ),
         ],
     );
-    let reply = h
-        .agent
-        .client()
-        .await
-        .push_network_resource_states(message)
-        .await
-        .unwrap()
-        .into_inner();
+    let reply = h.agent.push(message).await;
 
     use OperationStatus::*;
     assert_status(&reply, "vpc-vni0", InvalidArg, "tunnel id 0");
@@ -207,15 +197,7 @@ async fn bad_input_is_refused_with_a_reason_and_neighbours_still_apply() {
     assert!(h.vms[0].link("eth0").unwrap().is_some());
     assert!(h.vms[1].link("eth0").unwrap().is_none());
     assert!(h.host.link("tapno-netns-00").unwrap().is_none());
-    let ports = h
-        .agent
-        .control()
-        .await
-        .list_ports(ListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .ports;
+    let ports = h.agent.ports().await;
     let ids: Vec<_> = ports.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["good-port-0001"]);
 
@@ -229,14 +211,7 @@ async fn bad_input_is_refused_with_a_reason_and_neighbours_still_apply() {
         &mac(6),
         late.name(),
     );
-    let reply = h
-        .agent
-        .client()
-        .await
-        .push_network_resource_states(v1(vec![], vec![], vec![retry]))
-        .await
-        .unwrap()
-        .into_inner();
+    let reply = h.agent.push(v1(vec![], vec![], vec![retry])).await;
     assert_status(&reply, "no-netns-0001", Success, "");
     assert!(late.link("eth0").unwrap().is_some());
 }
@@ -304,11 +279,9 @@ async fn revisions_order_updates_and_equal_ones_change_nothing() {
     let push = |ports: Vec<PortState>| v1(vec![], vec![], ports);
 
     let reply = client
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![port(&mac(1)).with(OperationType::Create, 2)],
-        ))
+        .push_network_resource_states(one_subnet(vec![
+            port(&mac(1)).with(OperationType::Create, 2),
+        ]))
         .await
         .unwrap()
         .into_inner();

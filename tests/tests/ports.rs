@@ -39,18 +39,14 @@ async fn v1_push_plugs_a_veth_into_the_namespace() {
     let reply = agent
         .client()
         .await
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![netns_port(
-                "port-0001-aaaa",
-                "vpc1",
-                "sn1",
-                "10.0.1.10",
-                MAC1,
-                vm.name(),
-            )],
-        ))
+        .push_network_resource_states(one_subnet(vec![netns_port(
+            "port-0001-aaaa",
+            "vpc1",
+            "sn1",
+            "10.0.1.10",
+            MAC1,
+            vm.name(),
+        )]))
         .await
         .expect("push")
         .into_inner();
@@ -80,14 +76,7 @@ async fn v1_push_plugs_a_veth_into_the_namespace() {
     assert_eq!(host_side["linkinfo"]["info_kind"], "veth");
     assert_eq!(host_side["mtu"], 1450);
 
-    let ports = agent
-        .control()
-        .await
-        .list_ports(ListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .ports;
+    let ports = agent.ports().await;
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].phase, PortPhase::Ready as i32);
     assert_eq!(
@@ -175,13 +164,7 @@ async fn tap_port_is_pending_until_its_device_appears() {
         config.device_id.clear();
         config.device_owner.clear();
     }
-    let reply = agent
-        .client()
-        .await
-        .push_network_resource_states(v1(vec![], vec![], vec![unbind]))
-        .await
-        .unwrap()
-        .into_inner();
+    let reply = agent.push(v1(vec![], vec![], vec![unbind])).await;
     assert_eq!(
         reply.operation_statuses[0].operation_status,
         OperationStatus::Success as i32
@@ -200,14 +183,7 @@ async fn tap_port_is_pending_until_its_device_appears() {
 
     // The unbind survives a restart: the tap is not adopted again.
     agent.restart().await;
-    let ports = agent
-        .control()
-        .await
-        .list_ports(ListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .ports;
+    let ports = agent.ports().await;
     assert_eq!(ports[0].phase, PortPhase::Unbound as i32);
 }
 
@@ -225,17 +201,7 @@ async fn a_port_created_without_device_id_is_still_bound() {
         config.device_id.clear();
         config.device_owner.clear();
     }
-    let reply = agent
-        .client()
-        .await
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![port],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let reply = agent.push(one_subnet(vec![port])).await;
     assert_eq!(
         reply.operation_statuses[2].operation_status,
         OperationStatus::Pending as i32,

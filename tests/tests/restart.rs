@@ -14,14 +14,7 @@ fn carrier_changes(vm: &Netns) -> String {
 }
 
 async fn ports(agent: &Agent) -> Vec<Port> {
-    agent
-        .control()
-        .await
-        .list_ports(ListRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .ports
+    agent.ports().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,40 +35,32 @@ async fn kill_9_and_restart_adopts_everything_untouched() {
     .unwrap();
 
     let reply = agent
-        .client()
-        .await
-        .push_network_resource_states(v1(
-            vec![vpc("vpc1", 100, "10.0.0.0/16")],
-            vec![subnet("sn1", "vpc1", "10.0.1.0/24", "10.0.1.1")],
-            vec![
-                netns_port(
-                    "port-a-000001",
-                    "vpc1",
-                    "sn1",
-                    "10.0.1.10",
-                    "fa:16:3e:00:30:01",
-                    vms[0].name(),
-                ),
-                netns_port(
-                    "port-b-000001",
-                    "vpc1",
-                    "sn1",
-                    "10.0.1.11",
-                    "fa:16:3e:00:30:02",
-                    vms[1].name(),
-                ),
-                tap_port(
-                    "tap-port-0001",
-                    "vpc1",
-                    "sn1",
-                    "10.0.1.12",
-                    "fa:16:3e:00:30:03",
-                ),
-            ],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .push(one_subnet(vec![
+            netns_port(
+                "port-a-000001",
+                "vpc1",
+                "sn1",
+                "10.0.1.10",
+                "fa:16:3e:00:30:01",
+                vms[0].name(),
+            ),
+            netns_port(
+                "port-b-000001",
+                "vpc1",
+                "sn1",
+                "10.0.1.11",
+                "fa:16:3e:00:30:02",
+                vms[1].name(),
+            ),
+            tap_port(
+                "tap-port-0001",
+                "vpc1",
+                "sn1",
+                "10.0.1.12",
+                "fa:16:3e:00:30:03",
+            ),
+        ]))
+        .await;
     assert!(
         reply
             .operation_statuses
@@ -160,11 +145,7 @@ async fn kill_9_and_restart_adopts_everything_untouched() {
 
     // The restarted agent keeps honouring revisions it persisted.
     let reply = agent
-        .client()
-        .await
-        .push_network_resource_states(v1(vec![vpc("vpc1", 100, "10.0.0.0/16")], vec![], vec![]))
-        .await
-        .unwrap()
-        .into_inner();
+        .push(v1(vec![vpc("vpc1", 100, "10.0.0.0/16")], vec![], vec![]))
+        .await;
     assert_eq!(reply.operation_statuses[0].operation_status, 0);
 }

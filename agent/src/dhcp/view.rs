@@ -165,6 +165,11 @@ impl DhcpView {
         view
     }
 
+    /// Wraps the view for publishing; later views are stored into it.
+    pub fn into_shared(self) -> SharedView {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
     /// The configuration of `mac` on the port whose device is `ifindex`, or
     /// why it gets none.
     pub fn lookup(&self, ifindex: u32, mac: Mac) -> Result<&Binding, DropReason> {

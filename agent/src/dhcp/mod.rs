@@ -31,6 +31,8 @@ pub mod socket;
 pub mod view;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod testing;
 
 use std::{

@@ -244,6 +244,12 @@ impl RequestBuilder {
         self.option(code, &ip.octets())
     }
 
+    /// Overwrites one byte of the header.
+    pub fn poke(mut self, at: usize, value: u8) -> RequestBuilder {
+        self.header[at] = value;
+        self
+    }
+
     pub fn broadcast(mut self) -> RequestBuilder {
         self.header[10] |= 0x80;
         self

@@ -29,6 +29,7 @@ use alcor_agent::{
         counters::{DropReason, ServerMessage},
     },
     model::*,
+    store::Store,
 };
 use alcor_proto::schema::OperationType;
 use alcor_tests::{Netns, privileged, unique_prefix};
@@ -177,25 +178,51 @@ impl Lab {
     fn new(tag: &str) -> Lab {
         let prefix = unique_prefix(tag);
         let host = Netns::new(format!("{prefix}-h")).unwrap();
-        let view = DhcpView::default().into_shared();
-        let counters = Arc::new(Counters::default());
-        let leases = Arc::new(Leases::in_memory());
-        let responder = {
-            let (view, leases, counters) = (view.clone(), leases.clone(), counters.clone());
-            host.enter(move || Responder::start(view, leases, counters))
-                .unwrap()
-                .expect("starting the responder in the host namespace")
-        };
-        Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = Lab {
             prefix,
             host,
             vms: HashMap::new(),
-            dir: tempfile::tempdir().unwrap(),
-            view,
-            counters,
-            leases,
-            responder: Some(responder),
+            view: DhcpView::default().into_shared(),
+            counters: Arc::new(Counters::default()),
+            leases: Lab::load_leases(dir.path()),
+            dir,
+            responder: None,
+        };
+        lab.start_responder();
+        lab
+    }
+
+    /// The leases stored in the lab's directory, as the agent loads them.
+    fn load_leases(dir: &Path) -> Arc<Leases> {
+        let store = Store::open(dir).expect("state store");
+        Arc::new(Leases::load(Arc::new(store)).expect("loading leases"))
+    }
+
+    fn start_responder(&mut self) {
+        let (view, leases, counters) = (
+            self.view.clone(),
+            self.leases.clone(),
+            self.counters.clone(),
+        );
+        let responder = self
+            .host
+            .enter(move || Responder::start(view, leases, counters))
+            .unwrap()
+            .expect("starting the responder in the host namespace");
+        self.responder = Some(responder);
+    }
+
+    /// Stops the responder (which flushes the leases), closes the store,
+    /// and starts again from what was stored, as a restarted agent would.
+    fn restart_responder(&mut self) {
+        if let Some(responder) = self.responder.take() {
+            responder.stop();
         }
+        // The last reference to the store goes: the database is closed.
+        self.leases = Arc::new(Leases::in_memory());
+        self.leases = Lab::load_leases(self.dir.path());
+        self.start_responder();
     }
 
     /// Plugs VM `name` (MAC `mac`) into the host by a veth whose host side
@@ -409,6 +436,17 @@ fn assert_configured(vm: &Netns, ip: &str) {
     );
 }
 
+/// Fails with what to install when a client is missing.
+fn require(program: &str, package: &str) {
+    let installed = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .any(|dir| Path::new(dir).join(program).exists());
+    assert!(
+        installed,
+        "{program} is not installed: `cargo xtask setup` installs Debian's {package}"
+    );
+}
+
 /// Runs `program ARGS` in the VM in the background.
 fn spawn_in(vm: &Netns, program: &str, args: &[&str]) -> Child {
     Command::new("ip")
@@ -444,6 +482,7 @@ fn udhcpc_args(script: &Path) -> Vec<String> {
 
 /// udhcpc -q: one lease, then exit; true if it got one.
 fn udhcpc_once(lab: &Lab, vm: &str, script: &Path) -> bool {
+    require("udhcpc", "udhcpc");
     let mut args = udhcpc_args(script);
     args.extend(["-q", "-n"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -456,8 +495,8 @@ fn udhcpc_once(lab: &Lab, vm: &str, script: &Path) -> bool {
 }
 
 #[test]
-fn udhcpc_gets_the_goal_state_and_renews_and_releases() {
-    if !privileged("udhcpc_gets_the_goal_state_and_renews_and_releases") {
+fn udhcpc_gets_the_goal_state_and_renews_after_a_restart_and_releases() {
+    if !privileged("udhcpc_gets_the_goal_state_and_renews_after_a_restart_and_releases") {
         return;
     }
     let mut lab = Lab::new("dhu");
@@ -483,6 +522,7 @@ fn udhcpc_gets_the_goal_state_and_renews_and_releases() {
 
     let args = udhcpc_args(&script);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    require("udhcpc", "udhcpc");
     let mut client = spawn_in(lab.vm("vm"), "udhcpc", &args);
     lab.wait_for_file("udhcpc.bound.env", Duration::from_secs(15));
     let bound = lab.recorded("udhcpc.bound.env");
@@ -508,7 +548,15 @@ fn udhcpc_gets_the_goal_state_and_renews_and_releases() {
         (LeaseState::Bound, "10.0.1.10".parse().unwrap(), "vm-udhcpc")
     );
 
-    // SIGUSR1: renew now (a REQUEST unicast to the server, with ciaddr).
+    // A restart in the middle: the lease comes back from the store...
+    lab.restart_responder();
+    let reloaded = lab.leases.snapshot();
+    assert_eq!(
+        (reloaded.len(), reloaded[0].state, reloaded[0].ip),
+        (1, LeaseState::Bound, "10.0.1.10".parse().unwrap())
+    );
+    // ... and SIGUSR1 renews now (a REQUEST unicast to the server, with
+    // ciaddr), ACKed by the new responder.
     let pid = Pid::from_raw(client.id() as i32);
     kill(pid, Signal::SIGUSR1).unwrap();
     lab.wait_for_file("udhcpc.renew.env", Duration::from_secs(10));
@@ -581,6 +629,7 @@ fn dhclient_is_naked_at_init_reboot_then_bound_and_renews() {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // dhclient returns once bound, and renews in the background.
+    require("dhclient", "isc-dhcp-client");
     let output = Command::new("ip")
         .args(["netns", "exec", lab.vm("vm").name(), "dhclient"])
         .args(&args)

@@ -1,5 +1,5 @@
-//! The DHCP responder against real clients: busybox's udhcpc and ISC's
-//! dhclient run in VM namespaces, each plugged by a veth into a host
+//! The DHCP responder against real clients: busybox's udhcpc, ISC's
+//! dhclient and dhcpcd run in VM namespaces, each plugged by a veth into a host
 //! namespace where the responder's packet socket runs (opened by a thread
 //! that entered it), driven by a hand-built view: no agent, no engine.
 //!
@@ -751,4 +751,116 @@ fn two_vpcs_with_the_same_mac_and_address_each_get_their_own_and_strangers_get_n
     );
     assert!(lab.counters.dropped(DropReason::UnknownMac) > 0);
     assert_eq!(lab.counters.sent(ServerMessage::Offer), 2);
+}
+
+/// dhcpcd configures address and routes itself; its stock hooks set the
+/// MTU, which this script does.
+const DHCPCD_SCRIPT: &str = r#"#!/bin/sh
+env | sort > "@DIR@/.@NAME@.$reason.env"
+case "$reason" in
+  BOUND|REBOOT|RENEW|REBIND)
+    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
+    ;;
+esac
+mv "@DIR@/.@NAME@.$reason.env" "@DIR@/@NAME@.$reason.env"
+"#;
+
+const DHCPCD_CONF: &str = "\
+clientid
+option subnet_mask, routers, domain_name_servers, domain_name, host_name, interface_mtu
+option classless_static_routes, ntp_servers, domain_search
+require dhcp_server_identifier
+noipv4ll
+noarp
+";
+
+/// Runs `dhcpcd -4 -1 -B ARGS eth0` in the VM, once. dhcpcd keeps its
+/// leases and sockets in fixed system directories: it runs in a mount
+/// namespace of its own where they are empty tmpfs, so that it neither
+/// sees nor leaves state outside the test.
+fn dhcpcd_once(lab: &Lab, vm: &str, args: &[&str]) -> std::process::Output {
+    let script = lab.script("dhcpcd", DHCPCD_SCRIPT);
+    let conf = lab.dir.path().join("dhcpcd.conf");
+    fs::write(&conf, DHCPCD_CONF).unwrap();
+    let command = format!(
+        "mkdir -p /var/lib/dhcpcd /run/dhcpcd && mount -t tmpfs none /var/lib/dhcpcd && \
+         mount -t tmpfs none /run/dhcpcd && exec ip netns exec {} dhcpcd -4 -1 -B -t 15 -f {} -c {} {} eth0",
+        lab.vm(vm).name(),
+        conf.display(),
+        script.display(),
+        args.join(" "),
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &command])
+        .output()
+        .expect("running dhcpcd")
+}
+
+#[test]
+fn dhcpcd_gets_the_goal_state_and_informs() {
+    if !privileged("dhcpcd_gets_the_goal_state_and_informs") {
+        return;
+    }
+    require("dhcpcd", "dhcpcd5");
+    let mut lab = Lab::new("dhc");
+    let mac = Mac([0xfa, 0x16, 0x3e, 0, 0x30, 0x06]);
+    let ifindex = lab.plug("vm", "tapdhcp-dhcpc", mac);
+    let mut desired = DesiredState::default();
+    let subnet = vpc_with_subnet(&mut desired, "vpc", 304, "10.0.0.6");
+    port_with_entry(
+        &mut desired,
+        "dhcp-dhcpcd",
+        "vpc",
+        &subnet,
+        mac,
+        "10.0.1.40",
+        "vm-dhcpcd",
+    );
+    lab.publish(
+        &desired,
+        &[("dhcp-dhcpcd", ifindex)],
+        &DhcpSettings::default(),
+    );
+
+    let output = dhcpcd_once(&lab, "vm", &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bound = lab.recorded("dhcpcd.BOUND.env");
+    assert_eq!(bound["new_ip_address"], "10.0.1.40");
+    assert_eq!(bound["new_subnet_mask"], "255.255.255.0");
+    assert_eq!(bound["new_routers"], GATEWAY);
+    assert_eq!(bound["new_domain_name_servers"], "10.0.0.6");
+    assert_eq!(bound["new_host_name"], "vm-dhcpcd");
+    assert_eq!(bound["new_domain_name"], "openstacklocal");
+    assert_eq!(bound["new_interface_mtu"], "1450");
+    assert_eq!(bound["new_ntp_servers"], "10.0.0.5");
+    assert_eq!(bound["new_domain_search"], "example.org");
+    assert_eq!(
+        bound["new_classless_static_routes"],
+        format!("169.254.169.254/32 {METADATA_HOP} 0.0.0.0/0 {GATEWAY}")
+    );
+    assert_configured(lab.vm("vm"), "10.0.1.40");
+
+    // INFORM: the client has its address and wants the rest.
+    let acks = lab.counters.sent(ServerMessage::Ack);
+    let output = dhcpcd_once(&lab, "vm", &["--inform", "10.0.1.40/24"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let informed = lab.recorded("dhcpcd.INFORM.env");
+    assert_eq!(informed["new_domain_name_servers"], "10.0.0.6");
+    assert_eq!(informed["new_interface_mtu"], "1450");
+    assert!(
+        !informed.contains_key("new_dhcp_lease_time"),
+        "{informed:?}"
+    );
+    wait_until("the INFORM's ACK to be counted", || {
+        lab.counters.sent(ServerMessage::Ack) == acks + 1
+    });
+    assert_eq!(lab.counters.malformed(), 0);
 }

@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod desired;
+pub mod dhcp;
 pub mod engine;
 pub mod goalstate;
 pub mod metrics;

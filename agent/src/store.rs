@@ -2,6 +2,9 @@
 //! it arrived in with its operation, keyed by resource kind and id. One redb
 //! transaction per goal-state message, committed before the reply is sent,
 //! so what a controller was told is applied survives a crash.
+//!
+//! A second table holds DHCP leases, written in batches by the responder's
+//! flusher (`dhcp::leases`), which owns their encoding.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// (resource kind as its wire enum value, id) → encoded [`Record`].
 const RESOURCES: TableDefinition<(i32, &str), &[u8]> = TableDefinition::new("resources");
+/// (VPC id, client MAC) → an encoded lease.
+const LEASES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("leases");
 
 /// A stored resource: its operation and configuration as received.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -38,6 +43,14 @@ pub struct StoreWrite {
     pub record: Option<Record>,
 }
 
+/// One lease to write, or to delete (`None`).
+#[derive(Debug)]
+pub struct LeaseWrite {
+    pub vpc_id: String,
+    pub mac: [u8; 6],
+    pub record: Option<Vec<u8>>,
+}
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -60,9 +73,10 @@ impl Store {
             source,
         };
         let db = Database::create(&path).map_err(|e| fail(e.into()))?;
-        // Create the table so a fresh store reads as empty.
+        // Create the tables so a fresh store reads as empty.
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(RESOURCES).map_err(|e| fail(e.into()))?;
+        txn.open_table(LEASES).map_err(|e| fail(e.into()))?;
         txn.commit().map_err(|e| fail(e.into()))?;
         Ok(Store { db, path })
     }
@@ -118,6 +132,51 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored lease, encoded.
+    pub fn load_leases(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read_leases().map_err(|source| self.error(source))
+    }
+
+    fn read_leases(&self) -> Result<Vec<Vec<u8>>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEASES)?;
+        let mut leases = Vec::new();
+        for row in table.iter()? {
+            let (_, value) = row?;
+            leases.push(value.value().to_vec());
+        }
+        Ok(leases)
+    }
+
+    /// Applies a batch of lease changes atomically and durably.
+    pub fn commit_leases(&self, writes: &[LeaseWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.write_leases(writes)
+            .map_err(|source| self.error(source))
+    }
+
+    fn write_leases(&self, writes: &[LeaseWrite]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LEASES)?;
+            for write in writes {
+                let key = (write.vpc_id.as_str(), write.mac.as_slice());
+                match &write.record {
+                    Some(record) => {
+                        table.insert(key, record.as_slice())?;
+                    }
+                    None => {
+                        table.remove(key)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     fn error(&self, source: redb::Error) -> StoreError {
         StoreError {
             path: self.path.clone(),
@@ -158,5 +217,33 @@ mod tests {
                 config: vec![3]
             }
         );
+    }
+
+    #[test]
+    fn lease_batches_survive_reopening_beside_the_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = |vpc: &str, last: u8, record: Option<&[u8]>| LeaseWrite {
+            vpc_id: vpc.into(),
+            mac: [2, 0, 0, 0, 0, last],
+            record: record.map(<[u8]>::to_vec),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit_leases(&[
+                    lease("vpc-a", 1, Some(b"a1")),
+                    lease("vpc-b", 1, Some(b"b1")),
+                    lease("vpc-a", 2, Some(b"a2")),
+                ])
+                .unwrap();
+            store
+                .commit_leases(&[lease("vpc-a", 2, None), lease("vpc-a", 1, Some(b"a1'"))])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut leases = store.load_leases().unwrap();
+        leases.sort();
+        assert_eq!(leases, vec![b"a1'".to_vec(), b"b1".to_vec()]);
+        assert!(store.load().unwrap().is_empty());
     }
 }

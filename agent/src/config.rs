@@ -88,6 +88,16 @@ pub struct Settings {
     /// Largest goal-state message accepted, in bytes [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<usize>,
+
+    /// DHCP lease time handed to VMs, in seconds (T1 and T2 are 1/2 and 7/8
+    /// of it) [default: 86400]
+    #[arg(long, value_name = "SECONDS")]
+    pub dhcp_lease_time: Option<u32>,
+
+    /// DHCP domain name (option 15) handed to VMs; "" sends none
+    /// [default: openstacklocal]
+    #[arg(long, value_name = "DOMAIN")]
+    pub dhcp_domain: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +121,8 @@ pub struct Config {
     pub insecure: bool,
     pub bpf_pin_dir: PathBuf,
     pub max_message_size: usize,
+    pub dhcp_lease_time: u32,
+    pub dhcp_domain: String,
 }
 
 impl Config {
@@ -120,6 +132,8 @@ impl Config {
     pub const DEFAULT_METRICS_LISTEN: &'static str = "127.0.0.1:9490";
     pub const DEFAULT_BPF_PIN_DIR: &'static str = "/sys/fs/bpf/alcor";
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+    pub const DEFAULT_DHCP_LEASE_TIME: u32 = 86_400;
+    pub const DEFAULT_DHCP_DOMAIN: &'static str = "openstacklocal";
 
     /// Reads the config file, if any, under the flags.
     pub fn load(flags: Settings) -> anyhow::Result<Config> {
@@ -175,7 +189,18 @@ impl Config {
                 .max_message_size
                 .or(file.max_message_size)
                 .unwrap_or(Self::DEFAULT_MAX_MESSAGE_SIZE),
+            dhcp_lease_time: flags
+                .dhcp_lease_time
+                .or(file.dhcp_lease_time)
+                .unwrap_or(Self::DEFAULT_DHCP_LEASE_TIME),
+            dhcp_domain: flags
+                .dhcp_domain
+                .or(file.dhcp_domain)
+                .unwrap_or_else(|| Self::DEFAULT_DHCP_DOMAIN.into()),
         };
+        if config.dhcp_lease_time < 60 {
+            bail!("--dhcp-lease-time must be at least 60 seconds");
+        }
         if config.tls.is_none() && !config.grpc_listen.ip().is_loopback() && !config.insecure {
             bail!(
                 "refusing to serve goal state on {} without mutual TLS: whoever reaches it \

@@ -16,6 +16,10 @@ use crate::{
     config::Config,
     datapath::Datapath,
     desired::{Entry, Resource, Table},
+    dhcp::{
+        self, Leases,
+        counters::{ClientMessage, DropReason, ServerMessage},
+    },
     engine::{AgentState, PortPhase, SharedState},
     model::*,
 };
@@ -23,6 +27,8 @@ use crate::{
 pub struct ControlService {
     state: SharedState,
     datapath: Arc<Mutex<Datapath>>,
+    leases: Arc<Leases>,
+    dhcp_counters: Arc<dhcp::Counters>,
     config: Config,
     port_mtu: u32,
     started: Instant,
@@ -32,12 +38,16 @@ impl ControlService {
     pub fn new(
         state: SharedState,
         datapath: Arc<Mutex<Datapath>>,
+        leases: Arc<Leases>,
+        dhcp_counters: Arc<dhcp::Counters>,
         config: Config,
         port_mtu: u32,
     ) -> Self {
         ControlService {
             state,
             datapath,
+            leases,
+            dhcp_counters,
             config,
             port_mtu,
             started: Instant::now(),
@@ -315,5 +325,51 @@ impl AgentControl for ControlService {
             })
             .collect::<Result<_, Status>>()?;
         Ok(Response::new(api::CounterList { ports }))
+    }
+
+    async fn list_leases(
+        &self,
+        _: Request<api::ListRequest>,
+    ) -> Result<Response<api::LeaseList>, Status> {
+        let mut leases: Vec<api::Lease> = tokio::task::block_in_place(|| self.leases.snapshot())
+            .into_iter()
+            .map(|lease| api::Lease {
+                port_id: lease.port_id.to_string(),
+                vpc_id: lease.vpc_id.to_string(),
+                mac_address: lease.mac.to_string(),
+                ip_address: lease.ip.to_string(),
+                state: lease.state.as_str().to_string(),
+                expires_at: lease.expires_at,
+                hostname: lease.hostname,
+            })
+            .collect();
+        leases.sort_unstable_by(|a, b| {
+            (&a.port_id, &a.mac_address).cmp(&(&b.port_id, &b.mac_address))
+        });
+        Ok(Response::new(api::LeaseList { leases }))
+    }
+
+    async fn get_dhcp_counters(
+        &self,
+        _: Request<api::GetDhcpCountersRequest>,
+    ) -> Result<Response<api::DhcpCounters>, Status> {
+        let counters = &self.dhcp_counters;
+        Ok(Response::new(api::DhcpCounters {
+            received: ClientMessage::ALL
+                .into_iter()
+                .map(|m| (m.as_str().to_string(), counters.received(m)))
+                .collect(),
+            sent: ServerMessage::ALL
+                .into_iter()
+                .map(|m| (m.as_str().to_string(), counters.sent(m)))
+                .collect(),
+            dropped: DropReason::ALL
+                .into_iter()
+                .map(|r| (r.as_str().to_string(), counters.dropped(r)))
+                .collect(),
+            leases_declined: counters.leases_declined(),
+            leases_released: counters.leases_released(),
+            send_errors: counters.send_errors(),
+        }))
     }
 }

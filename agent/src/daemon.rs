@@ -21,7 +21,8 @@ use crate::{
     config::Config,
     control::ControlService,
     datapath::Datapath,
-    engine::{Engine, SharedState},
+    dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
+    engine::{DhcpPublisher, Engine, SharedState},
     goalstate::GoalStateService,
     metrics::{self, Metrics},
     plumbing::{self, Plumber, link},
@@ -39,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
-    let store = Store::open(&config.state_dir)?;
+    let store = Arc::new(Store::open(&config.state_dir)?);
     let datapath = Datapath::open(&config.bpf_pin_dir).with_context(|| {
         format!(
             "loading the datapath (pins in {})",
@@ -54,10 +55,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Subscribe before adopting, so that no device appearing meanwhile is missed.
     let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
 
-    let metrics = Arc::new(Metrics::default());
+    let dhcp_counters = Arc::new(dhcp::Counters::default());
+    let metrics = Arc::new(Metrics::new(dhcp_counters.clone()));
     let state = SharedState::default();
     let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
-    let mut engine = Engine::new(state.clone(), store, plumber, metrics.clone());
+    let dhcp_view = DhcpView::default().into_shared();
+    let dhcp_settings = DhcpSettings {
+        port_mtu,
+        lease_time: config.dhcp_lease_time,
+        domain: config.dhcp_domain.clone(),
+    };
+    let publisher = DhcpPublisher::spawn(state.clone(), dhcp_view.clone(), dhcp_settings);
+    let leases = Arc::new(Leases::load(store.clone())?);
+    let mut engine = Engine::new(state.clone(), store, plumber, metrics.clone(), publisher);
     let loaded = engine.load()?;
     engine.adopt().await?;
     tracing::info!(
@@ -65,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         port_mtu,
         "desired state loaded and adopted"
     );
+    let responder = Responder::start(dhcp_view, leases.clone(), dhcp_counters.clone())?;
     let engine = Arc::new(tokio::sync::Mutex::new(engine));
 
     let events_engine = engine.clone();
@@ -76,7 +87,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
-    let control = ControlService::new(state, datapath, config.clone(), port_mtu);
+    let control = ControlService::new(
+        state,
+        datapath,
+        leases,
+        dhcp_counters,
+        config.clone(),
+        port_mtu,
+    );
     let control = serve_control(&config.control_socket, control)?;
     let metrics_server = metrics::serve(config.metrics_listen, metrics);
 
@@ -89,14 +107,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "alcor-agent ready"
     );
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
-    tokio::select! {
-        result = goal_state => result.context("goal-state server")?,
-        result = control => result.context("control server")?,
-        result = metrics_server => result.context("metrics server")?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; the datapath keeps forwarding"),
-        _ = terminate.recv() => tracing::info!("terminated; the datapath keeps forwarding"),
-    }
-    Ok(())
+    let outcome = tokio::select! {
+        result = goal_state => result.context("goal-state server"),
+        result = control => result.context("control server"),
+        result = metrics_server => result.context("metrics server"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; the datapath keeps forwarding");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            tracing::info!("terminated; the datapath keeps forwarding");
+            Ok(())
+        }
+    };
+    // Flushes the leases one last time.
+    tokio::task::block_in_place(|| responder.stop());
+    outcome
 }
 
 async fn port_mtu(handle: &rtnetlink::Handle, underlay: Option<&str>) -> anyhow::Result<u32> {

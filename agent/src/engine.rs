@@ -25,6 +25,7 @@ use prost::Message;
 
 use crate::{
     desired::{DesiredState, Entry},
+    dhcp::{DhcpSettings, DhcpView, SharedView},
     goalstate::{
         batch::{Batch, Batched, Op},
         validate::{Validate, check_id},
@@ -124,9 +125,45 @@ pub type SharedState = Arc<RwLock<AgentState>>;
 
 pub struct Engine {
     state: SharedState,
-    store: Store,
+    store: Arc<Store>,
     plumber: Plumber,
     metrics: Arc<Metrics>,
+    dhcp: DhcpPublisher,
+}
+
+/// Rebuilds the DHCP responder's view when the engine says the state
+/// changed. Requests that arrive during a rebuild coalesce into one more, so
+/// a burst of messages costs a few rebuilds, not one each, and the engine
+/// never waits for them.
+#[derive(Clone)]
+pub struct DhcpPublisher {
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl DhcpPublisher {
+    pub fn spawn(state: SharedState, view: SharedView, settings: DhcpSettings) -> DhcpPublisher {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let notified = changed.clone();
+        tokio::spawn(async move {
+            loop {
+                notified.notified().await;
+                let state = state.read().unwrap_or_else(|p| p.into_inner());
+                let ready = state
+                    .ports
+                    .iter()
+                    .filter(|(_, status)| status.phase == PortPhase::Ready)
+                    .map(|(id, status)| (id.as_str(), status.ifindex));
+                let built = DhcpView::build(&state.desired, ready, &settings);
+                drop(state);
+                view.store(Arc::new(built));
+            }
+        });
+        DhcpPublisher { changed }
+    }
+
+    fn state_changed(&self) {
+        self.changed.notify_one();
+    }
 }
 
 /// A port touched by the message being applied.
@@ -153,16 +190,24 @@ enum Pass {
 impl Engine {
     pub fn new(
         state: SharedState,
-        store: Store,
+        store: Arc<Store>,
         plumber: Plumber,
         metrics: Arc<Metrics>,
+        dhcp: DhcpPublisher,
     ) -> Engine {
         Engine {
             state,
             store,
             plumber,
             metrics,
+            dhcp,
         }
+    }
+
+    /// Tells the consumers that work from snapshots (the DHCP responder)
+    /// that the desired state or the ports changed.
+    fn publish(&self) {
+        self.dhcp.state_changed();
     }
 
     pub fn plumber(&self) -> &Plumber {
@@ -263,6 +308,7 @@ impl Engine {
         }
         drop(datapath);
         self.update_port_gauges();
+        self.publish();
         Ok(())
     }
 
@@ -298,6 +344,7 @@ impl Engine {
             tracing::debug!(?event, ports = ?affected, "link event");
             self.reconcile_ports(affected).await;
             self.update_port_gauges();
+            self.publish();
         }
     }
 
@@ -368,7 +415,7 @@ impl Engine {
         }
 
         self.plumb_changed_ports(&mut run).await;
-        self.persist(&mut run).await;
+        let changed = self.persist(&mut run).await;
 
         let elapsed = run.started.elapsed();
         {
@@ -389,7 +436,10 @@ impl Engine {
                 .inc();
         }
         self.metrics.apply_seconds.observe(elapsed.as_secs_f64());
-        self.update_port_gauges();
+        if changed {
+            self.update_port_gauges();
+            self.publish();
+        }
 
         GoalStateOperationReply {
             format_version: 1,
@@ -436,12 +486,18 @@ impl Engine {
     }
 
     /// Persists what the message changed; if the disk refuses, nothing of
-    /// the message is applied.
-    async fn persist(&mut self, run: &mut Run) {
+    /// the message is applied. Says whether the desired state changed.
+    async fn persist(&mut self, run: &mut Run) -> bool {
         let writes = self.write().desired.pending_writes();
+        if writes.is_empty() {
+            return false;
+        }
         // An fsync: keep the other tasks of this worker running meanwhile.
         match tokio::task::block_in_place(|| self.store.commit(&writes)) {
-            Ok(()) => self.write().desired.commit(),
+            Ok(()) => {
+                self.write().desired.commit();
+                true
+            }
             Err(error) => {
                 tracing::error!(%error, "persisting the desired state failed; message not applied");
                 self.write().desired.rollback();
@@ -456,6 +512,7 @@ impl Engine {
                         status.message = format!("not applied: {error}");
                     }
                 }
+                false
             }
         }
     }

@@ -4,9 +4,21 @@ use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, http::header, routing::get};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
+};
+
+use crate::dhcp::{
+    self,
+    counters::{ClientMessage, DropReason, ServerMessage},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,9 +46,21 @@ pub struct Metrics {
     pub ports: Family<PhaseLabels, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub message: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+impl Metrics {
+    /// The agent's metrics, including the DHCP responder's `dhcp` counters.
+    pub fn new(dhcp: Arc<dhcp::Counters>) -> Self {
         let mut registry = Registry::with_prefix("alcor_agent");
+        registry.register_collector(Box::new(DhcpCollector(dhcp)));
         let messages = Family::<ApiLabels, Counter>::default();
         registry.register(
             "goalstate_messages",
@@ -67,6 +91,74 @@ impl Default for Metrics {
             apply_seconds,
             ports,
         }
+    }
+}
+
+/// The DHCP responder counts with plain atomics on its packet path; they
+/// are read at scrape time.
+#[derive(Debug)]
+struct DhcpCollector(Arc<dhcp::Counters>);
+
+impl Collector for DhcpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "dhcp_received",
+            "DHCP messages received from VMs, by type",
+            None,
+            MetricType::Counter,
+        )?;
+        for message in ClientMessage::ALL {
+            let labels = MessageLabels {
+                message: message.as_str(),
+            };
+            ConstCounter::new(counters.received(message)).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dhcp_sent",
+            "DHCP messages sent to VMs, by type",
+            None,
+            MetricType::Counter,
+        )?;
+        for message in ServerMessage::ALL {
+            let labels = MessageLabels {
+                message: message.as_str(),
+            };
+            ConstCounter::new(counters.sent(message)).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dhcp_dropped",
+            "DHCP frames dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in DropReason::ALL {
+            let labels = ReasonLabels {
+                reason: reason.as_str(),
+            };
+            ConstCounter::new(counters.dropped(reason)).encode(family.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "dhcp_leases_declined",
+                "Addresses VMs declined (DHCPDECLINE)",
+                counters.leases_declined(),
+            ),
+            (
+                "dhcp_leases_released",
+                "Leases VMs released (DHCPRELEASE)",
+                counters.leases_released(),
+            ),
+            (
+                "dhcp_send_errors",
+                "DHCP replies the socket refused",
+                counters.send_errors(),
+            ),
+        ] {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

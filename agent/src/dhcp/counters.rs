@@ -191,7 +191,7 @@ pub enum Event {
     LeaseReleased,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Counters {
     received: [AtomicU64; ClientMessage::ALL.len()],
     sent: [AtomicU64; ServerMessage::ALL.len()],

@@ -14,7 +14,7 @@ use std::{
 };
 
 use alcor_proto::control::{
-    GetCountersRequest, GetGoalStateRequest, GetStatusRequest, ListRequest,
+    GetCountersRequest, GetDhcpCountersRequest, GetGoalStateRequest, GetStatusRequest, ListRequest,
 };
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -76,6 +76,11 @@ enum Command {
         /// Only this port
         port_id: Option<String>,
     },
+    /// DHCP leases of the VMs on this host: port, MAC, address, state, expiry
+    Leases,
+    /// DHCP responder counters: messages received and sent by type, drops by
+    /// reason (the table leaves out reasons that never happened)
+    Dhcp,
 }
 
 /// Runs one command: 0 when it worked, 1 when it did not (the reason is
@@ -126,6 +131,21 @@ async fn execute(cli: &Cli) -> Result<String, Error> {
                 port_id: port_id.clone().unwrap_or_default(),
             };
             format(cli, client.get_counters(request).await)
+        }
+        Command::Leases => format(cli, client.list_leases(ListRequest {}).await),
+        Command::Dhcp => {
+            let reply = client.get_dhcp_counters(GetDhcpCountersRequest {}).await;
+            if cli.json {
+                // The counters are maps: through a `serde_json::Value`, whose
+                // objects keep their keys sorted, the output is stable.
+                let reply = reply
+                    .map_err(|status| Error::from_status(cli.socket.clone(), status))?
+                    .into_inner();
+                let value = serde_json::to_value(&reply)?;
+                Ok(serde_json::to_string_pretty(&value)? + "\n")
+            } else {
+                format(cli, reply)
+            }
         }
     }
 }

@@ -1,15 +1,21 @@
 //! Human-readable views of the agent's replies: tables with headers, enums
 //! as words, and a sentence instead of an empty table.
 
+use std::collections::HashMap;
+
 use alcor_proto::{
     control::{
-        AgentStatus, CounterList, NeighborList, Port, PortBinding, PortList, PortPhase, SubnetList,
-        VpcList,
+        AgentStatus, CounterList, DhcpCounters, LeaseList, NeighborList, Port, PortBinding,
+        PortList, PortPhase, SubnetList, VpcList,
     },
     schema::GoalState,
 };
 
 use super::table::{Table, left, right};
+use crate::dhcp::{
+    counters::{ClientMessage, DropReason, ServerMessage},
+    leases::unix_now,
+};
 
 /// A reply as an operator reads it.
 pub trait Human {
@@ -297,6 +303,139 @@ impl Human for CounterList {
     }
 }
 
+/// The two largest units of a duration: `45s`, `3m12s`, `23h59m`, `2d3h`;
+/// a zero second unit is left out (`3m`, `1d`).
+pub fn duration_words(seconds: u64) -> String {
+    let units = [
+        (seconds / 86_400, "d"),
+        (seconds / 3_600 % 24, "h"),
+        (seconds / 60 % 60, "m"),
+        (seconds % 60, "s"),
+    ];
+    let first = units.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    let mut words = format!("{}{}", units[first].0, units[first].1);
+    if let Some((n, unit)) = units.get(first + 1)
+        && *n > 0
+    {
+        words.push_str(&format!("{n}{unit}"));
+    }
+    words
+}
+
+/// When a lease ends, seen from `now` (Unix seconds): `in 23h59m`,
+/// `expired 3m ago`.
+pub fn expiry_words(expires_at: u64, now: u64) -> String {
+    if expires_at == 0 {
+        "-".into()
+    } else if expires_at > now {
+        format!("in {}", duration_words(expires_at - now))
+    } else if expires_at == now {
+        "expires now".into()
+    } else {
+        format!("expired {} ago", duration_words(now - expires_at))
+    }
+}
+
+/// The lease table as seen at `now` (Unix seconds).
+pub fn leases_table(leases: &LeaseList, now: u64) -> String {
+    if leases.leases.is_empty() {
+        return "no leases\n".into();
+    }
+    let mut table = Table::new([
+        left("PORT"),
+        left("MAC"),
+        left("IP"),
+        left("STATE"),
+        left("EXPIRES"),
+        left("HOSTNAME"),
+    ]);
+    for lease in &leases.leases {
+        table.row([
+            or_dash(&lease.port_id),
+            or_dash(&lease.mac_address),
+            or_dash(&lease.ip_address),
+            or_dash(&lease.state),
+            expiry_words(lease.expires_at, now),
+            or_dash(&lease.hostname),
+        ]);
+    }
+    table.render()
+}
+
+impl Human for LeaseList {
+    fn human(&self) -> String {
+        leases_table(self, unix_now())
+    }
+}
+
+/// The counters of `map` in the order of `known`, then any others (from a
+/// newer agent) by name; with `skip_zero`, zero counters are left out.
+fn ordered_counts<'a>(
+    map: &'a HashMap<String, u64>,
+    known: &[&'a str],
+    skip_zero: bool,
+) -> Vec<(&'a str, u64)> {
+    let mut others: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !known.contains(key))
+        .collect();
+    others.sort_unstable();
+    known
+        .iter()
+        .copied()
+        .chain(others)
+        .filter_map(|key| map.get(key).map(|count| (key, *count)))
+        .filter(|(_, count)| !skip_zero || *count > 0)
+        .collect()
+}
+
+impl Human for DhcpCounters {
+    fn human(&self) -> String {
+        let received: Vec<&str> = ClientMessage::ALL.iter().map(|m| m.as_str()).collect();
+        let sent: Vec<&str> = ServerMessage::ALL.iter().map(|m| m.as_str()).collect();
+        let reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let dropped = ordered_counts(&self.dropped, &reasons, true);
+        let total_dropped: u64 = self.dropped.values().sum();
+
+        let mut table = Table::headless([left(""), left(""), right("")]);
+        fn section(title: &str, counts: Vec<(&str, u64)>, table: &mut Table) {
+            for (n, (name, count)) in counts.into_iter().enumerate() {
+                let title = if n == 0 { title } else { "" };
+                table.row([title.to_string(), name.to_string(), count.to_string()]);
+            }
+        }
+        section(
+            "received",
+            ordered_counts(&self.received, &received, false),
+            &mut table,
+        );
+        section("sent", ordered_counts(&self.sent, &sent, false), &mut table);
+        if dropped.is_empty() {
+            table.row(["dropped", "none", ""]);
+        } else {
+            section("dropped", dropped, &mut table);
+        }
+        section(
+            "leases",
+            vec![
+                ("declined", self.leases_declined),
+                ("released", self.leases_released),
+            ],
+            &mut table,
+        );
+        table.row([
+            "send errors".to_string(),
+            String::new(),
+            self.send_errors.to_string(),
+        ]);
+        format!(
+            "{}\n{total_dropped} dropped in all; `agentctl --json dhcp` lists every reason\n",
+            table.render()
+        )
+    }
+}
+
 /// `(kind, id, revision)` of every resource in a goal state.
 fn goal_state_resources(goal_state: &GoalState) -> Vec<(&'static str, &str, u32)> {
     macro_rules! resources {
@@ -345,7 +484,7 @@ impl Human for GoalState {
 #[cfg(test)]
 mod tests {
     use alcor_proto::{
-        control::{FixedIp, Neighbor, NeighborIp, PortCounters},
+        control::{FixedIp, Lease, Neighbor, NeighborIp, PortCounters},
         schema::{PortConfiguration, PortState, VpcConfiguration, VpcState},
     };
 
@@ -515,5 +654,129 @@ mod tests {
              port  port-1         1\n\
              \n2 resources; `agentctl --json goalstate` prints them in full\n"
         );
+    }
+    #[test]
+    fn durations_keep_their_two_largest_units() {
+        assert_eq!(duration_words(0), "0s");
+        assert_eq!(duration_words(45), "45s");
+        assert_eq!(duration_words(180), "3m");
+        assert_eq!(duration_words(192), "3m12s");
+        assert_eq!(duration_words(86_399), "23h59m");
+        assert_eq!(duration_words(86_400), "1d");
+        // Seconds go once there are hours.
+        assert_eq!(duration_words(3_601), "1h");
+        assert_eq!(duration_words(2 * 86_400 + 3 * 3_600 + 59), "2d3h");
+    }
+
+    #[test]
+    fn expiry_is_relative_to_now() {
+        let now = 1_800_000_000;
+        assert_eq!(expiry_words(now + 86_399, now), "in 23h59m");
+        assert_eq!(expiry_words(now + 30, now), "in 30s");
+        assert_eq!(expiry_words(now, now), "expires now");
+        assert_eq!(expiry_words(now - 180, now), "expired 3m ago");
+        assert_eq!(expiry_words(now - 3 * 86_400, now), "expired 3d ago");
+        assert_eq!(expiry_words(0, now), "-");
+    }
+
+    #[test]
+    fn leases_table_shows_state_expiry_and_hostname() {
+        let now = 1_800_000_000;
+        let lease = |port: &str, mac: &str, ip: &str, state: &str, expires_at, host: &str| Lease {
+            port_id: port.into(),
+            vpc_id: "vpc1".into(),
+            mac_address: mac.into(),
+            ip_address: ip.into(),
+            state: state.into(),
+            expires_at,
+            hostname: host.into(),
+        };
+        let leases = LeaseList {
+            leases: vec![
+                lease(
+                    "port-a",
+                    "fa:16:3e:00:10:01",
+                    "10.0.1.10",
+                    "bound",
+                    now + 86_399,
+                    "vm-a",
+                ),
+                lease(
+                    "port-b",
+                    "fa:16:3e:00:10:02",
+                    "10.0.1.11",
+                    "released",
+                    now - 180,
+                    "",
+                ),
+            ],
+        };
+        assert_eq!(
+            leases_table(&leases, now),
+            "PORT    MAC                IP         STATE     EXPIRES         HOSTNAME\n\
+             port-a  fa:16:3e:00:10:01  10.0.1.10  bound     in 23h59m       vm-a\n\
+             port-b  fa:16:3e:00:10:02  10.0.1.11  released  expired 3m ago  -\n"
+        );
+        assert_eq!(leases_table(&LeaseList::default(), now), "no leases\n");
+    }
+
+    fn counts(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn dhcp_counters_list_types_in_protocol_order_and_only_drops_that_happened() {
+        let counters = DhcpCounters {
+            received: counts(&[
+                ("inform", 1),
+                ("discover", 12),
+                ("request", 11),
+                ("release", 1),
+                ("decline", 0),
+                ("other", 0),
+            ]),
+            sent: counts(&[("nak", 1), ("ack", 11), ("offer", 12)]),
+            dropped: counts(&[
+                ("truncated", 0),
+                ("unknown_mac", 3),
+                ("spoofed_chaddr", 0),
+                ("wrong_vpc", 1),
+                // A reason this agentctl does not know comes last.
+                ("from_the_future", 2),
+            ]),
+            leases_declined: 0,
+            leases_released: 1,
+            send_errors: 0,
+        };
+        assert_eq!(
+            counters.human(),
+            "received     discover         12\n\
+             \x20            request          11\n\
+             \x20            decline           0\n\
+             \x20            release           1\n\
+             \x20            inform            1\n\
+             \x20            other             0\n\
+             sent         offer            12\n\
+             \x20            ack              11\n\
+             \x20            nak               1\n\
+             dropped      unknown_mac       3\n\
+             \x20            wrong_vpc         1\n\
+             \x20            from_the_future   2\n\
+             leases       declined          0\n\
+             \x20            released          1\n\
+             send errors                    0\n\
+             \n6 dropped in all; `agentctl --json dhcp` lists every reason\n"
+        );
+    }
+
+    #[test]
+    fn dhcp_counters_without_drops_say_none() {
+        let counters = DhcpCounters {
+            dropped: counts(&[("unknown_mac", 0)]),
+            ..Default::default()
+        };
+        let text = counters.human();
+        assert!(text.contains("dropped      none\n"), "{text}");
+        assert!(text.ends_with("\n0 dropped in all; `agentctl --json dhcp` lists every reason\n"));
     }
 }

@@ -681,6 +681,7 @@ fn errno(error: &ProgramError) -> Option<i32> {
             e.raw_os_error()
         }
         ProgramError::IOError(e) | ProgramError::TcError(TcError::IoError(e)) => e.raw_os_error(),
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
     }
 }

@@ -24,6 +24,9 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::*;
 
+mod packets;
+mod programs;
+
 /// tc's verdict for "let the frame through".
 const TC_ACT_OK: u32 = 0;
 /// An EtherType for local experiments (IEEE 802): nothing in the kernel

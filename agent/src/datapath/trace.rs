@@ -163,16 +163,18 @@ impl Datapath {
             ctx_out: Some(&mut ctx_out),
             ..TestRunOptions::default()
         };
-        let result = program.test_run(options).map_err(|source| {
-            if errno(&source) == Some(libc::ENODEV) {
-                DatapathError::NoSuchDevice(ifindex)
-            } else {
-                DatapathError::Trace {
+        let result = program
+            .test_run(options)
+            .map_err(|source| match errno(&source) {
+                Some(libc::ENODEV) => DatapathError::NoSuchDevice(ifindex),
+                Some(libc::EINVAL) => DatapathError::InvalidFrame(
+                    "the kernel refuses to run it (a header too short for its EtherType?)".into(),
+                ),
+                _ => DatapathError::Trace {
                     ifindex,
                     source: Box::new(source),
-                }
-            }
-        })?;
+                },
+            })?;
         output.truncate(result.data_size_out as usize);
         let cb: [u32; 5] = std::array::from_fn(|i| get_u32(&ctx_out, SKB_CB + 4 * i));
         let verdict = verdict(cb, result.return_value).ok_or_else(|| DatapathError::Trace {

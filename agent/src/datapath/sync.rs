@@ -273,6 +273,9 @@ impl Datapath {
                     .push((Mac(key.mac), net));
             }
         }
+        for pairs in sources.values_mut() {
+            pairs.sort_by_key(|&(mac, net)| (net, mac));
+        }
         Ok(ports
             .into_iter()
             .map(|(ifindex, info)| port_entry(ifindex, &info, sources.remove(&ifindex)))
@@ -281,7 +284,7 @@ impl Datapath {
 
     /// Every address known in the VPCs served here, by VNI and address.
     pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, DatapathError> {
-        Ok(read_hash(&self.endpoints, maps::ENDPOINTS)?
+        let mut endpoints: Vec<_> = read_hash(&self.endpoints, maps::ENDPOINTS)?
             .into_iter()
             .map(|(key, value): (EndpointKey, Endpoint)| EndpointEntry {
                 vni: key.vni,
@@ -289,7 +292,9 @@ impl Datapath {
                 mac: Mac(value.mac),
                 location: endpoint_location(&value),
             })
-            .collect())
+            .collect();
+        endpoints.sort_by_key(|endpoint| (endpoint.vni, endpoint.ip));
+        Ok(endpoints)
     }
 
     /// The subnets of the VPCs served here, by VNI and prefix.

@@ -26,6 +26,7 @@ use super::*;
 
 mod packets;
 mod programs;
+mod sync;
 
 /// tc's verdict for "let the frame through".
 const TC_ACT_OK: u32 = 0;

@@ -24,6 +24,7 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::*;
 
+mod netns;
 mod packets;
 mod programs;
 mod sync;

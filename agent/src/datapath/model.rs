@@ -447,8 +447,10 @@ mod tests {
                 host: Ipv4Addr::new(198, 18, 0, 2),
             },
         };
-        let mut model = DatapathModel::default();
-        model.endpoints = vec![endpoint, endpoint];
+        let mut model = DatapathModel {
+            endpoints: vec![endpoint, endpoint],
+            ..DatapathModel::default()
+        };
         assert!(
             Entries::from_model(&model).is_ok(),
             "the same twice is fine"

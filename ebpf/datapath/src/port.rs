@@ -42,7 +42,7 @@ use aya_ebpf::{
         bpf_skb_pull_data,
     },
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 
@@ -66,6 +66,11 @@ static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS
 /// (VNI, IPv4 prefix) → subnet: gateway and router.
 #[map]
 static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+
+/// Room to build an ICMP error in, off the stack (the verifier allows 512
+/// bytes of it for the whole program). Not pinned: nothing is kept in it.
+#[map]
+static SCRATCH: PerCpuArray<IcmpErrorScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Zeroes for a port's first counters: inserted from here rather than from
 /// the stack, which has no room for them.
@@ -184,6 +189,14 @@ struct IcmpErrorHeaders {
     unused: [u8; 4],
 }
 
+/// [`SCRATCH`]'s value.
+#[repr(C)]
+struct IcmpErrorScratch {
+    headers: IcmpErrorHeaders,
+    /// The quote, zero-padded (checksummed whole).
+    quote: [u8; MAX_QUOTE],
+}
+
 /// What the program does with a frame from the VM.
 #[derive(Clone, Copy)]
 enum Decision {
@@ -214,8 +227,8 @@ pub fn port_from_vm(ctx: TcContext) -> i32 {
         account(ifindex, len, decision);
     }
     match decision {
-        Decision::Pass(_) => TC_ACT_OK as i32,
-        Decision::Drop(_) => TC_ACT_SHOT as i32,
+        Decision::Pass(_) => TC_ACT_OK,
+        Decision::Drop(_) => TC_ACT_SHOT,
         // SAFETY (all three): plain helper calls; they return TC_ACT_REDIRECT.
         Decision::Deliver {
             ifindex: target,
@@ -240,7 +253,7 @@ pub fn port_to_vm(ctx: TcContext) -> i32 {
         stats.traffic.tx_packets += 1;
         stats.traffic.tx_bytes += len;
     });
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Counts the frame on the sending port, and on the receiving port if it
@@ -283,6 +296,8 @@ fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
     // The agent creates the entry when it attaches the port; a frame may
     // still come first (or after a detach). NOEXIST: a program on another
     // CPU may have created it since our lookup.
+    // By reference: a copy would take the stack this avoids.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     let _ = PORT_COUNTERS.insert(ifindex, &ZERO_STATS, u64::from(BPF_NOEXIST));
     if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
         // SAFETY: as above.
@@ -724,24 +739,29 @@ fn time_exceeded(
     if ctx.adjust_room(room as i32, BPF_ADJ_ROOM_MAC, 0).is_err() {
         return Decision::Drop(DropReason::HelperFailed);
     }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Decision::Drop(DropReason::HelperFailed);
+    };
+    // SAFETY: this CPU's slot, ours until the program ends.
+    let scratch = unsafe { &mut *scratch };
     // The quote, zero-padded, for the ICMP checksum.
-    let mut quote = [0u8; MAX_QUOTE];
+    scratch.quote = [0; MAX_QUOTE];
     if quoted == 0 || quoted > MAX_QUOTE {
         return Decision::Drop(DropReason::HelperFailed);
     }
-    // SAFETY: `quoted` bytes fit in `quote`, checked above.
+    // SAFETY: `quoted` bytes fit in the quote, checked above.
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             (ETH_LEN + room) as u32,
-            quote.as_mut_ptr().cast(),
+            scratch.quote.as_mut_ptr().cast(),
             quoted as u32,
         )
     };
     if loaded != 0 {
         return Decision::Drop(DropReason::HelperFailed);
     }
-    let mut headers = IcmpErrorHeaders {
+    scratch.headers = IcmpErrorHeaders {
         eth: EthHdr {
             dst: eth.src,
             src: from.gateway_mac,
@@ -771,7 +791,7 @@ fn time_exceeded(
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
-            (&raw mut headers.ip).cast(),
+            (&raw mut scratch.headers.ip).cast(),
             size_of::<Ipv4Hdr>() as u32,
             0,
         )
@@ -780,17 +800,17 @@ fn time_exceeded(
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
-            quote.as_mut_ptr().cast(),
+            scratch.quote.as_mut_ptr().cast(),
             MAX_QUOTE as u32,
             0,
         )
     };
-    headers.ip.check = (!fold(ip_sum as u32)).to_ne_bytes();
+    scratch.headers.ip.check = (!fold(ip_sum as u32)).to_ne_bytes();
     // The ICMP header adds its type and code word to the quote's sum.
     let type_code = u32::from(u16::from_ne_bytes([ICMP_TIME_EXCEEDED, 0]));
     let icmp_sum = u32::from(fold(quote_sum as u32)) + type_code;
-    headers.icmp_check = (!fold(icmp_sum)).to_ne_bytes();
-    if ctx.store(0, &headers, 0).is_err() {
+    scratch.headers.icmp_check = (!fold(icmp_sum)).to_ne_bytes();
+    if ctx.store(0, &scratch.headers, 0).is_err() {
         return Decision::Drop(DropReason::HelperFailed);
     }
     Decision::Answer(trace::ANSWER_TIME_EXCEEDED)

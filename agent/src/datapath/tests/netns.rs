@@ -239,6 +239,46 @@ fn vms_talk_through_the_datapath_and_nothing_else_does() {
             assert_eq!(drops_by_reason(&stats(port)), [], "port {port}");
         }
 
+        // A new agent takes over while A pings B every 10 ms: it adopts
+        // the pinned maps, replaces the programs in place and resyncs
+        // without a write; not one ping is lost.
+        let pinging = vm_a
+            .command(
+                "ping",
+                &[
+                    "-c",
+                    "100",
+                    "-i",
+                    "0.01",
+                    "-W",
+                    "1",
+                    "-w",
+                    "10",
+                    "-n",
+                    "-q",
+                    "10.0.1.11",
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(200));
+        drop(datapath);
+        thread::sleep(Duration::from_millis(100));
+        let mut datapath = Datapath::open(&pins.0).unwrap();
+        for (port, _) in [a, b, c, e] {
+            datapath.attach_port(port).unwrap();
+        }
+        let resync = datapath.sync(&model).unwrap();
+        assert_eq!(resync.changes(), 0, "{resync:?}");
+        let pinged = pinging.wait_with_output().unwrap();
+        let summary = String::from_utf8_lossy(&pinged.stdout);
+        assert!(
+            summary.contains("100 packets transmitted, 100 received"),
+            "{summary}"
+        );
+        let stats = |port: u32| datapath.port_stats(port).unwrap();
+
         // Another VPC with the same addresses: no ARP answer for B's
         // address, so no ping.
         assert!(!vm_e.ping("10.0.1.11", &[]), "E must not reach VPC 1");

@@ -1,6 +1,20 @@
 //! The eBPF datapath: loads the programs built from `ebpf/` (embedded in the
 //! agent binary by build.rs), attaches the port program to port devices as tc
-//! filters and reads its maps.
+//! filters, programs its maps from a [`DatapathModel`] ([`Datapath::sync`]),
+//! runs frames through it for a trace ([`Datapath::trace`]) and reads the
+//! maps back (listings, counters).
+//!
+//! What the programs do is told in `ebpf/datapath/src/port.rs`: from each
+//! VM, anti-spoofing, ARP and gateway ping answered in place, DHCP passed up,
+//! delivery to local ports (redirect to peer for veths, to egress for taps),
+//! routing between subnets of a router, drops counted by reason. Their maps
+//! (`alcor-ebpf-common` names them and defines their keys and values):
+//! PORTS (ifindex → VNI, MAC, first IP and its subnet), SOURCES (LPM:
+//! ifindex, MAC, prefix a port may send from), ENDPOINTS ((VNI, IP) → MAC and
+//! location), SUBNETS (LPM: (VNI, prefix) → gateway, router) and
+//! PORT_COUNTERS (per CPU: traffic and drops by reason). A port device with
+//! no PORTS entry is not programmed: its frames pass untouched, as before the
+//! agent knew it.
 //!
 //! Port programs are cls_bpf filters in direct-action mode on the device's
 //! clsact qdisc (legacy netlink tc), not tcx links: attaching a tcx link
@@ -10,8 +24,9 @@
 //! to its device, so it keeps running when the agent stops or crashes,
 //! without any pin.
 //!
-//! Maps are pinned under a per-agent directory on bpffs, so that counters
-//! survive restarts and a successor knows which ports it had attached. Several
+//! Maps are pinned under a per-agent directory on bpffs, so that forwarding
+//! state and counters survive restarts: a successor adopts them, checks their
+//! layout, and its first sync writes only what changed meanwhile. Several
 //! agents (one per network namespace, as in the tests) can share a machine as
 //! long as their pin directories differ.
 //!
@@ -144,9 +159,6 @@ pub enum DatapathError {
     /// The port's device does not exist (yet): nothing was attached.
     #[error("no network device with ifindex {0}")]
     NoSuchDevice(u32),
-    /// The model gives two different records for one key; nothing was written.
-    #[error("inconsistent datapath model: {0}")]
-    Model(String),
     #[error("cannot trace this frame: {0}")]
     InvalidFrame(String),
     #[error("tracing a frame from port {ifindex}")]

@@ -4,7 +4,8 @@
 //! The model speaks the agent's types (`Vni`, `Mac`, `Ipv4Net`); the entries
 //! are the `#[repr(C)]` keys and values of `alcor-ebpf-common`, with
 //! addresses in network byte order. [`Entries::from_model`] checks what the
-//! types cannot: no two different records for one key.
+//! types cannot: no two different records for one key (the first wins, and
+//! the others are reported).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -185,9 +186,11 @@ pub(super) fn from_net_u32(ip: u32) -> Ipv4Addr {
 }
 
 impl Entries {
-    /// The entries of `model`, or why it is inconsistent.
-    pub fn from_model(model: &DatapathModel) -> Result<Self, String> {
+    /// The entries of `model`, and its conflicts: records given for a key
+    /// that already had another (the first one given stays).
+    pub fn from_model(model: &DatapathModel) -> (Self, Vec<String>) {
         let mut entries = Entries::default();
+        let mut conflicts = Vec::new();
         let tags = router_tags(&model.subnets);
         // Subnets by VNI, for the subnet of each port's first address.
         let mut by_vni: HashMap<u32, Vec<(Ipv4Net, SubnetInfo)>> = HashMap::new();
@@ -201,9 +204,13 @@ impl Entries {
                     ip: net_u32(cidr.network()),
                 },
             );
-            insert_unique(&mut entries.subnets, key, info, || {
-                format!("subnet {cidr} of VNI {} is given twice", subnet.vni)
-            })?;
+            if !insert_first(&mut entries.subnets, key, info) {
+                conflicts.push(format!(
+                    "subnet {cidr} of VNI {} is given twice, differently; the first is kept",
+                    subnet.vni
+                ));
+                continue;
+            }
             by_vni
                 .entry(subnet.vni.get())
                 .or_default()
@@ -229,9 +236,14 @@ impl Entries {
                 _pad: 0,
                 subnet,
             };
-            if entries.ports.insert(port.ifindex, info).is_some() {
-                return Err(format!("port {} is given twice", port.ifindex));
+            if entries.ports.contains_key(&port.ifindex) {
+                conflicts.push(format!(
+                    "port {} is given twice; the first is kept",
+                    port.ifindex
+                ));
+                continue;
             }
+            entries.ports.insert(port.ifindex, info);
             // Every MAC the port may use, with any address: tells a spoofed
             // IP from a spoofed MAC, and lets DHCP's 0.0.0.0 through.
             let macs = std::iter::once(port.mac)
@@ -261,34 +273,26 @@ impl Entries {
                 vni: endpoint.vni.get(),
                 ip: net_u32(endpoint.ip),
             };
-            insert_unique(
-                &mut entries.endpoints,
-                key,
-                endpoint_value(endpoint),
-                || {
-                    format!(
-                        "address {} of VNI {} is given twice, with different MACs or locations",
-                        endpoint.ip, endpoint.vni
-                    )
-                },
-            )?;
+            if !insert_first(&mut entries.endpoints, key, endpoint_value(endpoint)) {
+                conflicts.push(format!(
+                    "address {} of VNI {} is given twice, with different MACs or locations; \
+                     the first is kept",
+                    endpoint.ip, endpoint.vni
+                ));
+            }
         }
-        Ok(entries)
+        (entries, conflicts)
     }
 }
 
-/// Inserts, unless the key already has another value.
-fn insert_unique<K: Ord, V: PartialEq>(
-    map: &mut BTreeMap<K, V>,
-    key: K,
-    value: V,
-    conflict: impl FnOnce() -> String,
-) -> Result<(), String> {
+/// Inserts unless the key already has a value; false if that value is
+/// another one.
+fn insert_first<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
     match map.get(&key) {
-        Some(existing) if *existing != value => Err(conflict()),
-        _ => {
+        Some(existing) => *existing == value,
+        None => {
             map.insert(key, value);
-            Ok(())
+            true
         }
     }
 }
@@ -432,12 +436,15 @@ mod tests {
     }
 
     #[test]
-    fn conflicting_records_are_refused() {
+    fn conflicting_records_are_reported_and_the_first_kept() {
         let mut model = DatapathModel::default();
         model.subnets.push(subnet(1, "10.0.1.0/24", None));
         model.subnets.push(subnet(1, "10.0.1.0/24", Some("r1")));
-        let error = Entries::from_model(&model).unwrap_err();
-        assert!(error.contains("10.0.1.0/24"), "{error}");
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert_eq!(conflicts.len(), 1);
+        assert!(conflicts[0].contains("10.0.1.0/24"), "{conflicts:?}");
+        let kept = entries.subnets.values().next().unwrap();
+        assert_eq!(kept.router, 0, "the first is kept");
 
         let endpoint = EndpointSpec {
             vni: vni(1),
@@ -452,12 +459,16 @@ mod tests {
             ..DatapathModel::default()
         };
         assert!(
-            Entries::from_model(&model).is_ok(),
+            Entries::from_model(&model).1.is_empty(),
             "the same twice is fine"
         );
         model.endpoints[1].mac = Mac([2, 0, 0, 0, 0, 6]);
-        let error = Entries::from_model(&model).unwrap_err();
-        assert!(error.contains("10.0.1.5"), "{error}");
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert!(conflicts[0].contains("10.0.1.5"), "{conflicts:?}");
+        assert_eq!(
+            entries.endpoints.values().next().unwrap().mac,
+            [2, 0, 0, 0, 0, 5]
+        );
     }
 
     #[test]
@@ -483,7 +494,8 @@ mod tests {
             endpoints: port.endpoints(),
             ports: vec![port],
         };
-        let entries = Entries::from_model(&model).unwrap();
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
         let info = entries.ports[&9];
         assert_eq!(info.subnet.mask, net_u32(Ipv4Addr::new(255, 255, 255, 0)));
         assert_eq!(info.redirect, Redirect::Egress as u8);

@@ -47,12 +47,16 @@ impl MapChanges {
 }
 
 /// What a [`Datapath::sync`] did, per map.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncStats {
     pub ports: MapChanges,
     pub sources: MapChanges,
     pub endpoints: MapChanges,
     pub subnets: MapChanges,
+    /// Records of the model that contradicted an earlier one for the same
+    /// key (the same address of a VPC with two MACs, say), and were left
+    /// out: worth a warning, not worth leaving the rest unprogrammed.
+    pub conflicts: Vec<String>,
 }
 
 impl SyncStats {
@@ -219,15 +223,15 @@ fn remove_lpm<K: aya::Pod, V: aya::Pod>(
 
 impl Datapath {
     /// Makes the maps say what `model` says, writing only what differs from
-    /// what they hold (see the module documentation). The model is refused
-    /// whole, before anything is written, if it gives two different records
-    /// for one key.
+    /// what they hold (see the module documentation). Where the model gives
+    /// two different records for one key, the first is programmed and the
+    /// conflict reported in [`SyncStats::conflicts`].
     ///
     /// Ports are programmed by their PORTS entry: until a port has one, its
     /// frames pass to the host stack untouched; once it has, only what the
     /// model allows goes through.
     pub fn sync(&mut self, model: &DatapathModel) -> Result<SyncStats, DatapathError> {
-        let desired = Entries::from_model(model).map_err(DatapathError::Model)?;
+        let (desired, conflicts) = Entries::from_model(model);
         let ports = Plan::new(read_hash(&self.ports, maps::PORTS)?, &desired.ports);
         let sources = Plan::new(read_lpm(&self.sources, maps::SOURCES)?, &desired.sources);
         let endpoints = Plan::new(
@@ -252,6 +256,7 @@ impl Datapath {
             sources: sources.changes(),
             endpoints: endpoints.changes(),
             subnets: subnets.changes(),
+            conflicts,
         })
     }
 

@@ -285,8 +285,8 @@ impl Datapath {
 
     /// Attaches the port program to the device: a filter on each hook (ingress and egress)
     /// of its clsact qdisc, added if missing. The filters belong to the device, so they keep
-    /// running when the agent stops. Idempotent: where our filter already is (see
-    /// [`FILTER_PRIORITY`]), it is kept and its program replaced in place by the one this
+    /// running when the agent stops. Idempotent: where our filter already is (at a
+    /// fixed priority and handle), it is kept and its program replaced in place by the one this
     /// agent loaded, atomically, so a new agent binary upgrades programs without a gap.
     ///
     /// Counters are keyed by ifindex and kept until [`Self::detach_port`].

@@ -1,6 +1,20 @@
 //! The eBPF datapath: loads the programs built from `ebpf/` (embedded in the
 //! agent binary by build.rs), attaches the port program to port devices as tc
-//! filters and reads its maps.
+//! filters, programs its maps from a [`DatapathModel`] ([`Datapath::sync`]),
+//! runs frames through it for a trace ([`Datapath::trace`]) and reads the
+//! maps back (listings, counters).
+//!
+//! What the programs do is told in `ebpf/datapath/src/port.rs`: from each
+//! VM, anti-spoofing, ARP and gateway ping answered in place, DHCP passed up,
+//! delivery to local ports (redirect to peer for veths, to egress for taps),
+//! routing between subnets of a router, drops counted by reason. Their maps
+//! (`alcor-ebpf-common` names them and defines their keys and values):
+//! PORTS (ifindex → VNI, MAC, first IP and its subnet), SOURCES (LPM:
+//! ifindex, MAC, prefix a port may send from), ENDPOINTS ((VNI, IP) → MAC and
+//! location), SUBNETS (LPM: (VNI, prefix) → gateway, router) and
+//! PORT_COUNTERS (per CPU: traffic and drops by reason). A port device with
+//! no PORTS entry is not programmed: its frames pass untouched, as before the
+//! agent knew it.
 //!
 //! Port programs are cls_bpf filters in direct-action mode on the device's
 //! clsact qdisc (legacy netlink tc), not tcx links: attaching a tcx link
@@ -10,8 +24,9 @@
 //! to its device, so it keeps running when the agent stops or crashes,
 //! without any pin.
 //!
-//! Maps are pinned under a per-agent directory on bpffs, so that counters
-//! survive restarts and a successor knows which ports it had attached. Several
+//! Maps are pinned under a per-agent directory on bpffs, so that forwarding
+//! state and counters survive restarts: a successor adopts them, checks their
+//! layout, and its first sync writes only what changed meanwhile. Several
 //! agents (one per network namespace, as in the tests) can share a machine as
 //! long as their pin directories differ.
 //!
@@ -19,8 +34,11 @@
 //! waiting). Devices are looked up in the calling thread's network namespace.
 
 mod bpffs;
+mod model;
+mod sync;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::{
     ffi::CStr,
@@ -28,10 +46,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use alcor_ebpf_common::{MAX_PORTS, maps, programs};
+use alcor_ebpf_common::{
+    EndpointKey, MAX_ENDPOINTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS, NO_PREALLOC, PortInfo,
+    SourceKey, SubnetInfo, SubnetKey, maps, programs,
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
     pin::PinError,
     programs::{
         Link, Program, ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle,
@@ -41,7 +62,12 @@ use aya::{
     sys::SyscallError,
 };
 
-pub use alcor_ebpf_common::PortCounters;
+pub use alcor_ebpf_common::{DropReason, PortCounters, PortStats, Redirect};
+pub use model::{DatapathModel, EndpointSpec, Location, PortSpec, SubnetSpec};
+pub use sync::{
+    EndpointEntry, MapChanges, PortEntry, RouteEntry, SubnetEntry, SyncStats, drops_by_reason,
+};
+pub use trace::{Answer, PassReason, TraceResult, Verdict};
 
 /// Where the agent pins its maps unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/alcor";
@@ -62,8 +88,6 @@ const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 /// of `attach_port` to the end of `detach_port`. The agent's own record (no
 /// program reads it), so it is created here rather than in the object.
 const ATTACHED_PORTS: &str = "ATTACHED_PORTS";
-/// BPF_F_NO_PREALLOC: entries are allocated as ports come, not all upfront.
-const NO_PREALLOC: u32 = 1;
 
 /// Where the previous build pinned a tcx link per port and hook, named
 /// `port-<ifindex>-<ingress|egress>`; replaced by filters on open.
@@ -135,6 +159,14 @@ pub enum DatapathError {
     /// The port's device does not exist (yet): nothing was attached.
     #[error("no network device with ifindex {0}")]
     NoSuchDevice(u32),
+    #[error("cannot trace this frame: {0}")]
+    InvalidFrame(String),
+    #[error("tracing a frame from port {ifindex}")]
+    Trace {
+        ifindex: u32,
+        #[source]
+        source: Box<ProgramError>,
+    },
 }
 
 /// The two tc hooks of a port device and the program that runs on each.
@@ -180,7 +212,11 @@ impl Hook {
 /// leaves the filters attached and counting, and the maps pinned.
 pub struct Datapath {
     ebpf: Ebpf,
-    counters: PerCpuHashMap<MapData, u32, PortCounters>,
+    counters: PerCpuHashMap<MapData, u32, PortStats>,
+    ports: HashMap<MapData, u32, PortInfo>,
+    sources: LpmTrie<MapData, SourceKey, u32>,
+    endpoints: HashMap<MapData, EndpointKey, alcor_ebpf_common::Endpoint>,
+    subnets: LpmTrie<MapData, SubnetKey, SubnetInfo>,
     attached: HashMap<MapData, u32, u8>,
 }
 
@@ -207,9 +243,10 @@ impl Datapath {
             .load(DATAPATH_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // Before loading programs: against an old map the verifier would
-        // reject them with a much less helpful message.
-        if let Some(Map::PerCpuHashMap(counters)) = ebpf.map(maps::PORT_COUNTERS) {
-            check_pinned_layout(counters, &pin_dir.join(maps::PORT_COUNTERS))?;
+        // reject them with a much less helpful message, or accept them and
+        // misread it.
+        for layout in &MAP_LAYOUTS {
+            check_pinned_layout(&ebpf, layout, pin_dir)?;
         }
         for (name, program) in ebpf.programs_mut() {
             let loaded = match program {
@@ -221,14 +258,24 @@ impl Datapath {
             loaded.map_err(program_error(name))?;
         }
 
-        let counters = ebpf
-            .take_map(maps::PORT_COUNTERS)
-            .ok_or(DatapathError::Missing(maps::PORT_COUNTERS))?;
-        let counters = PerCpuHashMap::try_from(counters).map_err(map_error(maps::PORT_COUNTERS))?;
+        let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::PORT_COUNTERS)?)
+            .map_err(map_error(maps::PORT_COUNTERS))?;
+        let ports =
+            HashMap::try_from(take_map(&mut ebpf, maps::PORTS)?).map_err(map_error(maps::PORTS))?;
+        let sources = LpmTrie::try_from(take_map(&mut ebpf, maps::SOURCES)?)
+            .map_err(map_error(maps::SOURCES))?;
+        let endpoints = HashMap::try_from(take_map(&mut ebpf, maps::ENDPOINTS)?)
+            .map_err(map_error(maps::ENDPOINTS))?;
+        let subnets = LpmTrie::try_from(take_map(&mut ebpf, maps::SUBNETS)?)
+            .map_err(map_error(maps::SUBNETS))?;
         let attached = attached_ports_map(&pin_dir.join(ATTACHED_PORTS))?;
         let mut datapath = Self {
             ebpf,
             counters,
+            ports,
+            sources,
+            endpoints,
+            subnets,
             attached,
         };
         datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;
@@ -238,11 +285,14 @@ impl Datapath {
 
     /// Attaches the port program to the device: a filter on each hook (ingress and egress)
     /// of its clsact qdisc, added if missing. The filters belong to the device, so they keep
-    /// running when the agent stops. Idempotent: where our filter already is (see
-    /// [`FILTER_PRIORITY`]), it is kept and its program replaced in place by the one this
+    /// running when the agent stops. Idempotent: where our filter already is (at a
+    /// fixed priority and handle), it is kept and its program replaced in place by the one this
     /// agent loaded, atomically, so a new agent binary upgrades programs without a gap.
     ///
     /// Counters are keyed by ifindex and kept until [`Self::detach_port`].
+    ///
+    /// The port's frames pass untouched until [`Self::sync`] gives it a
+    /// record (a model with a [`PortSpec`] of this ifindex).
     pub fn attach_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
         // Recorded first: should the agent die halfway, its successor still
@@ -250,6 +300,7 @@ impl Datapath {
         self.attached
             .insert(ifindex, 1, 0)
             .map_err(map_error(ATTACHED_PORTS))?;
+        self.create_counters(ifindex)?;
         let new_qdisc = match tc::qdisc_add_clsact(&ifname) {
             Ok(()) => true,
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
@@ -305,21 +356,35 @@ impl Datapath {
         Ok(ports)
     }
 
-    /// Counters summed over CPUs; zero if the port has none.
+    /// Counters summed over CPUs; zero if the port has none. (Drops by
+    /// reason: [`Self::port_stats`].)
     pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
-        let per_cpu = match self.counters.get(&ifindex, 0) {
-            Ok(per_cpu) => per_cpu,
-            Err(MapError::KeyNotFound) => return Ok(PortCounters::default()),
-            Err(e) => return Err(map_error(maps::PORT_COUNTERS)(e)),
-        };
-        Ok(per_cpu
-            .iter()
-            .fold(PortCounters::default(), |sum, cpu| PortCounters {
-                rx_packets: sum.rx_packets.wrapping_add(cpu.rx_packets),
-                rx_bytes: sum.rx_bytes.wrapping_add(cpu.rx_bytes),
-                tx_packets: sum.tx_packets.wrapping_add(cpu.tx_packets),
-                tx_bytes: sum.tx_bytes.wrapping_add(cpu.tx_bytes),
-            }))
+        Ok(self.port_stats(ifindex)?.traffic)
+    }
+
+    /// Zeroed counters for the port unless it has some, so that the
+    /// programs never have to allocate them while forwarding.
+    fn create_counters(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| DatapathError::Io {
+            what: format!("cannot count CPUs ({what})"),
+            source,
+        })?;
+        let zeroes =
+            PerCpuValues::try_from(vec![PortStats::default(); cpus]).map_err(|source| {
+                DatapathError::Io {
+                    what: "cannot size per-CPU counters".into(),
+                    source,
+                }
+            })?;
+        const NOEXIST: u64 = 1;
+        match self.counters.insert(ifindex, zeroes, NOEXIST) {
+            Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                Ok(())
+            }
+            result => result.map_err(map_error(maps::PORT_COUNTERS)),
+        }
     }
 
     /// Puts the hook's program in our filter: a change of the existing filter
@@ -493,18 +558,107 @@ fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// What a map of the object looks like in the kernel.
+struct MapLayout {
+    name: &'static str,
+    map_type: MapType,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+    flags: u32,
+}
+
+/// The layout of every map of the object, from the same types and
+/// constants the programs declare them with.
+const MAP_LAYOUTS: [MapLayout; 5] = [
+    MapLayout {
+        name: maps::PORT_COUNTERS,
+        map_type: MapType::PerCpuHash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<PortStats>(),
+        max_entries: MAX_PORTS,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::PORTS,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<PortInfo>(),
+        max_entries: MAX_PORTS,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::SOURCES,
+        map_type: MapType::LpmTrie,
+        key_size: size_of::<u32>() + size_of::<SourceKey>(),
+        value_size: size_of::<u32>(),
+        max_entries: MAX_SOURCES,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::ENDPOINTS,
+        map_type: MapType::Hash,
+        key_size: size_of::<EndpointKey>(),
+        value_size: size_of::<alcor_ebpf_common::Endpoint>(),
+        max_entries: MAX_ENDPOINTS,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::SUBNETS,
+        map_type: MapType::LpmTrie,
+        key_size: size_of::<u32>() + size_of::<SubnetKey>(),
+        value_size: size_of::<SubnetInfo>(),
+        max_entries: MAX_SUBNETS,
+        flags: NO_PREALLOC,
+    },
+];
+
 /// Maps are reused as found in the pin directory; one pinned by an agent
-/// with another value layout would be misread, so refuse it.
-fn check_pinned_layout(counters: &MapData, path: &Path) -> Result<(), DatapathError> {
-    let info = counters.info().map_err(map_error(maps::PORT_COUNTERS))?;
-    let expected = (size_of::<u32>(), size_of::<PortCounters>());
-    if (info.key_size() as usize, info.value_size() as usize) != expected {
+/// with another layout would be misread, so refuse it.
+fn check_pinned_layout(
+    ebpf: &Ebpf,
+    layout: &MapLayout,
+    pin_dir: &Path,
+) -> Result<(), DatapathError> {
+    let map = ebpf
+        .map(layout.name)
+        .ok_or(DatapathError::Missing(layout.name))?;
+    let data: &MapData = match map {
+        Map::PerCpuHashMap(data) | Map::HashMap(data) | Map::LpmTrie(data) => data,
+        _ => {
+            return Err(DatapathError::IncompatiblePinnedMap {
+                name: layout.name,
+                path: pin_dir.join(layout.name),
+            });
+        }
+    };
+    let info = data.info().map_err(map_error(layout.name))?;
+    let map_type = info.map_type().map_err(map_error(layout.name))?;
+    let found = (
+        map_type,
+        info.key_size() as usize,
+        info.value_size() as usize,
+        info.max_entries(),
+        info.map_flags(),
+    );
+    let expected = (
+        layout.map_type,
+        layout.key_size,
+        layout.value_size,
+        layout.max_entries,
+        layout.flags,
+    );
+    if found != expected {
         return Err(DatapathError::IncompatiblePinnedMap {
-            name: maps::PORT_COUNTERS,
-            path: path.to_owned(),
+            name: layout.name,
+            path: pin_dir.join(layout.name),
         });
     }
     Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::Missing(name))
 }
 
 /// The name of device `ifindex` in this thread's network namespace; `None`
@@ -539,6 +693,7 @@ fn errno(error: &ProgramError) -> Option<i32> {
             e.raw_os_error()
         }
         ProgramError::IOError(e) | ProgramError::TcError(TcError::IoError(e)) => e.raw_os_error(),
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
     }
 }

@@ -24,6 +24,11 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::*;
 
+mod netns;
+mod packets;
+mod programs;
+mod sync;
+
 /// tc's verdict for "let the frame through".
 const TC_ACT_OK: u32 = 0;
 /// An EtherType for local experiments (IEEE 802): nothing in the kernel
@@ -105,6 +110,15 @@ fn every_program_passes_the_verifier() {
         .programs()
         .map(|(name, program)| {
             assert!(program.fd().is_ok(), "{name} is not loaded");
+            // What the verifier walked, and what runs: for the record.
+            let info = program.info().unwrap();
+            let _ = writeln!(
+                io::stderr(),
+                "{name}: {} instructions, {} verified, {} bytes jitted",
+                info.size_translated().unwrap_or(0) / 8,
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_jitted()
+            );
             name
         })
         .collect();

@@ -1,6 +1,11 @@
 //! Types and names shared by the eBPF programs (built for `bpfel-unknown-none`)
 //! and the agent that loads them. Everything here is `#[repr(C)]` plain data:
 //! its layout is the contract between kernel and user space.
+//!
+//! Conventions: an IPv4 address (or mask) is a `u32` holding the address's
+//! four bytes in network order, as they are in the packet
+//! (`u32::from_ne_bytes(octets)`), so that programs compare them with what
+//! they read from headers without swapping bytes. MACs are `[u8; 6]`.
 #![no_std]
 
 /// Names of the programs in the datapath object, as user space looks them up.
@@ -15,17 +20,45 @@ pub mod programs {
 /// Names of the maps in the datapath object; pinned maps are pinned under
 /// these names in the agent's pin directory.
 pub mod maps {
-    /// Per-CPU hash: port ifindex (`u32`) → [`PortCounters`](super::PortCounters).
+    /// Per-CPU hash: port ifindex (`u32`) → [`PortStats`](super::PortStats).
     pub const PORT_COUNTERS: &str = "PORT_COUNTERS";
+    /// Hash: port ifindex (`u32`) → [`PortInfo`](super::PortInfo). A port
+    /// device without an entry is not programmed: its frames pass untouched.
+    pub const PORTS: &str = "PORTS";
+    /// LPM trie: [`SourceKey`](super::SourceKey) → `u32`
+    /// ([`SOURCE_ALLOWED`](super::SOURCE_ALLOWED) or
+    /// [`SOURCE_MAC_ONLY`](super::SOURCE_MAC_ONLY)): the (MAC, IPv4 prefix)
+    /// pairs each port may send from.
+    pub const SOURCES: &str = "SOURCES";
+    /// Hash: [`EndpointKey`](super::EndpointKey) (VNI, IPv4) →
+    /// [`Endpoint`](super::Endpoint): every address known in a VPC and where
+    /// it lives.
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// LPM trie: [`SubnetKey`](super::SubnetKey) (VNI, IPv4 prefix) →
+    /// [`SubnetInfo`](super::SubnetInfo): the subnets of each VPC, their
+    /// gateway and their router.
+    pub const SUBNETS: &str = "SUBNETS";
 }
 
 /// Most port devices one agent serves; sizes the per-port maps.
 pub const MAX_PORTS: u32 = 65536;
+/// Most allowed (MAC, prefix) sources over all ports.
+pub const MAX_SOURCES: u32 = 262_144;
+/// Most addresses known over all VPCs served here (local and remote).
+pub const MAX_ENDPOINTS: u32 = 1 << 20;
+/// Most subnets over all VPCs served here.
+pub const MAX_SUBNETS: u32 = 65536;
 
-/// Traffic seen by the port program on one port device. `rx` is what the VM
-/// sent (the device's ingress), `tx` what was sent towards the VM (its egress).
-/// Packets are socket buffers: a GSO super-packet counts once, with all its
-/// bytes. Bytes are L2 frame lengths, without FCS.
+/// `BPF_F_NO_PREALLOC`: hash entries are allocated as they come, not all
+/// upfront (the LPM tries require it).
+pub const NO_PREALLOC: u32 = 1;
+
+/// Traffic seen on one port device. `rx` is what the VM sent (the device's
+/// ingress), `tx` what was sent towards the VM: what passed the device's
+/// egress, plus what the port program delivered straight into the VM's
+/// namespace (`bpf_redirect_peer` skips that egress). Packets are socket
+/// buffers: a GSO super-packet counts once, with all its bytes. Bytes are L2
+/// frame lengths, without FCS.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortCounters {
@@ -35,7 +68,361 @@ pub struct PortCounters {
     pub tx_bytes: u64,
 }
 
-// SAFETY: `#[repr(C)]`, only `u64` fields, so no padding and every bit
+/// The value of [`maps::PORT_COUNTERS`]: traffic, and the frames the VM
+/// sent that were dropped, by [`DropReason`] (index = the reason's value).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub traffic: PortCounters,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+/// Why the port program dropped a frame the VM sent. The value indexes
+/// [`PortStats::drops`]; new reasons go at the end (the array grows, and with
+/// it the map's value size, which the agent checks).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Headers too short or invalid.
+    Malformed = 0,
+    /// Source MAC neither the port's nor one of its allowed address pairs'.
+    SpoofedMac = 1,
+    /// Source MAC allowed, but not with this source IPv4 address.
+    SpoofedIp = 2,
+    /// IPv6: not supported by this datapath yet.
+    Ipv6 = 3,
+    /// An EtherType other than IPv4 and ARP (VLAN tags included).
+    OtherEthertype = 4,
+    /// ARP that is not a request (replies, announcements): the datapath
+    /// answers for every known address, nobody needs them.
+    ArpNotRequest = 5,
+    /// ARP request for an address not known in the requester's subnet: no
+    /// reply, and nothing is flooded.
+    ArpUnknownTarget = 6,
+    /// ARP request for the requester's own address (duplicate address
+    /// detection): no reply, so that the check passes.
+    ArpOwnAddress = 7,
+    /// Broadcast or multicast IPv4 other than DHCP.
+    Broadcast = 8,
+    /// The source address is in no subnet of the VPC.
+    NoSubnet = 9,
+    /// No endpoint with that destination address in the VPC.
+    UnknownDestination = 10,
+    /// Destination MAC is neither the destination's nor the gateway's.
+    WrongDestinationMac = 11,
+    /// Sent without the gateway to an address outside the sender's subnet.
+    OffSubnet = 12,
+    /// To another subnet that no router connects to the sender's.
+    NotRouted = 13,
+    /// To the gateway itself, which only answers ICMP echo requests.
+    ToGateway = 14,
+    /// Routed with a TTL of 1 or less; answered with ICMP time exceeded
+    /// (unless the packet was itself an ICMP error or a later fragment).
+    TtlExceeded = 15,
+    /// The destination is on another host: VXLAN is not supported yet.
+    RemoteNotSupported = 16,
+    /// A kernel helper failed while rewriting or answering the frame.
+    HelperFailed = 17,
+}
+
+impl DropReason {
+    /// Number of reasons: the length of [`PortStats::drops`].
+    pub const COUNT: usize = 18;
+
+    /// Every reason, in value order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Malformed,
+        Self::SpoofedMac,
+        Self::SpoofedIp,
+        Self::Ipv6,
+        Self::OtherEthertype,
+        Self::ArpNotRequest,
+        Self::ArpUnknownTarget,
+        Self::ArpOwnAddress,
+        Self::Broadcast,
+        Self::NoSubnet,
+        Self::UnknownDestination,
+        Self::WrongDestinationMac,
+        Self::OffSubnet,
+        Self::NotRouted,
+        Self::ToGateway,
+        Self::TtlExceeded,
+        Self::RemoteNotSupported,
+        Self::HelperFailed,
+    ];
+
+    /// The reason with this value, if any.
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        if (value as usize) < Self::COUNT {
+            Some(Self::ALL[value as usize])
+        } else {
+            None
+        }
+    }
+
+    /// A short stable name (for metrics labels and tables).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::SpoofedMac => "spoofed-mac",
+            Self::SpoofedIp => "spoofed-ip",
+            Self::Ipv6 => "ipv6",
+            Self::OtherEthertype => "other-ethertype",
+            Self::ArpNotRequest => "arp-not-request",
+            Self::ArpUnknownTarget => "arp-unknown-target",
+            Self::ArpOwnAddress => "arp-own-address",
+            Self::Broadcast => "broadcast",
+            Self::NoSubnet => "no-subnet",
+            Self::UnknownDestination => "unknown-destination",
+            Self::WrongDestinationMac => "wrong-destination-mac",
+            Self::OffSubnet => "off-subnet",
+            Self::NotRouted => "not-routed",
+            Self::ToGateway => "to-gateway",
+            Self::TtlExceeded => "ttl-exceeded",
+            Self::RemoteNotSupported => "remote-not-yet-supported",
+            Self::HelperFailed => "helper-failed",
+        }
+    }
+
+    /// What happened, for a person who has never read the code.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::Malformed => "the frame's headers are truncated or invalid",
+            Self::SpoofedMac => {
+                "the source MAC is not the port's, nor that of one of its allowed address pairs \
+                 (anti-spoofing)"
+            }
+            Self::SpoofedIp => {
+                "the source IP address is not one the port may use with this source MAC \
+                 (anti-spoofing: fixed IPs and allowed address pairs)"
+            }
+            Self::Ipv6 => "IPv6 is not supported by the datapath yet",
+            Self::OtherEthertype => "only IPv4 and ARP frames are forwarded (no VLAN tags)",
+            Self::ArpNotRequest => {
+                "ARP replies and announcements from VMs are not needed: the datapath answers \
+                 for every address it knows"
+            }
+            Self::ArpUnknownTarget => {
+                "ARP request for an address that is neither the gateway nor a known address \
+                 in the sender's subnet: no reply is sent and nothing is flooded"
+            }
+            Self::ArpOwnAddress => {
+                "ARP request for the sender's own address (duplicate address detection): \
+                 deliberately not answered"
+            }
+            Self::Broadcast => "broadcast and multicast are not forwarded (only ARP and DHCP)",
+            Self::NoSubnet => "the source address belongs to no subnet of the VPC",
+            Self::UnknownDestination => "no VM or neighbor has this destination address in the VPC",
+            Self::WrongDestinationMac => {
+                "the destination MAC is neither the destination VM's nor the gateway's"
+            }
+            Self::OffSubnet => {
+                "the destination is outside the sender's subnet but the frame was not sent to \
+                 the gateway MAC"
+            }
+            Self::NotRouted => {
+                "the destination is in another subnet, and no router connects it to the \
+                 sender's subnet"
+            }
+            Self::ToGateway => "sent to the gateway's own address, which only answers ping",
+            Self::TtlExceeded => {
+                "the TTL ran out at the router; an ICMP time exceeded went back to the sender"
+            }
+            Self::RemoteNotSupported => {
+                "the destination is on another host, and cross-host (VXLAN) delivery is not \
+                 supported yet"
+            }
+            Self::HelperFailed => "a kernel helper failed while rewriting or answering the frame",
+        }
+    }
+}
+
+/// Value of [`maps::PORTS`]: what the port program knows of the port it runs
+/// on. `subnet` is the subnet of `ip` (copied from [`maps::SUBNETS`]) so that
+/// the common case (a VM sending from its first fixed IP) needs no LPM lookup.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PortInfo {
+    /// The VPC's VXLAN network identifier.
+    pub vni: u32,
+    /// The port's first fixed IPv4 address (network order); 0 if none.
+    pub ip: u32,
+    pub mac: [u8; 6],
+    /// How frames are delivered to this port: a [`Redirect`] value.
+    pub redirect: u8,
+    pub _pad: u8,
+    /// The subnet of `ip`; `flags` 0 if none.
+    pub subnet: SubnetInfo,
+}
+
+/// How frames reach a local port's VM.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Redirect {
+    /// `bpf_redirect_peer` to the host-side veth: straight into the peer
+    /// (the VM's `eth0`) in its namespace.
+    Peer = 1,
+    /// `bpf_redirect` to the device's egress (a tap: the hypervisor reads it).
+    Egress = 2,
+}
+
+impl Redirect {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Peer),
+            2 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Key of [`maps::SOURCES`] (after the LPM prefix length): the prefix length
+/// is 96 (ifindex, MAC and padding, always matched whole) plus the length of
+/// the IPv4 prefix.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub ip: u32,
+}
+
+impl SourceKey {
+    /// Bits of the key before the IPv4 address.
+    pub const FIXED_BITS: u32 = 96;
+}
+
+/// [`maps::SOURCES`] value: the port may send from this MAC and prefix.
+pub const SOURCE_ALLOWED: u32 = 1;
+/// [`maps::SOURCES`] value of the /0 entry of each MAC the port may use: it
+/// tells a spoofed IP from a spoofed MAC (and allows DHCP's 0.0.0.0).
+pub const SOURCE_MAC_ONLY: u32 = 2;
+
+/// Key of [`maps::ENDPOINTS`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointKey {
+    pub vni: u32,
+    pub ip: u32,
+}
+
+/// Where an endpoint lives: [`Endpoint::location`].
+pub mod location {
+    /// A local port, reached with `bpf_redirect_peer` (a veth).
+    pub const LOCAL_PEER: u8 = 1;
+    /// A local port, reached with `bpf_redirect` to its egress (a tap).
+    pub const LOCAL_EGRESS: u8 = 2;
+    /// Another host (`remote_host`): VXLAN, not supported yet.
+    pub const REMOTE: u8 = 3;
+}
+
+/// Value of [`maps::ENDPOINTS`]: an address known in a VPC.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub mac: [u8; 6],
+    /// One of [`location`].
+    pub location: u8,
+    pub _pad: u8,
+    /// The local port device (LOCAL_*), else 0.
+    pub ifindex: u32,
+    /// The host's underlay IPv4 address (REMOTE), else 0.
+    pub remote_host: u32,
+}
+
+/// Key of [`maps::SUBNETS`] (after the LPM prefix length): prefix length 32
+/// (the VNI) plus the subnet's prefix length.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubnetKey {
+    pub vni: u32,
+    pub ip: u32,
+}
+
+impl SubnetKey {
+    /// Bits of the key before the IPv4 address.
+    pub const FIXED_BITS: u32 = 32;
+}
+
+/// [`SubnetInfo::flags`]: the entry is a subnet.
+pub const SUBNET_VALID: u16 = 1;
+/// [`SubnetInfo::flags`]: the subnet has a gateway (`gateway_ip`/`_mac`).
+pub const SUBNET_HAS_GATEWAY: u16 = 2;
+
+/// Value of [`maps::SUBNETS`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SubnetInfo {
+    /// Network address and mask (network order).
+    pub net: u32,
+    pub mask: u32,
+    pub gateway_ip: u32,
+    /// Subnets of a VPC with the same non-zero router tag are routed to
+    /// each other through their gateways; 0: no router.
+    pub router: u32,
+    pub gateway_mac: [u8; 6],
+    pub flags: u16,
+}
+
+/// How `port_from_vm` reports its decision when run by the agent's trace
+/// (BPF_PROG_TEST_RUN): if the skb's mark is [`trace::MARK`], it writes a
+/// [`trace::Record`] into the skb's control block (`cb[0..5]`, returned in
+/// the test run's output context) and counts nothing. Real traffic never
+/// carries the mark (it is cleared when a frame leaves the VM's namespace),
+/// and costs one compare.
+pub mod trace {
+    /// The skb mark that asks the program to record its decision.
+    pub const MARK: u32 = 0xa1c0_7ace;
+    /// [`Record::magic`] when the program wrote the record.
+    pub const MAGIC: u32 = 0x7ace_d00d;
+
+    /// [`Record::action`] values.
+    pub const ACTION_PASS: u32 = 1;
+    pub const ACTION_DROP: u32 = 2;
+    pub const ACTION_REDIRECT: u32 = 3;
+    pub const ACTION_ANSWER: u32 = 4;
+
+    /// [`Record::detail`] of a pass: the port has no entry in PORTS.
+    pub const PASS_NOT_PROGRAMMED: u32 = 1;
+    /// [`Record::detail`] of a pass: DHCP, for the agent's responder.
+    pub const PASS_DHCP: u32 = 2;
+
+    /// [`Record::detail`] of an answer.
+    pub const ANSWER_ARP: u32 = 1;
+    pub const ANSWER_ECHO: u32 = 2;
+    pub const ANSWER_TIME_EXCEEDED: u32 = 3;
+
+    /// [`Record::detail`] flag of a redirect: routed (MACs rewritten, TTL
+    /// decremented). The low byte is the [`Redirect`](super::Redirect).
+    pub const REDIRECT_ROUTED: u32 = 0x100;
+
+    /// The decision, as five `u32` in `__sk_buff.cb`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Record {
+        pub action: u32,
+        /// Pass or answer kind, drop reason, redirect kind (+ flags).
+        pub detail: u32,
+        /// Redirect target (the sending port itself for answers).
+        pub ifindex: u32,
+        pub _reserved: u32,
+        pub magic: u32,
+    }
+}
+
+// SAFETY (all below): `#[repr(C)]` plain integers and byte arrays laid out
+// without padding (checked by the agent's layout tests), so every bit
 // pattern is valid.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for PortCounters {}
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for PortCounters {}
+    unsafe impl aya::Pod for PortStats {}
+    unsafe impl aya::Pod for PortInfo {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for SubnetKey {}
+    unsafe impl aya::Pod for SubnetInfo {}
+}

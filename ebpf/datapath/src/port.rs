@@ -2,77 +2,816 @@
 //! or its tap). The device's ingress carries what the VM sent
 //! ([`port_from_vm`]), its egress what goes to the VM ([`port_to_vm`]).
 //!
-//! For now it counts traffic per port and lets every frame through; this is
-//! where anti-spoofing, ARP and ICMP answered in place, DHCP handed to the
-//! agent and redirection to local or remote VMs will grow.
+//! From the VM, in order:
+//! 1. a device without a [`PORTS`] entry is not programmed (yet): its frames
+//!    pass untouched to the host stack, as before the agent programs it;
+//! 2. anti-spoofing: the source MAC and IPv4 address must be the port's or an
+//!    allowed address pair's ([`SOURCES`], an LPM trie, so pairs may be
+//!    prefixes);
+//! 3. ARP requests for the gateway or a known address of the sender's subnet
+//!    are answered in place; nothing is ever flooded;
+//! 4. DHCP (UDP 68 → 67) passes up to the agent's responder;
+//! 5. ICMP echo to the gateway is answered in place;
+//! 6. IPv4 to a known address ([`ENDPOINTS`]) of the same subnet is delivered
+//!    to its port; to another subnet through the gateway MAC it is routed if
+//!    one router connects both subnets ([`SUBNETS`]): MACs rewritten, TTL
+//!    decremented, or answered with ICMP time exceeded;
+//! 7. everything else is dropped and counted by [`DropReason`].
+//!
+//! Every key carries the VNI (the port's, from [`PORTS`]), so VPCs with
+//! overlapping addresses never see each other.
+//!
+//! Performance: the fast path reads headers directly but writes the packet
+//! only through helpers (`bpf_skb_store_bytes`): a program that writes packet
+//! data directly gets a prologue from the verifier that unclones every skb,
+//! and TCP's skbs arriving from a veth are clones. Frames delivered without a
+//! rewrite (same subnet) are never written. The only map writes are the
+//! per-CPU counters.
 
-use alcor_ebpf_common::{MAX_PORTS, PortCounters};
+use core::mem::size_of;
+
+use alcor_ebpf_common::{
+    DropReason, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS,
+    NO_PREALLOC, PortInfo, PortStats, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY,
+    SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, location, trace,
+};
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK},
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{
+        bpf_csum_diff, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_pull_data,
+    },
     macros::{classifier, map},
-    maps::PerCpuHashMap,
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 
 /// Port ifindex → counters. Pinned so that counts survive agent restarts.
 #[map]
-static PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap::pinned(MAX_PORTS, 0);
+static PORT_COUNTERS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::pinned(MAX_PORTS, NO_PREALLOC);
+
+/// Port ifindex → the port's VNI, MAC, first IP and its subnet.
+#[map]
+static PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, NO_PREALLOC);
+
+/// (ifindex, MAC, IPv4 prefix) → SOURCE_ALLOWED, or SOURCE_MAC_ONLY for the
+/// /0 entry of every MAC the port may use.
+#[map]
+static SOURCES: LpmTrie<SourceKey, u32> = LpmTrie::pinned(MAX_SOURCES, 0);
+
+/// (VNI, IPv4) → MAC and location of every address known in the VPC.
+#[map]
+static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, NO_PREALLOC);
+
+/// (VNI, IPv4 prefix) → subnet: gateway and router.
+#[map]
+static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+
+/// Room to build an ICMP error in, off the stack (the verifier allows 512
+/// bytes of it for the whole program). Not pinned: nothing is kept in it.
+#[map]
+static SCRATCH: PerCpuArray<IcmpErrorScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Zeroes for a port's first counters: inserted from here rather than from
+/// the stack, which has no room for them.
+static ZERO_STATS: PortStats = PortStats {
+    traffic: alcor_ebpf_common::PortCounters {
+        rx_packets: 0,
+        rx_bytes: 0,
+        tx_packets: 0,
+        tx_bytes: 0,
+    },
+    drops: [0; DropReason::COUNT],
+};
+
+const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// TTL of the packets the gateway sends (echo replies, ICMP errors).
+const GATEWAY_TTL: u8 = 64;
+/// The longest IPv4 header (with options).
+const MAX_IP_HLEN: usize = 60;
+/// Longest quote of the offending packet in an ICMP error: its IP header and
+/// 8 bytes (RFC 792), or 20 where the kernel will not trim below a TCP
+/// header whose checksum is left to offload.
+const MAX_QUOTE: usize = MAX_IP_HLEN + 20;
+
+/// Ethernet header; every multi-byte field is a byte array, so that headers
+/// are read at any alignment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ArpHdr {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    op: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+/// A whole ARP frame, as the answer is written.
+#[repr(C)]
+struct ArpFrame {
+    eth: EthHdr,
+    arp: ArpHdr,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    vihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// Ethernet and IPv4 headers, as an echo reply is written.
+#[repr(C)]
+struct EthIpv4 {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
+
+/// Ethernet and the IPv4 header up to its checksum, as a routed packet is
+/// rewritten.
+#[repr(C)]
+struct EthIpv4Start {
+    eth: EthHdr,
+    vihl_tos: [u8; 2],
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl_proto: [u8; 2],
+    check: [u8; 2],
+}
+
+/// The first bytes of an ICMP or UDP header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct L4Start {
+    /// ICMP type and code, or UDP source port.
+    a: [u8; 2],
+    /// ICMP checksum, or UDP destination port.
+    b: [u8; 2],
+}
+
+/// The headers of an ICMP error as written in front of its quote.
+#[repr(C)]
+struct IcmpErrorHeaders {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    icmp_type: u8,
+    icmp_code: u8,
+    icmp_check: [u8; 2],
+    unused: [u8; 4],
+}
+
+/// [`SCRATCH`]'s value.
+#[repr(C)]
+struct IcmpErrorScratch {
+    headers: IcmpErrorHeaders,
+    /// The quote, zero-padded (checksummed whole).
+    quote: [u8; MAX_QUOTE],
+}
+
+/// What the program does with a frame from the VM.
+#[derive(Clone, Copy)]
+enum Decision {
+    /// To the host stack (`trace::PASS_*`).
+    Pass(u32),
+    Drop(DropReason),
+    /// To a local port.
+    Deliver {
+        ifindex: u32,
+        redirect: Redirect,
+        routed: bool,
+    },
+    /// Answered in place and sent back to the VM (`trace::ANSWER_*`).
+    Answer(u32),
+}
 
 /// tc ingress of a port device: frames the VM sent.
 #[classifier]
 pub fn port_from_vm(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::FromVm);
-    TC_ACT_OK
+    let skb = ctx.skb.skb;
+    // SAFETY: the context is the kernel's `__sk_buff`, valid for the whole run.
+    let (ifindex, mark) = unsafe { ((*skb).ifindex, (*skb).mark) };
+    let len = u64::from(ctx.len());
+    let decision = decide(&ctx, ifindex);
+    if mark == trace::MARK {
+        record(&ctx, ifindex, decision);
+    } else {
+        account(ifindex, len, decision);
+    }
+    match decision {
+        Decision::Pass(_) => TC_ACT_OK,
+        Decision::Drop(_) => TC_ACT_SHOT,
+        // SAFETY (all three): plain helper calls; they return TC_ACT_REDIRECT.
+        Decision::Deliver {
+            ifindex: target,
+            redirect: Redirect::Peer,
+            ..
+        } => unsafe { bpf_redirect_peer(target, 0) as i32 },
+        Decision::Deliver {
+            ifindex: target, ..
+        } => unsafe { bpf_redirect(target, 0) as i32 },
+        Decision::Answer(_) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+    }
 }
 
-/// tc egress of a port device: frames on their way to the VM.
+/// tc egress of a port device: frames on their way to the VM (from the host
+/// stack, e.g. DHCP replies; answers in place; deliveries by plain redirect).
 #[classifier]
 pub fn port_to_vm(ctx: TcContext) -> i32 {
-    count(&ctx, Direction::ToVm);
+    // SAFETY: as above.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = u64::from(ctx.len());
+    with_stats(ifindex, |stats| {
+        stats.traffic.tx_packets += 1;
+        stats.traffic.tx_bytes += len;
+    });
     TC_ACT_OK
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    FromVm,
-    ToVm,
-}
-
+/// Counts the frame on the sending port, and on the receiving port if it
+/// skips that port's egress (where [`port_to_vm`] counts).
 #[inline(always)]
-fn add(counters: &mut PortCounters, direction: Direction, bytes: u64) {
-    match direction {
-        Direction::FromVm => {
-            counters.rx_packets += 1;
-            counters.rx_bytes += bytes;
+fn account(ifindex: u32, len: u64, decision: Decision) {
+    with_stats(ifindex, |stats| {
+        stats.traffic.rx_packets += 1;
+        stats.traffic.rx_bytes += len;
+        let reason = match decision {
+            Decision::Drop(reason) => reason,
+            Decision::Answer(trace::ANSWER_TIME_EXCEEDED) => DropReason::TtlExceeded,
+            _ => return,
+        };
+        if let Some(drops) = stats.drops.get_mut(reason as usize) {
+            *drops += 1;
         }
-        Direction::ToVm => {
-            counters.tx_packets += 1;
-            counters.tx_bytes += bytes;
-        }
+    });
+    if let Decision::Deliver {
+        ifindex: target,
+        redirect: Redirect::Peer,
+        ..
+    } = decision
+    {
+        with_stats(target, |stats| {
+            stats.traffic.tx_packets += 1;
+            stats.traffic.tx_bytes += len;
+        });
     }
 }
 
 #[inline(always)]
-fn count(ctx: &TcContext, direction: Direction) {
-    // SAFETY: the context is the kernel's `__sk_buff`, valid for the whole run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let bytes = u64::from(ctx.len());
-    if let Some(counters) = PORT_COUNTERS.get_ptr_mut(ifindex) {
+fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
+    if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
         // SAFETY: the value is this CPU's slot of a per-CPU map, and tc
         // programs do not preempt each other on a CPU.
-        add(unsafe { &mut *counters }, direction, bytes);
+        add(unsafe { &mut *stats });
         return;
     }
-    let mut first = PortCounters::default();
-    add(&mut first, direction, bytes);
-    // NOEXIST: a program on another CPU may have created the entry since our
-    // lookup; then count into it instead of overwriting it.
-    if PORT_COUNTERS
-        .insert(ifindex, first, u64::from(BPF_NOEXIST))
-        .is_err()
-        && let Some(counters) = PORT_COUNTERS.get_ptr_mut(ifindex)
-    {
+    // The agent creates the entry when it attaches the port; a frame may
+    // still come first (or after a detach). NOEXIST: a program on another
+    // CPU may have created it since our lookup.
+    // By reference: a copy would take the stack this avoids.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let _ = PORT_COUNTERS.insert(ifindex, &ZERO_STATS, u64::from(BPF_NOEXIST));
+    if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
         // SAFETY: as above.
-        add(unsafe { &mut *counters }, direction, bytes);
+        add(unsafe { &mut *stats });
     }
+}
+
+/// Writes the decision into the skb's control block, which a test run
+/// returns in its output context.
+#[inline(always)]
+fn record(ctx: &TcContext, ifindex: u32, decision: Decision) {
+    let (action, detail, target) = match decision {
+        Decision::Pass(why) => (trace::ACTION_PASS, why, 0),
+        Decision::Drop(reason) => (trace::ACTION_DROP, reason as u32, 0),
+        Decision::Deliver {
+            ifindex: target,
+            redirect,
+            routed,
+        } => (
+            trace::ACTION_REDIRECT,
+            redirect as u32 | if routed { trace::REDIRECT_ROUTED } else { 0 },
+            target,
+        ),
+        Decision::Answer(kind) => (trace::ACTION_ANSWER, kind, ifindex),
+    };
+    let skb = ctx.skb.skb;
+    // SAFETY: cb is five u32 of the context, writable by tc programs.
+    unsafe {
+        (*skb).cb[0] = action;
+        (*skb).cb[1] = detail;
+        (*skb).cb[2] = target;
+        (*skb).cb[3] = 0;
+        (*skb).cb[4] = trace::MAGIC;
+    }
+}
+
+/// A header at `offset` of the packet's linear data, if it is all there.
+#[inline(always)]
+fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let start = ctx.data() + offset;
+    if start + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: within [data, data_end), checked above; T is plain bytes with
+    // alignment 1.
+    Some(unsafe { *(start as *const T) })
+}
+
+#[inline(always)]
+fn ip4(bytes: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(bytes)
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, ifindex: u32) -> Decision {
+    // SAFETY: a map value, valid during the run; user space replaces values
+    // whole (copied here at once).
+    let Some(port) = (unsafe { PORTS.get(ifindex) }) else {
+        return Decision::Pass(trace::PASS_NOT_PROGRAMMED);
+    };
+    let port = *port;
+    // Headers outside the linear data (rare: some tap frames) are pulled in,
+    // as far as the longest we read: Ethernet, IPv4 with options, 8 bytes.
+    let wanted = (ETH_LEN + MAX_IP_HLEN + 8).min(ctx.len() as usize);
+    if ctx.data() + wanted > ctx.data_end() {
+        // SAFETY: plain helper call; packet pointers are taken afterwards.
+        unsafe { bpf_skb_pull_data(ctx.skb.skb, wanted as u32) };
+    }
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if eth.src[0] & 1 != 0 {
+        return Decision::Drop(DropReason::SpoofedMac);
+    }
+    match u16::from_be_bytes(eth.proto) {
+        ETH_P_IP => ipv4(ctx, ifindex, &port, &eth),
+        ETH_P_ARP => arp(ctx, ifindex, &port, &eth),
+        ETH_P_IPV6 => Decision::Drop(DropReason::Ipv6),
+        _ => Decision::Drop(DropReason::OtherEthertype),
+    }
+}
+
+/// SOURCE_ALLOWED if the port may send from `mac` and `ip`, SOURCE_MAC_ONLY
+/// if only the MAC is its, 0 if not even that.
+#[inline(always)]
+fn source(ifindex: u32, port: &PortInfo, mac: [u8; 6], ip: u32) -> u32 {
+    if ip != 0 && ip == port.ip && mac == port.mac {
+        return SOURCE_ALLOWED;
+    }
+    let key = Key::new(
+        SourceKey::FIXED_BITS + 32,
+        SourceKey {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+            ip,
+        },
+    );
+    SOURCES.get(&key).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn check_source(ifindex: u32, port: &PortInfo, mac: [u8; 6], ip: u32) -> Option<DropReason> {
+    match source(ifindex, port, mac, ip) {
+        SOURCE_ALLOWED => None,
+        SOURCE_MAC_ONLY => Some(DropReason::SpoofedIp),
+        _ => Some(DropReason::SpoofedMac),
+    }
+}
+
+/// The subnet `ip` (a source the port may use) belongs to; the port's own
+/// subnet for addresses outside every subnet (an allowed prefix).
+#[inline(always)]
+fn source_subnet(port: &PortInfo, ip: u32) -> SubnetInfo {
+    if ip == port.ip {
+        return port.subnet;
+    }
+    subnet_of(port.vni, ip).unwrap_or(port.subnet)
+}
+
+#[inline(always)]
+fn subnet_of(vni: u32, ip: u32) -> Option<SubnetInfo> {
+    let key = Key::new(SubnetKey::FIXED_BITS + 32, SubnetKey { vni, ip });
+    SUBNETS.get(&key).copied()
+}
+
+#[inline(always)]
+fn endpoint(vni: u32, ip: u32) -> Option<Endpoint> {
+    // SAFETY: a map value, copied at once.
+    unsafe { ENDPOINTS.get(EndpointKey { vni, ip }) }.copied()
+}
+
+#[inline(always)]
+fn in_subnet(subnet: &SubnetInfo, ip: u32) -> bool {
+    ip & subnet.mask == subnet.net
+}
+
+#[inline(always)]
+fn arp(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decision {
+    let Some(arp) = header::<ArpHdr>(ctx, ETH_LEN) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if arp.htype != [0, 1] || arp.ptype != [8, 0] || arp.hlen != 6 || arp.plen != 4 {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    if arp.sha != eth.src {
+        return Decision::Drop(DropReason::SpoofedMac);
+    }
+    let (spa, tpa) = (ip4(arp.spa), ip4(arp.tpa));
+    // 0.0.0.0: a probe (RFC 5227), from an address-less VM.
+    match source(ifindex, port, arp.sha, spa) {
+        SOURCE_ALLOWED => {}
+        SOURCE_MAC_ONLY if spa == 0 => {}
+        SOURCE_MAC_ONLY => return Decision::Drop(DropReason::SpoofedIp),
+        _ => return Decision::Drop(DropReason::SpoofedMac),
+    }
+    if arp.op != [0, 1] || spa == tpa {
+        return Decision::Drop(DropReason::ArpNotRequest);
+    }
+    let subnet = source_subnet(port, if spa == 0 { port.ip } else { spa });
+    if subnet.flags & SUBNET_VALID == 0 {
+        return Decision::Drop(DropReason::NoSubnet);
+    }
+    let answer = if subnet.flags & SUBNET_HAS_GATEWAY != 0 && tpa == subnet.gateway_ip {
+        subnet.gateway_mac
+    } else if in_subnet(&subnet, tpa) {
+        match endpoint(port.vni, tpa) {
+            Some(target) if target.mac == arp.sha => {
+                return Decision::Drop(DropReason::ArpOwnAddress);
+            }
+            Some(target) => target.mac,
+            None => return Decision::Drop(DropReason::ArpUnknownTarget),
+        }
+    } else {
+        return Decision::Drop(DropReason::ArpUnknownTarget);
+    };
+    let reply = ArpFrame {
+        eth: EthHdr {
+            dst: arp.sha,
+            src: answer,
+            proto: ETH_P_ARP.to_be_bytes(),
+        },
+        arp: ArpHdr {
+            op: [0, 2],
+            sha: answer,
+            spa: arp.tpa,
+            tha: arp.sha,
+            tpa: arp.spa,
+            ..arp
+        },
+    };
+    if ctx.store(0, &reply, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    Decision::Answer(trace::ANSWER_ARP)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decision {
+    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    let hlen = usize::from(ip.vihl & 0xf) * 4;
+    let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if ip.vihl >> 4 != 4 || hlen < 20 || tot_len < hlen {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    let (src, dst) = (ip4(ip.src), ip4(ip.dst));
+    let frag = u16::from_be_bytes(ip.frag);
+    let first_fragment = frag & 0x1fff == 0;
+
+    // DHCP for the agent's responder: from any address the MAC may use, or
+    // from 0.0.0.0 while the VM has none.
+    if ip.proto == IPPROTO_UDP
+        && first_fragment
+        && let Some(udp) = header::<L4Start>(ctx, ETH_LEN + hlen)
+        && udp.a == 68u16.to_be_bytes()
+        && udp.b == 67u16.to_be_bytes()
+    {
+        return match source(ifindex, port, eth.src, src) {
+            SOURCE_ALLOWED => Decision::Pass(trace::PASS_DHCP),
+            SOURCE_MAC_ONLY if src == 0 => Decision::Pass(trace::PASS_DHCP),
+            SOURCE_MAC_ONLY => Decision::Drop(DropReason::SpoofedIp),
+            _ => Decision::Drop(DropReason::SpoofedMac),
+        };
+    }
+    if let Some(reason) = check_source(ifindex, port, eth.src, src) {
+        return Decision::Drop(reason);
+    }
+    if eth.dst[0] & 1 != 0 {
+        return Decision::Drop(DropReason::Broadcast);
+    }
+    let subnet = source_subnet(port, src);
+    if subnet.flags & SUBNET_VALID == 0 {
+        return Decision::Drop(DropReason::NoSubnet);
+    }
+    if subnet.flags & SUBNET_HAS_GATEWAY != 0 && eth.dst == subnet.gateway_mac {
+        if dst == subnet.gateway_ip {
+            return gateway(ctx, &subnet, eth, &ip, hlen, tot_len);
+        }
+        return route(ctx, port.vni, &subnet, eth, &ip, hlen, tot_len);
+    }
+    // Same subnet: straight to the destination's port, untouched.
+    if !in_subnet(&subnet, dst) {
+        return Decision::Drop(DropReason::OffSubnet);
+    }
+    let Some(target) = endpoint(port.vni, dst) else {
+        return Decision::Drop(DropReason::UnknownDestination);
+    };
+    if target.mac != eth.dst {
+        return Decision::Drop(DropReason::WrongDestinationMac);
+    }
+    deliver(&target, false)
+}
+
+/// To a local endpoint's port.
+#[inline(always)]
+fn deliver(target: &Endpoint, routed: bool) -> Decision {
+    let redirect = match target.location {
+        location::LOCAL_PEER => Redirect::Peer,
+        location::LOCAL_EGRESS => Redirect::Egress,
+        // The next issue encapsulates here (VXLAN to `remote_host`).
+        location::REMOTE => return Decision::Drop(DropReason::RemoteNotSupported),
+        _ => return Decision::Drop(DropReason::UnknownDestination),
+    };
+    Decision::Deliver {
+        ifindex: target.ifindex,
+        redirect,
+        routed,
+    }
+}
+
+/// RFC 1624 (eqn. 3): the checksum `check` once a 16-bit word of what it
+/// covers changes from `old` to `new` (words as big-endian numbers).
+#[inline(always)]
+fn csum_replace(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
+    let sum = u32::from(!u16::from_be_bytes(check)) + u32::from(!old) + u32::from(new);
+    (!fold(sum)).to_be_bytes()
+}
+
+/// A 32-bit one's complement sum folded to 16 bits.
+#[inline(always)]
+fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Packets to the gateway's own address: ICMP echo is answered in place.
+#[inline(always)]
+fn gateway(
+    ctx: &TcContext,
+    subnet: &SubnetInfo,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+) -> Decision {
+    // A fragmented echo request would need reassembly first.
+    if ip.proto != IPPROTO_ICMP || u16::from_be_bytes(ip.frag) & 0x3fff != 0 {
+        return Decision::Drop(DropReason::ToGateway);
+    }
+    let Some(icmp) = header::<L4Start>(ctx, ETH_LEN + hlen) else {
+        return Decision::Drop(DropReason::Malformed);
+    };
+    if icmp.a != [ICMP_ECHO_REQUEST, 0] {
+        return Decision::Drop(DropReason::ToGateway);
+    }
+    if tot_len < hlen + 8 {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    // Ethernet and the fixed IPv4 header: addresses swapped, a fresh TTL.
+    // Swapping addresses keeps their sum, so only the TTL changes the
+    // checksum.
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([GATEWAY_TTL, ip.proto]);
+    let reply = EthIpv4 {
+        eth: EthHdr {
+            dst: eth.src,
+            src: subnet.gateway_mac,
+            proto: eth.proto,
+        },
+        ip: Ipv4Hdr {
+            ttl: GATEWAY_TTL,
+            check: csum_replace(ip.check, old, new),
+            src: ip.dst,
+            dst: ip.src,
+            ..*ip
+        },
+    };
+    let type_code = u16::from_be_bytes([ICMP_ECHO_REPLY, 0]);
+    let icmp_reply = L4Start {
+        a: [ICMP_ECHO_REPLY, 0],
+        b: csum_replace(icmp.b, u16::from_be_bytes(icmp.a), type_code),
+    };
+    if ctx.store(0, &reply, 0).is_err() || ctx.store(ETH_LEN + hlen, &icmp_reply, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    Decision::Answer(trace::ANSWER_ECHO)
+}
+
+/// Through the gateway MAC to another address: routed if one router
+/// connects the two subnets.
+#[inline(always)]
+fn route(
+    ctx: &TcContext,
+    vni: u32,
+    from: &SubnetInfo,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+) -> Decision {
+    let dst = ip4(ip.dst);
+    let Some(target) = endpoint(vni, dst) else {
+        return Decision::Drop(DropReason::UnknownDestination);
+    };
+    let Some(to) = subnet_of(vni, dst) else {
+        return Decision::Drop(DropReason::NotRouted);
+    };
+    let same_subnet = to.net == from.net && to.mask == from.mask;
+    if to.flags & SUBNET_HAS_GATEWAY == 0
+        || !same_subnet && (from.router == 0 || to.router != from.router)
+    {
+        return Decision::Drop(DropReason::NotRouted);
+    }
+    if ip.ttl <= 1 {
+        return time_exceeded(ctx, from, eth, ip, hlen, tot_len);
+    }
+    if target.location == location::REMOTE {
+        // The next issue: rewrite as below, then encapsulate.
+        return Decision::Drop(DropReason::RemoteNotSupported);
+    }
+    // One store: both MACs, the EtherType and the IPv4 header up to its
+    // checksum, with the TTL decremented.
+    let ttl = ip.ttl - 1;
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([ttl, ip.proto]);
+    let rewritten = EthIpv4Start {
+        eth: EthHdr {
+            dst: target.mac,
+            src: to.gateway_mac,
+            proto: eth.proto,
+        },
+        vihl_tos: [ip.vihl, ip.tos],
+        tot_len: ip.tot_len,
+        id: ip.id,
+        frag: ip.frag,
+        ttl_proto: [ttl, ip.proto],
+        check: csum_replace(ip.check, old, new),
+    };
+    if ctx.store(0, &rewritten, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    deliver(&target, true)
+}
+
+/// Answers a packet whose TTL ran out at the router with ICMP time exceeded
+/// from the sender's gateway, quoting its IP header and first 8 bytes
+/// (RFC 792), and drops it.
+#[inline(always)]
+fn time_exceeded(
+    ctx: &TcContext,
+    from: &SubnetInfo,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+) -> Decision {
+    // RFC 1812 4.3.2.7: no ICMP error about a later fragment or about an
+    // ICMP error.
+    if u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+        return Decision::Drop(DropReason::TtlExceeded);
+    }
+    if ip.proto == IPPROTO_ICMP {
+        match header::<L4Start>(ctx, ETH_LEN + hlen) {
+            Some(icmp) if matches!(icmp.a[0], 3 | 4 | 5 | 11 | 12) => {
+                return Decision::Drop(DropReason::TtlExceeded);
+            }
+            _ => {}
+        }
+    }
+    if ETH_LEN + tot_len > ctx.len() as usize {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    // Trim to what is quoted: the IP header and 8 bytes; if the kernel will
+    // not cut into a header whose checksum is still to be computed (TCP with
+    // checksum offload), 20.
+    let mut quoted = tot_len.min(hlen + 8);
+    // SAFETY (both): plain helper calls; packet pointers are taken afresh.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_LEN + quoted) as u32, 0) } != 0 {
+        quoted = tot_len.min(hlen + 20);
+        if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_LEN + quoted) as u32, 0) } != 0 {
+            return Decision::Drop(DropReason::HelperFailed);
+        }
+    }
+    // Room for the new IPv4 and ICMP headers between Ethernet and the quote.
+    let room = size_of::<Ipv4Hdr>() + 8;
+    if ctx.adjust_room(room as i32, BPF_ADJ_ROOM_MAC, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Decision::Drop(DropReason::HelperFailed);
+    };
+    // SAFETY: this CPU's slot, ours until the program ends.
+    let scratch = unsafe { &mut *scratch };
+    // The quote, zero-padded, for the ICMP checksum.
+    scratch.quote = [0; MAX_QUOTE];
+    if quoted == 0 || quoted > MAX_QUOTE {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    // SAFETY: `quoted` bytes fit in the quote, checked above.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            (ETH_LEN + room) as u32,
+            scratch.quote.as_mut_ptr().cast(),
+            quoted as u32,
+        )
+    };
+    if loaded != 0 {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    scratch.headers = IcmpErrorHeaders {
+        eth: EthHdr {
+            dst: eth.src,
+            src: from.gateway_mac,
+            proto: ETH_P_IP.to_be_bytes(),
+        },
+        ip: Ipv4Hdr {
+            vihl: 0x45,
+            // Internetwork control, as Linux sends its ICMP errors.
+            tos: 0xc0,
+            tot_len: ((room + quoted) as u16).to_be_bytes(),
+            id: [0; 2],
+            frag: [0; 2],
+            ttl: GATEWAY_TTL,
+            proto: IPPROTO_ICMP,
+            check: [0; 2],
+            src: from.gateway_ip.to_ne_bytes(),
+            dst: ip.src,
+        },
+        icmp_type: ICMP_TIME_EXCEEDED,
+        icmp_code: 0,
+        icmp_check: [0; 2],
+        unused: [0; 4],
+    };
+    // SAFETY (both): bpf_csum_diff reads `to_size` bytes of the buffer it is
+    // given (a multiple of 4 within it); `from` is empty.
+    let ip_sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            (&raw mut scratch.headers.ip).cast(),
+            size_of::<Ipv4Hdr>() as u32,
+            0,
+        )
+    };
+    let quote_sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            scratch.quote.as_mut_ptr().cast(),
+            MAX_QUOTE as u32,
+            0,
+        )
+    };
+    scratch.headers.ip.check = (!fold(ip_sum as u32)).to_ne_bytes();
+    // The ICMP header adds its type and code word to the quote's sum.
+    let type_code = u32::from(u16::from_ne_bytes([ICMP_TIME_EXCEEDED, 0]));
+    let icmp_sum = u32::from(fold(quote_sum as u32)) + type_code;
+    scratch.headers.icmp_check = (!fold(icmp_sum)).to_ne_bytes();
+    if ctx.store(0, &scratch.headers, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    Decision::Answer(trace::ANSWER_TIME_EXCEEDED)
 }

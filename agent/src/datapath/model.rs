@@ -1,0 +1,524 @@
+//! What the datapath should do, as one value ([`DatapathModel`]), and how it
+//! becomes the entries of the programs' maps ([`Entries`]).
+//!
+//! The model speaks the agent's types (`Vni`, `Mac`, `Ipv4Net`); the entries
+//! are the `#[repr(C)]` keys and values of `alcor-ebpf-common`, with
+//! addresses in network byte order. [`Entries::from_model`] checks what the
+//! types cannot: no two different records for one key (the first wins, and
+//! the others are reported).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use alcor_ebpf_common::{
+    Endpoint, EndpointKey, PortInfo, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY, SUBNET_HAS_GATEWAY,
+    SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, location,
+};
+use ipnet::Ipv4Net;
+
+use crate::model::{AddressPair, GatewayAddress, Mac, Vni};
+
+/// Everything the datapath forwards by: the local ports, the addresses known
+/// in each VPC, and the subnets with their gateways and routers.
+/// [`Datapath::sync`](super::Datapath::sync) makes the pinned maps say
+/// exactly this.
+///
+/// ```
+/// # use alcor_agent::{datapath::*, model::*};
+/// # use std::net::Ipv4Addr;
+/// let vni = Vni::try_from(100).unwrap();
+/// let web = PortSpec {
+///     ifindex: 7,
+///     vni,
+///     mac: "fa:16:3e:00:00:0a".parse().unwrap(),
+///     redirect: Redirect::Peer,
+///     fixed_ips: vec![Ipv4Addr::new(10, 0, 1, 10)],
+///     allowed_address_pairs: vec![],
+/// };
+/// let mut model = DatapathModel::default();
+/// // The port's own addresses are endpoints of its VPC too.
+/// model.endpoints.extend(web.endpoints());
+/// model.ports.push(web);
+/// // A VM of the same VPC on another host (delivered once VXLAN exists).
+/// model.endpoints.push(EndpointSpec {
+///     vni,
+///     ip: Ipv4Addr::new(10, 0, 2, 20),
+///     mac: "fa:16:3e:00:00:14".parse().unwrap(),
+///     location: Location::Remote { host: Ipv4Addr::new(198, 18, 0, 2) },
+/// });
+/// for (cidr, gateway) in [("10.0.1.0/24", "10.0.1.1"), ("10.0.2.0/24", "10.0.2.1")] {
+///     model.subnets.push(SubnetSpec {
+///         vni,
+///         cidr: cidr.parse().unwrap(),
+///         gateway: Some(GatewayAddress {
+///             ip: gateway.parse().unwrap(),
+///             mac: "fa:16:3e:ff:ff:01".parse().unwrap(),
+///         }),
+///         // Both subnets are interfaces of one router: routed to each other.
+///         router: Some("router-1".into()),
+///     });
+/// }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DatapathModel {
+    /// The ports of this host whose devices exist (attached or about to be).
+    pub ports: Vec<PortSpec>,
+    /// Every address known in the VPCs served here: the local ports' (see
+    /// [`PortSpec::endpoints`]) and the remote neighbors'. ARP is answered
+    /// and IPv4 delivered only for these.
+    pub endpoints: Vec<EndpointSpec>,
+    /// The subnets of those VPCs.
+    pub subnets: Vec<SubnetSpec>,
+}
+
+/// A local port: its device and what it may send from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortSpec {
+    /// The host-side device (veth or tap) in the agent's namespace.
+    pub ifindex: u32,
+    /// Its VPC.
+    pub vni: Vni,
+    pub mac: Mac,
+    /// How frames are delivered to it.
+    pub redirect: Redirect,
+    /// Its addresses; the first is the one anti-spoofing checks without a
+    /// trie lookup, and whose subnet the port is in.
+    pub fixed_ips: Vec<Ipv4Addr>,
+    /// Further (MAC, address or prefix) the port may send from.
+    pub allowed_address_pairs: Vec<AddressPair>,
+}
+
+impl PortSpec {
+    /// The port's addresses as endpoints of its VPC: its fixed IPs with its
+    /// MAC, and the single addresses (/32) of its allowed address pairs with
+    /// theirs (a VIP answers ARP). Pairs that are wider prefixes only allow
+    /// sending.
+    pub fn endpoints(&self) -> Vec<EndpointSpec> {
+        let location = Location::Local {
+            ifindex: self.ifindex,
+            redirect: self.redirect,
+        };
+        let fixed = self.fixed_ips.iter().map(|&ip| (ip, self.mac));
+        let pairs = self
+            .allowed_address_pairs
+            .iter()
+            .filter(|pair| pair.ip.prefix_len() == 32)
+            .map(|pair| (pair.ip.addr(), pair.mac));
+        fixed
+            .chain(pairs)
+            .map(|(ip, mac)| EndpointSpec {
+                vni: self.vni,
+                ip,
+                mac,
+                location,
+            })
+            .collect()
+    }
+}
+
+/// An address known in a VPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub vni: Vni,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub location: Location,
+}
+
+/// Where an endpoint lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Location {
+    /// On a port of this host.
+    Local { ifindex: u32, redirect: Redirect },
+    /// On another host, reached over the underlay (not supported yet: such
+    /// packets are dropped with reason `remote-not-yet-supported`).
+    Remote { host: Ipv4Addr },
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local {
+                ifindex,
+                redirect: Redirect::Peer,
+            } => write!(f, "local port {ifindex} (redirect to peer)"),
+            Self::Local {
+                ifindex,
+                redirect: Redirect::Egress,
+            } => write!(f, "local port {ifindex} (redirect to egress)"),
+            Self::Remote { host } => write!(f, "remote host {host}"),
+        }
+    }
+}
+
+/// A subnet of a VPC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubnetSpec {
+    pub vni: Vni,
+    pub cidr: Ipv4Net,
+    /// Answers ARP and ping for its address, and routes.
+    pub gateway: Option<GatewayAddress>,
+    /// The router (its id) whose interface this subnet is: subnets of a VPC
+    /// on the same router are routed to each other.
+    pub router: Option<String>,
+}
+
+/// The map entries a model stands for, keyed and valued as the programs
+/// read them. LPM keys are (prefix length, data).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Entries {
+    pub ports: BTreeMap<u32, PortInfo>,
+    pub sources: BTreeMap<(u32, SourceKey), u32>,
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    pub subnets: BTreeMap<(u32, SubnetKey), SubnetInfo>,
+}
+
+/// An IPv4 address as the maps hold it: its bytes in network order.
+pub(super) fn net_u32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub(super) fn from_net_u32(ip: u32) -> Ipv4Addr {
+    Ipv4Addr::from(ip.to_ne_bytes())
+}
+
+impl Entries {
+    /// The entries of `model`, and its conflicts: records given for a key
+    /// that already had another (the first one given stays).
+    pub fn from_model(model: &DatapathModel) -> (Self, Vec<String>) {
+        let mut entries = Entries::default();
+        let mut conflicts = Vec::new();
+        let tags = router_tags(&model.subnets);
+        // Subnets by VNI, for the subnet of each port's first address.
+        let mut by_vni: HashMap<u32, Vec<(Ipv4Net, SubnetInfo)>> = HashMap::new();
+        for subnet in &model.subnets {
+            let cidr = subnet.cidr.trunc();
+            let info = subnet_info(subnet, &tags);
+            let key = (
+                SubnetKey::FIXED_BITS + u32::from(cidr.prefix_len()),
+                SubnetKey {
+                    vni: subnet.vni.get(),
+                    ip: net_u32(cidr.network()),
+                },
+            );
+            if !insert_first(&mut entries.subnets, key, info) {
+                conflicts.push(format!(
+                    "subnet {cidr} of VNI {} is given twice, differently; the first is kept",
+                    subnet.vni
+                ));
+                continue;
+            }
+            by_vni
+                .entry(subnet.vni.get())
+                .or_default()
+                .push((cidr, info));
+        }
+        for port in &model.ports {
+            let ip = port.fixed_ips.first().copied();
+            let subnet = ip
+                .and_then(|ip| {
+                    by_vni
+                        .get(&port.vni.get())?
+                        .iter()
+                        .filter(|(cidr, _)| cidr.contains(&ip))
+                        .max_by_key(|(cidr, _)| cidr.prefix_len())
+                })
+                .map(|&(_, info)| info)
+                .unwrap_or_default();
+            let info = PortInfo {
+                vni: port.vni.get(),
+                ip: ip.map_or(0, net_u32),
+                mac: port.mac.octets(),
+                redirect: port.redirect as u8,
+                _pad: 0,
+                subnet,
+            };
+            if entries.ports.contains_key(&port.ifindex) {
+                conflicts.push(format!(
+                    "port {} is given twice; the first is kept",
+                    port.ifindex
+                ));
+                continue;
+            }
+            entries.ports.insert(port.ifindex, info);
+            // Every MAC the port may use, with any address: tells a spoofed
+            // IP from a spoofed MAC, and lets DHCP's 0.0.0.0 through.
+            let macs = std::iter::once(port.mac)
+                .chain(port.allowed_address_pairs.iter().map(|pair| pair.mac));
+            for mac in macs {
+                entries.sources.insert(
+                    source_key(port.ifindex, mac, Ipv4Net::default()),
+                    SOURCE_MAC_ONLY,
+                );
+            }
+            let fixed = port
+                .fixed_ips
+                .iter()
+                .map(|&ip| (port.mac, Ipv4Net::from(ip)));
+            let pairs = port
+                .allowed_address_pairs
+                .iter()
+                .map(|pair| (pair.mac, pair.ip));
+            for (mac, net) in fixed.chain(pairs) {
+                entries
+                    .sources
+                    .insert(source_key(port.ifindex, mac, net), SOURCE_ALLOWED);
+            }
+        }
+        for endpoint in &model.endpoints {
+            let key = EndpointKey {
+                vni: endpoint.vni.get(),
+                ip: net_u32(endpoint.ip),
+            };
+            if !insert_first(&mut entries.endpoints, key, endpoint_value(endpoint)) {
+                conflicts.push(format!(
+                    "address {} of VNI {} is given twice, with different MACs or locations; \
+                     the first is kept",
+                    endpoint.ip, endpoint.vni
+                ));
+            }
+        }
+        (entries, conflicts)
+    }
+}
+
+/// Inserts unless the key already has a value; false if that value is
+/// another one.
+fn insert_first<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    match map.get(&key) {
+        Some(existing) => *existing == value,
+        None => {
+            map.insert(key, value);
+            true
+        }
+    }
+}
+
+pub(super) fn source_key(ifindex: u32, mac: Mac, net: Ipv4Net) -> (u32, SourceKey) {
+    let net = net.trunc();
+    (
+        SourceKey::FIXED_BITS + u32::from(net.prefix_len()),
+        SourceKey {
+            ifindex,
+            mac: mac.octets(),
+            _pad: [0; 2],
+            ip: net_u32(net.network()),
+        },
+    )
+}
+
+fn endpoint_value(endpoint: &EndpointSpec) -> Endpoint {
+    let (location, ifindex, remote_host) = match endpoint.location {
+        Location::Local {
+            ifindex,
+            redirect: Redirect::Peer,
+        } => (location::LOCAL_PEER, ifindex, 0),
+        Location::Local {
+            ifindex,
+            redirect: Redirect::Egress,
+        } => (location::LOCAL_EGRESS, ifindex, 0),
+        Location::Remote { host } => (location::REMOTE, 0, net_u32(host)),
+    };
+    Endpoint {
+        mac: endpoint.mac.octets(),
+        location,
+        _pad: 0,
+        ifindex,
+        remote_host,
+    }
+}
+
+/// The location an ENDPOINTS value stands for; `None` for values no agent
+/// writes.
+pub(super) fn endpoint_location(value: &Endpoint) -> Option<Location> {
+    let redirect = match value.location {
+        location::LOCAL_PEER => Redirect::Peer,
+        location::LOCAL_EGRESS => Redirect::Egress,
+        location::REMOTE => {
+            return Some(Location::Remote {
+                host: from_net_u32(value.remote_host),
+            });
+        }
+        _ => return None,
+    };
+    Some(Location::Local {
+        ifindex: value.ifindex,
+        redirect,
+    })
+}
+
+fn subnet_info(subnet: &SubnetSpec, tags: &BTreeMap<(Vni, &str), u32>) -> SubnetInfo {
+    let cidr = subnet.cidr.trunc();
+    let (gateway_ip, gateway_mac, gateway_flag) = match subnet.gateway {
+        Some(gateway) => (
+            net_u32(gateway.ip),
+            gateway.mac.octets(),
+            SUBNET_HAS_GATEWAY,
+        ),
+        None => (0, [0; 6], 0),
+    };
+    SubnetInfo {
+        net: net_u32(cidr.network()),
+        mask: net_u32(cidr.netmask()),
+        gateway_ip,
+        router: subnet
+            .router
+            .as_deref()
+            .and_then(|router| tags.get(&(subnet.vni, router)).copied())
+            .unwrap_or(0),
+        gateway_mac,
+        flags: SUBNET_VALID | gateway_flag,
+    }
+}
+
+/// A non-zero tag per router of each VPC: the router id's FNV-1a hash, so
+/// that it stays the same whatever else the model holds (a resync rewrites
+/// nothing), moved on by one on the (unlikely) collision of two routers of
+/// one VPC, in the order of their ids.
+fn router_tags(subnets: &[SubnetSpec]) -> BTreeMap<(Vni, &str), u32> {
+    let routers: BTreeSet<(Vni, &str)> = subnets
+        .iter()
+        .filter_map(|subnet| Some((subnet.vni, subnet.router.as_deref()?)))
+        .collect();
+    let mut taken: BTreeSet<(Vni, u32)> = BTreeSet::new();
+    let mut tags = BTreeMap::new();
+    for (vni, router) in routers {
+        let mut tag = fnv1a(router.as_bytes());
+        while tag == 0 || !taken.insert((vni, tag)) {
+            tag = tag.wrapping_add(1);
+        }
+        tags.insert((vni, router), tag);
+    }
+    tags
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, &byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vni(n: u64) -> Vni {
+        Vni::try_from(n).unwrap()
+    }
+
+    fn subnet(vni_: u64, cidr: &str, router: Option<&str>) -> SubnetSpec {
+        SubnetSpec {
+            vni: vni(vni_),
+            cidr: cidr.parse().unwrap(),
+            gateway: None,
+            router: router.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn router_tags_are_stable_and_distinct_per_vpc() {
+        let subnets = [
+            subnet(1, "10.0.1.0/24", Some("r1")),
+            subnet(1, "10.0.2.0/24", Some("r1")),
+            subnet(1, "10.0.3.0/24", Some("r2")),
+            subnet(2, "10.0.1.0/24", Some("r1")),
+        ];
+        let tags = router_tags(&subnets);
+        assert_eq!(tags.len(), 3);
+        assert_ne!(tags[&(vni(1), "r1")], tags[&(vni(1), "r2")]);
+        // Independent of the other routers: the same alone.
+        let alone = router_tags(&subnets[..1]);
+        assert_eq!(alone[&(vni(1), "r1")], tags[&(vni(1), "r1")]);
+        assert!(tags.values().all(|&tag| tag != 0));
+    }
+
+    #[test]
+    fn conflicting_records_are_reported_and_the_first_kept() {
+        let mut model = DatapathModel::default();
+        model.subnets.push(subnet(1, "10.0.1.0/24", None));
+        model.subnets.push(subnet(1, "10.0.1.0/24", Some("r1")));
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert_eq!(conflicts.len(), 1);
+        assert!(conflicts[0].contains("10.0.1.0/24"), "{conflicts:?}");
+        let kept = entries.subnets.values().next().unwrap();
+        assert_eq!(kept.router, 0, "the first is kept");
+
+        let endpoint = EndpointSpec {
+            vni: vni(1),
+            ip: Ipv4Addr::new(10, 0, 1, 5),
+            mac: Mac([2, 0, 0, 0, 0, 5]),
+            location: Location::Remote {
+                host: Ipv4Addr::new(198, 18, 0, 2),
+            },
+        };
+        let mut model = DatapathModel {
+            endpoints: vec![endpoint, endpoint],
+            ..DatapathModel::default()
+        };
+        assert!(
+            Entries::from_model(&model).1.is_empty(),
+            "the same twice is fine"
+        );
+        model.endpoints[1].mac = Mac([2, 0, 0, 0, 0, 6]);
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert!(conflicts[0].contains("10.0.1.5"), "{conflicts:?}");
+        assert_eq!(
+            entries.endpoints.values().next().unwrap().mac,
+            [2, 0, 0, 0, 0, 5]
+        );
+    }
+
+    #[test]
+    fn a_port_gets_its_sources_and_its_subnet() {
+        let mac = Mac([2, 0, 0, 0, 0, 1]);
+        let pair_mac = Mac([2, 0, 0, 0, 0, 2]);
+        let port = PortSpec {
+            ifindex: 9,
+            vni: vni(7),
+            mac,
+            redirect: Redirect::Egress,
+            fixed_ips: vec![Ipv4Addr::new(10, 0, 1, 10)],
+            allowed_address_pairs: vec![AddressPair {
+                ip: "192.168.0.0/16".parse().unwrap(),
+                mac: pair_mac,
+            }],
+        };
+        let model = DatapathModel {
+            subnets: vec![
+                subnet(7, "10.0.0.0/16", None),
+                subnet(7, "10.0.1.0/24", None),
+            ],
+            endpoints: port.endpoints(),
+            ports: vec![port],
+        };
+        let (entries, conflicts) = Entries::from_model(&model);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        let info = entries.ports[&9];
+        assert_eq!(info.subnet.mask, net_u32(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(info.redirect, Redirect::Egress as u8);
+        let sources: Vec<_> = entries
+            .sources
+            .iter()
+            .map(|((len, key), value)| (*len, key.mac, from_net_u32(key.ip), *value))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (96, mac.0, Ipv4Addr::UNSPECIFIED, SOURCE_MAC_ONLY),
+                (96, pair_mac.0, Ipv4Addr::UNSPECIFIED, SOURCE_MAC_ONLY),
+                (
+                    112,
+                    pair_mac.0,
+                    Ipv4Addr::new(192, 168, 0, 0),
+                    SOURCE_ALLOWED
+                ),
+                (128, mac.0, Ipv4Addr::new(10, 0, 1, 10), SOURCE_ALLOWED),
+            ]
+        );
+        // Only the fixed IP: the pair is a prefix.
+        assert_eq!(entries.endpoints.len(), 1);
+    }
+}

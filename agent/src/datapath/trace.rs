@@ -1,0 +1,224 @@
+//! Running a frame through the real `port_from_vm` program with
+//! BPF_PROG_TEST_RUN, to see what it would do with it.
+//!
+//! The test run's context names the port device (so the program finds the
+//! port's records) and carries the trace mark in `skb->mark`; on seeing it,
+//! the program writes its decision into the skb's control block, which the
+//! kernel hands back in the output context, and counts nothing. Nothing is
+//! sent: a redirect decided in a test run goes nowhere.
+
+use std::fmt;
+
+use alcor_ebpf_common::{DropReason, Redirect, programs, trace};
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
+
+use super::{Datapath, DatapathError, errno};
+
+/// What `port_from_vm` does with a frame the VM sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Up to the host stack.
+    Pass(PassReason),
+    /// Dropped, and counted under this reason.
+    Drop(DropReason),
+    /// Delivered to a local port.
+    Redirect {
+        ifindex: u32,
+        redirect: Redirect,
+        /// Routed between subnets (MACs rewritten, TTL decremented).
+        routed: bool,
+    },
+    /// Answered in place: the output frame goes back out of the same port.
+    Answered(Answer),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    /// The port has no record in the maps (not programmed yet): everything
+    /// passes untouched.
+    NotProgrammed,
+    /// DHCP, for the agent's responder.
+    Dhcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// ARP reply for the gateway or a known address.
+    Arp,
+    /// ICMP echo reply from the gateway.
+    EchoReply,
+    /// ICMP time exceeded from the gateway (the original is dropped and
+    /// counted as `ttl-exceeded`).
+    TimeExceeded,
+}
+
+/// The outcome of [`Datapath::trace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceResult {
+    pub verdict: Verdict,
+    /// The frame as the program left it: rewritten for a routed delivery,
+    /// the answer for an answer, else as it came.
+    pub output: Vec<u8>,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pass(PassReason::NotProgrammed) => write!(
+                f,
+                "passed to the host stack: the port is not programmed yet, so its frames are \
+                 not filtered"
+            ),
+            Self::Pass(PassReason::Dhcp) => {
+                write!(
+                    f,
+                    "passed to the host stack: DHCP, for the agent's responder"
+                )
+            }
+            Self::Drop(reason) => {
+                write!(f, "dropped ({}): {}", reason.name(), reason.description())
+            }
+            Self::Redirect {
+                ifindex,
+                redirect,
+                routed,
+            } => {
+                let how = match redirect {
+                    Redirect::Peer => "into its VM's namespace (redirect to peer)",
+                    Redirect::Egress => "out of its device (redirect to egress)",
+                };
+                let what = if *routed {
+                    "routed to another subnet (source MAC = that subnet's gateway, TTL - 1) and \
+                     delivered"
+                } else {
+                    "delivered in the same subnet"
+                };
+                write!(f, "{what} to port {ifindex}, {how}")
+            }
+            Self::Answered(Answer::Arp) => write!(f, "answered in place: ARP reply"),
+            Self::Answered(Answer::EchoReply) => {
+                write!(f, "answered in place: ICMP echo reply from the gateway")
+            }
+            Self::Answered(Answer::TimeExceeded) => write!(
+                f,
+                "TTL exceeded: answered with ICMP time exceeded from the gateway, original \
+                 dropped"
+            ),
+        }
+    }
+}
+
+/// `struct __sk_buff` offsets (uapi/linux/bpf.h) of what a trace sets and
+/// reads.
+const SKB_MARK: usize = 8;
+const SKB_IFINDEX: usize = 40;
+const SKB_CB: usize = 48;
+/// Larger than `struct __sk_buff` (192 bytes on 6.18); the kernel copies
+/// what it has and wants the rest of the input zero.
+const SKB_CTX_LEN: usize = 256;
+/// The most a program grows a frame (an ICMP error's new headers), with
+/// room to spare.
+const GROWTH: usize = 256;
+
+fn put_u32(buf: &mut [u8], offset: usize, value: u32) {
+    buf[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+}
+
+fn get_u32(buf: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+impl Datapath {
+    /// Runs `frame` (Ethernet, as the VM would send it) through the
+    /// `port_from_vm` program as if it arrived from the VM of port device
+    /// `ifindex`, with the maps as they are, and reports what the program
+    /// decided. Nothing is sent and nothing counted. The device is looked up
+    /// in the calling thread's network namespace.
+    pub fn trace(&self, ifindex: u32, frame: &[u8]) -> Result<TraceResult, DatapathError> {
+        if frame.len() < 14 {
+            return Err(DatapathError::InvalidFrame(format!(
+                "{} bytes is shorter than an Ethernet header",
+                frame.len()
+            )));
+        }
+        let name = programs::PORT_FROM_VM;
+        let program: &aya::programs::SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::Missing(programs::PORT_FROM_VM))?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name: name.into(),
+                source: Box::new(source),
+            })?;
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        put_u32(&mut ctx_in, SKB_MARK, trace::MARK);
+        put_u32(&mut ctx_in, SKB_IFINDEX, ifindex);
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
+        let mut output = vec![0u8; frame.len() + GROWTH];
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut output),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        };
+        let result = program
+            .test_run(options)
+            .map_err(|source| match errno(&source) {
+                Some(libc::ENODEV) => DatapathError::NoSuchDevice(ifindex),
+                Some(libc::EINVAL) => DatapathError::InvalidFrame(
+                    "the kernel refuses to run it (a header too short for its EtherType?)".into(),
+                ),
+                _ => DatapathError::Trace {
+                    ifindex,
+                    source: Box::new(source),
+                },
+            })?;
+        output.truncate(result.data_size_out as usize);
+        let cb: [u32; 5] = std::array::from_fn(|i| get_u32(&ctx_out, SKB_CB + 4 * i));
+        let verdict = verdict(cb, result.return_value).ok_or_else(|| DatapathError::Trace {
+            ifindex,
+            source: Box::new(ProgramError::IOError(std::io::Error::other(format!(
+                "the program returned {} without a readable decision ({cb:?})",
+                result.return_value
+            )))),
+        })?;
+        Ok(TraceResult { verdict, output })
+    }
+}
+
+/// The verdict a program's trace record (`cb`) and return code stand for.
+fn verdict(cb: [u32; 5], return_value: u32) -> Option<Verdict> {
+    let [action, detail, target, _, magic] = cb;
+    if magic != trace::MAGIC {
+        return None;
+    }
+    let verdict = match action {
+        trace::ACTION_PASS => Verdict::Pass(match detail {
+            trace::PASS_NOT_PROGRAMMED => PassReason::NotProgrammed,
+            trace::PASS_DHCP => PassReason::Dhcp,
+            _ => return None,
+        }),
+        trace::ACTION_DROP => Verdict::Drop(DropReason::from_u32(detail)?),
+        trace::ACTION_REDIRECT => Verdict::Redirect {
+            ifindex: target,
+            redirect: Redirect::from_u8(u8::try_from(detail & 0xff).ok()?)?,
+            routed: detail & trace::REDIRECT_ROUTED != 0,
+        },
+        trace::ACTION_ANSWER => Verdict::Answered(match detail {
+            trace::ANSWER_ARP => Answer::Arp,
+            trace::ANSWER_ECHO => Answer::EchoReply,
+            trace::ANSWER_TIME_EXCEEDED => Answer::TimeExceeded,
+            _ => return None,
+        }),
+        _ => return None,
+    };
+    // The record and the return code must agree: tc's OK, SHOT, REDIRECT.
+    let expected = match verdict {
+        Verdict::Pass(_) => 0,
+        Verdict::Drop(_) => 2,
+        Verdict::Redirect { .. } | Verdict::Answered(_) => 7,
+    };
+    (return_value == expected).then_some(verdict)
+}

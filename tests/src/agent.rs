@@ -216,6 +216,32 @@ impl Agent {
         AgentControlClient::new(channel)
     }
 
+    /// `GET /metrics` from the agent's metrics listener (127.0.0.1:9490 in
+    /// its namespace unless `--metrics-listen` moved it): the Prometheus text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .options
+            .args
+            .iter()
+            .position(|arg| arg == "--metrics-listen")
+            .and_then(|i| self.options.args.get(i + 1))
+            .map_or(Ok(SocketAddr::from(([127, 0, 0, 1], 9490))), |a| a.parse())
+            .context("--metrics-listen")?;
+        let namespace = File::open(&self.netns).context("host namespace")?;
+        std::thread::spawn(move || -> anyhow::Result<String> {
+            use std::io::{Read, Write};
+            setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the metrics thread panicked"))?
+    }
+
     /// Runs `agentctl --socket <this agent's socket> ARGS`.
     pub fn agentctl(&self, args: &[&str]) -> Output {
         Command::new(bin("agentctl"))

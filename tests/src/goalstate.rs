@@ -2,8 +2,11 @@
 //! send (revision 1, CREATE, port update_type FULL).
 
 use alcor_proto::schema::{
-    self, GoalState, GoalStateV2, OperationType, PortState, SubnetState, UpdateType, VpcState,
-    port_configuration::FixedIp, subnet_configuration::Gateway,
+    self, DhcpState, GoalState, GoalStateV2, OperationType, PortState, RouterState, SubnetState,
+    UpdateType, VpcState,
+    port_configuration::{AllowAddressPair, FixedIp},
+    router_configuration::{RoutingRule, SubnetRoutingTable},
+    subnet_configuration::{DnsEntry, ExtraDhcpOption, Gateway},
 };
 
 pub fn vpc(id: &str, vni: u32, cidr: &str) -> VpcState {
@@ -99,7 +102,7 @@ macro_rules! state_ext {
     )*};
 }
 
-state_ext!(VpcState, SubnetState, PortState);
+state_ext!(VpcState, SubnetState, PortState, DhcpState, RouterState);
 
 /// A V1 message with these resources.
 pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {
@@ -147,4 +150,92 @@ pub fn v2(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>)
         port_states: by_id!(ports),
         ..Default::default()
     }
+}
+
+/// A subnet with DNS servers and extra DHCP options (Neutron names or
+/// numeric codes, e.g. `("ntp-server", "10.0.0.5")`).
+pub fn dhcp_subnet(
+    id: &str,
+    vpc_id: &str,
+    cidr: &str,
+    gateway_ip: &str,
+    dns: &[&str],
+    extra_dhcp_options: &[(&str, &str)],
+) -> SubnetState {
+    let mut state = subnet(id, vpc_id, cidr, gateway_ip);
+    if let Some(config) = state.configuration.as_mut() {
+        config.dns_entry_list = dns
+            .iter()
+            .map(|entry| DnsEntry {
+                entry: entry.to_string(),
+            })
+            .collect();
+        config.extra_dhcp_options = extra_dhcp_options
+            .iter()
+            .map(|(name, value)| ExtraDhcpOption {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
+    }
+    state
+}
+
+/// The DHCP entry of a MAC: its address on the subnet and its host name.
+pub fn dhcp_entry(id: &str, subnet_id: &str, mac: &str, ip: &str, hostname: &str) -> DhcpState {
+    DhcpState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::DhcpConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            subnet_id: subnet_id.into(),
+            mac_address: mac.into(),
+            ipv4_address: ip.into(),
+            port_host_name: hostname.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A router whose table for `subnet_id` has these (destination, next hop)
+/// rules.
+pub fn router(id: &str, subnet_id: &str, routes: &[(&str, &str)]) -> RouterState {
+    RouterState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::RouterConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            subnet_routing_tables: vec![SubnetRoutingTable {
+                subnet_id: subnet_id.into(),
+                routing_rules: routes
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (destination, next_hop))| RoutingRule {
+                        operation_type: OperationType::Create as i32,
+                        id: format!("{id}-rule{n}"),
+                        name: format!("route to {destination}"),
+                        destination: destination.to_string(),
+                        next_hop_ip: next_hop.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// Adds allowed address pairs (IP, MAC) to a port.
+pub fn with_address_pairs(mut port: PortState, pairs: &[(String, String)]) -> PortState {
+    if let Some(config) = port.configuration.as_mut() {
+        config
+            .allow_address_pairs
+            .extend(pairs.iter().map(|(ip, mac)| AllowAddressPair {
+                ip_address: ip.clone(),
+                mac_address: mac.clone(),
+            }));
+    }
+    port
 }

@@ -6,6 +6,7 @@
 //! its guard drops, panics included.
 
 pub mod agent;
+pub mod dhcp;
 pub mod goalstate;
 pub mod netns;
 pub mod topology;

@@ -26,6 +26,7 @@ use prost::Message;
 use crate::{
     desired::{DesiredState, Entry},
     dhcp::{DhcpSettings, DhcpView, SharedView},
+    forwarding,
     goalstate::{
         batch::{Batch, Batched, Op},
         validate::{Validate, check_id},
@@ -307,6 +308,8 @@ impl Engine {
             }
         }
         drop(datapath);
+        self.sync_datapath()
+            .map_err(|reason| anyhow::anyhow!(reason))?;
         self.update_port_gauges();
         self.publish();
         Ok(())
@@ -343,6 +346,9 @@ impl Engine {
         if !affected.is_empty() {
             tracing::debug!(?event, ports = ?affected, "link event");
             self.reconcile_ports(affected).await;
+            if let Err(reason) = self.sync_datapath() {
+                tracing::error!(%reason, "after a link event");
+            }
             self.update_port_gauges();
             self.publish();
         }
@@ -415,7 +421,7 @@ impl Engine {
         }
 
         self.plumb_changed_ports(&mut run).await;
-        let changed = self.persist(&mut run).await;
+        let changed = self.commit(&mut run).await;
 
         let elapsed = run.started.elapsed();
         {
@@ -485,36 +491,63 @@ impl Engine {
         }
     }
 
-    /// Persists what the message changed; if the disk refuses, nothing of
-    /// the message is applied. Says whether the desired state changed.
-    async fn persist(&mut self, run: &mut Run) -> bool {
+    /// Programs the datapath with what the message changed, then persists
+    /// it; if the datapath or the disk refuses, nothing of the message is
+    /// applied. Says whether the desired state changed.
+    async fn commit(&mut self, run: &mut Run) -> bool {
         let writes = self.write().desired.pending_writes();
         if writes.is_empty() {
             return false;
         }
-        // An fsync: keep the other tasks of this worker running meanwhile.
-        match tokio::task::block_in_place(|| self.store.commit(&writes)) {
+        let programmed = self.sync_datapath().map(|micros| {
+            // Every resource the message changed waited for the maps.
+            for status in run.statuses.iter_mut().filter(|s| applied(s)) {
+                status.dataplane_programming_time =
+                    status.dataplane_programming_time.saturating_add(micros);
+            }
+        });
+        // The store commit is an fsync: keep the other tasks of this worker
+        // running meanwhile.
+        let outcome = programmed.and_then(|()| {
+            tokio::task::block_in_place(|| self.store.commit(&writes)).map_err(|e| e.to_string())
+        });
+        match outcome {
             Ok(()) => {
                 self.write().desired.commit();
                 true
             }
-            Err(error) => {
-                tracing::error!(%error, "persisting the desired state failed; message not applied");
+            Err(reason) => {
+                tracing::error!(%reason, "goal-state message not applied");
                 self.write().desired.rollback();
                 let ids = run.ports.iter().map(|work| work.id.clone()).collect();
                 self.reconcile_ports(ids).await;
-                for status in &mut run.statuses {
-                    let applied = [OperationStatus::Success, OperationStatus::Pending]
-                        .map(|s| s as i32)
-                        .contains(&status.operation_status);
-                    if applied && status.operation_type != OperationType::Info as i32 {
-                        status.operation_status = OperationStatus::Failure as i32;
-                        status.message = format!("not applied: {error}");
-                    }
+                if let Err(again) = self.sync_datapath() {
+                    tracing::error!(reason = %again, "restoring the datapath failed");
+                }
+                for status in run.statuses.iter_mut().filter(|s| applied(s)) {
+                    status.operation_status = OperationStatus::Failure as i32;
+                    status.message = format!("not applied: {reason}");
                 }
                 false
             }
         }
+    }
+
+    /// Makes the eBPF maps say what the desired state and the ready ports
+    /// say; returns how long it took, in microseconds.
+    fn sync_datapath(&self) -> Result<u32, String> {
+        let model = forwarding::model(&self.read());
+        let started = Instant::now();
+        let stats = tokio::task::block_in_place(|| {
+            self.plumber
+                .datapath()?
+                .sync(&model)
+                .map_err(|e| format!("programming the datapath: {e}"))
+        })?;
+        for conflict in &stats.conflicts {
+            tracing::warn!(%conflict, "datapath record left out");
+        }
+        Ok(micros_since(started))
     }
 
     fn update_port_gauges(&self) {
@@ -529,6 +562,21 @@ impl Engine {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// Whether a status says its operation changed the desired state.
+fn applied(status: &GoalStateOperationStatus) -> bool {
+    let changing = [
+        OperationType::Create,
+        OperationType::Update,
+        OperationType::Delete,
+    ]
+    .map(|op| op as i32)
+    .contains(&status.operation_type);
+    let succeeded = [OperationStatus::Success, OperationStatus::Pending]
+        .map(|s| s as i32)
+        .contains(&status.operation_status);
+    changing && succeeded
 }
 
 /// The plan of a port that has a device on this host.

@@ -3,7 +3,9 @@
 //!
 //! Data flows one way: [`goalstate`] (API, validation) → [`engine`] (desired
 //! state in [`desired`], persisted by [`store`]) → reconcilers
-//! ([`plumbing`] for devices, [`datapath`] for eBPF) → the kernel.
+//! ([`plumbing`] for devices, [`forwarding`] turning the state into the
+//! [`datapath`]'s eBPF maps, [`dhcp`] answering from a view of it) → the
+//! kernel.
 
 pub mod agentctl;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod datapath;
 pub mod desired;
 pub mod dhcp;
 pub mod engine;
+pub mod forwarding;
 pub mod goalstate;
 pub mod metrics;
 pub mod model;

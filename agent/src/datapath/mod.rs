@@ -218,6 +218,9 @@ pub struct Datapath {
     endpoints: HashMap<MapData, EndpointKey, alcor_ebpf_common::Endpoint>,
     subnets: LpmTrie<MapData, SubnetKey, SubnetInfo>,
     attached: HashMap<MapData, u32, u8>,
+    /// What the forwarding maps hold as of the last successful sync; `None`
+    /// until the first one, which reads them from the kernel.
+    held: Option<model::Entries>,
 }
 
 impl Datapath {
@@ -277,6 +280,7 @@ impl Datapath {
             endpoints,
             subnets,
             attached,
+            held: None,
         };
         datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;
         datapath.forget_deleted_devices()?;

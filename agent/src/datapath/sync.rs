@@ -8,7 +8,10 @@
 //! when a restarted agent resyncs.
 //!
 //! aya 0.14 has no batch map operations, so entries are written one
-//! syscall each; a resync with nothing changed makes no write at all.
+//! syscall each; a resync with nothing changed makes no write at all. After
+//! the first sync the agent remembers what it wrote instead of reading the
+//! maps again, so a small change costs a few syscalls whatever the size of
+//! the maps; only this agent writes them.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -232,13 +235,21 @@ impl Datapath {
     /// model allows goes through.
     pub fn sync(&mut self, model: &DatapathModel) -> Result<SyncStats, DatapathError> {
         let (desired, conflicts) = Entries::from_model(model);
-        let ports = Plan::new(read_hash(&self.ports, maps::PORTS)?, &desired.ports);
-        let sources = Plan::new(read_lpm(&self.sources, maps::SOURCES)?, &desired.sources);
-        let endpoints = Plan::new(
-            read_hash(&self.endpoints, maps::ENDPOINTS)?,
-            &desired.endpoints,
-        );
-        let subnets = Plan::new(read_lpm(&self.subnets, maps::SUBNETS)?, &desired.subnets);
+        // What the maps hold: remembered from the last sync, read from the
+        // kernel the first time (and after a failed sync).
+        let held = match self.held.take() {
+            Some(held) => held,
+            None => Entries {
+                ports: read_hash(&self.ports, maps::PORTS)?,
+                sources: read_lpm(&self.sources, maps::SOURCES)?,
+                endpoints: read_hash(&self.endpoints, maps::ENDPOINTS)?,
+                subnets: read_lpm(&self.subnets, maps::SUBNETS)?,
+            },
+        };
+        let ports = Plan::new(held.ports, &desired.ports);
+        let sources = Plan::new(held.sources, &desired.sources);
+        let endpoints = Plan::new(held.endpoints, &desired.endpoints);
+        let subnets = Plan::new(held.subnets, &desired.subnets);
 
         // What others refer to first: a port's new sources before the port
         // record that makes them matter; removals last, in reverse.
@@ -250,6 +261,7 @@ impl Datapath {
         remove_lpm(&mut self.sources, maps::SOURCES, &sources.remove)?;
         remove_hash(&mut self.endpoints, maps::ENDPOINTS, &endpoints.remove)?;
         remove_lpm(&mut self.subnets, maps::SUBNETS, &subnets.remove)?;
+        self.held = Some(desired);
 
         Ok(SyncStats {
             ports: ports.changes(),

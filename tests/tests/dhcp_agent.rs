@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use alcor_ebpf_common::{DropReason as DatapathDrop, PortStats};
 use alcor_proto::{
     control::{DhcpCounters, GetDhcpCountersRequest, Lease, ListRequest, PortPhase},
     schema::{GoalState, OperationStatus, OperationType, PortState},
@@ -27,6 +28,7 @@ use alcor_tests::{
     goalstate::*,
     privileged, unique_prefix, wait_for,
 };
+use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use nix::sys::signal::Signal;
 
 const GATEWAY: &str = "10.0.1.1";
@@ -354,12 +356,11 @@ async fn udhcpc_gets_the_goal_state_renews_and_releases_and_metrics_count_it() {
         .wait_for("udhcpc.renew.env", Duration::from_secs(10))
         .unwrap();
     assert_eq!(renewed["ip"], "10.0.1.10");
+    // (udhcpc waits a second for the unicast answer, then broadcasts: on
+    // a loaded machine a renewal may take two REQUESTs.)
     let after = lab.counters().await;
-    assert_eq!(
-        received(&after, "request"),
-        received(&before, "request") + 1
-    );
-    assert_eq!(sent(&after, "ack"), sent(&before, "ack") + 1);
+    assert!(received(&after, "request") > received(&before, "request"));
+    assert!(sent(&after, "ack") > sent(&before, "ack"));
     assert_eq!(sent(&after, "nak"), 0);
 
     // SIGUSR2: a RELEASE, which frees the lease.
@@ -697,8 +698,42 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
         "{after:?}"
     );
 
+    // agentctl dhcp shows the drop; --json lists every reason, zeros too.
+    let unknown_port = dropped(&after, "unknown_port");
+    let table = lab.agentctl(&["dhcp"]);
+    let line = table
+        .lines()
+        .find(|line| line.contains("unknown_port"))
+        .unwrap_or_else(|| panic!("no unknown_port in\n{table}"));
+    assert!(line.ends_with(&format!(" {unknown_port}")), "{table}");
+    assert!(
+        !table.contains("spoofed_chaddr"),
+        "zero drops are left out: {table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&lab.agentctl(&["--json", "dhcp"])).unwrap();
+    assert_eq!(
+        json["dropped"]["unknown_port"],
+        unknown_port.to_string(),
+        "{json}"
+    );
+    assert_eq!(json["dropped"]["spoofed_chaddr"], "0", "{json}");
+    let metrics = lab.agent.metrics().unwrap();
+    let line = format!("alcor_agent_dhcp_dropped_total{{reason=\"unknown_port\"}} {unknown_port}");
+    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+
     // A MAC that is not the port's (nor one of its address pairs') gets
-    // nothing, and is counted.
+    // nothing: the datapath's anti-spoofing drops its DISCOVERs before
+    // they reach the responder, and counts them.
+    let ifindex = lab
+        .agent
+        .ports()
+        .await
+        .into_iter()
+        .find(|port| port.id == stranger.port_id)
+        .expect("the stranger's port")
+        .ifindex;
+    let spoofed_before = datapath_drops(&lab.agent, ifindex, DatapathDrop::SpoofedMac);
+    let before = lab.counters().await;
     stranger
         .netns
         .exec(
@@ -714,32 +749,30 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
         !alcor_tests::dhcp::udhcpc_once(&stranger.netns, &script, 3).unwrap(),
         "an unknown MAC got a lease"
     );
-    let counters = lab.counters().await;
-    assert_eq!(sent(&counters, "offer"), offers);
-    let unknown = dropped(&counters, "unknown_mac");
-    assert!(unknown >= 1, "{counters:?}");
-
-    // agentctl dhcp shows the drop; --json lists every reason, zeros too.
-    let table = lab.agentctl(&["dhcp"]);
-    let line = table
-        .lines()
-        .find(|line| line.contains("unknown_mac"))
-        .unwrap_or_else(|| panic!("no unknown_mac in\n{table}"));
-    assert!(line.ends_with(&format!(" {unknown}")), "{table}");
-    assert!(
-        !table.contains("spoofed_chaddr"),
-        "zero drops are left out: {table}"
-    );
-    let json: serde_json::Value = serde_json::from_str(&lab.agentctl(&["--json", "dhcp"])).unwrap();
+    let spoofed = datapath_drops(&lab.agent, ifindex, DatapathDrop::SpoofedMac) - spoofed_before;
+    assert!(spoofed >= 3, "{spoofed} DISCOVERs dropped as spoofed");
+    let after = lab.counters().await;
+    assert_eq!(sent(&after, "offer"), offers);
     assert_eq!(
-        json["dropped"]["unknown_mac"],
-        unknown.to_string(),
-        "{json}"
+        received(&after, "discover"),
+        received(&before, "discover"),
+        "the responder saw none of them"
     );
-    assert_eq!(json["dropped"]["spoofed_chaddr"], "0", "{json}");
-    let metrics = lab.agent.metrics().unwrap();
-    let line = format!("alcor_agent_dhcp_dropped_total{{reason=\"unknown_mac\"}} {unknown}");
-    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+}
+
+/// The datapath's count of frames from port device `ifindex` dropped for
+/// `reason`, read from its pinned per-CPU map (the control API does not
+/// give drops by reason yet).
+fn datapath_drops(agent: &Agent, ifindex: u32, reason: DatapathDrop) -> u64 {
+    let path = agent.pin_dir().join(alcor_ebpf_common::maps::PORT_COUNTERS);
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let map: PerCpuHashMap<MapData, u32, PortStats> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).expect("PORT_COUNTERS");
+    match map.get(&ifindex, 0) {
+        Ok(per_cpu) => per_cpu.iter().map(|cpu| cpu.drops[reason as usize]).sum(),
+        Err(MapError::KeyNotFound) => 0,
+        Err(e) => panic!("reading the counters of {ifindex}: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -784,7 +817,7 @@ async fn kill_9_mid_lease_keeps_the_lease_and_the_renewal_is_acked() {
         .unwrap();
     assert_eq!(renewed["ip"], "10.0.1.60");
     let counters = lab.counters().await;
-    assert_eq!(sent(&counters, "ack"), 1, "{counters:?}");
+    assert!(sent(&counters, "ack") >= 1, "{counters:?}");
     assert_eq!(sent(&counters, "nak"), 0, "{counters:?}");
     let renewed = lab.wait_for_lease(&vm, "bound").await;
     assert!(renewed.expires_at >= before.expires_at, "{renewed:?}");

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: what the tests, the demo and the benchmarks need on
 //! this machine. Idempotent, and quick when everything is there.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, bail};
 
@@ -17,10 +17,29 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     // `kill` (the harness kills what runs in a namespace it deletes), `ps`.
     "procps",
+    // Real DHCP clients against the agent's responder in tests and the demo:
+    // busybox's udhcpc, ISC's dhclient, dhcpcd.
+    "udhcpc",
+    "isc-dhcp-client",
+    "dhcpcd5",
+    // `bench dhcp`: Kea's server as a peer, perfdhcp (in kea-admin) as the
+    // load generator, dnsmasq as a second peer, and `nft` to let perfdhcp's
+    // relay-style datagrams leave its namespace from the client port.
+    "kea-dhcp4-server",
+    "kea-admin",
+    "dnsmasq-base",
+    "nftables",
 ];
+
+/// Daemons those packages install and enable for boot: dhcpcd would
+/// configure every interface of the root namespace, Kea would serve DHCP
+/// there. Tests and benchmarks run their own instances inside namespaces;
+/// the system's stay disabled and stopped.
+const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables"];
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;
+    quiet_daemons()?;
     ebpf::ensure_toolchain()?;
     mount_bpffs()?;
     Ok(())
@@ -76,10 +95,124 @@ fn install_packages() -> anyhow::Result<()> {
     apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend(&missing);
-    apt(&install)?;
+    {
+        // Maintainer scripts may start no service while we install.
+        let _guard = NoServiceStarts::install()?;
+        apt(&install)?;
+    }
     let still = missing_packages()?;
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(" "));
+    }
+    check_no_daemon_listens()
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while it
+/// lives, so that invoke-rc.d and deb-systemd-invoke start nothing; removed
+/// afterwards unless it was there before (container images often ship one).
+struct NoServiceStarts {
+    created: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn install() -> anyhow::Result<NoServiceStarts> {
+        use std::os::unix::fs::PermissionsExt;
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { created: false });
+        }
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# Written by `cargo xtask setup` while it installs packages.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStarts { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// Disables (and, under systemd, stops) the daemons of [`DAEMONS`] that
+/// their packages enabled for boot. Idempotent.
+fn quiet_daemons() -> anyhow::Result<()> {
+    let systemd_runs = Path::new("/run/systemd/system").exists();
+    for daemon in DAEMONS {
+        let unit = format!("{daemon}.service");
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", &unit])
+            .status()
+            .is_ok_and(|status| status.success());
+        let sysv_links = sysv_start_links(daemon);
+        if !enabled && !sysv_links {
+            continue;
+        }
+        if !is_root() {
+            println!(
+                "setup: {daemon} is enabled at boot; run `cargo xtask setup` as root to disable it"
+            );
+            continue;
+        }
+        println!("setup: disabling {daemon} (tests and benchmarks run their own in namespaces)");
+        if enabled {
+            let mut disable = Command::new("systemctl");
+            disable.args(["disable", "--quiet"]);
+            if systemd_runs {
+                disable.arg("--now");
+            }
+            run_status(disable.arg(&unit))?;
+        }
+        if sysv_links {
+            run_status(Command::new("update-rc.d").args([daemon, "disable"]))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a SysV runlevel directory starts `daemon`.
+fn sysv_start_links(daemon: &str) -> bool {
+    ["0", "1", "2", "3", "4", "5", "6", "S"]
+        .iter()
+        .any(|level| {
+            std::fs::read_dir(format!("/etc/rc{level}.d")).is_ok_and(|entries| {
+                entries.flatten().any(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with('S') && name.get(3..) == Some(daemon)
+                })
+            })
+        })
+}
+
+/// After an install: no DHCP daemon may listen in the root namespace.
+fn check_no_daemon_listens() -> anyhow::Result<()> {
+    let output = Command::new("ss")
+        .args(["-H", "-l", "-u", "-n", "-p"])
+        .output()
+        .context("running ss")?;
+    let listening: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| {
+            ["kea-dhcp", "dhcpcd", "dnsmasq"]
+                .iter()
+                .any(|d| line.contains(d))
+        })
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if !listening.is_empty() {
+        bail!(
+            "a DHCP daemon listens in the root namespace after the install: {}\n\
+             stop it (systemctl disable --now kea-dhcp4-server dhcpcd); tests and benchmarks \
+             run their own in namespaces",
+            listening.join("; ")
+        );
     }
     Ok(())
 }

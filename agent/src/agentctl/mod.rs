@@ -8,6 +8,7 @@ mod view;
 
 use std::{
     io::{self, Write},
+    net::Ipv4Addr,
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -15,12 +16,13 @@ use std::{
 
 use alcor_proto::control::{
     GetCountersRequest, GetDhcpCountersRequest, GetGoalStateRequest, GetStatusRequest, ListRequest,
+    TraceProtocol, TraceRequest,
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use self::{error::Error, view::Human};
-use crate::config::Config;
+use crate::{config::Config, model::Mac};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +83,113 @@ enum Command {
     /// DHCP responder counters: messages received and sent by type, drops by
     /// reason (the table leaves out reasons that never happened)
     Dhcp,
+    /// The eBPF datapath as the kernel holds it: ports, endpoints, routes,
+    /// counters
+    #[command(subcommand)]
+    Dp(DpCommand),
+    /// Runs a packet a port's VM would send through the real datapath
+    /// program (nothing is sent, nothing counted) and explains what happens
+    /// to it. Exits 0 whatever the verdict.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+}
+
+const TRACE_EXAMPLES: &str = "Examples:
+  agentctl trace web-1 --dst 10.0.2.20                 ping across the router
+  agentctl trace web-1 --dst 10.0.1.1 --proto arp      ARP for the gateway
+  agentctl trace web-1 --dst 10.0.1.20 --proto tcp --dport 443 --src 10.9.9.9
+                                                       would a forged source pass?";
+
+#[derive(Debug, Subcommand)]
+enum DpCommand {
+    /// Ports programmed in the datapath: VNI, MAC, address and subnet, how
+    /// frames reach them, and what they may send from
+    Ports,
+    /// Addresses known in each VPC (ARP is answered and IPv4 delivered
+    /// only for these) and where they live
+    Endpoints,
+    /// Pairs of subnets routed to each other: router and gateway
+    Routes,
+    /// Traffic of ready ports and their drops by reason (the table leaves
+    /// out reasons that never happened)
+    Counters {
+        /// Only this port
+        port_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    /// ICMP echo request (ping)
+    Icmp,
+    /// TCP SYN (needs --dport)
+    Tcp,
+    /// UDP datagram (needs --dport)
+    Udp,
+    /// ARP request for the destination
+    Arp,
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// The port whose VM sends the packet
+    port_id: String,
+    /// Destination IPv4 address
+    #[arg(long, value_name = "IP")]
+    dst: Ipv4Addr,
+    /// What to send
+    #[arg(long, value_enum, default_value_t = Proto::Icmp)]
+    proto: Proto,
+    /// Source address [default: the port's first fixed IP]
+    #[arg(long, value_name = "IP")]
+    src: Option<Ipv4Addr>,
+    /// Source MAC [default: the port's MAC]
+    #[arg(long, value_name = "MAC")]
+    src_mac: Option<Mac>,
+    /// Destination MAC [default: what the VM's ARP would resolve: the
+    /// destination's in its subnet, the gateway's outside it]
+    #[arg(long, value_name = "MAC")]
+    dst_mac: Option<Mac>,
+    /// TCP or UDP destination port
+    #[arg(
+        long,
+        value_name = "N",
+        required_if_eq_any([("proto", "tcp"), ("proto", "udp")]),
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    dport: Option<u16>,
+    /// TCP or UDP source port [default: 49152]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    sport: Option<u16>,
+    /// IP time to live [default: 64]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    ttl: Option<u8>,
+    /// Also print the frame sent and the frame out of the program as hex
+    #[arg(long)]
+    hex: bool,
+}
+
+impl TraceArgs {
+    fn request(&self) -> TraceRequest {
+        let protocol = match self.proto {
+            Proto::Icmp => TraceProtocol::Icmp,
+            Proto::Tcp => TraceProtocol::Tcp,
+            Proto::Udp => TraceProtocol::Udp,
+            Proto::Arp => TraceProtocol::Arp,
+        };
+        let text = |value: Option<String>| value.unwrap_or_default();
+        TraceRequest {
+            port_id: self.port_id.clone(),
+            protocol: protocol as i32,
+            dst_ip: self.dst.to_string(),
+            src_ip: text(self.src.map(|ip| ip.to_string())),
+            src_mac: text(self.src_mac.map(|mac| mac.to_string())),
+            dst_mac: text(self.dst_mac.map(|mac| mac.to_string())),
+            dst_port: self.dport.map_or(0, u32::from),
+            src_port: self.sport.map_or(0, u32::from),
+            ttl: self.ttl.map_or(0, u32::from),
+        }
+    }
 }
 
 /// Runs one command: 0 when it worked, 1 when it did not (the reason is
@@ -135,19 +244,48 @@ async fn execute(cli: &Cli) -> Result<String, Error> {
         Command::Leases => format(cli, client.list_leases(ListRequest {}).await),
         Command::Dhcp => {
             let reply = client.get_dhcp_counters(GetDhcpCountersRequest {}).await;
+            format_sorted(cli, reply)
+        }
+        Command::Dp(DpCommand::Ports) => format(cli, client.list_dp_ports(ListRequest {}).await),
+        Command::Dp(DpCommand::Endpoints) => {
+            format(cli, client.list_dp_endpoints(ListRequest {}).await)
+        }
+        Command::Dp(DpCommand::Routes) => format(cli, client.list_dp_routes(ListRequest {}).await),
+        Command::Dp(DpCommand::Counters { port_id }) => {
+            let request = GetCountersRequest {
+                port_id: port_id.clone().unwrap_or_default(),
+            };
+            format_sorted(cli, client.get_dp_counters(request).await)
+        }
+        Command::Trace(args) => {
+            let reply = client.trace(args.request()).await;
             if cli.json {
-                // The counters are maps: through a `serde_json::Value`, whose
-                // objects keep their keys sorted, the output is stable.
+                format(cli, reply)
+            } else {
                 let reply = reply
                     .map_err(|status| Error::from_status(cli.socket.clone(), status))?
                     .into_inner();
-                let value = serde_json::to_value(&reply)?;
-                Ok(serde_json::to_string_pretty(&value)? + "\n")
-            } else {
-                format(cli, reply)
+                Ok(view::trace_text(&reply, args.hex))
             }
         }
     }
+}
+
+/// As [`format`], for replies with maps (counters by name): through a
+/// `serde_json::Value`, whose objects keep their keys sorted, the JSON is
+/// stable.
+fn format_sorted<T: Serialize + Human>(
+    cli: &Cli,
+    reply: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<String, Error> {
+    if !cli.json {
+        return format(cli, reply);
+    }
+    let reply = reply
+        .map_err(|status| Error::from_status(cli.socket.clone(), status))?
+        .into_inner();
+    let value = serde_json::to_value(&reply)?;
+    Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
 /// The reply as a table, or as pretty JSON with the message's field names.

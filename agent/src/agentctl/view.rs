@@ -5,16 +5,21 @@ use std::collections::HashMap;
 
 use alcor_proto::{
     control::{
-        AgentStatus, CounterList, DhcpCounters, LeaseList, NeighborList, Port, PortBinding,
-        PortList, PortPhase, SubnetList, VpcList,
+        AgentStatus, CounterList, DhcpCounters, DpCounterList, DpEndpointList, DpPortList,
+        DpRouteList, FrameHeaders, LeaseList, NeighborList, Port, PortBinding, PortList, PortPhase,
+        SubnetList, TraceReply, TraceVerdict, VpcList,
     },
     schema::GoalState,
 };
 
 use super::table::{Table, left, right};
-use crate::dhcp::{
-    counters::{ClientMessage, DropReason, ServerMessage},
-    leases::unix_now,
+use crate::{
+    control::hexdump,
+    datapath,
+    dhcp::{
+        counters::{ClientMessage, DropReason, ServerMessage},
+        leases::unix_now,
+    },
 };
 
 /// A reply as an operator reads it.
@@ -481,10 +486,302 @@ impl Human for GoalState {
     }
 }
 
+impl Human for DpPortList {
+    fn human(&self) -> String {
+        if self.ports.is_empty() {
+            return "no ports programmed in the datapath\n".into();
+        }
+        let mut table = Table::new([
+            left("PORT ID"),
+            left("DEVICE"),
+            right("IFINDEX"),
+            right("VNI"),
+            left("MAC"),
+            left("IP"),
+            left("SUBNET"),
+            left("DELIVERY"),
+            left("MAY SEND FROM"),
+        ]);
+        for port in &self.ports {
+            // The port's own MAC goes without saying; a pair's is named.
+            let sources: Vec<String> = port
+                .sources
+                .iter()
+                .map(|source| {
+                    if source.mac_address == port.mac_address {
+                        source.prefix.clone()
+                    } else {
+                        format!("{} ({})", source.prefix, source.mac_address)
+                    }
+                })
+                .collect();
+            table.row([
+                or_dash(&port.port_id),
+                or_dash(&port.device),
+                port.ifindex.to_string(),
+                port.vni.to_string(),
+                or_dash(&port.mac_address),
+                or_dash(&port.ip_address),
+                or_dash(&port.subnet),
+                or_dash(&port.delivery),
+                or_dash(&sources.join(", ")),
+            ]);
+        }
+        table.render()
+    }
+}
+
+impl Human for DpEndpointList {
+    fn human(&self) -> String {
+        if self.endpoints.is_empty() {
+            return "no endpoints in the datapath\n".into();
+        }
+        let mut table = Table::new([right("VNI"), left("IP"), left("MAC"), left("LOCATION")]);
+        for endpoint in &self.endpoints {
+            let mut location = endpoint.location.clone();
+            if !endpoint.neighbor_id.is_empty() {
+                location.push_str(&format!(" (neighbor {})", endpoint.neighbor_id));
+            }
+            table.row([
+                endpoint.vni.to_string(),
+                or_dash(&endpoint.ip_address),
+                or_dash(&endpoint.mac_address),
+                or_dash(&location),
+            ]);
+        }
+        table.render()
+    }
+}
+
+/// `10.0.1.0/24 (sn1)`, or the prefix alone if the subnet has no id.
+fn subnet_words(prefix: &str, id: &str) -> String {
+    if id.is_empty() {
+        prefix.into()
+    } else {
+        format!("{prefix} ({id})")
+    }
+}
+
+impl Human for DpRouteList {
+    fn human(&self) -> String {
+        if self.routes.is_empty() {
+            return "no routes: no router connects two subnets served here\n".into();
+        }
+        let mut table = Table::new([
+            right("VNI"),
+            left("FROM"),
+            left("TO"),
+            left("ROUTER"),
+            left("VIA GATEWAY"),
+        ]);
+        for route in &self.routes {
+            let router = if route.router_id.is_empty() {
+                format!("tag {:#010x}", route.router_tag)
+            } else {
+                route.router_id.clone()
+            };
+            table.row([
+                route.vni.to_string(),
+                subnet_words(&route.from_subnet, &route.from_subnet_id),
+                subnet_words(&route.to_subnet, &route.to_subnet_id),
+                router,
+                format!("{} ({})", route.via_gateway_ip, route.via_gateway_mac),
+            ]);
+        }
+        table.render()
+    }
+}
+
+/// The names of `DropReason`s in value order: the order drops are listed in.
+fn datapath_drop_order() -> Vec<&'static str> {
+    datapath::DropReason::ALL
+        .iter()
+        .map(|reason| reason.name())
+        .collect()
+}
+
+fn datapath_drop_meaning(name: &str) -> &'static str {
+    datapath::DropReason::ALL
+        .into_iter()
+        .find(|reason| reason.name() == name)
+        .map_or("", |reason| reason.description())
+}
+
+impl Human for DpCounterList {
+    fn human(&self) -> String {
+        if self.ports.is_empty() {
+            return "no ready ports\n".into();
+        }
+        let mut table = Table::new([
+            left("PORT ID"),
+            left("DEVICE"),
+            right("IFINDEX"),
+            right("RX PACKETS"),
+            right("RX BYTES"),
+            right("TX PACKETS"),
+            right("TX BYTES"),
+            right("DROPPED"),
+        ]);
+        let order = datapath_drop_order();
+        let mut drops = Table::new([
+            left("PORT ID"),
+            left("REASON"),
+            right("DROPPED"),
+            left("MEANING"),
+        ]);
+        let mut any_drops = false;
+        for port in &self.ports {
+            table.row([
+                port.port_id.clone(),
+                or_dash(&port.device),
+                port.ifindex.to_string(),
+                port.rx_packets.to_string(),
+                port.rx_bytes.to_string(),
+                port.tx_packets.to_string(),
+                port.tx_bytes.to_string(),
+                port.dropped.to_string(),
+            ]);
+            for (reason, count) in ordered_counts(&port.drops, &order, true) {
+                any_drops = true;
+                drops.row([
+                    port.port_id.clone(),
+                    reason.to_string(),
+                    count.to_string(),
+                    datapath_drop_meaning(reason).to_string(),
+                ]);
+            }
+        }
+        let drops = if any_drops {
+            drops.render()
+        } else {
+            "no drops\n".into()
+        };
+        format!(
+            "{}\n{drops}\nRX: sent by the VM, TX: sent to the VM; drops are of frames the VM \
+             sent\n",
+            table.render()
+        )
+    }
+}
+
+fn verdict_word(reply: &TraceReply) -> String {
+    match TraceVerdict::try_from(reply.verdict) {
+        Ok(TraceVerdict::Dropped) => format!("DROPPED ({}):", reply.drop_reason),
+        Ok(TraceVerdict::Delivered) => "DELIVERED".into(),
+        Ok(TraceVerdict::Routed) => "ROUTED".into(),
+        Ok(TraceVerdict::Answered) => "ANSWERED".into(),
+        Ok(TraceVerdict::Passed) => "PASSED".into(),
+        Ok(TraceVerdict::Unspecified) | Err(_) => format!("verdict {}:", reply.verdict),
+    }
+}
+
+/// `src -> dst`, then the IPv4 fields that routing changes, or the ARP
+/// answer: `fa:.. -> fa:.., TTL 63, IP checksum 0x1a2b`.
+fn frame_words(headers: &FrameHeaders, addresses: bool) -> String {
+    let mut words = format!("{} -> {}", headers.eth_src, headers.eth_dst);
+    if let Some(ip) = &headers.ipv4 {
+        if addresses {
+            words.push_str(&format!(
+                ", {} -> {} {}",
+                ip.src,
+                ip.dst,
+                ip.protocol.to_uppercase()
+            ));
+            if !ip.transport.is_empty() {
+                words.push_str(&format!(" {}", ip.transport));
+            }
+        }
+        words.push_str(&format!(
+            ", TTL {}, IP checksum {:#06x}",
+            ip.ttl, ip.checksum
+        ));
+        if !ip.checksum_valid {
+            words.push_str(" (WRONG)");
+        }
+    }
+    if let Some(arp) = &headers.arp {
+        words.push_str(&format!(
+            ", ARP {}: {} is at {}",
+            arp.operation, arp.sender_ip, arp.sender_mac
+        ));
+    }
+    words
+}
+
+/// `agentctl trace`: what was sent, the verdict in words, and the frame
+/// that comes out when there is one; with `hex`, both frames in full.
+pub fn trace_text(reply: &TraceReply, hex: bool) -> String {
+    let mut out = String::new();
+    let mut about = vec![reply.device.clone()];
+    about.extend(reply.ip_addresses.iter().cloned());
+    about.push(reply.mac_address.clone());
+    out.push_str(&format!(
+        "port {} ({}) sends {}\n",
+        reply.port_id,
+        about.join(", "),
+        reply.packet
+    ));
+    let input = reply.input.clone().unwrap_or_default();
+    let mut frame = format!("{} -> {}", input.eth_src, input.eth_dst);
+    if !reply.dst_mac_source.is_empty() {
+        frame.push_str(&format!(" ({})", reply.dst_mac_source));
+    }
+    if let Some(ip) = &input.ipv4 {
+        frame.push_str(&format!(", TTL {}", ip.ttl));
+    }
+    out.push_str(&format!("  frame: {frame}\n"));
+    out.push_str(&format!(
+        "verdict: {} {}\n",
+        verdict_word(reply),
+        reply.explanation
+    ));
+    let output = reply.output.clone().unwrap_or_default();
+    match TraceVerdict::try_from(reply.verdict) {
+        Ok(TraceVerdict::Routed) => {
+            out.push_str(&format!("  rewritten: {}\n", frame_words(&output, false)));
+        }
+        Ok(TraceVerdict::Delivered) => {
+            out.push_str(&format!("  unchanged: {}\n", frame_words(&output, false)));
+        }
+        Ok(TraceVerdict::Answered) => {
+            out.push_str(&format!("  reply: {}\n", frame_words(&output, true)));
+        }
+        Ok(TraceVerdict::Dropped) => {
+            out.push_str(&format!(
+                "  a real frame like this is counted under {} in `agentctl dp counters {}`\n",
+                reply.drop_reason, reply.port_id
+            ));
+        }
+        _ => {}
+    }
+    if hex {
+        out.push_str(&format!(
+            "\nframe sent ({} bytes):\n{}",
+            reply.input_frame.len(),
+            hexdump(&reply.input_frame)
+        ));
+        out.push_str(&format!(
+            "\nframe out of the program ({} bytes):\n{}",
+            reply.output_frame.len(),
+            reply.output_hexdump
+        ));
+    }
+    out
+}
+
+impl Human for TraceReply {
+    fn human(&self) -> String {
+        trace_text(self, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use alcor_proto::{
-        control::{FixedIp, Lease, Neighbor, NeighborIp, PortCounters},
+        control::{
+            ArpHeader, DpEndpoint, DpPortCounters, DpRoute, FixedIp, Ipv4Header, Lease, Neighbor,
+            NeighborIp, NextHop, PortCounters,
+        },
         schema::{PortConfiguration, PortState, VpcConfiguration, VpcState},
     };
 
@@ -778,5 +1075,301 @@ mod tests {
         let text = counters.human();
         assert!(text.contains("dropped      none\n"), "{text}");
         assert!(text.ends_with("\n0 dropped in all; `agentctl --json dhcp` lists every reason\n"));
+    }
+
+    fn headers(src: &str, dst: &str, ipv4: Option<Ipv4Header>) -> Option<FrameHeaders> {
+        Some(FrameHeaders {
+            eth_src: src.into(),
+            eth_dst: dst.into(),
+            ethertype: "IPv4".into(),
+            ipv4,
+            ..Default::default()
+        })
+    }
+
+    fn ipv4(src: &str, dst: &str, ttl: u32, checksum: u32, transport: &str) -> Option<Ipv4Header> {
+        Some(Ipv4Header {
+            src: src.into(),
+            dst: dst.into(),
+            ttl,
+            protocol: "icmp".into(),
+            checksum,
+            checksum_valid: true,
+            transport: transport.into(),
+            ..Default::default()
+        })
+    }
+
+    /// web-1 pings db-1 across router r1.
+    fn routed() -> TraceReply {
+        TraceReply {
+            port_id: "web-1".into(),
+            device: "tapweb-1".into(),
+            ifindex: 7,
+            mac_address: "fa:16:3e:00:00:0a".into(),
+            ip_addresses: vec!["10.0.1.10".into()],
+            packet: "ICMP echo 10.0.1.10 -> 10.0.2.20".into(),
+            dst_mac_source: "gateway of 10.0.1.0/24".into(),
+            verdict: TraceVerdict::Routed as i32,
+            explanation: "to port db-1 (tapdb-1) via router r1".into(),
+            next_hop: Some(NextHop {
+                kind: "port".into(),
+                port_id: "db-1".into(),
+                routed: true,
+                ..Default::default()
+            }),
+            input: headers(
+                "fa:16:3e:00:00:0a",
+                "fa:16:3e:ff:ff:01",
+                ipv4("10.0.1.10", "10.0.2.20", 64, 0x1a2a, "echo request"),
+            ),
+            output: headers(
+                "fa:16:3e:ff:ff:02",
+                "fa:16:3e:00:00:14",
+                ipv4("10.0.1.10", "10.0.2.20", 63, 0x1a2b, "echo request"),
+            ),
+            input_frame: vec![0xfa, 0x16],
+            output_frame: vec![0xfa, 0x16, 0x3e],
+            output_hexdump: "0000  fa 16 3e\n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_routed_trace_shows_the_rewritten_headers() {
+        assert_eq!(
+            trace_text(&routed(), false),
+            "port web-1 (tapweb-1, 10.0.1.10, fa:16:3e:00:00:0a) sends ICMP echo 10.0.1.10 -> \
+             10.0.2.20\n\
+             \x20 frame: fa:16:3e:00:00:0a -> fa:16:3e:ff:ff:01 (gateway of 10.0.1.0/24), TTL 64\n\
+             verdict: ROUTED to port db-1 (tapdb-1) via router r1\n\
+             \x20 rewritten: fa:16:3e:ff:ff:02 -> fa:16:3e:00:00:14, TTL 63, IP checksum 0x1a2b\n"
+        );
+        let mut wrong = routed();
+        if let Some(ip) = wrong.output.as_mut().and_then(|o| o.ipv4.as_mut()) {
+            ip.checksum_valid = false;
+        }
+        assert!(
+            trace_text(&wrong, false).contains("IP checksum 0x1a2b (WRONG)\n"),
+            "a wrong checksum is pointed out"
+        );
+    }
+
+    #[test]
+    fn a_trace_with_hex_dumps_both_frames() {
+        let text = trace_text(&routed(), true);
+        assert!(
+            text.ends_with(
+                "\nframe sent (2 bytes):\n0000  fa 16{}|..|\n\
+                 \nframe out of the program (3 bytes):\n0000  fa 16 3e\n"
+                    .replace("{}", &" ".repeat(45))
+                    .as_str()
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_trace_gives_the_reason_and_where_it_is_counted() {
+        let reply = TraceReply {
+            verdict: TraceVerdict::Dropped as i32,
+            drop_reason: "spoofed-ip".into(),
+            explanation: "the source address 10.9.9.9 is not the port's (10.0.1.10) nor one of \
+                          its allowed address pairs"
+                .into(),
+            output: None,
+            ..routed()
+        };
+        let text = trace_text(&reply, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2..],
+            [
+                "verdict: DROPPED (spoofed-ip): the source address 10.9.9.9 is not the port's \
+                 (10.0.1.10) nor one of its allowed address pairs",
+                "  a real frame like this is counted under spoofed-ip in \
+                 `agentctl dp counters web-1`",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answered_arp_shows_the_reply() {
+        let reply = TraceReply {
+            packet: "ARP request: who has 10.0.1.1? tell 10.0.1.10".into(),
+            dst_mac_source: "broadcast".into(),
+            verdict: TraceVerdict::Answered as i32,
+            answer: "arp-reply".into(),
+            explanation: "in place: ARP reply, 10.0.1.1 is at fa:16:3e:ff:ff:01 (the gateway of \
+                          10.0.1.0/24)"
+                .into(),
+            input: Some(FrameHeaders {
+                eth_src: "fa:16:3e:00:00:0a".into(),
+                eth_dst: "ff:ff:ff:ff:ff:ff".into(),
+                ethertype: "ARP".into(),
+                ..Default::default()
+            }),
+            output: Some(FrameHeaders {
+                eth_src: "fa:16:3e:ff:ff:01".into(),
+                eth_dst: "fa:16:3e:00:00:0a".into(),
+                ethertype: "ARP".into(),
+                arp: Some(ArpHeader {
+                    operation: "reply".into(),
+                    sender_mac: "fa:16:3e:ff:ff:01".into(),
+                    sender_ip: "10.0.1.1".into(),
+                    target_mac: "fa:16:3e:00:00:0a".into(),
+                    target_ip: "10.0.1.10".into(),
+                }),
+                ..Default::default()
+            }),
+            ..routed()
+        };
+        let text = trace_text(&reply, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "  frame: fa:16:3e:00:00:0a -> ff:ff:ff:ff:ff:ff (broadcast)",
+                "verdict: ANSWERED in place: ARP reply, 10.0.1.1 is at fa:16:3e:ff:ff:01 (the \
+                 gateway of 10.0.1.0/24)",
+                "  reply: fa:16:3e:ff:ff:01 -> fa:16:3e:00:00:0a, ARP reply: 10.0.1.1 is at \
+                 fa:16:3e:ff:ff:01",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_verdict_is_shown_by_number() {
+        let reply = TraceReply {
+            verdict: 42,
+            explanation: "something new".into(),
+            ..routed()
+        };
+        assert!(trace_text(&reply, false).contains("\nverdict: verdict 42: something new\n"));
+    }
+
+    #[test]
+    fn dp_counters_list_only_the_drops_that_happened() {
+        let mut drops: HashMap<String, u64> = datapath::DropReason::ALL
+            .iter()
+            .map(|reason| (reason.name().to_string(), 0))
+            .collect();
+        drops.insert("spoofed-ip".into(), 3);
+        drops.insert("arp-unknown-target".into(), 1);
+        let counters = DpCounterList {
+            ports: vec![
+                DpPortCounters {
+                    port_id: "web-1".into(),
+                    device: "tapweb-1".into(),
+                    ifindex: 7,
+                    rx_packets: 12,
+                    dropped: 4,
+                    drops,
+                    ..Default::default()
+                },
+                DpPortCounters {
+                    port_id: "db-1".into(),
+                    device: "tapdb-1".into(),
+                    ifindex: 8,
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = counters.human();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "PORT ID  DEVICE    IFINDEX  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES  DROPPED",
+                "web-1    tapweb-1        7          12         0           0         0        4",
+                "db-1     tapdb-1         8           0         0           0         0        0",
+            ]
+        );
+        // In the reasons' order, with what they mean.
+        assert!(lines[4].starts_with("PORT ID  REASON"), "{text}");
+        assert!(
+            lines[5].starts_with("web-1    spoofed-ip                3  the source IP address"),
+            "{text}"
+        );
+        assert!(
+            lines[6].starts_with("web-1    arp-unknown-target        1  ARP request"),
+            "{text}"
+        );
+        assert_eq!(lines[7], "", "{text}");
+
+        let quiet = DpCounterList {
+            ports: vec![counters.ports[1].clone()],
+        };
+        assert!(
+            quiet.human().contains("\n\nno drops\n\n"),
+            "{}",
+            quiet.human()
+        );
+        assert_eq!(DpCounterList::default().human(), "no ready ports\n");
+    }
+
+    #[test]
+    fn dp_endpoints_and_routes_tables() {
+        let endpoints = DpEndpointList {
+            endpoints: vec![
+                DpEndpoint {
+                    vni: 100,
+                    ip_address: "10.0.1.10".into(),
+                    mac_address: "fa:16:3e:00:00:0a".into(),
+                    location: "local port web-1 (tapweb-1, peer)".into(),
+                    ..Default::default()
+                },
+                DpEndpoint {
+                    vni: 100,
+                    ip_address: "10.0.2.30".into(),
+                    mac_address: "fa:16:3e:00:00:1e".into(),
+                    location: "remote host 198.18.0.2".into(),
+                    neighbor_id: "n1".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(
+            endpoints.human(),
+            "VNI  IP         MAC                LOCATION\n\
+             100  10.0.1.10  fa:16:3e:00:00:0a  local port web-1 (tapweb-1, peer)\n\
+             100  10.0.2.30  fa:16:3e:00:00:1e  remote host 198.18.0.2 (neighbor n1)\n"
+        );
+        let routes = DpRouteList {
+            routes: vec![
+                DpRoute {
+                    vni: 100,
+                    from_subnet: "10.0.1.0/24".into(),
+                    from_subnet_id: "sn1".into(),
+                    to_subnet: "10.0.2.0/24".into(),
+                    to_subnet_id: "sn2".into(),
+                    router_id: "r1".into(),
+                    router_tag: 0xdead_beef,
+                    via_gateway_ip: "10.0.2.1".into(),
+                    via_gateway_mac: "fa:16:3e:ff:ff:02".into(),
+                },
+                DpRoute {
+                    vni: 100,
+                    from_subnet: "10.0.2.0/24".into(),
+                    to_subnet: "10.0.1.0/24".into(),
+                    router_tag: 0xdead_beef,
+                    via_gateway_ip: "10.0.1.1".into(),
+                    via_gateway_mac: "fa:16:3e:ff:ff:01".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(
+            routes.human(),
+            "VNI  FROM               TO                 ROUTER          VIA GATEWAY\n\
+             100  10.0.1.0/24 (sn1)  10.0.2.0/24 (sn2)  r1              10.0.2.1 (fa:16:3e:ff:ff:02)\n\
+             100  10.0.2.0/24        10.0.1.0/24        tag 0xdeadbeef  10.0.1.1 (fa:16:3e:ff:ff:01)\n"
+        );
+        assert_eq!(
+            DpEndpointList::default().human(),
+            "no endpoints in the datapath\n"
+        );
+        assert!(DpRouteList::default().human().starts_with("no routes"));
+        assert!(DpPortList::default().human().starts_with("no ports"));
     }
 }

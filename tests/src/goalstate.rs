@@ -239,3 +239,37 @@ pub fn with_address_pairs(mut port: PortState, pairs: &[(String, String)]) -> Po
     }
     port
 }
+
+/// A router joining `subnet_ids` (one routing table each, no extra rules):
+/// the datapath routes between them.
+pub fn router_joining(id: &str, subnet_ids: &[&str]) -> RouterState {
+    RouterState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::RouterConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            subnet_routing_tables: subnet_ids
+                .iter()
+                .map(|subnet_id| SubnetRoutingTable {
+                    subnet_id: subnet_id.to_string(),
+                    routing_rules: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Gives a subnet's gateway its own MAC (`subnet` gives every gateway the
+/// same one), so that routed frames show which gateway they left through.
+pub fn with_gateway_mac(mut subnet: SubnetState, mac: &str) -> SubnetState {
+    if let Some(gateway) = subnet
+        .configuration
+        .as_mut()
+        .and_then(|config| config.gateway.as_mut())
+    {
+        gateway.mac_address = mac.into();
+    }
+    subnet
+}

@@ -10,6 +10,7 @@ pub mod dhcp;
 pub mod goalstate;
 pub mod netns;
 pub mod topology;
+pub mod traffic;
 
 use std::time::{Duration, Instant};
 

@@ -29,13 +29,23 @@ pub const PACKAGES: &[&str] = &[
     "kea-admin",
     "dnsmasq-base",
     "nftables",
+    // Datapath tests and `bench datapath-local`: TCP and UDP (64-byte
+    // packets, many clients) between VMs, against the kernel's bridge and
+    // routing in the same run.
+    "iperf3",
+    // Datapath tests: datagrams with a forged source IP (`--spoof`).
+    "hping3",
+    // Datapath tests: ARP requests from a VM, and whose MAC answers them.
+    "iputils-arping",
 ];
 
 /// Daemons those packages install and enable for boot: dhcpcd would
 /// configure every interface of the root namespace, Kea would serve DHCP
 /// there. Tests and benchmarks run their own instances inside namespaces;
 /// the system's stay disabled and stopped.
-const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables"];
+///
+/// iperf3's package enables a server on port 5201 when debconf says so.
+const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables", "iperf3"];
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;

@@ -2,6 +2,7 @@
 //! our system and its peers in the same run, print a table with ratios and
 //! write JSON under target/bench/. Timed assertions belong here, not in tests.
 
+mod dhcp;
 mod goalstate;
 
 use anyhow::bail;
@@ -9,12 +10,20 @@ use anyhow::bail;
 type Bench = fn() -> anyhow::Result<()>;
 
 /// (name, what it measures, how to run it)
-const BENCHES: &[(&str, &str, Bench)] = &[(
-    "goalstate",
-    "1,000 netns-bound ports on one agent: one V2 message, and 1,000 pipelined \
-     messages on one stream, vs `ip -batch` doing the same plumbing",
-    goalstate::run,
-)];
+const BENCHES: &[(&str, &str, Bench)] = &[
+    (
+        "goalstate",
+        "1,000 netns-bound ports on one agent: one V2 message, and 1,000 pipelined \
+         messages on one stream, vs `ip -batch` doing the same plumbing",
+        goalstate::run,
+    ),
+    (
+        "dhcp",
+        "perfdhcp with 10,000 client MACs against the agent's DHCP responder, \
+         kea-dhcp4 and dnsmasq: 4-way exchanges/s and p99 latency",
+        dhcp::run,
+    ),
+];
 
 pub fn run(name: &str) -> anyhow::Result<()> {
     match BENCHES.iter().find(|(known, _, _)| *known == name) {

@@ -22,7 +22,11 @@ use alcor_proto::{
     },
 };
 use alcor_tests::{
-    Agent, Netns, agent::connect_in, goalstate, topology::Topology,
+    Agent, Netns,
+    agent::connect_in,
+    dhcp::{ClientDir, Dhclient, Eth0, UDHCPC_SCRIPT, dhcpcd_once, udhcpc_once},
+    goalstate,
+    topology::Topology,
     topology::namespaces_with_prefix,
 };
 use anyhow::{Context, anyhow, bail, ensure};
@@ -46,6 +50,10 @@ const VMS_PER_HOST: usize = 2;
 
 const VPC: (&str, u32, &str) = ("vpc-demo", 1001, "10.0.0.0/16");
 const SUBNET: (&str, &str, &str) = ("subnet-demo", "10.0.1.0/24", "10.0.1.1");
+/// The subnet's DNS server, handed out by DHCP.
+const DNS: &str = "10.0.0.2";
+/// The DHCP clients the VMs run, in turn.
+const DHCP_CLIENTS: &[&str] = &["udhcpc", "dhclient", "dhcpcd"];
 
 /// How long any one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +79,7 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.vms()),
     ),
     (
-        "The controller pushes goal state over mTLS: one VPC, one subnet, two netns-bound ports per host",
+        "The controller pushes goal state over mTLS: one VPC, one subnet, two netns-bound ports per host and their DHCP entries",
         |d| Box::pin(d.push()),
     ),
     ("What each agent reports (agentctl ports)", |d| {
@@ -80,6 +88,10 @@ const STEPS: &[(&str, StepFn)] = &[
     (
         "What each VM sees: its eth0, with the port's MAC and the underlay MTU minus VXLAN",
         |d| Box::pin(d.vm_view()),
+    ),
+    (
+        "DHCP: each VM runs a real client (udhcpc, dhclient, dhcpcd in turn) and gets its address, MTU and routes from its host's agent",
+        |d| Box::pin(d.dhcp()),
     ),
     (
         "Crash and restart: kill -9 the agent on host1, start it again, same ports",
@@ -148,6 +160,20 @@ struct Vm {
     ip: String,
     mac: String,
     netns: Netns,
+}
+
+impl Vm {
+    /// `h1-vm1`: the namespace name without the demo's prefix.
+    fn short_name(&self) -> &str {
+        self.netns
+            .name()
+            .split_once('-')
+            .map_or(self.netns.name(), |(_, name)| name)
+    }
+
+    fn hostname(&self) -> String {
+        self.short_name().to_string()
+    }
 }
 
 impl Demo {
@@ -318,11 +344,30 @@ impl Demo {
                 )
             })
             .collect();
-        goalstate::v2(
+        let mut message = goalstate::v2(
             vec![goalstate::vpc(VPC.0, VPC.1, VPC.2)],
-            vec![goalstate::subnet(SUBNET.0, VPC.0, SUBNET.1, SUBNET.2)],
+            vec![goalstate::dhcp_subnet(
+                SUBNET.0,
+                VPC.0,
+                SUBNET.1,
+                SUBNET.2,
+                &[DNS],
+                &[("domain-search", "demo.example")],
+            )],
             ports,
-        )
+        );
+        // What DHCP gives each VM: its address and a host name.
+        message.dhcp_states = self
+            .vms
+            .iter()
+            .filter(|vm| vm.host == host)
+            .map(|vm| {
+                let id = format!("dhcp-{}", vm.port_id);
+                let entry = goalstate::dhcp_entry(&id, SUBNET.0, &vm.mac, &vm.ip, &vm.hostname());
+                (id, entry)
+            })
+            .collect();
+        message
     }
 
     async fn connect(
@@ -436,6 +481,100 @@ impl Demo {
                 "{}: wrong MAC",
                 vm.port_id
             );
+        }
+        Ok(())
+    }
+
+    async fn dhcp(&mut self) -> anyhow::Result<()> {
+        let dir = ClientDir::new()?;
+        for (n, vm) in self.vms.iter().enumerate() {
+            // Back to 1500, so that what follows shows DHCP's option 26.
+            vm.netns
+                .exec("ip", &["link", "set", "eth0", "mtu", "1500"])?;
+            let client = DHCP_CLIENTS[n % DHCP_CLIENTS.len()];
+            let name = vm.short_name();
+            let bound = match client {
+                "udhcpc" => {
+                    let script = dir.script(&format!("udhcpc-{name}"), UDHCPC_SCRIPT)?;
+                    udhcpc_once(&vm.netns, &script, 10)?
+                }
+                "dhclient" => Dhclient::new(&dir, &format!("dhclient-{name}"))?
+                    .run(&vm.netns, &[])?
+                    .status
+                    .success(),
+                _ => dhcpcd_once(&dir, &vm.netns, &[])?.status.success(),
+            };
+            ensure!(
+                bound,
+                "{name}: {client} got no lease from {}'s agent",
+                vm.host
+            );
+            let eth0 = Eth0::of(&vm.netns)?;
+            say(format!(
+                "{name:<7} {client:<8} -> {} mtu {} (was 1500)",
+                eth0.addresses.join(", "),
+                eth0.mtu
+            ));
+            for route in &eth0.routes {
+                say(format!("{:<18} route {route}", ""));
+            }
+            ensure!(
+                eth0.addresses == [format!("{}/24", vm.ip)] && eth0.mtu == 1450,
+                "{name}: eth0 is not as the goal state says: {eth0:?}"
+            );
+        }
+        // udhcpc's records show the rest of what the agent said.
+        for vm in &self.vms {
+            let name = vm.short_name();
+            if let Some(told) = dir.recorded(&format!("udhcpc-{name}.bound.env")) {
+                let get = |key: &str| told.get(key).map_or("-", String::as_str);
+                say(format!(
+                    "{name} was also told: host name {}, DNS {}, domain {}, search {}, lease {} s, \
+                     server {}",
+                    get("hostname"),
+                    get("dns"),
+                    get("domain"),
+                    get("search"),
+                    get("lease"),
+                    get("serverid")
+                ));
+            }
+        }
+        for (name, _) in HOSTS {
+            let agent = self.agent(name)?;
+            match &self.agentctl {
+                Ok(()) => {
+                    say(format!("{name}: agentctl leases"));
+                    let output = agent.agentctl(&["leases"]);
+                    for line in String::from_utf8_lossy(&output.stdout).lines() {
+                        say(format!("  {line}"));
+                    }
+                    ensure!(
+                        output.status.success(),
+                        "agentctl failed: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
+                }
+                Err(why) => {
+                    say(format!(
+                        "{name}: agentctl is not built ({why}); the control socket says:"
+                    ));
+                    let leases = timeout(agent.control().await.list_leases(ListRequest {}))
+                        .await??
+                        .into_inner()
+                        .leases;
+                    for lease in leases {
+                        say(format!(
+                            "  {} {} {} {} {}",
+                            lease.port_id,
+                            lease.mac_address,
+                            lease.ip_address,
+                            lease.state,
+                            lease.hostname
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -18,14 +18,15 @@
 //!
 //! Throughput: the highest exchange rate perfdhcp (`-r`) sustains while
 //! losing at most 1% of DISCOVERs and of REQUESTs, found by doubling from
-//! 250/s and then bisecting; also perfdhcp sending as fast as it can (its
+//! 100/s and then bisecting; also perfdhcp sending as fast as it can (its
 //! default), whose figure, once the server keeps up, is perfdhcp's own
 //! limit: the replies then overflow its socket buffer, which is counted.
 //! Latency: a run at a fixed `LATENCY_RATE` with `-x t`, which prints the
 //! send and receive time of every exchange: p50 and p99 are computed from
 //! those, for DISCOVER→OFFER and REQUEST→ACK (perfdhcp itself reports only
-//! average and maximum). Rounds alternate between the servers; the round
-//! with the median sustained rate of each is reported.
+//! average and maximum). The server process's CPU time per exchange at
+//! its sustained rate tells what the load generator hides. Rounds
+//! alternate between the servers; each figure is the median of its rounds.
 
 use std::{
     fmt::Write as _,
@@ -54,8 +55,8 @@ const ROUNDS: usize = 3;
 /// The sustained rate: steps of this length, the first at `START_RATE`
 /// exchanges/s, doubling up to `MAX_RATE`, then bisected.
 const STEP_SECONDS: u64 = 3;
-const START_RATE: u32 = 250;
-const MAX_RATE: u32 = 64_000;
+const START_RATE: u32 = 100;
+const MAX_RATE: u32 = 60_000;
 const BISECTIONS: usize = 3;
 /// A rate is sustained when at most this share of DISCOVERs and of
 /// REQUESTs goes unanswered.
@@ -153,6 +154,32 @@ struct Target {
     vm: Netns,
     _host: Netns,
 }
+
+impl Target {
+    /// The server's process: the agent, or kea-dhcp4 / dnsmasq (which
+    /// `ip netns exec` became).
+    fn pid(&self) -> Option<u32> {
+        match (&self.agent, &self.process) {
+            (Some(agent), _) => agent.pid(),
+            (None, Some(server)) => Some(server.child.id()),
+            (None, None) => None,
+        }
+    }
+
+    /// CPU seconds the server's process has used so far, all threads.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name, which is in parentheses: utime
+        // and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+    }
+}
+
+/// `getconf CLK_TCK` on Linux (USER_HZ), which /proc/PID/stat counts in.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// A server process in a namespace, killed when dropped.
 struct Server {
@@ -654,6 +681,9 @@ fn percentile(values: &[u64], p: f64) -> Option<u64> {
 struct Sustained {
     asked: u32,
     report: Report,
+    /// CPU time of the server's process (every thread, user and system)
+    /// per completed exchange at that rate.
+    cpu_us_per_exchange: Option<f64>,
 }
 
 /// A rate tried, and whether it was sustained.
@@ -702,42 +732,51 @@ fn udp_rcvbuf_errors(vm: &Netns) -> anyhow::Result<u64> {
 
 /// perfdhcp at `rate` exchanges/s for `STEP_SECONDS`: whether at most
 /// `MAX_LOSS_PERCENT` of either message was lost.
-fn step(target: &Target, macs: &Path, rate: u32) -> anyhow::Result<(bool, Report)> {
+fn step(target: &Target, macs: &Path, rate: u32) -> anyhow::Result<(bool, Sustained)> {
     let (rate_arg, period) = (rate.to_string(), STEP_SECONDS.to_string());
+    let cpu_before = target.cpu_seconds();
     let report = parse_report(&perfdhcp(
         target,
         macs,
         &["-r", &rate_arg, "-p", &period],
         STEP_SECONDS,
     )?)?;
+    let cpu = cpu_before.zip(target.cpu_seconds()).map(|(a, b)| b - a);
+    let exchanges = report.rate * STEP_SECONDS as f64;
     let passed = report.rate > 0.0
         && report.discover_offer.drops_percent <= MAX_LOSS_PERCENT
         && report.request_ack.drops_percent <= MAX_LOSS_PERCENT;
-    Ok((passed, report))
+    Ok((
+        passed,
+        Sustained {
+            asked: rate,
+            cpu_us_per_exchange: cpu
+                .filter(|_| exchanges > 0.0)
+                .map(|cpu| cpu * 1e6 / exchanges),
+            report,
+        },
+    ))
 }
 
 /// The sustained rate: doubling from `START_RATE` until a rate loses too
 /// much (or perfdhcp cannot send that fast), then `BISECTIONS` halvings of
 /// the interval between the last rate that passed and the first that
-/// failed. At most 8 + `BISECTIONS` runs.
+/// failed. At most 10 + `BISECTIONS` runs.
 fn sustained(target: &Target, macs: &Path) -> anyhow::Result<(Option<Sustained>, Vec<Step>)> {
     let mut steps = Vec::new();
     let mut passed: Option<Sustained> = None;
     let mut failed = None;
     let mut rate = START_RATE;
     while rate <= MAX_RATE {
-        let (ok, report) = step(target, macs, rate)?;
+        let (ok, result) = step(target, macs, rate)?;
         steps.push((rate, ok));
         if !ok {
             failed = Some(rate);
             break;
         }
         // perfdhcp could not send as fast as asked: it is the limit.
-        let generator_bound = report.rate < 0.9 * f64::from(rate);
-        passed = Some(Sustained {
-            asked: rate,
-            report,
-        });
+        let generator_bound = result.report.rate < 0.9 * f64::from(rate);
+        passed = Some(result);
         if generator_bound {
             return Ok((passed, steps));
         }
@@ -746,14 +785,11 @@ fn sustained(target: &Target, macs: &Path) -> anyhow::Result<(Option<Sustained>,
     if let (Some(mut low), Some(mut high)) = (passed.as_ref().map(|s| s.asked), failed) {
         for _ in 0..BISECTIONS {
             let middle = (low + high) / 2;
-            let (ok, report) = step(target, macs, middle)?;
+            let (ok, result) = step(target, macs, middle)?;
             steps.push((middle, ok));
             if ok {
                 low = middle;
-                passed = Some(Sustained {
-                    asked: middle,
-                    report,
-                });
+                passed = Some(result);
             } else {
                 high = middle;
             }
@@ -846,9 +882,15 @@ async fn bench(prefix: &str, agentctl: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|(rate, ok)| format!("{rate}{}", if *ok { "" } else { "✗" }))
                 .collect();
+            let cpu = m
+                .sustained
+                .as_ref()
+                .and_then(|s| s.cpu_us_per_exchange)
+                .map_or("-".into(), |cpu| format!("{cpu:.0} µs CPU/exchange"));
             println!(
-                "  {:<30} sustained {:>6.0}/s (tried {}); flood {:.0}/s ({:.0} DISCOVERs/s sent, \
-                 {:.1}% and {:.1}% lost, {} replies overflowed perfdhcp's socket); p99 D-O {} R-A {}",
+                "  {:<30} sustained {:>6.0}/s, {cpu} (tried {}); flood {:.0}/s ({:.0} \
+                 DISCOVERs/s sent, {:.1}% and {:.1}% lost, {} replies overflowed perfdhcp's \
+                 socket); p99 D-O {} R-A {}",
                 target.name,
                 m.rate(),
                 steps.join(" "),
@@ -863,14 +905,10 @@ async fn bench(prefix: &str, agentctl: bool) -> anyhow::Result<()> {
             runs.push(m);
         }
     }
-    let medians: Vec<(&Target, Measure)> = targets
+    let summaries: Vec<Summary> = targets
         .iter()
         .zip(rounds)
-        .map(|(target, mut runs)| {
-            runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-            let median = runs.swap_remove(runs.len() / 2);
-            (target, median)
-        })
+        .map(|(target, runs)| Summary::of(target.name, runs))
         .collect();
     if let Some(agent) = targets[0].agent.as_ref().filter(|_| agentctl) {
         let counters = agent.agentctl(&["dhcp"]);
@@ -879,7 +917,120 @@ async fn bench(prefix: &str, agentctl: bool) -> anyhow::Result<()> {
             println!("  {line}");
         }
     }
-    report(&medians, dnsmasq_missing.as_deref())
+    report(&summaries, dnsmasq_missing.as_deref())
+}
+
+/// The median of each figure over a server's rounds.
+struct Summary {
+    name: &'static str,
+    rate: f64,
+    cpu_us: Option<f64>,
+    flood: f64,
+    flood_sent_per_second: f64,
+    flood_rcvbuf_errors: f64,
+    flood_loss: (f64, f64),
+    /// p50 and p99 of DISCOVER→OFFER and of REQUEST→ACK, µs.
+    latency: [Option<f64>; 4],
+    latency_loss: f64,
+    runs: Vec<Measure>,
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+impl Summary {
+    fn of(name: &'static str, runs: Vec<Measure>) -> Summary {
+        let each =
+            |f: &dyn Fn(&Measure) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+        let percentile_of = |which: &'static str, p: f64| {
+            each(&move |m: &Measure| m.p(which, p).map(|us| us as f64))
+        };
+        Summary {
+            name,
+            rate: each(&|m| Some(m.rate())).unwrap_or(0.0),
+            cpu_us: each(&|m| m.sustained.as_ref()?.cpu_us_per_exchange),
+            flood: each(&|m| Some(m.flood.rate)).unwrap_or(0.0),
+            flood_sent_per_second: each(&|m| {
+                Some(m.flood.discover_offer.sent as f64 / FLOOD_SECONDS as f64)
+            })
+            .unwrap_or(0.0),
+            flood_rcvbuf_errors: each(&|m| Some(m.flood_rcvbuf_errors as f64)).unwrap_or(0.0),
+            flood_loss: (
+                each(&|m| Some(m.flood.discover_offer.drops_percent)).unwrap_or(0.0),
+                each(&|m| Some(m.flood.request_ack.drops_percent)).unwrap_or(0.0),
+            ),
+            latency: [
+                percentile_of("do", 50.0),
+                percentile_of("do", 99.0),
+                percentile_of("ra", 50.0),
+                percentile_of("ra", 99.0),
+            ],
+            latency_loss: each(&|m| Some(m.latency.discover_offer.drops_percent)).unwrap_or(0.0),
+            runs,
+        }
+    }
+
+    fn json(&self, ours: &Summary) -> serde_json::Value {
+        let runs: Vec<serde_json::Value> = self
+            .runs
+            .iter()
+            .map(|m| {
+                json!({
+                    "sustained": m.sustained.as_ref().map(|s| json!({
+                        "exchanges_per_second": s.report.rate,
+                        "asked_rate": s.asked,
+                        "drops_percent_discover_offer": s.report.discover_offer.drops_percent,
+                        "drops_percent_request_ack": s.report.request_ack.drops_percent,
+                        "server_cpu_us_per_exchange": s.cpu_us_per_exchange,
+                    })),
+                    "rates_tried": m.steps.iter()
+                        .map(|(rate, ok)| json!({"rate": rate, "sustained": ok}))
+                        .collect::<Vec<_>>(),
+                    "flood": {
+                        "exchanges_per_second": m.flood.rate,
+                        "discovers_sent": m.flood.discover_offer.sent,
+                        "offers_received": m.flood.discover_offer.received,
+                        "requests_sent": m.flood.request_ack.sent,
+                        "acks_received": m.flood.request_ack.received,
+                        "drops_percent_discover_offer": m.flood.discover_offer.drops_percent,
+                        "drops_percent_request_ack": m.flood.request_ack.drops_percent,
+                        "replies_overflowing_perfdhcp_socket": m.flood_rcvbuf_errors,
+                    },
+                    "latency_us": {
+                        "samples_discover_offer": m.latency.discover_offer_us.len(),
+                        "samples_request_ack": m.latency.request_ack_us.len(),
+                        "p50_discover_offer": m.p("do", 50.0),
+                        "p99_discover_offer": m.p("do", 99.0),
+                        "p50_request_ack": m.p("ra", 50.0),
+                        "p99_request_ack": m.p("ra", 99.0),
+                        "drops_percent_discover_offer": m.latency.discover_offer.drops_percent,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "server": self.name,
+            "median": {
+                "sustained_exchanges_per_second": self.rate,
+                "ratio_ours_to_this": (self.rate > 0.0).then(|| ours.rate / self.rate),
+                "server_cpu_us_per_exchange": self.cpu_us,
+                "flood_exchanges_per_second": self.flood,
+                "flood_ratio_ours_to_this": (self.flood > 0.0).then(|| ours.flood / self.flood),
+                "latency_us": {
+                    "p50_discover_offer": self.latency[0],
+                    "p99_discover_offer": self.latency[1],
+                    "p50_request_ack": self.latency[2],
+                    "p99_request_ack": self.latency[3],
+                },
+            },
+            "rounds": runs,
+        })
+    }
 }
 
 fn fmt_us(us: Option<u64>) -> String {
@@ -898,23 +1049,25 @@ fn fmt_ratio(ours: f64, peer: f64) -> String {
     }
 }
 
-fn report(medians: &[(&Target, Measure)], dnsmasq_missing: Option<&str>) -> anyhow::Result<()> {
+fn report(summaries: &[Summary], dnsmasq_missing: Option<&str>) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let (ours, ours_flood) = (medians[0].1.rate(), medians[0].1.flood.rate);
+    let ours = &summaries[0];
     println!(
         "\nbench dhcp: perfdhcp with {CLIENTS} client MACs, {cores} cores, release build, \
-         median of {ROUNDS} alternating rounds\n\
+         medians of {ROUNDS} alternating rounds\n\
          4-way/s: the highest rate perfdhcp sustained ({STEP_SECONDS} s runs) losing at most \
          {MAX_LOSS_PERCENT}% of DISCOVERs and of REQUESTs\n\
+         CPU/xchg: the server process's CPU time (all threads) per exchange at that rate\n\
          flood: perfdhcp sending as fast as it can for {FLOOD_SECONDS} s (completed DORAs/s)\n\
          latency: perfdhcp -r {LATENCY_RATE} -p {LATENCY_SECONDS} -x t, percentiles of its \
          per-exchange send/receive timestamps\n"
     );
     println!(
-        "{:<30} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<30} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "server",
         "4-way/s",
         "ours/peer",
+        "CPU/xchg",
         "flood/s",
         "ours/peer",
         "p50 D-O",
@@ -922,76 +1075,40 @@ fn report(medians: &[(&Target, Measure)], dnsmasq_missing: Option<&str>) -> anyh
         "p50 R-A",
         "p99 R-A"
     );
-    let mut servers = Vec::new();
-    for (target, m) in medians {
-        let latency_drops = m.latency.discover_offer.drops_percent;
+    let us = |v: Option<f64>| fmt_us(v.map(|v| v.round() as u64));
+    for summary in summaries {
         println!(
-            "{:<30} {:>8.0} {:>9} {:>8.0} {:>9} {:>9} {:>9} {:>9} {:>9}{}",
-            target.name,
-            m.rate(),
-            fmt_ratio(ours, m.rate()),
-            m.flood.rate,
-            fmt_ratio(ours_flood, m.flood.rate),
-            fmt_us(m.p("do", 50.0)),
-            fmt_us(m.p("do", 99.0)),
-            fmt_us(m.p("ra", 50.0)),
-            fmt_us(m.p("ra", 99.0)),
-            if latency_drops > MAX_LOSS_PERCENT {
-                format!("  (overloaded at {LATENCY_RATE}/s: {latency_drops:.0}% lost)")
+            "{:<30} {:>8.0} {:>9} {:>9} {:>8.0} {:>9} {:>8} {:>8} {:>8} {:>8}{}",
+            summary.name,
+            summary.rate,
+            fmt_ratio(ours.rate, summary.rate),
+            summary
+                .cpu_us
+                .map_or("-".into(), |cpu| format!("{cpu:.0} µs")),
+            summary.flood,
+            fmt_ratio(ours.flood, summary.flood),
+            us(summary.latency[0]),
+            us(summary.latency[1]),
+            us(summary.latency[2]),
+            us(summary.latency[3]),
+            if summary.latency_loss > MAX_LOSS_PERCENT {
+                format!(
+                    "  (overloaded at {LATENCY_RATE}/s: {:.0}% lost)",
+                    summary.latency_loss
+                )
             } else {
                 String::new()
             }
         );
-        servers.push(json!({
-            "server": target.name,
-            "sustained": m.sustained.as_ref().map(|s| json!({
-                "exchanges_per_second": s.report.rate,
-                "asked_rate": s.asked,
-                "seconds": STEP_SECONDS,
-                "drops_percent_discover_offer": s.report.discover_offer.drops_percent,
-                "drops_percent_request_ack": s.report.request_ack.drops_percent,
-            })),
-            "rates_tried": m.steps.iter().map(|(rate, ok)| json!({"rate": rate, "passed": ok})).collect::<Vec<_>>(),
-            "ratio_ours_to_this": (m.rate() > 0.0).then(|| ours / m.rate()),
-            "flood": {
-                "seconds": FLOOD_SECONDS,
-                "exchanges_per_second": m.flood.rate,
-                "ratio_ours_to_this": ours_flood / m.flood.rate,
-                "discovers_sent": m.flood.discover_offer.sent,
-                "offers_received": m.flood.discover_offer.received,
-                "requests_sent": m.flood.request_ack.sent,
-                "acks_received": m.flood.request_ack.received,
-                "drops_percent_discover_offer": m.flood.discover_offer.drops_percent,
-                "drops_percent_request_ack": m.flood.request_ack.drops_percent,
-                "replies_overflowing_perfdhcp_socket": m.flood_rcvbuf_errors,
-            },
-            "latency": {
-                "rate": LATENCY_RATE,
-                "seconds": LATENCY_SECONDS,
-                "drops_percent_discover_offer": m.latency.discover_offer.drops_percent,
-                "drops_percent_request_ack": m.latency.request_ack.drops_percent,
-                "discover_offer_us": {
-                    "samples": m.latency.discover_offer_us.len(),
-                    "p50": m.p("do", 50.0),
-                    "p99": m.p("do", 99.0),
-                },
-                "request_ack_us": {
-                    "samples": m.latency.request_ack_us.len(),
-                    "p50": m.p("ra", 50.0),
-                    "p99": m.p("ra", 99.0),
-                },
-            },
-        }));
     }
-    let ours_flood = &medians[0].1;
     println!(
-        "\nflood against ours: perfdhcp sent {:.0} DISCOVERs/s; {} replies overflowed its own \
-         socket buffer (the responder dropped none: see its counters): the load generator, \
-         on the same {cores} cores, is the limit there",
-        ours_flood.flood.discover_offer.sent as f64 / FLOOD_SECONDS as f64,
-        ours_flood.flood_rcvbuf_errors,
+        "\nflood against ours: perfdhcp sent {:.0} DISCOVERs/s, lost {:.1}% of them and {:.1}% of \
+         its REQUESTs; {:.0} replies overflowed perfdhcp's own socket buffer (the responder \
+         dropped none: see its counters): past the sustained rate the load generator, on the \
+         same {cores} cores, is the limit, not the responder (compare the CPU per exchange)",
+        ours.flood_sent_per_second, ours.flood_loss.0, ours.flood_loss.1, ours.flood_rcvbuf_errors,
     );
-    if medians.iter().any(|(t, _)| t.name == "dnsmasq") {
+    if summaries.iter().any(|s| s.name == "dnsmasq") {
         println!(
             "dnsmasq rewrites its whole lease file on every change, which bounds it with \
              {CLIENTS} clients"
@@ -1020,10 +1137,14 @@ fn report(medians: &[(&Target, Measure)], dnsmasq_missing: Option<&str>) -> anyh
             "load_generator": "perfdhcp (kea-admin), -M with the client MACs",
             "throughput_method": format!(
                 "highest perfdhcp -r rate with at most {MAX_LOSS_PERCENT}% of DISCOVERs and \
-                 REQUESTs lost, doubling from {START_RATE} then {BISECTIONS} bisections"
+                 REQUESTs lost, doubling from {START_RATE} then {BISECTIONS} bisections, \
+                 {STEP_SECONDS} s per rate"
             ),
-            "latency_method": "perfdhcp -x t per-exchange timestamps, nearest-rank percentiles",
-            "servers": servers,
+            "latency_method": format!(
+                "perfdhcp -r {LATENCY_RATE} -p {LATENCY_SECONDS} -x t: per-exchange timestamps, \
+                 nearest-rank percentiles, median over rounds"
+            ),
+            "servers": summaries.iter().map(|s| s.json(ours)).collect::<Vec<_>>(),
             "dnsmasq_not_measured": dnsmasq_missing,
         }))?,
     )?;

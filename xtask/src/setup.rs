@@ -37,6 +37,9 @@ pub const PACKAGES: &[&str] = &[
     "hping3",
     // Datapath tests: ARP requests from a VM, and whose MAC answers them.
     "iputils-arping",
+    // `bench datapath-local`: trafgen sends small UDP packets from a packet
+    // ring, so that the path rather than the sender's sockets is measured.
+    "netsniff-ng",
 ];
 
 /// Daemons those packages install and enable for boot: dhcpcd would

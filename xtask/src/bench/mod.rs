@@ -2,6 +2,7 @@
 //! our system and its peers in the same run, print a table with ratios and
 //! write JSON under target/bench/. Timed assertions belong here, not in tests.
 
+mod datapath_local;
 mod dhcp;
 mod goalstate;
 
@@ -22,6 +23,12 @@ const BENCHES: &[(&str, &str, Bench)] = &[
         "perfdhcp with 10,000 client MACs against the agent's DHCP responder, \
          kea-dhcp4 and dnsmasq: 4-way exchanges/s and p99 latency",
         dhcp::run,
+    ),
+    (
+        "datapath-local",
+        "two VMs on one host: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
+         ping RTT through our eBPF datapath vs a Linux bridge and host routing",
+        datapath_local::run,
     ),
 ];
 

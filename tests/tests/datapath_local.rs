@@ -127,11 +127,11 @@ impl Lab {
         vms: &[(&str, &'static str, &'static str, &'static str, &'static str)],
     ) -> Lab {
         let prefix = unique_prefix(tag);
+        // The host namespace keeps IPv6 on: the agent turns it off on the
+        // port devices, or the host's kernel would send router
+        // solicitations and MLD reports from them into the VMs (the
+        // flooding checks below would see them).
         let host = Netns::new(format!("{prefix}-h")).unwrap();
-        // The host side of each port is a device of the host's own: with
-        // IPv6 on, its kernel would send router solicitations and MLD
-        // reports from it into the VM (the agent leaves IPv6 as it is).
-        traffic::disable_ipv6(&host).unwrap();
         let vms: Vec<Vm> = vms
             .iter()
             .map(|&(name, vpc_id, subnet_id, ip, mac)| {

@@ -75,6 +75,14 @@ async fn v1_push_plugs_a_veth_into_the_namespace() {
         .expect("host side in the host namespace");
     assert_eq!(host_side["linkinfo"]["info_kind"], "veth");
     assert_eq!(host_side["mtu"], 1450);
+    // The host side is a wire into the VM: no IPv6 of the host's own on it.
+    let ipv6_off = host
+        .exec(
+            "cat",
+            &["/proc/sys/net/ipv6/conf/tapport-0001-a/disable_ipv6"],
+        )
+        .unwrap();
+    assert_eq!(ipv6_off.trim(), "1");
 
     let ports = agent.ports().await;
     assert_eq!(ports.len(), 1);

@@ -167,7 +167,10 @@ impl Plumber {
             (Binding::Unbound, _) => Err("an unbound port has no device".into()),
             (Binding::Tap, None) => Ok(None),
             (Binding::Tap, Some(found)) => match self.owner(plan, &found) {
-                Owner::Other => Ok(Some(found.index)),
+                Owner::Other => {
+                    silence_ipv6(&plan.device);
+                    Ok(Some(found.index))
+                }
                 // The port was netns-bound before: its veth goes, the tap will come.
                 Owner::Agent { .. } => {
                     self.delete_orphan(&found).await?;
@@ -260,6 +263,8 @@ impl Plumber {
             .find(&plan.device)
             .await?
             .ok_or_else(|| format!("veth {} vanished right after its creation", plan.device))?;
+        // Before it goes up, so that it never sends anything of its own.
+        silence_ipv6(&plan.device);
         // The kernel ignores an alias given at creation: set it with `up`.
         let finish = LinkUnspec::new_with_index(created.index)
             .append_extra_attribute(LinkAttribute::IfAlias(self.alias(plan)))
@@ -294,6 +299,20 @@ impl Plumber {
         self.datapath
             .lock()
             .map_err(|_| "the datapath lock is poisoned".to_string())
+    }
+}
+
+/// Turns IPv6 off on a port's host-side device: it is a wire into the
+/// VM, not an interface of this host, and with IPv6 on, the host's kernel
+/// would send the VM its own router solicitations and MLD reports.
+fn silence_ipv6(device: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        // A kernel without IPv6 has nothing to turn off.
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(%error, path, "could not turn IPv6 off on a port device");
+        }
+        _ => {}
     }
 }
 

@@ -17,9 +17,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use alcor_ebpf_common::{DropReason as DatapathDrop, PortStats};
 use alcor_proto::{
-    control::{DhcpCounters, GetDhcpCountersRequest, Lease, ListRequest, PortPhase},
+    control::{
+        DhcpCounters, GetCountersRequest, GetDhcpCountersRequest, Lease, ListRequest, PortPhase,
+    },
     schema::{GoalState, OperationStatus, OperationType, PortState},
 };
 use alcor_tests::{
@@ -28,7 +29,6 @@ use alcor_tests::{
     goalstate::*,
     privileged, unique_prefix, wait_for,
 };
-use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use nix::sys::signal::Signal;
 
 const GATEWAY: &str = "10.0.1.1";
@@ -724,15 +724,7 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
     // A MAC that is not the port's (nor one of its address pairs') gets
     // nothing: the datapath's anti-spoofing drops its DISCOVERs before
     // they reach the responder, and counts them.
-    let ifindex = lab
-        .agent
-        .ports()
-        .await
-        .into_iter()
-        .find(|port| port.id == stranger.port_id)
-        .expect("the stranger's port")
-        .ifindex;
-    let spoofed_before = datapath_drops(&lab.agent, ifindex, DatapathDrop::SpoofedMac);
+    let spoofed_before = datapath_drops(&lab.agent, &stranger.port_id, "spoofed-mac").await;
     let before = lab.counters().await;
     stranger
         .netns
@@ -749,7 +741,8 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
         !alcor_tests::dhcp::udhcpc_once(&stranger.netns, &script, 3).unwrap(),
         "an unknown MAC got a lease"
     );
-    let spoofed = datapath_drops(&lab.agent, ifindex, DatapathDrop::SpoofedMac) - spoofed_before;
+    let spoofed =
+        datapath_drops(&lab.agent, &stranger.port_id, "spoofed-mac").await - spoofed_before;
     assert!(spoofed >= 3, "{spoofed} DISCOVERs dropped as spoofed");
     let after = lab.counters().await;
     assert_eq!(sent(&after, "offer"), offers);
@@ -760,19 +753,19 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
     );
 }
 
-/// The datapath's count of frames from port device `ifindex` dropped for
-/// `reason`, read from its pinned per-CPU map (the control API does not
-/// give drops by reason yet).
-fn datapath_drops(agent: &Agent, ifindex: u32, reason: DatapathDrop) -> u64 {
-    let path = agent.pin_dir().join(alcor_ebpf_common::maps::PORT_COUNTERS);
-    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let map: PerCpuHashMap<MapData, u32, PortStats> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).expect("PORT_COUNTERS");
-    match map.get(&ifindex, 0) {
-        Ok(per_cpu) => per_cpu.iter().map(|cpu| cpu.drops[reason as usize]).sum(),
-        Err(MapError::KeyNotFound) => 0,
-        Err(e) => panic!("reading the counters of {ifindex}: {e}"),
-    }
+/// The datapath's count of frames from `port_id`'s VM dropped for `reason`
+/// (`agentctl dp counters`).
+async fn datapath_drops(agent: &Agent, port_id: &str, reason: &str) -> u64 {
+    let counters = agent
+        .control()
+        .await
+        .get_dp_counters(GetCountersRequest {
+            port_id: port_id.into(),
+        })
+        .await
+        .expect("GetDpCounters")
+        .into_inner();
+    counters.ports[0].drops.get(reason).copied().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

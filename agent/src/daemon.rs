@@ -65,8 +65,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lease_time: config.dhcp_lease_time,
         domain: config.dhcp_domain.clone(),
     };
-    let publisher = DhcpPublisher::spawn(state.clone(), dhcp_view.clone(), dhcp_settings);
     let leases = Arc::new(Leases::load(store.clone())?);
+    let publisher = DhcpPublisher::spawn(
+        state.clone(),
+        dhcp_view.clone(),
+        leases.clone(),
+        dhcp_settings,
+    );
     let mut engine = Engine::new(state.clone(), store, plumber, metrics.clone(), publisher);
     let loaded = engine.load()?;
     engine.adopt().await?;

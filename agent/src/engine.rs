@@ -25,7 +25,7 @@ use prost::Message;
 
 use crate::{
     desired::{DesiredState, Entry},
-    dhcp::{DhcpSettings, DhcpView, SharedView},
+    dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
     forwarding,
     goalstate::{
         batch::{Batch, Batched, Op},
@@ -142,7 +142,12 @@ pub struct DhcpPublisher {
 }
 
 impl DhcpPublisher {
-    pub fn spawn(state: SharedState, view: SharedView, settings: DhcpSettings) -> DhcpPublisher {
+    pub fn spawn(
+        state: SharedState,
+        view: SharedView,
+        leases: Arc<Leases>,
+        settings: DhcpSettings,
+    ) -> DhcpPublisher {
         let changed = Arc::new(tokio::sync::Notify::new());
         let notified = changed.clone();
         tokio::spawn(async move {
@@ -155,8 +160,10 @@ impl DhcpPublisher {
                     .filter(|(_, status)| status.phase == PortPhase::Ready)
                     .map(|(id, status)| (id.as_str(), status.ifindex));
                 let built = DhcpView::build(&state.desired, ready, &settings);
-                drop(state);
                 view.store(Arc::new(built));
+                leases
+                    .lock()
+                    .forget_ports(|port_id| state.desired.ports.contains(port_id));
             }
         });
         DhcpPublisher { changed }

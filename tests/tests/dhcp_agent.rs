@@ -681,6 +681,13 @@ async fn a_deleted_port_gets_no_more_answers_and_an_unknown_mac_gets_nothing() {
         "{reply:?}"
     );
     assert!(lab.host.link(&device).unwrap().is_some(), "{device} stays");
+    // Its lease went with it.
+    wait_for(
+        "the deleted port's lease to go",
+        Duration::from_secs(10),
+        async || lab.lease_of(&tap_vm).await.is_none().then_some(()),
+    )
+    .await;
     let before = lab.counters().await;
     let script = lab.clients.script("udhcpc-deleted", UDHCPC_SCRIPT).unwrap();
     assert!(

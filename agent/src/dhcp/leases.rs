@@ -250,6 +250,19 @@ impl LeaseTable {
             .map(|lease| lease.ip)
     }
 
+    /// Drops the leases of ports that no longer exist: their addresses
+    /// went with them. The store forgets them at the next flush.
+    pub fn forget_ports(&mut self, exists: impl Fn(&str) -> bool) {
+        let dirty = &mut self.dirty;
+        self.leases.retain(|key, lease| {
+            let keep = exists(&lease.port_id);
+            if !keep {
+                dirty.insert(key.clone());
+            }
+            keep
+        });
+    }
+
     /// Drops leases that expired more than the retention time ago.
     fn prune(&mut self, now: u64) {
         let dirty = &mut self.dirty;
@@ -445,6 +458,20 @@ mod tests {
         );
         assert_eq!(lease.hostname, "vm-a1");
         assert_eq!(&*lease.port_id, "port-a1");
+    }
+
+    #[test]
+    fn the_leases_of_a_deleted_port_go_at_the_next_flush() {
+        let view = view();
+        let binding = view.lookup(A1_IFINDEX, CLIENT_MAC).unwrap();
+        let mut table = LeaseTable::default();
+        table.bind(binding, NOW);
+        table.dirty.clear();
+        table.forget_ports(|port_id| port_id == "port-a1");
+        assert_eq!(table.len(), 1);
+        table.forget_ports(|_| false);
+        assert!(table.is_empty());
+        assert_eq!(table.dirty.len(), 1, "the store must forget it too");
     }
 
     #[test]

@@ -94,6 +94,10 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.dhcp()),
     ),
     (
+        "Datapath: VMs on the same host ping each other and their gateway through the eBPF port programs (other hosts: the overlay issue)",
+        |d| Box::pin(d.ping()),
+    ),
+    (
         "Crash and restart: kill -9 the agent on host1, start it again, same ports",
         |d| Box::pin(d.restart()),
     ),
@@ -481,6 +485,50 @@ impl Demo {
                 "{}: wrong MAC",
                 vm.port_id
             );
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> anyhow::Result<()> {
+        for (from, to) in self.vms.iter().zip(self.vms.iter().skip(1)) {
+            if from.host != to.host {
+                continue;
+            }
+            for (what, target) in [("VM", to.ip.as_str()), ("gateway", SUBNET.2)] {
+                let output = from
+                    .netns
+                    .output("ping", &["-c", "3", "-i", "0.2", "-W", "2", target])?;
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                let summary = stdout.lines().last().unwrap_or_default();
+                say(format!(
+                    "{} -> {what} {target}: {summary}",
+                    from.short_name()
+                ));
+                ensure!(
+                    output.status.success(),
+                    "{} could not ping {target}",
+                    from.short_name()
+                );
+            }
+        }
+        if self.agentctl.is_ok()
+            && let Some(vm) = self.vms.first()
+        {
+            let agent = self.agent(&vm.host)?;
+            say(format!("{}: agentctl dp counters {}", vm.host, vm.port_id));
+            let output = agent.agentctl(&["dp", "counters", &vm.port_id]);
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                say(format!("  {line}"));
+            }
+            say(format!(
+                "{}: agentctl trace {} --dst {} --src 10.9.9.9 (a forged source)",
+                vm.host, vm.port_id, SUBNET.2
+            ));
+            let output =
+                agent.agentctl(&["trace", &vm.port_id, "--dst", SUBNET.2, "--src", "10.9.9.9"]);
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                say(format!("  {line}"));
+            }
         }
         Ok(())
     }

@@ -48,6 +48,9 @@ fn sync_writes_only_what_changed() {
             sources: changes(6, 0, 0),
             endpoints: changes(4, 0, 0),
             subnets: changes(4, 0, 0),
+            vnis: changes(2, 0, 0),
+            hosts: changes(1, 0, 0),
+            underlay: changes(0, 0, 1),
             conflicts: vec![],
         }
     );
@@ -61,11 +64,15 @@ fn sync_writes_only_what_changed() {
             sources: changes(0, 0, 6),
             endpoints: changes(0, 0, 4),
             subnets: changes(0, 0, 4),
+            vnis: changes(0, 0, 2),
+            hosts: changes(0, 0, 1),
+            underlay: changes(0, 0, 1),
             conflicts: vec![],
         }
     );
 
-    // The remote endpoint moves to another host: one entry rewritten.
+    // The remote endpoint moves to another host: its entry rewritten, the
+    // new host known, the old one (with no endpoint left) forgotten.
     let remote = model
         .endpoints
         .iter_mut()
@@ -75,8 +82,9 @@ fn sync_writes_only_what_changed() {
         host: ip("198.18.0.3"),
     };
     let stats = datapath.sync(&model).unwrap();
-    assert_eq!(stats.changes(), 1, "{stats:?}");
+    assert_eq!(stats.changes(), 3, "{stats:?}");
     assert_eq!(stats.endpoints, changes(1, 0, 3));
+    assert_eq!(stats.hosts, changes(1, 1, 0));
 
     // Subnet 2 leaves the router: its entry, and the record of the port in
     // it (which carries its subnet), are rewritten.

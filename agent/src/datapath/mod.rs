@@ -46,7 +46,7 @@
 //! Every method is synchronous and quick (a few bpf and netlink syscalls, no
 //! waiting). Devices are looked up in the calling thread's network namespace.
 
-mod batch;
+mod bpf;
 mod bpffs;
 mod model;
 mod sync;
@@ -432,8 +432,10 @@ impl Datapath {
                 }
             }
             // Another mode, or a link that no longer works (its device
-            // went): let it go.
-            remove_pin(&existing)?;
+            // went): let it go, now (dropping the last reference would
+            // detach it later, from a work queue, and the new attachment
+            // would find it still there).
+            detach_pinned_link(&existing)?;
         }
         let program = self.xdp_program()?;
         let id = program
@@ -452,10 +454,10 @@ impl Datapath {
     }
 
     /// Removes the XDP program from the device, if attached (in any mode).
+    /// When this returns, the program no longer runs there.
     pub fn detach_xdp(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         for (path, _) in self.xdp_pins(ifindex)? {
-            // The pin holds the last reference: the link goes with it.
-            remove_pin(&path)?;
+            detach_pinned_link(&path)?;
         }
         Ok(())
     }
@@ -696,6 +698,23 @@ fn add_clsact(ifindex: u32, ifname: &str) -> Result<bool, DatapathError> {
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
         Err(source) => Err(DatapathError::Clsact { ifindex, source }),
     }
+}
+
+/// Detaches the link pinned at `path` at once (BPF_LINK_DETACH), then
+/// removes the pin. Letting the last reference go would detach it too, but
+/// later: the kernel frees links from a work queue.
+fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
+    match bpf::detach_pinned_link(path) {
+        // Detached already (its device went), or no pin: fine.
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOLINK | libc::ENOENT)) => {
+            return Err(DatapathError::Io {
+                what: format!("cannot detach the link pinned at {}", path.display()),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    remove_pin(path)
 }
 
 /// Removes a pin (and with it, if it held the last reference, the object).

@@ -32,7 +32,7 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Datapath, DatapathError, batch, map_error,
+    Datapath, DatapathError, bpf as batch, map_error,
     model::{DatapathModel, Entries, Location, endpoint_location, from_net_u32},
     removed,
 };

@@ -25,6 +25,7 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 use super::*;
 
 mod netns;
+mod overlay;
 mod packets;
 mod programs;
 mod sync;

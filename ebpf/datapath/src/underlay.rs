@@ -37,9 +37,13 @@ use alcor_ebpf_common::{
 use aya_ebpf::{
     bindings::{
         BPF_CSUM_LEVEL_DEC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_hdr_start_off::BPF_HDR_START_MAC,
+        xdp_action,
     },
-    helpers::{bpf_csum_level, bpf_redirect, bpf_redirect_peer, bpf_skb_pull_data},
+    helpers::{
+        bpf_csum_level, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
+        bpf_skb_load_bytes_relative, bpf_skb_pull_data,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -136,7 +140,7 @@ fn decapsulate(ctx: &TcContext) -> Decap {
     let Some(eth) = header::<EthHdr>(ctx, 0) else {
         return Decap::Pass;
     };
-    if u16::from_be_bytes(eth.proto) != ETH_P_IP {
+    if u16::from_be_bytes(eth.proto) != ETH_P_IP && !restore_mac_header(ctx, local_ip) {
         return Decap::Pass;
     }
     let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
@@ -223,6 +227,52 @@ fn decapsulate(ctx: &TcContext) -> Decap {
         vni,
         len: ctx.len(),
     }
+}
+
+/// Makes the frame start at its Ethernet header again if it starts at its
+/// IPv4 header and is VXLAN to `local_ip`; true if it did.
+///
+/// Kernel surprise (6.18): when generic (skb-mode) XDP has to copy a
+/// packet first (cloned, non-linear or short of headroom: most packets
+/// from a veth), `skb_pp_cow_data` copies the header offsets but not
+/// `skb->mac_len`, which stays 0; cls_bpf pushes `mac_len` bytes before
+/// running the program, so the program sees the packet from its network
+/// header, and any change at the MAC layer would land in the wrong place.
+/// The Ethernet header is still there, before the network header:
+/// `bpf_skb_change_head` puts 14 bytes in front (and resets `mac_len` to
+/// 14), and the header is copied into them.
+#[inline(always)]
+fn restore_mac_header(ctx: &TcContext, local_ip: u32) -> bool {
+    // SAFETY: the context is the kernel's `__sk_buff`.
+    if unsafe { (*ctx.skb.skb).protocol } != u32::from(ETH_P_IP.to_be()) {
+        return false;
+    }
+    match header::<Ipv4Hdr>(ctx, 0) {
+        Some(ip) if ip.vihl >> 4 == 4 && ip.proto == IPPROTO_UDP && ip4(ip.dst) == local_ip => {}
+        _ => return false,
+    }
+    let mut eth = EthHdr {
+        dst: [0; 6],
+        src: [0; 6],
+        proto: [0; 2],
+    };
+    // SAFETY: plain helper calls; `eth` is ours, of the length given.
+    let loaded = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.skb.skb.cast(),
+            0,
+            (&raw mut eth).cast(),
+            ETH_LEN as u32,
+            BPF_HDR_START_MAC,
+        )
+    };
+    if loaded != 0 || u16::from_be_bytes(eth.proto) != ETH_P_IP {
+        return false;
+    }
+    if unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_LEN as u32, 0) } != 0 {
+        return false;
+    }
+    ctx.store(0, &eth, 0).is_ok()
 }
 
 #[inline(always)]

@@ -1,5 +1,8 @@
-//! Batched map operations (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`,
-//! `BPF_MAP_LOOKUP_BATCH`, Linux 5.6), which aya 0.14 does not offer: one
+//! The bpf(2) calls aya 0.14 does not offer: batched map operations
+//! (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, `BPF_MAP_LOOKUP_BATCH`,
+//! Linux 5.6), and `BPF_LINK_DETACH` ([`detach_pinned_link`]).
+//!
+//! Batches: one
 //! bpf(2) call writes, removes or reads thousands of entries, where one
 //! call per entry makes a million neighbors cost seconds of syscalls.
 //!
@@ -16,9 +19,14 @@
 //! [`aya::Pod`] (any bytes the kernel writes are valid values).
 
 use std::{
+    ffi::CString,
     io,
     mem::size_of,
-    os::fd::{AsFd as _, AsRawFd},
+    os::{
+        fd::{AsFd as _, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
 };
 
 use aya::maps::MapData;
@@ -27,6 +35,8 @@ use aya::maps::MapData;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Entries per bpf(2) call: big enough that the syscall costs nothing per
 /// entry, small enough that one call holds the CPU only a few milliseconds
@@ -98,6 +108,68 @@ unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<u32> 
         Err(io::Error::last_os_error())
     } else {
         Ok(attr.count)
+    }
+}
+
+/// Detaches the link pinned at `path` from its hook now (Linux 5.9; XDP,
+/// tcx, netns and a few more link types support it). The link object lives
+/// on, defunct, until its last reference (the pin) goes. `ENOLINK`: it was
+/// detached already (its device went).
+pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    /// `union bpf_attr`'s `BPF_OBJ_*` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        /// Explicit, so that it is zero: the kernel refuses non-zero
+        /// bytes past the fields it knows.
+        _pad: u32,
+    }
+    /// `union bpf_attr`'s `link_detach` member.
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    // SAFETY: the attribute is a valid `bpf_attr` prefix of the size given;
+    // `pathname` is a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::from_mut(&mut attr),
+            size_of::<ObjAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // SAFETY: as above, without pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            std::ptr::from_mut(&mut attr),
+            size_of::<LinkDetachAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ mod overlay;
 mod packets;
 mod programs;
 mod sync;
+mod tap;
 
 /// tc's verdict for "let the frame through".
 const TC_ACT_OK: u32 = 0;

@@ -432,7 +432,7 @@ fn vms_on_two_hosts_talk_over_vxlan() {
     if !privileged() {
         return;
     }
-    let mut t = TwoHosts::new();
+    let t = TwoHosts::new();
 
     // Same subnet, both ways; routed across subnets and hosts, both ways.
     assert!(t.a.vm.ping("10.0.1.20", &[]), "A → B");

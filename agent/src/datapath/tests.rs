@@ -30,6 +30,7 @@ mod packets;
 mod programs;
 mod sync;
 mod tap;
+mod tunnel;
 
 /// tc's verdict for "let the frame through".
 const TC_ACT_OK: u32 = 0;

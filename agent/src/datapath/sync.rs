@@ -426,6 +426,46 @@ impl Datapath {
             .collect())
     }
 
+    /// The kernel memory each map holds (its `memlock` as the kernel
+    /// accounts it, in bytes), by map name.
+    pub fn map_memory(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let maps: [(&'static str, &MapData); 9] = [
+            (
+                maps::PORT_COUNTERS,
+                IterableMap::<u32, _>::map(&self.counters),
+            ),
+            (maps::PORTS, self.ports.map()),
+            (maps::SOURCES, self.sources.map()),
+            (maps::ENDPOINTS, self.endpoints.map()),
+            (maps::SUBNETS, self.subnets.map()),
+            (maps::UNDERLAY, self.underlay.map()),
+            (maps::VNIS, self.vnis.map()),
+            (maps::HOSTS, self.hosts.map()),
+            (
+                maps::UNDERLAY_STATS,
+                IterableMap::<u32, _>::map(&self.underlay_stats),
+            ),
+        ];
+        maps.into_iter()
+            .map(|(name, map)| {
+                let fd = map.fd().as_fd().as_raw_fd();
+                let path = format!("/proc/self/fdinfo/{fd}");
+                let info = std::fs::read_to_string(&path).map_err(|source| DatapathError::Io {
+                    what: format!("cannot read {path}"),
+                    source,
+                })?;
+                let bytes = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("memlock:"))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0);
+                Ok((name, bytes))
+            })
+            .collect()
+    }
+
     /// The host's tunnel traffic and the underlay programs' drops, summed
     /// over CPUs.
     pub fn underlay_stats(&self) -> Result<UnderlayStats, DatapathError> {

@@ -8,7 +8,7 @@
 //! descriptor only, so everything goes when the test ends, even on panic.
 
 use std::{
-    io,
+    io::{self, Write as _},
     net::{Ipv4Addr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
@@ -581,4 +581,212 @@ fn spoofed_vxlan_is_dropped_by_tc_and_by_xdp() {
     wait_for(&t.h2, UnderlayDropReason::UnknownHost, 7);
     assert_eq!(drops(&t.h2, UnderlayDropReason::XdpUnknownHost), expected.0);
     assert!(t.a.vm.ping("10.0.1.20", &[]), "A → B without XDP");
+}
+
+/// How the two hosts of a measurement forward between their VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// Our programs; outer MACs by `bpf_redirect_neigh` (`mac` false) or
+    /// written from the model's host MACs (`bpf_redirect`); XDP early drop
+    /// in a mode, or off.
+    Ours { mac: bool, xdp: Option<XdpMode> },
+    /// The kernel's own overlay: a VXLAN device (VNI 100) and a bridge per
+    /// host, the port veths in it, static forwarding entries.
+    Kernel,
+}
+
+impl TwoHosts {
+    /// Switches A's and B's hosts to `forwarding` (from ours, as set up).
+    fn forward(&mut self, forwarding: Forwarding) {
+        let ports = [
+            (self.a.port, "port-a", self.h2.ip),
+            (self.b.port, "port-b", self.h1.ip),
+        ];
+        let (m1, m2) = self.models();
+        let macs = [self.h2.mac, self.h1.mac];
+        for ((host, mut model), ((port, port_name, peer_ip), peer_mac)) in
+            [(&mut self.h1, m1), (&mut self.h2, m2)]
+                .into_iter()
+                .zip(ports.into_iter().zip(macs))
+        {
+            let underlay = host.underlay;
+            match forwarding {
+                Forwarding::Ours { mac, xdp } => {
+                    if mac {
+                        model.hosts = vec![HostSpec {
+                            ip: peer_ip,
+                            mac: Some(peer_mac),
+                        }];
+                    }
+                    host.datapath.sync(&model).unwrap();
+                    host.with(|datapath| {
+                        datapath.attach_port(port).unwrap();
+                        datapath.attach_underlay(underlay).unwrap();
+                        match xdp {
+                            Some(mode) => datapath.attach_xdp(underlay, mode).unwrap(),
+                            None => datapath.detach_xdp(underlay).unwrap(),
+                        }
+                    });
+                }
+                Forwarding::Kernel => {
+                    host.with(|datapath| {
+                        datapath.detach_port(port).unwrap();
+                        datapath.detach_underlay(underlay).unwrap();
+                        datapath.detach_xdp(underlay).unwrap();
+                    });
+                    let ip = host.ip.to_string();
+                    let peer = peer_ip.to_string();
+                    for command in [
+                        format!(
+                            "ip link add vx100 type vxlan id 100 local {ip} dstport 4789 dev \
+                             {UNDERLAY} nolearning"
+                        ),
+                        "ip link add brk type bridge".into(),
+                        "ip link set vx100 master brk".into(),
+                        format!("ip link set {port_name} master brk"),
+                        "ip link set vx100 up".into(),
+                        "ip link set brk up".into(),
+                        format!("bridge fdb append 00:00:00:00:00:00 dev vx100 dst {peer}"),
+                    ] {
+                        host.ns.run("sh", &["-c", &command]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Back from the kernel's overlay to nothing in the way of ours.
+    fn unforward_kernel(&mut self) {
+        for host in [&self.h1, &self.h2] {
+            host.ns
+                .run("sh", &["-c", "ip link del brk; ip link del vx100"]);
+        }
+    }
+}
+
+/// Single-stream TCP throughput from `client` to `server` (Gbit/s), by
+/// iperf3 for `seconds`.
+fn iperf(client: &Vm, server: &Vm, server_ip: &str, seconds: u32) -> f64 {
+    let mut listener = server
+        .command("iperf3", &["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let output = client.output(
+        "iperf3",
+        &[
+            "-c",
+            server_ip,
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
+    );
+    let _ = listener.wait();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+/// Average ping RTT from `client` to `target` in µs (500 pings, 2 ms
+/// apart).
+fn ping_rtt(client: &Vm, target: &str) -> f64 {
+    let output = client.output("ping", &["-c", "500", "-i", "0.002", "-q", "-n", target]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.split(" = ").nth(1))
+        .and_then(|values| values.split('/').nth(1))
+        .and_then(|avg| avg.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+        * 1000.0
+}
+
+/// Throughput and latency between VMs on two hosts: our overlay (both
+/// ways to the next hop, XDP off / generic / native) against the kernel's
+/// own (VXLAN device + bridge), alternating, 3 runs each, in one run of
+/// this test. Prints a table; asserts nothing about time. Run it alone:
+/// `cargo test -p alcor-agent --release overlay_measurements -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it alone, in release, with --ignored"]
+fn overlay_measurements() {
+    if !privileged() {
+        return;
+    }
+    let mut t = TwoHosts::new();
+    let variants = [
+        ("kernel VXLAN + bridge", Forwarding::Kernel),
+        (
+            "ours, bpf_redirect_neigh",
+            Forwarding::Ours {
+                mac: false,
+                xdp: None,
+            },
+        ),
+        (
+            "ours, bpf_redirect + MACs",
+            Forwarding::Ours {
+                mac: true,
+                xdp: None,
+            },
+        ),
+        (
+            "ours, neigh, XDP generic",
+            Forwarding::Ours {
+                mac: false,
+                xdp: Some(XdpMode::Skb),
+            },
+        ),
+        (
+            "ours, neigh, XDP native",
+            Forwarding::Ours {
+                mac: false,
+                xdp: Some(XdpMode::Driver),
+            },
+        ),
+    ];
+    let seconds: u32 = std::env::var("OVERLAY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    for round in 0..3 {
+        for (i, (name, forwarding)) in variants.iter().enumerate() {
+            t.forward(*forwarding);
+            assert!(t.a.vm.ping("10.0.1.20", &[]), "{name}");
+            let gbits = iperf(&t.a.vm, &t.b.vm, "10.0.1.20", seconds);
+            let rtt = ping_rtt(&t.a.vm, "10.0.1.20");
+            let _ = writeln!(
+                io::stderr(),
+                "round {round} {name}: {gbits:.2} Gbit/s, {rtt:.1} µs"
+            );
+            results[i].push((gbits, rtt));
+            if *forwarding == Forwarding::Kernel {
+                t.unforward_kernel();
+            }
+        }
+    }
+    let mean = |runs: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        runs.iter().map(pick).sum::<f64>() / runs.len() as f64
+    };
+    let kernel_gbits = mean(&results[0], |r| r.0);
+    let kernel_rtt = mean(&results[0], |r| r.1);
+    let _ = writeln!(
+        io::stderr(),
+        "\n| variant | TCP Gbit/s | ratio | ping µs | ratio |"
+    );
+    let _ = writeln!(io::stderr(), "|---|---|---|---|---|");
+    for ((name, _), runs) in variants.iter().zip(&results) {
+        let (gbits, rtt) = (mean(runs, |r| r.0), mean(runs, |r| r.1));
+        let _ = writeln!(
+            io::stderr(),
+            "| {name} | {gbits:.2} | {:.2}× | {rtt:.1} | {:.2}× |",
+            gbits / kernel_gbits,
+            rtt / kernel_rtt
+        );
+    }
 }

@@ -241,7 +241,6 @@ impl Host {
 }
 
 /// The device's transmit drops, as the kernel counts them.
-#[allow(dead_code)]
 pub fn tx_dropped(host: &Host, name: &str) -> u64 {
     let output = host
         .ns
@@ -297,7 +296,15 @@ fn tap_ports_get_decapsulated_tcp_as_ordinary_frames() {
             delivered.frames * MSS >= LEN / 2,
             "{guest:?}: {delivered:?}"
         );
-        assert_eq!(tx_dropped(&h2, "tap-c"), 0, "{guest:?}");
+        // A tap whose reader falls behind drops from its queue, as a busy
+        // guest's would; one that refused tunnel-marked GSO packets would
+        // drop every large one, and the transfer would stall.
+        let dropped = tx_dropped(&h2, "tap-c");
+        assert!(
+            dropped * 100 <= delivered.frames as u64,
+            "{guest:?}: {dropped} dropped by the tap, {} delivered",
+            delivered.frames
+        );
         let mut gso = delivered.gso_types.clone();
         gso.resize(256, 0);
         match guest {

@@ -1278,14 +1278,14 @@ mod trace {
                 probe.ttl,
                 setup.router_words(from, setup.subnet_of(dst))
             ),
-            DropReason::RemoteNotSupported => {
+            DropReason::NoUnderlay => {
                 let host = match setup.endpoint(dst).map(|e| e.location) {
                     Some(Location::Remote { host }) => host.to_string(),
                     _ => "another host".into(),
                 };
                 format!(
-                    "{dst} lives on another host ({host}), and cross-host (VXLAN) delivery is \
-                     not supported yet"
+                    "{dst} lives on another host ({host}), and this host has no underlay \
+                     (tunnel endpoint) configured to reach it"
                 )
             }
             DropReason::ArpUnknownTarget => match from {
@@ -1416,6 +1416,18 @@ mod trace {
                         String::new()
                     },
                 };
+            }
+            // Minimal wiring by the overlay work; the control service's
+            // owner may want a verdict and next-hop kind of its own.
+            Verdict::Encapsulated { routed, .. } => {
+                explained.verdict = if routed {
+                    api::TraceVerdict::Routed
+                } else {
+                    api::TraceVerdict::Delivered
+                };
+                explained.explanation = verdict.to_string();
+                explained.next_hop.kind = "tunnel".into();
+                explained.next_hop.routed = routed;
             }
             Verdict::Answered(answer) => {
                 explained.verdict = api::TraceVerdict::Answered;

@@ -16,6 +16,19 @@
 //! no PORTS entry is not programmed: its frames pass untouched, as before the
 //! agent knew it.
 //!
+//! Across hosts (VXLAN, `ebpf/datapath/src/tunnel.rs` and `underlay.rs`):
+//! the port program encapsulates frames for remote endpoints and sends them
+//! to the underlay device; `underlay_in`, a tc filter on the underlay
+//! device's ingress ([`Datapath::attach_underlay`]), decapsulates VXLAN for
+//! the VNIs served here and delivers it to its port; `underlay_xdp`
+//! ([`Datapath::attach_xdp`], optional) drops VXLAN for unknown VNIs or from
+//! unknown hosts before the kernel allocates anything. Their maps: UNDERLAY
+//! (this host's tunnel endpoint), VNIS (served here: the ports' VNIs), HOSTS
+//! (the other hosts, with the next hop's MAC where known) and
+//! UNDERLAY_STATS (per CPU: tunnel traffic and the underlay's drops by
+//! reason). [`DatapathModel::underlay`] and [`DatapathModel::hosts`] say what
+//! they hold.
+//!
 //! Port programs are cls_bpf filters in direct-action mode on the device's
 //! clsact qdisc (legacy netlink tc), not tcx links: attaching a tcx link
 //! waits for an RCU grace period while holding the rtnl lock (~13 ms per
@@ -33,6 +46,7 @@
 //! Every method is synchronous and quick (a few bpf and netlink syscalls, no
 //! waiting). Devices are looked up in the calling thread's network namespace.
 
+mod bpf;
 mod bpffs;
 mod model;
 mod sync;
@@ -47,27 +61,38 @@ use std::{
 };
 
 use alcor_ebpf_common::{
-    EndpointKey, MAX_ENDPOINTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS, NO_PREALLOC, PortInfo,
-    SourceKey, SubnetInfo, SubnetKey, maps, programs,
+    EndpointKey, HostInfo, MAX_ENDPOINTS, MAX_HOSTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS, MAX_VNIS,
+    NO_PREALLOC, PortInfo, SourceKey, SubnetInfo, SubnetKey, UnderlayInfo, maps, programs,
 };
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, MapType, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     pin::PinError,
     programs::{
-        Link, Program, ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle,
+        Link, Program, ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
     sys::SyscallError,
 };
 
-pub use alcor_ebpf_common::{DropReason, PortCounters, PortStats, Redirect};
-pub use model::{DatapathModel, EndpointSpec, Location, PortSpec, SubnetSpec};
-pub use sync::{
-    EndpointEntry, MapChanges, PortEntry, RouteEntry, SubnetEntry, SyncStats, drops_by_reason,
+pub use alcor_ebpf_common::{
+    DropReason, NextHop, PortCounters, PortStats, Redirect, TunnelCounters, UnderlayDropReason,
+    UnderlayStats,
 };
-pub use trace::{Answer, PassReason, TraceResult, Verdict};
+pub use aya::programs::XdpMode;
+pub use model::{
+    DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, SubnetSpec, UnderlaySpec,
+};
+pub use sync::{
+    EndpointEntry, HostEntry, MapChanges, PortEntry, RouteEntry, SubnetEntry, SyncStats,
+    UnderlayEntry, drops_by_reason, underlay_drops_by_reason,
+};
+pub use trace::{Answer, PassReason, TraceResult, UnderlayTrace, UnderlayVerdict, Verdict};
 
 /// Where the agent pins its maps unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/alcor";
@@ -92,6 +117,12 @@ const ATTACHED_PORTS: &str = "ATTACHED_PORTS";
 /// Where the previous build pinned a tcx link per port and hook, named
 /// `port-<ifindex>-<ingress|egress>`; replaced by filters on open.
 const TCX_LINKS_DIR: &str = "links";
+
+/// Where the XDP program's link to an underlay device is pinned:
+/// `xdp-<ifindex>-<native|generic>`. Pinned, the link (and the program)
+/// stays attached when the agent stops; a successor swaps its own program
+/// into it.
+const XDP_LINK_PREFIX: &str = "xdp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -159,6 +190,12 @@ pub enum DatapathError {
     /// The port's device does not exist (yet): nothing was attached.
     #[error("no network device with ifindex {0}")]
     NoSuchDevice(u32),
+    #[error("cannot attach XDP to device {ifindex}")]
+    Xdp {
+        ifindex: u32,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("cannot trace this frame: {0}")]
     InvalidFrame(String),
     #[error("tracing a frame from port {ifindex}")]
@@ -169,28 +206,32 @@ pub enum DatapathError {
     },
 }
 
-/// The two tc hooks of a port device and the program that runs on each.
+/// The tc hooks the datapath uses and the program that runs on each.
 #[derive(Debug, Clone, Copy)]
 enum Hook {
-    /// Ingress of the device: frames the VM sent.
+    /// Ingress of a port device: frames the VM sent.
     FromVm,
-    /// Egress of the device: frames on their way to the VM.
+    /// Egress of a port device: frames on their way to the VM.
     ToVm,
+    /// Ingress of the underlay device: VXLAN from other hosts.
+    FromUnderlay,
 }
 
 impl Hook {
+    /// The hooks of a port device.
     const ALL: [Self; 2] = [Self::FromVm, Self::ToVm];
 
     const fn program(self) -> &'static str {
         match self {
             Self::FromVm => programs::PORT_FROM_VM,
             Self::ToVm => programs::PORT_TO_VM,
+            Self::FromUnderlay => programs::UNDERLAY_IN,
         }
     }
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromVm => TcAttachType::Ingress,
+            Self::FromVm | Self::FromUnderlay => TcAttachType::Ingress,
             Self::ToVm => TcAttachType::Egress,
         }
     }
@@ -217,10 +258,15 @@ pub struct Datapath {
     sources: LpmTrie<MapData, SourceKey, u32>,
     endpoints: HashMap<MapData, EndpointKey, alcor_ebpf_common::Endpoint>,
     subnets: LpmTrie<MapData, SubnetKey, SubnetInfo>,
+    underlay: Array<MapData, UnderlayInfo>,
+    vnis: HashMap<MapData, u32, u32>,
+    hosts: HashMap<MapData, u32, HostInfo>,
+    underlay_stats: PerCpuArray<MapData, alcor_ebpf_common::UnderlayStats>,
     attached: HashMap<MapData, u32, u8>,
     /// What the forwarding maps hold as of the last successful sync; `None`
     /// until the first one, which reads them from the kernel.
     held: Option<model::Entries>,
+    pin_dir: PathBuf,
 }
 
 impl Datapath {
@@ -254,6 +300,7 @@ impl Datapath {
         for (name, program) in ebpf.programs_mut() {
             let loaded = match program {
                 Program::SchedClassifier(program) => program.load(),
+                Program::Xdp(program) => program.load(),
                 _ => {
                     return Err(DatapathError::UnsupportedProgram { name: name.into() });
                 }
@@ -271,6 +318,14 @@ impl Datapath {
             .map_err(map_error(maps::ENDPOINTS))?;
         let subnets = LpmTrie::try_from(take_map(&mut ebpf, maps::SUBNETS)?)
             .map_err(map_error(maps::SUBNETS))?;
+        let underlay = Array::try_from(take_map(&mut ebpf, maps::UNDERLAY)?)
+            .map_err(map_error(maps::UNDERLAY))?;
+        let vnis =
+            HashMap::try_from(take_map(&mut ebpf, maps::VNIS)?).map_err(map_error(maps::VNIS))?;
+        let hosts =
+            HashMap::try_from(take_map(&mut ebpf, maps::HOSTS)?).map_err(map_error(maps::HOSTS))?;
+        let underlay_stats = PerCpuArray::try_from(take_map(&mut ebpf, maps::UNDERLAY_STATS)?)
+            .map_err(map_error(maps::UNDERLAY_STATS))?;
         let attached = attached_ports_map(&pin_dir.join(ATTACHED_PORTS))?;
         let mut datapath = Self {
             ebpf,
@@ -279,8 +334,13 @@ impl Datapath {
             sources,
             endpoints,
             subnets,
+            underlay,
+            vnis,
+            hosts,
+            underlay_stats,
             attached,
             held: None,
+            pin_dir: pin_dir.to_owned(),
         };
         datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;
         datapath.forget_deleted_devices()?;
@@ -305,15 +365,143 @@ impl Datapath {
             .insert(ifindex, 1, 0)
             .map_err(map_error(ATTACHED_PORTS))?;
         self.create_counters(ifindex)?;
-        let new_qdisc = match tc::qdisc_add_clsact(&ifname) {
-            Ok(()) => true,
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(source) => return Err(DatapathError::Clsact { ifindex, source }),
-        };
+        let new_qdisc = add_clsact(ifindex, &ifname)?;
         for hook in Hook::ALL {
             self.attach_hook(ifindex, &ifname, hook, new_qdisc)?;
         }
         Ok(())
+    }
+
+    /// Attaches `underlay_in` to the underlay device's ingress (a tc
+    /// filter, as on ports: it stays when the agent stops, and attaching
+    /// again swaps the program in place). From then on VXLAN addressed to
+    /// this host ([`DatapathModel::underlay`]) for the VNIs of its ports is
+    /// decapsulated and delivered; everything else passes untouched. The
+    /// device must be the one the model's underlay names.
+    pub fn attach_underlay(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
+        let new_qdisc = add_clsact(ifindex, &ifname)?;
+        self.attach_hook(ifindex, &ifname, Hook::FromUnderlay, new_qdisc)
+    }
+
+    /// Removes `underlay_in` from the device, if there. VXLAN then goes to
+    /// the host stack (the kernel's VXLAN device, if any).
+    pub fn detach_underlay(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let Some(ifname) = ifname(ifindex)? else {
+            return Ok(());
+        };
+        let hook = Hook::FromUnderlay;
+        match hook.filter(&ifname).and_then(Link::detach) {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)) => {
+                Ok(())
+            }
+            deleted => deleted.map_err(filter_error(ifindex, hook)),
+        }
+    }
+
+    /// Attaches the XDP early-drop program (`underlay_xdp`) to the underlay
+    /// device in `mode`: VXLAN to this host for a VNI not served here or
+    /// from an unknown host is dropped before the kernel allocates anything
+    /// for it; everything else passes. Its link is pinned, so it stays when
+    /// the agent stops; attaching again swaps this agent's program in
+    /// (atomically if the mode is the same; in another mode the old
+    /// attachment goes first).
+    ///
+    /// [`XdpMode::Driver`] (native) is the cheap one on real NICs; on a
+    /// veth it makes the peer give up GSO (see the report in the tests).
+    /// [`XdpMode::Skb`] (generic) runs after the kernel has built the
+    /// packet.
+    pub fn attach_xdp(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), DatapathError> {
+        let xdp_error = |source| DatapathError::Xdp {
+            ifindex,
+            source: Box::new(source),
+        };
+        if ifname(ifindex)?.is_none() {
+            return Err(DatapathError::NoSuchDevice(ifindex));
+        }
+        let path = self.xdp_pin(ifindex, mode);
+        for (existing, existing_mode) in self.xdp_pins(ifindex)? {
+            if existing_mode == mode
+                && let Ok(link) = PinnedLink::from_pin(&existing)
+                && let Ok(link) = XdpLink::try_from(FdLink::from(link))
+            {
+                let program = self.xdp_program()?;
+                if program.attach_to_link(link).is_ok() {
+                    // The link is pinned: this handle may go.
+                    return Ok(());
+                }
+            }
+            // Another mode, or a link that no longer works (its device
+            // went): let it go, now (dropping the last reference would
+            // detach it later, from a work queue, and the new attachment
+            // would find it still there).
+            detach_pinned_link(&existing)?;
+        }
+        let program = self.xdp_program()?;
+        let id = program
+            .attach_to_if_index(ifindex, mode)
+            .map_err(xdp_error)?;
+        let link = program.take_link(id).map_err(xdp_error)?;
+        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        link.pin(&path).map_err(|source| DatapathError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Removes the XDP program from the device, if attached (in any mode).
+    /// When this returns, the program no longer runs there.
+    pub fn detach_xdp(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        for (path, _) in self.xdp_pins(ifindex)? {
+            detach_pinned_link(&path)?;
+        }
+        Ok(())
+    }
+
+    /// The mode the XDP program is attached to the device in, if it is.
+    pub fn xdp_mode(&self, ifindex: u32) -> Result<Option<XdpMode>, DatapathError> {
+        Ok(self.xdp_pins(ifindex)?.first().map(|&(_, mode)| mode))
+    }
+
+    fn xdp_pin(&self, ifindex: u32, mode: XdpMode) -> PathBuf {
+        let mode = match mode {
+            XdpMode::Driver => "native",
+            XdpMode::Skb => "generic",
+            XdpMode::Hardware => "offload",
+            XdpMode::Default => "default",
+        };
+        self.pin_dir
+            .join(format!("{XDP_LINK_PREFIX}{ifindex}-{mode}"))
+    }
+
+    /// The pinned XDP links of the device, with their modes.
+    fn xdp_pins(&self, ifindex: u32) -> Result<Vec<(PathBuf, XdpMode)>, DatapathError> {
+        let mut pins = Vec::new();
+        for mode in [
+            XdpMode::Driver,
+            XdpMode::Skb,
+            XdpMode::Hardware,
+            XdpMode::Default,
+        ] {
+            let path = self.xdp_pin(ifindex, mode);
+            if path.exists() {
+                pins.push((path, mode));
+            }
+        }
+        Ok(pins)
+    }
+
+    fn xdp_program(&mut self) -> Result<&mut Xdp, DatapathError> {
+        let name = programs::UNDERLAY_XDP;
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing(name))?
+            .try_into()
+            .map_err(program_error(name))
     }
 
     /// Removes our filters from the device (if it still exists) and forgets the port and its
@@ -503,6 +691,43 @@ impl Datapath {
     }
 }
 
+/// Adds a clsact qdisc to the device unless it has one; true if added.
+fn add_clsact(ifindex: u32, ifname: &str) -> Result<bool, DatapathError> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(true),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(source) => Err(DatapathError::Clsact { ifindex, source }),
+    }
+}
+
+/// Detaches the link pinned at `path` at once (BPF_LINK_DETACH), then
+/// removes the pin. Letting the last reference go would detach it too, but
+/// later: the kernel frees links from a work queue.
+fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
+    match bpf::detach_pinned_link(path) {
+        // Detached already (its device went), or no pin: fine.
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOLINK | libc::ENOENT)) => {
+            return Err(DatapathError::Io {
+                what: format!("cannot detach the link pinned at {}", path.display()),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    remove_pin(path)
+}
+
+/// Removes a pin (and with it, if it held the last reference, the object).
+fn remove_pin(path: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DatapathError::Io {
+            what: format!("cannot remove {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The map of attached ports pinned at `path`, created if there is none.
 fn attached_ports_map(path: &Path) -> Result<HashMap<MapData, u32, u8>, DatapathError> {
     let map = match MapData::from_pin(path) {
@@ -574,7 +799,7 @@ struct MapLayout {
 
 /// The layout of every map of the object, from the same types and
 /// constants the programs declare them with.
-const MAP_LAYOUTS: [MapLayout; 5] = [
+const MAP_LAYOUTS: [MapLayout; 9] = [
     MapLayout {
         name: maps::PORT_COUNTERS,
         map_type: MapType::PerCpuHash,
@@ -615,6 +840,38 @@ const MAP_LAYOUTS: [MapLayout; 5] = [
         max_entries: MAX_SUBNETS,
         flags: NO_PREALLOC,
     },
+    MapLayout {
+        name: maps::UNDERLAY,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<UnderlayInfo>(),
+        max_entries: 1,
+        flags: 0,
+    },
+    MapLayout {
+        name: maps::VNIS,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        max_entries: MAX_VNIS,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::HOSTS,
+        map_type: MapType::Hash,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<HostInfo>(),
+        max_entries: MAX_HOSTS,
+        flags: NO_PREALLOC,
+    },
+    MapLayout {
+        name: maps::UNDERLAY_STATS,
+        map_type: MapType::PerCpuArray,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<alcor_ebpf_common::UnderlayStats>(),
+        max_entries: 1,
+        flags: 0,
+    },
 ];
 
 /// Maps are reused as found in the pin directory; one pinned by an agent
@@ -628,7 +885,11 @@ fn check_pinned_layout(
         .map(layout.name)
         .ok_or(DatapathError::Missing(layout.name))?;
     let data: &MapData = match map {
-        Map::PerCpuHashMap(data) | Map::HashMap(data) | Map::LpmTrie(data) => data,
+        Map::PerCpuHashMap(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::Array(data)
+        | Map::PerCpuArray(data) => data,
         _ => {
             return Err(DatapathError::IncompatiblePinnedMap {
                 name: layout.name,

@@ -14,15 +14,17 @@ use std::{
 };
 
 use alcor_ebpf_common::{
-    Endpoint, EndpointKey, PortInfo, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY, SUBNET_HAS_GATEWAY,
-    SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, location,
+    Endpoint, EndpointKey, HOST_MAC, HostInfo, PortInfo, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY,
+    SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, UNDERLAY_GATEWAY_MAC,
+    UnderlayInfo, VNI_SERVED, location,
 };
 use ipnet::Ipv4Net;
 
 use crate::model::{AddressPair, GatewayAddress, Mac, Vni};
 
 /// Everything the datapath forwards by: the local ports, the addresses known
-/// in each VPC, and the subnets with their gateways and routers.
+/// in each VPC, the subnets with their gateways and routers, and this host's
+/// place in the underlay (its tunnel endpoint, the other hosts).
 /// [`Datapath::sync`](super::Datapath::sync) makes the pinned maps say
 /// exactly this.
 ///
@@ -42,7 +44,15 @@ use crate::model::{AddressPair, GatewayAddress, Mac, Vni};
 /// // The port's own addresses are endpoints of its VPC too.
 /// model.endpoints.extend(web.endpoints());
 /// model.ports.push(web);
-/// // A VM of the same VPC on another host (delivered once VXLAN exists).
+/// // A VM of the same VPC on another host, reached by VXLAN over the
+/// // underlay (its host is known from it: no HostSpec needed).
+/// model.underlay = Some(UnderlaySpec {
+///     ifindex: 2,
+///     ip: Ipv4Addr::new(198, 18, 0, 1),
+///     mac: "02:00:c6:12:00:01".parse().unwrap(),
+///     mtu: 1500,
+///     gateway_mac: None,
+/// });
 /// model.endpoints.push(EndpointSpec {
 ///     vni,
 ///     ip: Ipv4Addr::new(10, 0, 2, 20),
@@ -72,6 +82,55 @@ pub struct DatapathModel {
     pub endpoints: Vec<EndpointSpec>,
     /// The subnets of those VPCs.
     pub subnets: Vec<SubnetSpec>,
+    /// This host as a tunnel endpoint. `None`: frames to remote endpoints
+    /// are dropped (`no-underlay`), and the underlay's programs let
+    /// everything through.
+    pub underlay: Option<UnderlaySpec>,
+    /// Other hosts, with the MAC of the next hop towards each where it is
+    /// known. The host of every remote endpoint is known whether listed here
+    /// or not (without a MAC); list a host to give its MAC, or to accept
+    /// VXLAN from it before it has endpoints here.
+    pub hosts: Vec<HostSpec>,
+}
+
+/// This host's tunnel endpoint: where VXLAN leaves and arrives.
+///
+/// VXLAN is accepted (by `underlay_in` on the underlay device's tc ingress,
+/// attached with [`Datapath::attach_underlay`](super::Datapath::attach_underlay))
+/// when addressed to `ip`, UDP port 4789, for a VNI of a port of this host
+/// (the VNIs of [`DatapathModel::ports`]), from a known host
+/// ([`DatapathModel::hosts`] and the hosts of remote endpoints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnderlaySpec {
+    /// The underlay device (in the agent's namespace, as the ports are).
+    pub ifindex: u32,
+    /// This host's underlay address: outer source of what it sends, outer
+    /// destination of what it accepts.
+    pub ip: Ipv4Addr,
+    /// The underlay device's MAC (outer source MAC when the program writes
+    /// the outer MACs itself).
+    pub mac: Mac,
+    /// The underlay device's MTU: frames that do not fit once encapsulated
+    /// are dropped (`too-big`); ports get this minus 50. 0: not checked.
+    pub mtu: u32,
+    /// The MAC of the underlay's gateway, if hosts are reached through one
+    /// (a routed underlay): the outer destination MAC for every host without
+    /// a MAC of its own in [`DatapathModel::hosts`]. `None` and no host MAC:
+    /// the kernel routes each frame and resolves the next hop's MAC itself
+    /// (`bpf_redirect_neigh`).
+    pub gateway_mac: Option<Mac>,
+}
+
+/// Another host of the underlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostSpec {
+    /// Its underlay address (the `host_ip_address` of its neighbors).
+    pub ip: Ipv4Addr,
+    /// The MAC of the next hop towards it (its own on a shared segment,
+    /// from the kernel's neighbour table, say): frames to it then leave
+    /// with MACs written by the program and a plain redirect, the fastest
+    /// way. `None`: see [`UnderlaySpec::gateway_mac`].
+    pub mac: Option<Mac>,
 }
 
 /// A local port: its device and what it may send from.
@@ -133,8 +192,8 @@ pub struct EndpointSpec {
 pub enum Location {
     /// On a port of this host.
     Local { ifindex: u32, redirect: Redirect },
-    /// On another host, reached over the underlay (not supported yet: such
-    /// packets are dropped with reason `remote-not-yet-supported`).
+    /// On another host (its underlay address), reached by VXLAN over the
+    /// underlay.
     Remote { host: Ipv4Addr },
 }
 
@@ -167,13 +226,19 @@ pub struct SubnetSpec {
 }
 
 /// The map entries a model stands for, keyed and valued as the programs
-/// read them. LPM keys are (prefix length, data).
+/// read them. LPM keys are (prefix length, data). Endpoints, which may be
+/// millions, are a vector sorted by key (one entry per key): a third of a
+/// B-tree's memory, and built and compared faster.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Entries {
     pub ports: BTreeMap<u32, PortInfo>,
     pub sources: BTreeMap<(u32, SourceKey), u32>,
-    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    pub endpoints: Vec<(EndpointKey, Endpoint)>,
     pub subnets: BTreeMap<(u32, SubnetKey), SubnetInfo>,
+    /// The one entry of UNDERLAY (all zero: no underlay).
+    pub underlay: UnderlayInfo,
+    pub vnis: BTreeMap<u32, u32>,
+    pub hosts: BTreeMap<u32, HostInfo>,
 }
 
 /// An IPv4 address as the maps hold it: its bytes in network order.
@@ -268,20 +333,92 @@ impl Entries {
                     .insert(source_key(port.ifindex, mac, net), SOURCE_ALLOWED);
             }
         }
-        for endpoint in &model.endpoints {
+        entries.endpoints = endpoint_entries(&model.endpoints, &mut conflicts);
+
+        entries.vnis = model
+            .ports
+            .iter()
+            .map(|port| (port.vni.get(), VNI_SERVED))
+            .collect();
+        if let Some(underlay) = &model.underlay {
+            entries.underlay = underlay_info(underlay);
+        }
+        for host in &model.hosts {
+            let info = HostInfo {
+                mac: host.mac.map_or([0; 6], |mac| mac.octets()),
+                flags: if host.mac.is_some() { HOST_MAC } else { 0 },
+            };
+            if !insert_first(&mut entries.hosts, net_u32(host.ip), info) {
+                conflicts.push(format!(
+                    "host {} is given twice, with different MACs; the first is kept",
+                    host.ip
+                ));
+            }
+        }
+        // The hosts of remote endpoints, unless listed. Runs of endpoints on
+        // one host are common: skip repeats without a lookup.
+        let mut last = None;
+        for (_, endpoint) in &entries.endpoints {
+            if endpoint.location == location::REMOTE && last != Some(endpoint.remote_host) {
+                last = Some(endpoint.remote_host);
+                entries
+                    .hosts
+                    .entry(endpoint.remote_host)
+                    .or_insert_with(HostInfo::default);
+            }
+        }
+        (entries, conflicts)
+    }
+}
+
+/// The ENDPOINTS entries of `endpoints`, sorted by key; where a key is
+/// given twice differently, the first stays and a conflict is reported.
+fn endpoint_entries(
+    endpoints: &[EndpointSpec],
+    conflicts: &mut Vec<String>,
+) -> Vec<(EndpointKey, Endpoint)> {
+    let mut entries: Vec<(EndpointKey, Endpoint)> = endpoints
+        .iter()
+        .map(|endpoint| {
             let key = EndpointKey {
                 vni: endpoint.vni.get(),
                 ip: net_u32(endpoint.ip),
             };
-            if !insert_first(&mut entries.endpoints, key, endpoint_value(endpoint)) {
-                conflicts.push(format!(
-                    "address {} of VNI {} is given twice, with different MACs or locations; \
-                     the first is kept",
-                    endpoint.ip, endpoint.vni
-                ));
-            }
+            (key, endpoint_value(endpoint))
+        })
+        .collect();
+    // Stable: of equal keys, the first given stays first. The agent's
+    // model comes sorted already, which the sort finds out in one pass.
+    entries.sort_by_key(|&(key, _)| key);
+    entries.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
         }
-        (entries, conflicts)
+        if later.1 != kept.1 {
+            conflicts.push(format!(
+                "address {} of VNI {} is given twice, with different MACs or locations; \
+                 the first is kept",
+                from_net_u32(kept.0.ip),
+                kept.0.vni
+            ));
+        }
+        true
+    });
+    entries
+}
+
+fn underlay_info(underlay: &UnderlaySpec) -> UnderlayInfo {
+    UnderlayInfo {
+        ip: net_u32(underlay.ip),
+        ifindex: underlay.ifindex,
+        mtu: underlay.mtu,
+        mac: underlay.mac.octets(),
+        gateway_mac: underlay.gateway_mac.map_or([0; 6], |mac| mac.octets()),
+        flags: if underlay.gateway_mac.is_some() {
+            UNDERLAY_GATEWAY_MAC
+        } else {
+            0
+        },
     }
 }
 
@@ -465,10 +602,8 @@ mod tests {
         model.endpoints[1].mac = Mac([2, 0, 0, 0, 0, 6]);
         let (entries, conflicts) = Entries::from_model(&model);
         assert!(conflicts[0].contains("10.0.1.5"), "{conflicts:?}");
-        assert_eq!(
-            entries.endpoints.values().next().unwrap().mac,
-            [2, 0, 0, 0, 0, 5]
-        );
+        assert_eq!(entries.endpoints.len(), 1);
+        assert_eq!(entries.endpoints[0].1.mac, [2, 0, 0, 0, 0, 5]);
     }
 
     #[test]
@@ -493,6 +628,7 @@ mod tests {
             ],
             endpoints: port.endpoints(),
             ports: vec![port],
+            ..DatapathModel::default()
         };
         let (entries, conflicts) = Entries::from_model(&model);
         assert!(conflicts.is_empty(), "{conflicts:?}");

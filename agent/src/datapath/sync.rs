@@ -7,17 +7,23 @@
 //! removals. A map is never cleared and refilled, so forwarding does not blip
 //! when a restarted agent resyncs.
 //!
-//! aya 0.14 has no batch map operations, so entries are written one
-//! syscall each; a resync with nothing changed makes no write at all. After
-//! the first sync the agent remembers what it wrote instead of reading the
-//! maps again, so a small change costs a few syscalls whatever the size of
-//! the maps; only this agent writes them.
+//! Entries are written one syscall each, except where many change in one
+//! map: then [`batch`](super::batch) writes (or removes) thousands per
+//! syscall, and the first sync reads ENDPOINTS the same way. A resync with
+//! nothing changed makes no write at all. After the first sync the agent
+//! remembers what it wrote instead of reading the maps again, so a small
+//! change costs a few syscalls whatever the size of the maps; only this
+//! agent writes them.
+//!
+//! A million remote endpoints (the scale of issue 5): see the
+//! `a_million_neighbors_sync_in_bounded_time` test for what it costs.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use alcor_ebpf_common::{
-    DropReason, Endpoint, EndpointKey, PortInfo, PortStats, Redirect, SOURCE_ALLOWED,
-    SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, maps,
+    DropReason, Endpoint, EndpointKey, HOST_MAC, HostInfo, NextHop, PortInfo, PortStats, Redirect,
+    SOURCE_ALLOWED, SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey,
+    UNDERLAY_GATEWAY_MAC, UnderlayDropReason, UnderlayInfo, UnderlayStats, maps,
 };
 use aya::maps::{
     HashMap, MapData, MapError,
@@ -26,11 +32,15 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Datapath, DatapathError, map_error,
+    Datapath, DatapathError, bpf as batch, map_error,
     model::{DatapathModel, Entries, Location, endpoint_location, from_net_u32},
     removed,
 };
 use crate::model::{GatewayAddress, Mac};
+
+/// From this many changes in one map on, they are written (or removed) in
+/// batches rather than one syscall each.
+const BATCH_FROM: usize = 64;
 
 /// What a [`Datapath::sync`] did to one map.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +66,12 @@ pub struct SyncStats {
     pub sources: MapChanges,
     pub endpoints: MapChanges,
     pub subnets: MapChanges,
+    /// The VNIs served here (those of the ports).
+    pub vnis: MapChanges,
+    /// The other hosts.
+    pub hosts: MapChanges,
+    /// This host's tunnel endpoint: one entry, written when it changed.
+    pub underlay: MapChanges,
     /// Records of the model that contradicted an earlier one for the same
     /// key (the same address of a VPC with two MACs, say), and were left
     /// out: worth a warning, not worth leaving the rest unprogrammed.
@@ -66,10 +82,18 @@ impl SyncStats {
     /// Entries written or removed over all maps: 0 when the maps already
     /// said what the model says.
     pub fn changes(&self) -> usize {
-        [self.ports, self.sources, self.endpoints, self.subnets]
-            .iter()
-            .map(MapChanges::changes)
-            .sum()
+        [
+            self.ports,
+            self.sources,
+            self.endpoints,
+            self.subnets,
+            self.vnis,
+            self.hosts,
+            self.underlay,
+        ]
+        .iter()
+        .map(MapChanges::changes)
+        .sum()
     }
 }
 
@@ -123,6 +147,30 @@ pub struct RouteEntry {
     pub via: GatewayAddress,
 }
 
+/// This host as a tunnel endpoint, as the UNDERLAY map holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayEntry {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub mtu: u32,
+    pub gateway_mac: Option<Mac>,
+}
+
+/// Another host, as the HOSTS map holds it: VXLAN is accepted from it, and
+/// frames to it leave as [`HostEntry::next_hop`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostEntry {
+    pub ip: Ipv4Addr,
+    /// The next hop's MAC given for it.
+    pub mac: Option<Mac>,
+    /// How frames to it find their next hop: written MACs (its own, else
+    /// the underlay gateway's) or the kernel's neighbour table.
+    pub next_hop: NextHop,
+    /// The endpoints (addresses, over all VNIs) on it.
+    pub endpoints: usize,
+}
+
 /// One map's difference between what it holds and what it should.
 struct Plan<K, V> {
     write: Vec<(K, V)>,
@@ -131,23 +179,29 @@ struct Plan<K, V> {
 }
 
 impl<K: Ord + Copy, V: PartialEq + Copy> Plan<K, V> {
-    fn new(current: BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
+    /// The plan from `current` to `desired`, both sorted by key, each key
+    /// once (as B-tree maps and [`Entries::endpoints`] are).
+    fn new(
+        current: impl IntoIterator<Item = (K, V)>,
+        desired: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         let mut plan = Plan {
             write: Vec::new(),
             remove: Vec::new(),
             unchanged: 0,
         };
+        let mut current = current.into_iter().peekable();
         for (key, value) in desired {
-            if current.get(key) == Some(value) {
-                plan.unchanged += 1;
-            } else {
-                plan.write.push((*key, *value));
+            // What the maps hold before this key is no longer wanted.
+            while let Some((held, _)) = current.next_if(|(held, _)| *held < key) {
+                plan.remove.push(held);
+            }
+            match current.next_if(|(held, _)| *held == key) {
+                Some((_, held)) if held == value => plan.unchanged += 1,
+                _ => plan.write.push((key, value)),
             }
         }
-        plan.remove = current
-            .into_keys()
-            .filter(|key| !desired.contains_key(key))
-            .collect();
+        plan.remove.extend(current.map(|(key, _)| key));
         plan
     }
 
@@ -179,11 +233,25 @@ fn read_lpm<K: aya::Pod + Ord, V: aya::Pod>(
         .map_err(map_error(name))
 }
 
+/// Every entry of a hash map, sorted by key, read in batches.
+fn read_hash_batched<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DatapathError> {
+    let mut entries = batch::read::<K, V>(map_data(map)).map_err(batch_error(name))?;
+    entries.sort_unstable_by_key(|&(key, _)| key);
+    entries.dedup_by_key(|&mut (key, _)| key);
+    Ok(entries)
+}
+
 fn write_hash<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     name: &'static str,
     entries: &[(K, V)],
 ) -> Result<(), DatapathError> {
+    if entries.len() >= BATCH_FROM {
+        return batch::update(map_data(map), entries).map_err(|e| batch_error(name)(e.source));
+    }
     for (key, value) in entries {
         map.insert(key, value, 0).map_err(map_error(name))?;
     }
@@ -195,10 +263,25 @@ fn remove_hash<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     keys: &[K],
 ) -> Result<(), DatapathError> {
+    if keys.len() >= BATCH_FROM {
+        return batch::delete::<K, V>(map_data(map), keys).map_err(|e| batch_error(name)(e.source));
+    }
     for key in keys {
         removed(map.remove(key)).map_err(map_error(name))?;
     }
     Ok(())
+}
+
+/// The map under aya's typed wrapper (for the batch calls).
+fn map_data<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> &MapData {
+    aya::maps::IterableMap::map(map)
+}
+
+fn batch_error(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |source| DatapathError::Io {
+        what: format!("batch operation on map {name}"),
+        source,
+    }
 }
 
 fn write_lpm<K: aya::Pod, V: aya::Pod>(
@@ -242,25 +325,42 @@ impl Datapath {
             None => Entries {
                 ports: read_hash(&self.ports, maps::PORTS)?,
                 sources: read_lpm(&self.sources, maps::SOURCES)?,
-                endpoints: read_hash(&self.endpoints, maps::ENDPOINTS)?,
+                endpoints: read_hash_batched(&self.endpoints, maps::ENDPOINTS)?,
                 subnets: read_lpm(&self.subnets, maps::SUBNETS)?,
+                underlay: self.read_underlay()?,
+                vnis: read_hash(&self.vnis, maps::VNIS)?,
+                hosts: read_hash(&self.hosts, maps::HOSTS)?,
             },
         };
-        let ports = Plan::new(held.ports, &desired.ports);
-        let sources = Plan::new(held.sources, &desired.sources);
-        let endpoints = Plan::new(held.endpoints, &desired.endpoints);
-        let subnets = Plan::new(held.subnets, &desired.subnets);
+        let ports = Plan::new(held.ports, desired.ports.iter().map(|(k, v)| (*k, *v)));
+        let sources = Plan::new(held.sources, desired.sources.iter().map(|(k, v)| (*k, *v)));
+        let endpoints = Plan::new(held.endpoints, desired.endpoints.iter().copied());
+        let subnets = Plan::new(held.subnets, desired.subnets.iter().map(|(k, v)| (*k, *v)));
+        let vnis = Plan::new(held.vnis, desired.vnis.iter().map(|(k, v)| (*k, *v)));
+        let hosts = Plan::new(held.hosts, desired.hosts.iter().map(|(k, v)| (*k, *v)));
+        let underlay = Plan::new([(0, held.underlay)], [(0, desired.underlay)]);
 
-        // What others refer to first: a port's new sources before the port
-        // record that makes them matter; removals last, in reverse.
+        // What others refer to first: the tunnel endpoint and the hosts
+        // before the remote endpoints that use them, a port's new sources
+        // before the port record that makes them matter, the VNIs after the
+        // ports that bring them; removals last, in reverse.
+        if let [(index, value)] = underlay.write[..] {
+            self.underlay
+                .set(index, value, 0)
+                .map_err(map_error(maps::UNDERLAY))?;
+        }
+        write_hash(&mut self.hosts, maps::HOSTS, &hosts.write)?;
         write_lpm(&mut self.subnets, maps::SUBNETS, &subnets.write)?;
         write_hash(&mut self.endpoints, maps::ENDPOINTS, &endpoints.write)?;
         write_lpm(&mut self.sources, maps::SOURCES, &sources.write)?;
         write_hash(&mut self.ports, maps::PORTS, &ports.write)?;
+        write_hash(&mut self.vnis, maps::VNIS, &vnis.write)?;
+        remove_hash(&mut self.vnis, maps::VNIS, &vnis.remove)?;
         remove_hash(&mut self.ports, maps::PORTS, &ports.remove)?;
         remove_lpm(&mut self.sources, maps::SOURCES, &sources.remove)?;
         remove_hash(&mut self.endpoints, maps::ENDPOINTS, &endpoints.remove)?;
         remove_lpm(&mut self.subnets, maps::SUBNETS, &subnets.remove)?;
+        remove_hash(&mut self.hosts, maps::HOSTS, &hosts.remove)?;
         self.held = Some(desired);
 
         Ok(SyncStats {
@@ -268,8 +368,122 @@ impl Datapath {
             sources: sources.changes(),
             endpoints: endpoints.changes(),
             subnets: subnets.changes(),
+            vnis: vnis.changes(),
+            hosts: hosts.changes(),
+            underlay: underlay.changes(),
             conflicts,
         })
+    }
+
+    fn read_underlay(&self) -> Result<UnderlayInfo, DatapathError> {
+        self.underlay.get(&0, 0).map_err(map_error(maps::UNDERLAY))
+    }
+
+    /// This host's tunnel endpoint as programmed; `None` if there is none.
+    pub fn underlay(&self) -> Result<Option<UnderlayEntry>, DatapathError> {
+        let info = self.read_underlay()?;
+        if info.ip == 0 {
+            return Ok(None);
+        }
+        Ok(Some(UnderlayEntry {
+            ifindex: info.ifindex,
+            ip: from_net_u32(info.ip),
+            mac: Mac(info.mac),
+            mtu: info.mtu,
+            gateway_mac: (info.flags & UNDERLAY_GATEWAY_MAC != 0).then_some(Mac(info.gateway_mac)),
+        }))
+    }
+
+    /// The VNIs whose VXLAN this host accepts (those of its ports).
+    pub fn vnis(&self) -> Result<Vec<u32>, DatapathError> {
+        Ok(read_hash(&self.vnis, maps::VNIS)?.into_keys().collect())
+    }
+
+    /// The other hosts (tunnels), by address, with their endpoint counts.
+    pub fn hosts(&self) -> Result<Vec<HostEntry>, DatapathError> {
+        let gateway = self.read_underlay()?.flags & UNDERLAY_GATEWAY_MAC != 0;
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (_, endpoint) in read_hash_batched(&self.endpoints, maps::ENDPOINTS)? {
+            if let Some(Location::Remote { .. }) = endpoint_location(&endpoint) {
+                *counts.entry(endpoint.remote_host).or_default() += 1;
+            }
+        }
+        Ok(read_hash(&self.hosts, maps::HOSTS)?
+            .into_iter()
+            .map(|(ip, info): (u32, HostInfo)| {
+                let mac = (info.flags & HOST_MAC != 0).then_some(Mac(info.mac));
+                HostEntry {
+                    ip: from_net_u32(ip),
+                    mac,
+                    next_hop: if mac.is_some() || gateway {
+                        NextHop::Mac
+                    } else {
+                        NextHop::Neighbor
+                    },
+                    endpoints: counts.get(&ip).copied().unwrap_or(0),
+                }
+            })
+            .collect())
+    }
+
+    /// The kernel memory each map holds (its `memlock` as the kernel
+    /// accounts it, in bytes), by map name.
+    pub fn map_memory(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let maps: [(&'static str, &MapData); 9] = [
+            (
+                maps::PORT_COUNTERS,
+                IterableMap::<u32, _>::map(&self.counters),
+            ),
+            (maps::PORTS, self.ports.map()),
+            (maps::SOURCES, self.sources.map()),
+            (maps::ENDPOINTS, self.endpoints.map()),
+            (maps::SUBNETS, self.subnets.map()),
+            (maps::UNDERLAY, self.underlay.map()),
+            (maps::VNIS, self.vnis.map()),
+            (maps::HOSTS, self.hosts.map()),
+            (
+                maps::UNDERLAY_STATS,
+                IterableMap::<u32, _>::map(&self.underlay_stats),
+            ),
+        ];
+        maps.into_iter()
+            .map(|(name, map)| {
+                let fd = map.fd().as_fd().as_raw_fd();
+                let path = format!("/proc/self/fdinfo/{fd}");
+                let info = std::fs::read_to_string(&path).map_err(|source| DatapathError::Io {
+                    what: format!("cannot read {path}"),
+                    source,
+                })?;
+                let bytes = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("memlock:"))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0);
+                Ok((name, bytes))
+            })
+            .collect()
+    }
+
+    /// The host's tunnel traffic and the underlay programs' drops, summed
+    /// over CPUs.
+    pub fn underlay_stats(&self) -> Result<UnderlayStats, DatapathError> {
+        let per_cpu = self
+            .underlay_stats
+            .get(&0, 0)
+            .map_err(map_error(maps::UNDERLAY_STATS))?;
+        let mut sum = UnderlayStats::default();
+        for cpu in per_cpu.iter() {
+            sum.encap_packets = sum.encap_packets.wrapping_add(cpu.encap_packets);
+            sum.encap_bytes = sum.encap_bytes.wrapping_add(cpu.encap_bytes);
+            sum.decap_packets = sum.decap_packets.wrapping_add(cpu.decap_packets);
+            sum.decap_bytes = sum.decap_bytes.wrapping_add(cpu.decap_bytes);
+            for (total, add) in sum.drops.iter_mut().zip(cpu.drops) {
+                *total = total.wrapping_add(add);
+            }
+        }
+        Ok(sum)
     }
 
     /// The programmed ports, in ifindex order.
@@ -301,7 +515,7 @@ impl Datapath {
 
     /// Every address known in the VPCs served here, by VNI and address.
     pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, DatapathError> {
-        let mut endpoints: Vec<_> = read_hash(&self.endpoints, maps::ENDPOINTS)?
+        let mut endpoints: Vec<_> = read_hash_batched(&self.endpoints, maps::ENDPOINTS)?
             .into_iter()
             .map(|(key, value): (EndpointKey, Endpoint)| EndpointEntry {
                 vni: key.vni,
@@ -364,6 +578,11 @@ impl Datapath {
             total.rx_bytes = total.rx_bytes.wrapping_add(add.rx_bytes);
             total.tx_packets = total.tx_packets.wrapping_add(add.tx_packets);
             total.tx_bytes = total.tx_bytes.wrapping_add(add.tx_bytes);
+            let (total, add) = (&mut sum.tunnel, &cpu.tunnel);
+            total.encap_packets = total.encap_packets.wrapping_add(add.encap_packets);
+            total.encap_bytes = total.encap_bytes.wrapping_add(add.encap_bytes);
+            total.decap_packets = total.decap_packets.wrapping_add(add.decap_packets);
+            total.decap_bytes = total.decap_bytes.wrapping_add(add.decap_bytes);
             for (total, add) in sum.drops.iter_mut().zip(cpu.drops) {
                 *total = total.wrapping_add(add);
             }
@@ -375,6 +594,15 @@ impl Datapath {
 /// The drops of `stats` that happened, by reason.
 pub fn drops_by_reason(stats: &PortStats) -> Vec<(DropReason, u64)> {
     DropReason::ALL
+        .into_iter()
+        .zip(stats.drops)
+        .filter(|&(_, count)| count > 0)
+        .collect()
+}
+
+/// The underlay drops of `stats` that happened, by reason.
+pub fn underlay_drops_by_reason(stats: &UnderlayStats) -> Vec<(UnderlayDropReason, u64)> {
+    UnderlayDropReason::ALL
         .into_iter()
         .zip(stats.drops)
         .filter(|&(_, count)| count > 0)

@@ -1,5 +1,5 @@
-//! Running a frame through the real `port_from_vm` program with
-//! BPF_PROG_TEST_RUN, to see what it would do with it.
+//! Running a frame through the real `port_from_vm` program (or
+//! `underlay_in`) with BPF_PROG_TEST_RUN, to see what it would do with it.
 //!
 //! The test run's context names the port device (so the program finds the
 //! port's records) and carries the trace mark in `skb->mark`; on seeing it,
@@ -7,12 +7,12 @@
 //! kernel hands back in the output context, and counts nothing. Nothing is
 //! sent: a redirect decided in a test run goes nowhere.
 
-use std::fmt;
+use std::{fmt, net::Ipv4Addr};
 
-use alcor_ebpf_common::{DropReason, Redirect, programs, trace};
+use alcor_ebpf_common::{DropReason, NextHop, Redirect, UnderlayDropReason, programs, trace};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 
-use super::{Datapath, DatapathError, errno};
+use super::{Datapath, DatapathError, errno, model::from_net_u32};
 
 /// What `port_from_vm` does with a frame the VM sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,18 @@ pub enum Verdict {
     },
     /// Answered in place: the output frame goes back out of the same port.
     Answered(Answer),
+    /// To an endpoint on another host: encapsulated in VXLAN (the output
+    /// frame shows the outer headers) and sent out of the underlay device.
+    Encapsulated {
+        /// The remote host's underlay address.
+        host: Ipv4Addr,
+        vni: u32,
+        /// The underlay device.
+        underlay: u32,
+        next_hop: NextHop,
+        /// Routed between subnets first (inner MACs rewritten, TTL - 1).
+        routed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +116,79 @@ impl fmt::Display for Verdict {
                 "TTL exceeded: answered with ICMP time exceeded from the gateway, original \
                  dropped"
             ),
+            Self::Encapsulated {
+                host,
+                vni,
+                underlay,
+                next_hop,
+                routed,
+            } => {
+                let routed = if *routed {
+                    "routed to another subnet (source MAC = that subnet's gateway, TTL - 1), then "
+                } else {
+                    ""
+                };
+                let next_hop = match next_hop {
+                    NextHop::Mac => "outer MACs written by the datapath",
+                    NextHop::Neighbor => {
+                        "next hop and its MAC resolved by the kernel (route, neighbour table)"
+                    }
+                };
+                write!(
+                    f,
+                    "{routed}encapsulated in VXLAN to host {host}, VNI {vni}, out of underlay \
+                     device {underlay} ({next_hop})"
+                )
+            }
         }
     }
+}
+
+/// What `underlay_in` does with a frame from the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderlayVerdict {
+    /// Not VXLAN for this host: to the host stack, untouched.
+    Pass,
+    Drop(UnderlayDropReason),
+    /// Decapsulated and delivered to a local port.
+    Deliver {
+        ifindex: u32,
+        redirect: Redirect,
+        vni: u32,
+    },
+}
+
+impl fmt::Display for UnderlayVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pass => write!(f, "passed to the host stack: not VXLAN for this host"),
+            Self::Drop(reason) => {
+                write!(f, "dropped ({}): {}", reason.name(), reason.description())
+            }
+            Self::Deliver {
+                ifindex,
+                redirect,
+                vni,
+            } => {
+                let how = match redirect {
+                    Redirect::Peer => "into its VM's namespace (redirect to peer)",
+                    Redirect::Egress => "out of its device (redirect to egress)",
+                };
+                write!(
+                    f,
+                    "decapsulated (VNI {vni}) and delivered to port {ifindex}, {how}"
+                )
+            }
+        }
+    }
+}
+
+/// The outcome of [`Datapath::trace_underlay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnderlayTrace {
+    pub verdict: UnderlayVerdict,
+    /// The frame as the program left it: the inner frame if delivered.
+    pub output: Vec<u8>,
 }
 
 /// `struct __sk_buff` offsets (uapi/linux/bpf.h) of what a trace sets and
@@ -128,24 +211,26 @@ fn get_u32(buf: &[u8], offset: usize) -> u32 {
     u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes"))
 }
 
+/// A test run of a tc program with the trace mark, on device `ifindex`:
+/// its return code, the control block and the frame it left.
+struct TcRun {
+    return_value: u32,
+    cb: [u32; 5],
+    output: Vec<u8>,
+}
+
 impl Datapath {
-    /// Runs `frame` (Ethernet, as the VM would send it) through the
-    /// `port_from_vm` program as if it arrived from the VM of port device
-    /// `ifindex`, with the maps as they are, and reports what the program
-    /// decided. Nothing is sent and nothing counted. The device is looked up
-    /// in the calling thread's network namespace.
-    pub fn trace(&self, ifindex: u32, frame: &[u8]) -> Result<TraceResult, DatapathError> {
+    fn trace_run(&self, name: &str, ifindex: u32, frame: &[u8]) -> Result<TcRun, DatapathError> {
         if frame.len() < 14 {
             return Err(DatapathError::InvalidFrame(format!(
                 "{} bytes is shorter than an Ethernet header",
                 frame.len()
             )));
         }
-        let name = programs::PORT_FROM_VM;
         let program: &aya::programs::SchedClassifier = self
             .ebpf
             .program(name)
-            .ok_or(DatapathError::Missing(programs::PORT_FROM_VM))?
+            .ok_or_else(|| DatapathError::InvalidFrame(format!("no program {name}")))?
             .try_into()
             .map_err(|source| DatapathError::Program {
                 name: name.into(),
@@ -176,21 +261,94 @@ impl Datapath {
                 },
             })?;
         output.truncate(result.data_size_out as usize);
-        let cb: [u32; 5] = std::array::from_fn(|i| get_u32(&ctx_out, SKB_CB + 4 * i));
-        let verdict = verdict(cb, result.return_value).ok_or_else(|| DatapathError::Trace {
+        Ok(TcRun {
+            return_value: result.return_value,
+            cb: std::array::from_fn(|i| get_u32(&ctx_out, SKB_CB + 4 * i)),
+            output,
+        })
+    }
+
+    /// Runs `frame` (Ethernet, as it would arrive on the underlay device
+    /// `ifindex`) through `underlay_in` with the maps as they are, and
+    /// reports what the program decided. Nothing is delivered and nothing
+    /// counted.
+    pub fn trace_underlay(
+        &self,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<UnderlayTrace, DatapathError> {
+        let run = self.trace_run(programs::UNDERLAY_IN, ifindex, frame)?;
+        let verdict =
+            underlay_verdict(run.cb, run.return_value).ok_or_else(|| DatapathError::Trace {
+                ifindex,
+                source: Box::new(ProgramError::IOError(std::io::Error::other(format!(
+                    "the program returned {} without a readable decision ({:?})",
+                    run.return_value, run.cb
+                )))),
+            })?;
+        Ok(UnderlayTrace {
+            verdict,
+            output: run.output,
+        })
+    }
+
+    /// Runs `frame` (Ethernet, as the VM would send it) through the
+    /// `port_from_vm` program as if it arrived from the VM of port device
+    /// `ifindex`, with the maps as they are, and reports what the program
+    /// decided. Nothing is sent and nothing counted. The device is looked up
+    /// in the calling thread's network namespace.
+    pub fn trace(&self, ifindex: u32, frame: &[u8]) -> Result<TraceResult, DatapathError> {
+        let TcRun {
+            return_value,
+            cb,
+            output,
+        } = self.trace_run(programs::PORT_FROM_VM, ifindex, frame)?;
+        let verdict = verdict(cb, return_value, &output).ok_or_else(|| DatapathError::Trace {
             ifindex,
             source: Box::new(ProgramError::IOError(std::io::Error::other(format!(
-                "the program returned {} without a readable decision ({cb:?})",
-                result.return_value
+                "the program returned {return_value} without a readable decision ({cb:?})"
             )))),
         })?;
         Ok(TraceResult { verdict, output })
     }
 }
 
-/// The verdict a program's trace record (`cb`) and return code stand for.
-fn verdict(cb: [u32; 5], return_value: u32) -> Option<Verdict> {
-    let [action, detail, target, _, magic] = cb;
+/// The VNI in the VXLAN header of an encapsulated frame (outer Ethernet,
+/// IPv4 without options, UDP, VXLAN).
+fn vxlan_vni(frame: &[u8]) -> Option<u32> {
+    let vni = frame.get(46..49)?;
+    Some(u32::from_be_bytes([0, vni[0], vni[1], vni[2]]))
+}
+
+/// The verdict `underlay_in`'s trace record and return code stand for.
+fn underlay_verdict(cb: [u32; 5], return_value: u32) -> Option<UnderlayVerdict> {
+    let [action, detail, target, extra, magic] = cb;
+    if magic != trace::MAGIC {
+        return None;
+    }
+    let (verdict, expected) = match action {
+        trace::ACTION_PASS => (UnderlayVerdict::Pass, 0),
+        trace::ACTION_DROP => (
+            UnderlayVerdict::Drop(UnderlayDropReason::from_u32(detail)?),
+            2,
+        ),
+        trace::ACTION_REDIRECT => (
+            UnderlayVerdict::Deliver {
+                ifindex: target,
+                redirect: Redirect::from_u8(u8::try_from(detail).ok()?)?,
+                vni: extra,
+            },
+            7,
+        ),
+        _ => return None,
+    };
+    (return_value == expected).then_some(verdict)
+}
+
+/// The verdict a program's trace record (`cb`), return code and output
+/// frame stand for.
+fn verdict(cb: [u32; 5], return_value: u32, output: &[u8]) -> Option<Verdict> {
+    let [action, detail, target, extra, magic] = cb;
     if magic != trace::MAGIC {
         return None;
     }
@@ -212,13 +370,20 @@ fn verdict(cb: [u32; 5], return_value: u32) -> Option<Verdict> {
             trace::ANSWER_TIME_EXCEEDED => Answer::TimeExceeded,
             _ => return None,
         }),
+        trace::ACTION_ENCAP => Verdict::Encapsulated {
+            host: from_net_u32(extra),
+            vni: vxlan_vni(output)?,
+            underlay: target,
+            next_hop: NextHop::from_u8(u8::try_from(detail & 0xff).ok()?)?,
+            routed: detail & trace::REDIRECT_ROUTED != 0,
+        },
         _ => return None,
     };
     // The record and the return code must agree: tc's OK, SHOT, REDIRECT.
     let expected = match verdict {
         Verdict::Pass(_) => 0,
         Verdict::Drop(_) => 2,
-        Verdict::Redirect { .. } | Verdict::Answered(_) => 7,
+        Verdict::Redirect { .. } | Verdict::Answered(_) | Verdict::Encapsulated { .. } => 7,
     };
     (return_value == expected).then_some(verdict)
 }

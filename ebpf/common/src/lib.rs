@@ -15,6 +15,12 @@ pub mod programs {
     pub const PORT_FROM_VM: &str = "port_from_vm";
     /// tc egress of a port device: frames on their way to the VM.
     pub const PORT_TO_VM: &str = "port_to_vm";
+    /// tc ingress of the underlay device: VXLAN for the VNIs served here is
+    /// decapsulated and delivered to its port.
+    pub const UNDERLAY_IN: &str = "underlay_in";
+    /// XDP on the underlay device: early drop of VXLAN for VNIs not served
+    /// here or from hosts not known here.
+    pub const UNDERLAY_XDP: &str = "underlay_xdp";
 }
 
 /// Names of the maps in the datapath object; pinned maps are pinned under
@@ -38,14 +44,47 @@ pub mod maps {
     /// [`SubnetInfo`](super::SubnetInfo): the subnets of each VPC, their
     /// gateway and their router.
     pub const SUBNETS: &str = "SUBNETS";
+    /// Array of one [`UnderlayInfo`](super::UnderlayInfo): this host's
+    /// tunnel endpoint (underlay device, address, MTU). All zero: no
+    /// underlay, remote endpoints are dropped (`no-underlay`).
+    pub const UNDERLAY: &str = "UNDERLAY";
+    /// Hash: VNI (`u32`) → `u32` ([`VNI_SERVED`](super::VNI_SERVED)): the
+    /// VNIs of the ports of this host; VXLAN for any other is dropped.
+    pub const VNIS: &str = "VNIS";
+    /// Hash: underlay IPv4 of another host (`u32`) →
+    /// [`HostInfo`](super::HostInfo): the hosts VXLAN is accepted from and
+    /// the next-hop MAC to reach each, if known.
+    pub const HOSTS: &str = "HOSTS";
+    /// Per-CPU array of one [`UnderlayStats`](super::UnderlayStats):
+    /// tunnel traffic and the underlay's drops by reason.
+    pub const UNDERLAY_STATS: &str = "UNDERLAY_STATS";
 }
 
 /// Most port devices one agent serves; sizes the per-port maps.
 pub const MAX_PORTS: u32 = 65536;
 /// Most allowed (MAC, prefix) sources over all ports.
 pub const MAX_SOURCES: u32 = 262_144;
-/// Most addresses known over all VPCs served here (local and remote).
-pub const MAX_ENDPOINTS: u32 = 1 << 20;
+/// Most addresses known over all VPCs served here (local and remote): room
+/// for a million neighbors and then some. The map allocates its entries as
+/// they come; its buckets (16 bytes each, one per entry rounded up to a
+/// power of two) are allocated when it is created: 32 MiB.
+pub const MAX_ENDPOINTS: u32 = 1 << 21;
+/// Most VNIs with a port on this host.
+pub const MAX_VNIS: u32 = 65536;
+/// Most other hosts known (tunnel peers).
+pub const MAX_HOSTS: u32 = 65536;
+
+/// VXLAN's UDP port (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN adds in front of a frame: outer IPv4 (20), UDP (8), VXLAN
+/// (8) and, around the inner frame, a new Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Range of the outer UDP source port, chosen in it by a hash of the inner
+/// flow so that ECMP in the underlay spreads flows (RFC 7348: 49152-65535).
+pub const VXLAN_SPORT_MIN: u16 = 49152;
+pub const VXLAN_SPORT_MAX: u16 = 65535;
+/// TTL of the outer IPv4 header.
+pub const VXLAN_TTL: u8 = 64;
 /// Most subnets over all VPCs served here.
 pub const MAX_SUBNETS: u32 = 65536;
 
@@ -68,12 +107,26 @@ pub struct PortCounters {
     pub tx_bytes: u64,
 }
 
-/// The value of [`maps::PORT_COUNTERS`]: traffic, and the frames the VM
-/// sent that were dropped, by [`DropReason`] (index = the reason's value).
+/// A port's traffic with other hosts: what it sent that was encapsulated
+/// (also counted in `rx`), and what was decapsulated for it (also counted
+/// in `tx`). Packets and bytes of the inner frames, as the VMs see them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub encap_packets: u64,
+    pub encap_bytes: u64,
+    pub decap_packets: u64,
+    pub decap_bytes: u64,
+}
+
+/// The value of [`maps::PORT_COUNTERS`]: traffic, its part to and from
+/// other hosts, and the frames the VM sent that were dropped, by
+/// [`DropReason`] (index = the reason's value).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortStats {
     pub traffic: PortCounters,
+    pub tunnel: TunnelCounters,
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -119,15 +172,19 @@ pub enum DropReason {
     /// Routed with a TTL of 1 or less; answered with ICMP time exceeded
     /// (unless the packet was itself an ICMP error or a later fragment).
     TtlExceeded = 15,
-    /// The destination is on another host: VXLAN is not supported yet.
-    RemoteNotSupported = 16,
+    /// The destination is on another host, but this host has no underlay
+    /// (tunnel endpoint) configured.
+    NoUnderlay = 16,
     /// A kernel helper failed while rewriting or answering the frame.
     HelperFailed = 17,
+    /// To another host, but too big for the underlay once encapsulated (the
+    /// VM's MTU is more than the underlay's minus 50).
+    TooBig = 18,
 }
 
 impl DropReason {
     /// Number of reasons: the length of [`PortStats::drops`].
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every reason, in value order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -147,8 +204,9 @@ impl DropReason {
         Self::NotRouted,
         Self::ToGateway,
         Self::TtlExceeded,
-        Self::RemoteNotSupported,
+        Self::NoUnderlay,
         Self::HelperFailed,
+        Self::TooBig,
     ];
 
     /// The reason with this value, if any.
@@ -179,8 +237,9 @@ impl DropReason {
             Self::NotRouted => "not-routed",
             Self::ToGateway => "to-gateway",
             Self::TtlExceeded => "ttl-exceeded",
-            Self::RemoteNotSupported => "remote-not-yet-supported",
+            Self::NoUnderlay => "no-underlay",
             Self::HelperFailed => "helper-failed",
+            Self::TooBig => "too-big",
         }
     }
 
@@ -228,11 +287,15 @@ impl DropReason {
             Self::TtlExceeded => {
                 "the TTL ran out at the router; an ICMP time exceeded went back to the sender"
             }
-            Self::RemoteNotSupported => {
-                "the destination is on another host, and cross-host (VXLAN) delivery is not \
-                 supported yet"
+            Self::NoUnderlay => {
+                "the destination is on another host, and this host has no underlay (tunnel \
+                 endpoint) configured to reach it"
             }
             Self::HelperFailed => "a kernel helper failed while rewriting or answering the frame",
+            Self::TooBig => {
+                "the frame is too big for the underlay once encapsulated in VXLAN: the VM's MTU \
+                 must be the underlay's minus 50"
+            }
         }
     }
 }
@@ -313,7 +376,7 @@ pub mod location {
     pub const LOCAL_PEER: u8 = 1;
     /// A local port, reached with `bpf_redirect` to its egress (a tap).
     pub const LOCAL_EGRESS: u8 = 2;
-    /// Another host (`remote_host`): VXLAN, not supported yet.
+    /// Another host (`remote_host`), reached by VXLAN over the underlay.
     pub const REMOTE: u8 = 3;
 }
 
@@ -365,6 +428,188 @@ pub struct SubnetInfo {
     pub flags: u16,
 }
 
+/// Value of [`maps::UNDERLAY`]: this host's tunnel endpoint.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct UnderlayInfo {
+    /// This host's underlay IPv4 address (network order): the outer source
+    /// of what it sends, the outer destination of what it accepts. 0: no
+    /// underlay.
+    pub ip: u32,
+    /// The underlay device (in the agent's namespace): encapsulated frames
+    /// are redirected to it, and `underlay_in` runs on it.
+    pub ifindex: u32,
+    /// The underlay device's MTU: an encapsulated frame (not GSO) longer
+    /// than this plus the Ethernet header is dropped (`too-big`).
+    pub mtu: u32,
+    /// The underlay device's MAC: the outer source MAC (with
+    /// [`NextHop::Mac`]; the kernel writes its own for
+    /// [`NextHop::Neighbor`]).
+    pub mac: [u8; 6],
+    /// The underlay's gateway MAC, valid with [`UNDERLAY_GATEWAY_MAC`]: the
+    /// outer destination MAC for hosts without one of their own
+    /// ([`HostInfo`]).
+    pub gateway_mac: [u8; 6],
+    /// [`UNDERLAY_GATEWAY_MAC`].
+    pub flags: u32,
+}
+
+/// [`UnderlayInfo::flags`]: `gateway_mac` is valid.
+pub const UNDERLAY_GATEWAY_MAC: u32 = 1;
+
+/// Value of [`maps::VNIS`].
+pub const VNI_SERVED: u32 = 1;
+
+/// Value of [`maps::HOSTS`]: another host (tunnel peer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HostInfo {
+    /// The next hop's MAC towards the host (the host's own on a shared
+    /// segment, else the underlay gateway's), valid with [`HOST_MAC`].
+    pub mac: [u8; 6],
+    /// [`HOST_MAC`].
+    pub flags: u16,
+}
+
+/// [`HostInfo::flags`]: `mac` is valid.
+pub const HOST_MAC: u16 = 1;
+
+/// How an encapsulated frame finds its next hop in the underlay.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NextHop {
+    /// `bpf_redirect_neigh`: the kernel looks up the route to the host and
+    /// the next hop's MAC in its neighbour table (resolving it if needed),
+    /// and writes the outer MACs.
+    Neighbor = 1,
+    /// `bpf_redirect` with the outer MACs written by the program: the
+    /// host's MAC from [`maps::HOSTS`], else the underlay gateway's.
+    Mac = 2,
+}
+
+impl NextHop {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Neighbor),
+            2 => Some(Self::Mac),
+            _ => None,
+        }
+    }
+}
+
+/// Why a program on the underlay device dropped a frame. The value indexes
+/// [`UnderlayStats::drops`]; new reasons go at the end.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnderlayDropReason {
+    /// VXLAN to this host's address and port, but truncated or without the
+    /// VNI flag.
+    Malformed = 0,
+    /// VXLAN for a VNI no port of this host is in (tc).
+    UnknownVni = 1,
+    /// VXLAN from an address that is not a known host (tc).
+    UnknownHost = 2,
+    /// The inner destination is not a port of this host.
+    UnknownDestination = 3,
+    /// The inner destination MAC is not the destination port's.
+    WrongDestinationMac = 4,
+    /// ARP inside the tunnel: every host answers ARP for the addresses it
+    /// knows itself, so none is ever sent through a tunnel.
+    TunneledArp = 5,
+    /// The inner frame is neither IPv4 nor ARP (IPv6, VLAN, ...).
+    InnerNotIpv4 = 6,
+    /// A kernel helper failed while decapsulating.
+    HelperFailed = 7,
+    /// VXLAN for a VNI no port of this host is in, dropped by XDP.
+    XdpUnknownVni = 8,
+    /// VXLAN from an address that is not a known host, dropped by XDP.
+    XdpUnknownHost = 9,
+}
+
+impl UnderlayDropReason {
+    /// Number of reasons: the length of [`UnderlayStats::drops`].
+    pub const COUNT: usize = 10;
+
+    /// Every reason, in value order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Malformed,
+        Self::UnknownVni,
+        Self::UnknownHost,
+        Self::UnknownDestination,
+        Self::WrongDestinationMac,
+        Self::TunneledArp,
+        Self::InnerNotIpv4,
+        Self::HelperFailed,
+        Self::XdpUnknownVni,
+        Self::XdpUnknownHost,
+    ];
+
+    /// The reason with this value, if any.
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        if (value as usize) < Self::COUNT {
+            Some(Self::ALL[value as usize])
+        } else {
+            None
+        }
+    }
+
+    /// A short stable name (for metrics labels and tables).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownVni => "unknown-vni",
+            Self::UnknownHost => "unknown-host",
+            Self::UnknownDestination => "unknown-destination",
+            Self::WrongDestinationMac => "wrong-destination-mac",
+            Self::TunneledArp => "tunneled-arp",
+            Self::InnerNotIpv4 => "inner-not-ipv4",
+            Self::HelperFailed => "helper-failed",
+            Self::XdpUnknownVni => "xdp-unknown-vni",
+            Self::XdpUnknownHost => "xdp-unknown-host",
+        }
+    }
+
+    /// What happened, for a person who has never read the code.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::Malformed => "VXLAN to this host, truncated or without a VNI",
+            Self::UnknownVni => "VXLAN for a VNI that no port of this host is in",
+            Self::UnknownHost => "VXLAN from an underlay address that is not a known host",
+            Self::UnknownDestination => {
+                "the encapsulated packet's destination is not a port of this host"
+            }
+            Self::WrongDestinationMac => {
+                "the encapsulated frame's destination MAC is not its destination port's"
+            }
+            Self::TunneledArp => {
+                "ARP inside VXLAN: every host answers ARP itself, none is sent through a tunnel"
+            }
+            Self::InnerNotIpv4 => "the encapsulated frame is neither IPv4 nor ARP",
+            Self::HelperFailed => "a kernel helper failed while decapsulating",
+            Self::XdpUnknownVni => {
+                "VXLAN for a VNI that no port of this host is in (dropped early, by XDP)"
+            }
+            Self::XdpUnknownHost => {
+                "VXLAN from an underlay address that is not a known host (dropped early, by XDP)"
+            }
+        }
+    }
+}
+
+/// The value of [`maps::UNDERLAY_STATS`]: tunnel traffic of the whole
+/// host, and what the underlay's programs dropped, by
+/// [`UnderlayDropReason`]. Packets are socket buffers (a GSO super-packet
+/// counts once); bytes are inner frame lengths.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnderlayStats {
+    pub encap_packets: u64,
+    pub encap_bytes: u64,
+    pub decap_packets: u64,
+    pub decap_bytes: u64,
+    pub drops: [u64; UnderlayDropReason::COUNT],
+}
+
 /// How `port_from_vm` reports its decision when run by the agent's trace
 /// (BPF_PROG_TEST_RUN): if the skb's mark is [`trace::MARK`], it writes a
 /// [`trace::Record`] into the skb's control block (`cb[0..5]`, returned in
@@ -393,20 +638,31 @@ pub mod trace {
     pub const ANSWER_ECHO: u32 = 2;
     pub const ANSWER_TIME_EXCEEDED: u32 = 3;
 
+    /// Encapsulated in VXLAN and sent to the underlay device
+    /// ([`Record::ifindex`]) for the host [`Record::extra`] (its IPv4 in
+    /// network order); [`Record::detail`] is a [`NextHop`](super::NextHop)
+    /// (low byte), with [`REDIRECT_ROUTED`] if routed first.
+    pub const ACTION_ENCAP: u32 = 5;
+
     /// [`Record::detail`] flag of a redirect: routed (MACs rewritten, TTL
     /// decremented). The low byte is the [`Redirect`](super::Redirect).
     pub const REDIRECT_ROUTED: u32 = 0x100;
 
-    /// The decision, as five `u32` in `__sk_buff.cb`.
+    /// The decision, as five `u32` in `__sk_buff.cb`. `underlay_in` writes
+    /// one too: drops carry an
+    /// [`UnderlayDropReason`](super::UnderlayDropReason), deliveries their
+    /// port and [`Redirect`](super::Redirect), and `extra` the VNI.
     #[repr(C)]
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
     pub struct Record {
         pub action: u32,
         /// Pass or answer kind, drop reason, redirect kind (+ flags).
         pub detail: u32,
-        /// Redirect target (the sending port itself for answers).
+        /// Redirect target (the sending port itself for answers; the
+        /// underlay device for an encapsulation).
         pub ifindex: u32,
-        pub _reserved: u32,
+        /// The remote host of an encapsulation; the VNI of a decapsulation.
+        pub extra: u32,
         pub magic: u32,
     }
 }
@@ -418,6 +674,10 @@ pub mod trace {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PortCounters {}
+    unsafe impl aya::Pod for TunnelCounters {}
+    unsafe impl aya::Pod for UnderlayInfo {}
+    unsafe impl aya::Pod for HostInfo {}
+    unsafe impl aya::Pod for UnderlayStats {}
     unsafe impl aya::Pod for PortStats {}
     unsafe impl aya::Pod for PortInfo {}
     unsafe impl aya::Pod for SourceKey {}

@@ -4,6 +4,8 @@
 #![no_main]
 
 mod port;
+mod tunnel;
+mod underlay;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -16,7 +16,11 @@
 //!    to its port; to another subnet through the gateway MAC it is routed if
 //!    one router connects both subnets ([`SUBNETS`]): MACs rewritten, TTL
 //!    decremented, or answered with ICMP time exceeded;
-//! 7. everything else is dropped and counted by [`DropReason`].
+//! 7. an address on another host is reached the same way, then the frame
+//!    (rewritten if routed: routing happens on the sending host, as DVR
+//!    does) is encapsulated in VXLAN and sent to the underlay
+//!    ([`crate::tunnel`]);
+//! 8. everything else is dropped and counted by [`DropReason`].
 //!
 //! Every key carries the VNI (the port's, from [`PORTS`]), so VPCs with
 //! overlapping addresses never see each other.
@@ -32,23 +36,26 @@ use core::mem::size_of;
 
 use alcor_ebpf_common::{
     DropReason, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS,
-    NO_PREALLOC, PortInfo, PortStats, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY,
+    NO_PREALLOC, NextHop, PortInfo, PortStats, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY,
     SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, location, trace,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::{
-        bpf_csum_diff, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_pull_data,
+        bpf_csum_diff, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 
+use crate::tunnel;
+
 /// Port ifindex → counters. Pinned so that counts survive agent restarts.
 #[map]
-static PORT_COUNTERS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::pinned(MAX_PORTS, NO_PREALLOC);
+pub(crate) static PORT_COUNTERS: PerCpuHashMap<u32, PortStats> =
+    PerCpuHashMap::pinned(MAX_PORTS, NO_PREALLOC);
 
 /// Port ifindex → the port's VNI, MAC, first IP and its subnet.
 #[map]
@@ -61,7 +68,8 @@ static SOURCES: LpmTrie<SourceKey, u32> = LpmTrie::pinned(MAX_SOURCES, 0);
 
 /// (VNI, IPv4) → MAC and location of every address known in the VPC.
 #[map]
-static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, NO_PREALLOC);
+pub(crate) static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::pinned(MAX_ENDPOINTS, NO_PREALLOC);
 
 /// (VNI, IPv4 prefix) → subnet: gateway and router.
 #[map]
@@ -81,22 +89,28 @@ static ZERO_STATS: PortStats = PortStats {
         tx_packets: 0,
         tx_bytes: 0,
     },
+    tunnel: alcor_ebpf_common::TunnelCounters {
+        encap_packets: 0,
+        encap_bytes: 0,
+        decap_packets: 0,
+        decap_bytes: 0,
+    },
     drops: [0; DropReason::COUNT],
 };
 
-const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
+pub(crate) const ETH_LEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 /// TTL of the packets the gateway sends (echo replies, ICMP errors).
 const GATEWAY_TTL: u8 = 64;
 /// The longest IPv4 header (with options).
-const MAX_IP_HLEN: usize = 60;
+pub(crate) const MAX_IP_HLEN: usize = 60;
 /// Longest quote of the offending packet in an ICMP error: its IP header and
 /// 8 bytes (RFC 792), or 20 where the kernel will not trim below a TCP
 /// header whose checksum is left to offload.
@@ -106,10 +120,10 @@ const MAX_QUOTE: usize = MAX_IP_HLEN + 20;
 /// are read at any alignment.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: [u8; 2],
+pub(crate) struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
 }
 
 #[repr(C)]
@@ -135,17 +149,17 @@ struct ArpFrame {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    vihl: u8,
-    tos: u8,
-    tot_len: [u8; 2],
-    id: [u8; 2],
-    frag: [u8; 2],
-    ttl: u8,
-    proto: u8,
-    check: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
+pub(crate) struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
 }
 
 /// Ethernet and IPv4 headers, as an echo reply is written.
@@ -164,6 +178,14 @@ struct EthIpv4Start {
     tot_len: [u8; 2],
     id: [u8; 2],
     frag: [u8; 2],
+    ttl_proto: [u8; 2],
+    check: [u8; 2],
+}
+
+/// The IPv4 header's TTL, protocol and checksum, as a routed packet to
+/// another host is rewritten.
+#[repr(C)]
+struct TtlCheck {
     ttl_proto: [u8; 2],
     check: [u8; 2],
 }
@@ -199,7 +221,7 @@ struct IcmpErrorScratch {
 
 /// What the program does with a frame from the VM.
 #[derive(Clone, Copy)]
-enum Decision {
+pub(crate) enum Decision {
     /// To the host stack (`trace::PASS_*`).
     Pass(u32),
     Drop(DropReason),
@@ -211,6 +233,14 @@ enum Decision {
     },
     /// Answered in place and sent back to the VM (`trace::ANSWER_*`).
     Answer(u32),
+    /// Encapsulated in VXLAN for `host` (an underlay IPv4, network order)
+    /// and sent out of the underlay device `ifindex`.
+    Encap {
+        ifindex: u32,
+        host: u32,
+        next_hop: NextHop,
+        routed: bool,
+    },
 }
 
 /// tc ingress of a port device: frames the VM sent.
@@ -239,6 +269,17 @@ pub fn port_from_vm(ctx: TcContext) -> i32 {
             ifindex: target, ..
         } => unsafe { bpf_redirect(target, 0) as i32 },
         Decision::Answer(_) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        // SAFETY (both): plain helper calls. No parameters: the kernel
+        // looks up the route to the outer destination (the next hop may be
+        // a gateway) and its neighbour entry.
+        Decision::Encap {
+            ifindex: underlay,
+            next_hop: NextHop::Neighbor,
+            ..
+        } => unsafe { bpf_redirect_neigh(underlay, core::ptr::null_mut(), 0, 0) as i32 },
+        Decision::Encap {
+            ifindex: underlay, ..
+        } => unsafe { bpf_redirect(underlay, 0) as i32 },
     }
 }
 
@@ -260,9 +301,14 @@ pub fn port_to_vm(ctx: TcContext) -> i32 {
 /// skips that port's egress (where [`port_to_vm`] counts).
 #[inline(always)]
 fn account(ifindex: u32, len: u64, decision: Decision) {
+    let encap = matches!(decision, Decision::Encap { .. });
     with_stats(ifindex, |stats| {
         stats.traffic.rx_packets += 1;
         stats.traffic.rx_bytes += len;
+        if encap {
+            stats.tunnel.encap_packets += 1;
+            stats.tunnel.encap_bytes += len;
+        }
         let reason = match decision {
             Decision::Drop(reason) => reason,
             Decision::Answer(trace::ANSWER_TIME_EXCEEDED) => DropReason::TtlExceeded,
@@ -283,10 +329,13 @@ fn account(ifindex: u32, len: u64, decision: Decision) {
             stats.traffic.tx_bytes += len;
         });
     }
+    if encap {
+        tunnel::count_encap(len);
+    }
 }
 
 #[inline(always)]
-fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
+pub(crate) fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
     if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
         // SAFETY: the value is this CPU's slot of a per-CPU map, and tc
         // programs do not preempt each other on a CPU.
@@ -309,34 +358,54 @@ fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
 /// returns in its output context.
 #[inline(always)]
 fn record(ctx: &TcContext, ifindex: u32, decision: Decision) {
-    let (action, detail, target) = match decision {
-        Decision::Pass(why) => (trace::ACTION_PASS, why, 0),
-        Decision::Drop(reason) => (trace::ACTION_DROP, reason as u32, 0),
+    let routed_flag = |routed| if routed { trace::REDIRECT_ROUTED } else { 0 };
+    let record = match decision {
+        Decision::Pass(why) => (trace::ACTION_PASS, why, 0, 0),
+        Decision::Drop(reason) => (trace::ACTION_DROP, reason as u32, 0, 0),
         Decision::Deliver {
             ifindex: target,
             redirect,
             routed,
         } => (
             trace::ACTION_REDIRECT,
-            redirect as u32 | if routed { trace::REDIRECT_ROUTED } else { 0 },
+            redirect as u32 | routed_flag(routed),
             target,
+            0,
         ),
-        Decision::Answer(kind) => (trace::ACTION_ANSWER, kind, ifindex),
+        Decision::Answer(kind) => (trace::ACTION_ANSWER, kind, ifindex, 0),
+        Decision::Encap {
+            ifindex: underlay,
+            host,
+            next_hop,
+            routed,
+        } => (
+            trace::ACTION_ENCAP,
+            next_hop as u32 | routed_flag(routed),
+            underlay,
+            host,
+        ),
     };
+    write_record(ctx, record);
+}
+
+/// Writes a trace record (action, detail, ifindex, extra) into the skb's
+/// control block.
+#[inline(always)]
+pub(crate) fn write_record(ctx: &TcContext, (action, detail, target, extra): (u32, u32, u32, u32)) {
     let skb = ctx.skb.skb;
     // SAFETY: cb is five u32 of the context, writable by tc programs.
     unsafe {
         (*skb).cb[0] = action;
         (*skb).cb[1] = detail;
         (*skb).cb[2] = target;
-        (*skb).cb[3] = 0;
+        (*skb).cb[3] = extra;
         (*skb).cb[4] = trace::MAGIC;
     }
 }
 
 /// A header at `offset` of the packet's linear data, if it is all there.
 #[inline(always)]
-fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+pub(crate) fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return None;
@@ -347,7 +416,7 @@ fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn ip4(bytes: [u8; 4]) -> u32 {
+pub(crate) fn ip4(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
 }
 
@@ -550,6 +619,10 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decisio
     if target.mac != eth.dst {
         return Decision::Drop(DropReason::WrongDestinationMac);
     }
+    if target.location == location::REMOTE {
+        // The frame goes as the VM sent it.
+        return tunnel::encapsulate(ctx, port.vni, target.remote_host, eth, false);
+    }
     deliver(&target, false)
 }
 
@@ -559,8 +632,6 @@ fn deliver(target: &Endpoint, routed: bool) -> Decision {
     let redirect = match target.location {
         location::LOCAL_PEER => Redirect::Peer,
         location::LOCAL_EGRESS => Redirect::Egress,
-        // The next issue encapsulates here (VXLAN to `remote_host`).
-        location::REMOTE => return Decision::Drop(DropReason::RemoteNotSupported),
         _ => return Decision::Drop(DropReason::UnknownDestination),
     };
     Decision::Deliver {
@@ -580,7 +651,7 @@ fn csum_replace(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
 
 /// A 32-bit one's complement sum folded to 16 bits.
 #[inline(always)]
-fn fold(sum: u32) -> u16 {
+pub(crate) fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
@@ -667,21 +738,31 @@ fn route(
     if ip.ttl <= 1 {
         return time_exceeded(ctx, from, eth, ip, hlen, tot_len);
     }
-    if target.location == location::REMOTE {
-        // The next issue: rewrite as below, then encapsulate.
-        return Decision::Drop(DropReason::RemoteNotSupported);
-    }
-    // One store: both MACs, the EtherType and the IPv4 header up to its
-    // checksum, with the TTL decremented.
     let ttl = ip.ttl - 1;
     let old = u16::from_be_bytes([ip.ttl, ip.proto]);
     let new = u16::from_be_bytes([ttl, ip.proto]);
+    let routed_eth = EthHdr {
+        dst: target.mac,
+        src: to.gateway_mac,
+        proto: eth.proto,
+    };
+    if target.location == location::REMOTE {
+        // Routed here, as a router next to the VM would: the TTL and
+        // checksum now, the MACs in the inner header the encapsulation
+        // writes.
+        let ttl_check = TtlCheck {
+            ttl_proto: [ttl, ip.proto],
+            check: csum_replace(ip.check, old, new),
+        };
+        if ctx.store(ETH_LEN + 8, &ttl_check, 0).is_err() {
+            return Decision::Drop(DropReason::HelperFailed);
+        }
+        return tunnel::encapsulate(ctx, vni, target.remote_host, &routed_eth, true);
+    }
+    // One store: both MACs, the EtherType and the IPv4 header up to its
+    // checksum, with the TTL decremented.
     let rewritten = EthIpv4Start {
-        eth: EthHdr {
-            dst: target.mac,
-            src: to.gateway_mac,
-            proto: eth.proto,
-        },
+        eth: routed_eth,
         vihl_tos: [ip.vihl, ip.tos],
         tot_len: ip.tot_len,
         id: ip.id,

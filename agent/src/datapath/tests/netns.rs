@@ -30,12 +30,12 @@ use crate::model::Mac;
 
 /// A network namespace held by a descriptor only: no name, no process; it
 /// goes away with the descriptor (and the devices in it with it).
-struct Vm {
-    netns: OwnedFd,
+pub(super) struct Vm {
+    pub(super) netns: OwnedFd,
 }
 
 impl Vm {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let netns = thread::spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
             OwnedFd::from(File::open("/proc/thread-self/ns/net").unwrap())
@@ -46,7 +46,7 @@ impl Vm {
     }
 
     /// `program args...` inside the VM.
-    fn command(&self, program: &str, args: &[&str]) -> Command {
+    pub(super) fn command(&self, program: &str, args: &[&str]) -> Command {
         let fd = self.netns.as_raw_fd();
         let mut command = Command::new(program);
         command.args(args);
@@ -62,11 +62,11 @@ impl Vm {
         command
     }
 
-    fn output(&self, program: &str, args: &[&str]) -> Output {
+    pub(super) fn output(&self, program: &str, args: &[&str]) -> Output {
         self.command(program, args).output().unwrap()
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    pub(super) fn run(&self, program: &str, args: &[&str]) {
         let output = self.output(program, args);
         assert!(
             output.status.success(),
@@ -77,7 +77,7 @@ impl Vm {
 
     /// Moves device `name` (`ifindex`) into the VM as `eth0` with `mac` and
     /// `address`, up, with a default route through `gateway`.
-    fn plug(
+    pub(super) fn plug(
         &self,
         netlink: &Netlink,
         (ifindex, name): (u32, &str),
@@ -109,7 +109,7 @@ impl Vm {
 
     /// Whether `count` pings to `target` are all answered (bounded: at most
     /// about 2 s more than the pings themselves).
-    fn ping(&self, target: &str, extra: &[&str]) -> bool {
+    pub(super) fn ping(&self, target: &str, extra: &[&str]) -> bool {
         let mut args = vec!["-c", "3", "-i", "0.2", "-W", "2", "-n", "-q"];
         args.extend(extra);
         args.push(target);
@@ -117,7 +117,7 @@ impl Vm {
     }
 
     /// Runs `f` on a thread inside the VM.
-    fn spawn<T: Send + 'static>(
+    pub(super) fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> thread::JoinHandle<T> {
@@ -131,7 +131,7 @@ impl Vm {
 
 /// Sends `len` bytes over TCP from `client` to `server` listening on
 /// `address`; returns what the server received. Bounded by timeouts.
-fn tcp_transfer(client: &Vm, server: &Vm, address: &str, len: usize) -> usize {
+pub(super) fn tcp_transfer(client: &Vm, server: &Vm, address: &str, len: usize) -> usize {
     let address: SocketAddr = address.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = server.spawn(move || {

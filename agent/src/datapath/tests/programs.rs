@@ -80,6 +80,7 @@ pub fn model(ports: Vec<PortSpec>) -> DatapathModel {
             subnet(VNI1, "10.0.3.0/24", "10.0.3.1", GW3_MAC, None),
             subnet(VNI2, "10.0.1.0/24", "10.0.1.1", GW21_MAC, None),
         ],
+        ..DatapathModel::default()
     }
 }
 
@@ -490,9 +491,9 @@ fn unknown_and_unsupported_destinations_are_dropped() {
         f.assert_dropped(f.a, &frame, DropReason::UnknownDestination);
         let frame = from_a(GW1_MAC, "8.8.8.8", UDP, &payload);
         f.assert_dropped(f.a, &frame, DropReason::UnknownDestination);
-        // A neighbor on another host: VXLAN is the next issue.
+        // A neighbor on another host, but this host has no underlay.
         let frame = from_a(mac(0x50), "10.0.1.50", UDP, &payload);
-        f.assert_dropped(f.a, &frame, DropReason::RemoteNotSupported);
+        f.assert_dropped(f.a, &frame, DropReason::NoUnderlay);
         // Broadcast other than DHCP, IPv6, other EtherTypes, truncated.
         let frame = from_a(BROADCAST, "10.0.1.255", UDP, &payload);
         f.assert_dropped(f.a, &frame, DropReason::Broadcast);

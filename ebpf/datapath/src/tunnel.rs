@@ -1,0 +1,236 @@
+//! VXLAN encapsulation (RFC 7348) for frames whose destination is on
+//! another host, called by the port program once it has decided (and, if
+//! routed, rewritten) the frame.
+//!
+//! `bpf_skb_adjust_room(+50, BPF_ADJ_ROOM_MAC, ...)` makes room after the
+//! Ethernet header with the encapsulation flags, which tell the kernel the
+//! new headers (outer IPv4, UDP, an inner Ethernet header of 14 bytes), so
+//! that a GSO super-packet stays one (`SKB_GSO_UDP_TUNNEL` is added, the
+//! inner MSS is kept: `FIXED_GSO`) and is segmented, outer headers and all,
+//! only where a device needs it. The 64 bytes from the start are then
+//! written at once: outer Ethernet, IPv4, UDP, VXLAN and the inner Ethernet
+//! header.
+//!
+//! Outer headers: IPv4 from this host's underlay address to the remote
+//! host's, TTL 64, DF clear and a random identification, as the kernel's
+//! own VXLAN device sends by default (a smaller path MTU in the underlay
+//! then costs fragmentation, not a black hole); UDP from a port chosen by a
+//! hash of the inner flow (so that ECMP spreads flows and keeps each on one
+//! path) to 4789, checksum 0 (RFC 7348 allows it for IPv4); VXLAN with the
+//! VNI flag and the port's VNI.
+//!
+//! Next hop: if the agent gave a MAC for the remote host (or for the
+//! underlay's gateway), the outer MACs are written here and the frame goes
+//! out with `bpf_redirect`; else `bpf_redirect_neigh` lets the kernel route
+//! it and fill in the MACs from its neighbour table.
+
+use alcor_ebpf_common::{
+    DropReason, HOST_MAC, NextHop, UNDERLAY_GATEWAY_MAC, UnderlayInfo, VXLAN_OVERHEAD, VXLAN_PORT,
+    VXLAN_SPORT_MAX, VXLAN_SPORT_MIN, VXLAN_TTL,
+};
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
+    },
+    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_get_prandom_u32},
+    programs::TcContext,
+};
+
+use crate::{
+    port::{Decision, ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, fold},
+    underlay::{HOSTS, UNDERLAY, UNDERLAY_STATS},
+};
+
+/// A UDP header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+/// A VXLAN header: flags (0x08: the VNI is valid), reserved, VNI (24
+/// bits), reserved.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct VxlanHdr {
+    pub flags: [u8; 4],
+    pub vni: [u8; 4],
+}
+
+/// [`VxlanHdr::flags`]`[0]`: the VNI is valid.
+pub(crate) const VXLAN_FLAG_VNI: u8 = 0x08;
+
+/// Everything written in front of the inner IPv4 header.
+#[repr(C)]
+struct Encapsulation {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+    vxlan: VxlanHdr,
+    inner: EthHdr,
+}
+
+/// `bpf_skb_adjust_room` flags of the encapsulation: IPv4 in front of UDP
+/// in front of 14 bytes of inner Ethernet (in the top byte), GSO size kept.
+const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | ((ETH_LEN as u64) << 56);
+
+/// `bpf_check_mtu`'s verdict for a GSO packet whose segments fit.
+const MTU_CHK_RET_SUCCESS: i64 = 0;
+
+/// Encapsulates the frame in VXLAN with `vni` for `host` (its underlay
+/// IPv4, network order), with `inner` as the inner Ethernet header (the
+/// frame's own, or its rewrite if routed), and decides how it leaves.
+#[inline(always)]
+pub(crate) fn encapsulate(
+    ctx: &TcContext,
+    vni: u32,
+    host: u32,
+    inner: &EthHdr,
+    routed: bool,
+) -> Decision {
+    let Some(underlay) = UNDERLAY.get(0).copied() else {
+        return Decision::Drop(DropReason::NoUnderlay);
+    };
+    if underlay.ip == 0 || underlay.ifindex == 0 {
+        return Decision::Drop(DropReason::NoUnderlay);
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: the context is the kernel's `__sk_buff`, valid for the run.
+    let gso_size = unsafe { (*skb).gso_size };
+    let len = ctx.len();
+    // A frame (not GSO) that will not fit the underlay: the VM's MTU is
+    // wrong. Dropped here, rather than by the underlay device unseen.
+    if gso_size == 0 && underlay.mtu != 0 && len + VXLAN_OVERHEAD > underlay.mtu + ETH_LEN as u32 {
+        return Decision::Drop(DropReason::TooBig);
+    }
+    // SAFETY: plain helper call on this program's skb.
+    let hash = unsafe { bpf_get_hash_recalc(skb) };
+    if ctx
+        .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    let (next_hop, dst_mac) = next_hop(&underlay, host);
+    let tot_len = (ctx.len() - ETH_LEN as u32).min(0xffff) as u16;
+    let mut headers = Encapsulation {
+        eth: EthHdr {
+            dst: dst_mac,
+            src: underlay.mac,
+            proto: ETH_P_IP.to_be_bytes(),
+        },
+        ip: Ipv4Hdr {
+            vihl: 0x45,
+            tos: 0,
+            tot_len: tot_len.to_be_bytes(),
+            // SAFETY: plain helper call.
+            id: (unsafe { bpf_get_prandom_u32() } as u16).to_ne_bytes(),
+            frag: [0; 2],
+            ttl: VXLAN_TTL,
+            proto: IPPROTO_UDP,
+            check: [0; 2],
+            src: underlay.ip.to_ne_bytes(),
+            dst: host.to_ne_bytes(),
+        },
+        udp: UdpHdr {
+            sport: source_port(hash).to_be_bytes(),
+            dport: VXLAN_PORT.to_be_bytes(),
+            len: (tot_len - 20).to_be_bytes(),
+            check: [0; 2],
+        },
+        vxlan: VxlanHdr {
+            flags: [VXLAN_FLAG_VNI, 0, 0, 0],
+            vni: (vni << 8).to_be_bytes(),
+        },
+        inner: *inner,
+    };
+    headers.ip.check = ipv4_checksum(&headers.ip);
+    if ctx.store(0, &headers, 0).is_err() {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    // A GSO packet: do its segments, outer headers included, fit?
+    if gso_size != 0 {
+        let mut mtu_len = 0u32;
+        // SAFETY: plain helper call; `mtu_len` is ours for its duration.
+        let fits = unsafe {
+            bpf_check_mtu(
+                skb.cast(),
+                underlay.ifindex,
+                &mut mtu_len,
+                0,
+                u64::from(BPF_MTU_CHK_SEGS),
+            )
+        };
+        if fits != MTU_CHK_RET_SUCCESS {
+            return Decision::Drop(DropReason::TooBig);
+        }
+    }
+    Decision::Encap {
+        ifindex: underlay.ifindex,
+        host,
+        next_hop,
+        routed,
+    }
+}
+
+/// How the frame reaches `host`, and the outer destination MAC to write.
+#[inline(always)]
+fn next_hop(underlay: &UnderlayInfo, host: u32) -> (NextHop, [u8; 6]) {
+    if let Some(info) = HOSTS.get_ptr(host)
+        // SAFETY: a map value, read at once.
+        && let info = unsafe { *info }
+        && info.flags & HOST_MAC != 0
+    {
+        return (NextHop::Mac, info.mac);
+    }
+    if underlay.flags & UNDERLAY_GATEWAY_MAC != 0 {
+        return (NextHop::Mac, underlay.gateway_mac);
+    }
+    // Written over by the kernel; must not be multicast meanwhile.
+    (NextHop::Neighbor, [0; 6])
+}
+
+/// The outer UDP source port for a flow hash: spread over the range as the
+/// kernel's `udp_flow_src_port` does (high bits folded in first).
+#[inline(always)]
+fn source_port(hash: u32) -> u16 {
+    let hash = hash ^ (hash << 16);
+    let range = u64::from(VXLAN_SPORT_MAX - VXLAN_SPORT_MIN) + 1;
+    VXLAN_SPORT_MIN + ((u64::from(hash) * range) >> 32) as u16
+}
+
+/// The checksum of an IPv4 header without options (its `check` zero).
+#[inline(always)]
+fn ipv4_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
+    let word = |bytes: [u8; 2]| u32::from(u16::from_be_bytes(bytes));
+    let sum = word([ip.vihl, ip.tos])
+        + word(ip.tot_len)
+        + word(ip.id)
+        + word(ip.frag)
+        + word([ip.ttl, ip.proto])
+        + word([ip.src[0], ip.src[1]])
+        + word([ip.src[2], ip.src[3]])
+        + word([ip.dst[0], ip.dst[1]])
+        + word([ip.dst[2], ip.dst[3]]);
+    (!fold(sum)).to_be_bytes()
+}
+
+/// Counts an encapsulated frame of `len` bytes in the host's tunnel stats.
+#[inline(always)]
+pub(crate) fn count_encap(len: u64) {
+    if let Some(stats) = UNDERLAY_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        let stats = unsafe { &mut *stats };
+        stats.encap_packets += 1;
+        stats.encap_bytes += len;
+    }
+}

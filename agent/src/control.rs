@@ -308,7 +308,13 @@ impl AgentControl for ControlService {
                 ..Default::default()
             }
         });
+        let (dp_endpoints, dp_map_bytes) = self.with_datapath(|datapath| {
+            let memory = datapath.map_memory()?.iter().map(|(_, bytes)| bytes).sum();
+            Ok((datapath.endpoint_count()? as u64, memory))
+        })?;
         Ok(Response::new(api::AgentStatus {
+            dp_endpoints,
+            dp_map_bytes,
             ports_ready: phases(PortPhase::Ready),
             ports_pending: phases(PortPhase::Pending),
             ports_failed: phases(PortPhase::Failed),

@@ -1,11 +1,13 @@
-//! The engine applies goal-state messages, one at a time:
+//! The engine applies goal-state messages, one at a time or, when they
+//! arrive faster than it applies them, a group at a time:
 //!
 //! 1. every resource is parsed and checked against the desired state, in
 //!    dependency order (creates and updates from VPCs down to DHCP entries,
 //!    then deletes from the bottom up), honouring revision numbers;
 //! 2. the ports it changed are plumbed, concurrently; a port the kernel
 //!    refuses is rolled back (FAILURE: not applied, nothing half-made);
-//! 3. the changes are persisted in one transaction before the reply.
+//! 3. the datapath is programmed and the changes are persisted in one
+//!    transaction before the reply (one for the whole group).
 //!
 //! It also adopts what exists when the agent starts, and reacts to link
 //! events (a tap appearing, a device vanishing).
@@ -406,59 +408,82 @@ impl Engine {
     }
 
     /// Applies one goal-state message and says what became of each resource.
-    pub async fn apply(&mut self, mut batch: Batch) -> GoalStateOperationReply {
-        let mut run = Run {
-            started: Instant::now(),
-            statuses: Vec::new(),
-            seen: HashSet::new(),
-            ports: Vec::new(),
-        };
-        {
-            let mut state = self.write();
-            let state = &mut *state;
-            // Creates and updates top-down, so that a resource finds what it
-            // refers to; deletes bottom-up, so that nothing is left dangling.
-            macro_rules! stage {
-                ($pass:expr; $($kind:ty),*) => {
-                    $(run.stage::<$kind>(state, &mut batch, $pass);)*
+    pub async fn apply(&mut self, batch: Batch) -> GoalStateOperationReply {
+        let mut replies = self.apply_group(vec![batch]).await;
+        replies.pop().unwrap_or_default()
+    }
+
+    /// Applies goal-state messages that arrived together, in order, as one
+    /// transaction: each is staged on top of the ones before it, then the
+    /// datapath is programmed and the store written once for all of them (a
+    /// million neighbors in a hundred messages cost one pass over the maps,
+    /// not a hundred). If the datapath or the disk refuses, none is applied.
+    /// A message with ports must come first (see
+    /// [`Batch::groups_with_previous`]):
+    /// a port the kernel refuses is rolled back to its value before the
+    /// transaction, which must be the one its own message started from.
+    pub async fn apply_group(&mut self, batches: Vec<Batch>) -> Vec<GoalStateOperationReply> {
+        let mut runs: Vec<Run> = batches
+            .into_iter()
+            .map(|mut batch| {
+                let mut run = Run {
+                    started: Instant::now(),
+                    statuses: Vec::new(),
+                    seen: HashSet::new(),
+                    ports: Vec::new(),
                 };
+                let mut state = self.write();
+                let state = &mut *state;
+                // Creates and updates top-down, so that a resource finds what
+                // it refers to; deletes bottom-up, so that nothing is left
+                // dangling.
+                macro_rules! stage {
+                    ($pass:expr; $($kind:ty),*) => {
+                        $(run.stage::<$kind>(state, &mut batch, $pass);)*
+                    };
+                }
+                stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
+                stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
+                run
+            })
+            .collect();
+
+        for run in &mut runs {
+            self.plumb_changed_ports(run).await;
+        }
+        let changed = self.commit(&mut runs).await;
+
+        self.write().messages_applied += runs.len() as u64;
+        for run in &runs {
+            for status in &run.statuses {
+                let kind = ResourceType::try_from(status.resource_type)
+                    .map_or("UNKNOWN", |kind| kind.as_str_name());
+                let outcome = OperationStatus::try_from(status.operation_status)
+                    .map_or("UNKNOWN", |status| status.as_str_name());
+                self.metrics
+                    .resources
+                    .get_or_create(&ResourceLabels {
+                        kind,
+                        status: outcome,
+                    })
+                    .inc();
             }
-            stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
-            stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
-        }
-
-        self.plumb_changed_ports(&mut run).await;
-        let changed = self.commit(&mut run).await;
-
-        let elapsed = run.started.elapsed();
-        {
-            let mut state = self.write();
-            state.messages_applied += 1;
-        }
-        for status in &run.statuses {
-            let kind = ResourceType::try_from(status.resource_type)
-                .map_or("UNKNOWN", |kind| kind.as_str_name());
-            let outcome = OperationStatus::try_from(status.operation_status)
-                .map_or("UNKNOWN", |status| status.as_str_name());
             self.metrics
-                .resources
-                .get_or_create(&ResourceLabels {
-                    kind,
-                    status: outcome,
-                })
-                .inc();
+                .apply_seconds
+                .observe(run.started.elapsed().as_secs_f64());
         }
-        self.metrics.apply_seconds.observe(elapsed.as_secs_f64());
         if changed {
             self.update_port_gauges();
             self.publish();
         }
 
-        GoalStateOperationReply {
-            format_version: 1,
-            operation_statuses: run.statuses,
-            message_total_operation_time: micros_since(run.started),
-        }
+        runs.into_iter()
+            .map(|run| GoalStateOperationReply {
+                format_version: 1,
+                message_total_operation_time: micros_since(run.started),
+                operation_statuses: run.statuses,
+            })
+            .collect()
     }
 
     async fn plumb_changed_ports(&mut self, run: &mut Run) {
@@ -498,17 +523,17 @@ impl Engine {
         }
     }
 
-    /// Programs the datapath with what the message changed, then persists
-    /// it; if the datapath or the disk refuses, nothing of the message is
-    /// applied. Says whether the desired state changed.
-    async fn commit(&mut self, run: &mut Run) -> bool {
+    /// Programs the datapath with what the messages changed, then persists
+    /// it; if the datapath or the disk refuses, nothing of them is applied.
+    /// Says whether the desired state changed.
+    async fn commit(&mut self, runs: &mut [Run]) -> bool {
         let writes = self.write().desired.pending_writes();
         if writes.is_empty() {
             return false;
         }
         let programmed = self.sync_datapath().map(|micros| {
-            // Every resource the message changed waited for the maps.
-            for status in run.statuses.iter_mut().filter(|s| applied(s)) {
+            // Every resource the messages changed waited for the maps.
+            for status in applied_statuses(runs) {
                 status.dataplane_programming_time =
                     status.dataplane_programming_time.saturating_add(micros);
             }
@@ -524,14 +549,18 @@ impl Engine {
                 true
             }
             Err(reason) => {
-                tracing::error!(%reason, "goal-state message not applied");
+                tracing::error!(%reason, "goal-state messages not applied");
                 self.write().desired.rollback();
-                let ids = run.ports.iter().map(|work| work.id.clone()).collect();
+                let ids = runs
+                    .iter()
+                    .flat_map(|run| &run.ports)
+                    .map(|work| work.id.clone())
+                    .collect();
                 self.reconcile_ports(ids).await;
                 if let Err(again) = self.sync_datapath() {
                     tracing::error!(reason = %again, "restoring the datapath failed");
                 }
-                for status in run.statuses.iter_mut().filter(|s| applied(s)) {
+                for status in applied_statuses(runs) {
                     status.operation_status = OperationStatus::Failure as i32;
                     status.message = format!("not applied: {reason}");
                 }
@@ -572,6 +601,13 @@ impl Engine {
 }
 
 /// Whether a status says its operation changed the desired state.
+/// The statuses of the operations the messages applied.
+fn applied_statuses(runs: &mut [Run]) -> impl Iterator<Item = &mut GoalStateOperationStatus> {
+    runs.iter_mut()
+        .flat_map(|run| run.statuses.iter_mut())
+        .filter(|status| applied(status))
+}
+
 fn applied(status: &GoalStateOperationStatus) -> bool {
     let changing = [
         OperationType::Create,

@@ -2,8 +2,9 @@
 //! send (revision 1, CREATE, port update_type FULL).
 
 use alcor_proto::schema::{
-    self, DhcpState, GoalState, GoalStateV2, OperationType, PortState, RouterState, SubnetState,
-    UpdateType, VpcState,
+    self, DhcpState, GoalState, GoalStateV2, NeighborConfiguration, NeighborState, NeighborType,
+    OperationType, PortState, RouterState, SubnetState, UpdateType, VpcState,
+    neighbor_configuration,
     port_configuration::{AllowAddressPair, FixedIp},
     router_configuration::{RoutingRule, SubnetRoutingTable},
     subnet_configuration::{DnsEntry, ExtraDhcpOption, Gateway},
@@ -83,6 +84,36 @@ pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) ->
     }
 }
 
+/// A VM port on another host: an L2 neighbor in `subnet_id` of `vpc_id`,
+/// reached through the host with underlay address `host_ip`.
+pub fn neighbor(
+    id: &str,
+    vpc_id: &str,
+    subnet_id: &str,
+    ip: &str,
+    mac: &str,
+    host_ip: &str,
+) -> NeighborState {
+    NeighborState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(NeighborConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            vpc_id: vpc_id.into(),
+            mac_address: mac.into(),
+            host_ip_address: host_ip.into(),
+            fixed_ips: vec![neighbor_configuration::FixedIp {
+                neighbor_type: NeighborType::L2 as i32,
+                subnet_id: subnet_id.into(),
+                ip_address: ip.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
 /// Any resource state: sets its operation and revision.
 pub trait StateExt: Sized {
     fn with(self, operation: OperationType, revision: u32) -> Self;
@@ -102,7 +133,14 @@ macro_rules! state_ext {
     )*};
 }
 
-state_ext!(VpcState, SubnetState, PortState, DhcpState, RouterState);
+state_ext!(
+    VpcState,
+    SubnetState,
+    PortState,
+    DhcpState,
+    RouterState,
+    NeighborState
+);
 
 /// A V1 message with these resources.
 pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {

@@ -117,6 +117,12 @@ impl Human for AgentStatus {
             ("dhcp entries", self.dhcp_entries.to_string()),
             ("routers", self.routers.to_string()),
             ("security groups", self.security_groups.to_string()),
+            ("", String::new()),
+            ("datapath endpoints", self.dp_endpoints.to_string()),
+            (
+                "datapath map memory",
+                format!("{:.1} MiB", self.dp_map_bytes as f64 / (1 << 20) as f64),
+            ),
         ] {
             table.row([key.to_string(), value]);
         }

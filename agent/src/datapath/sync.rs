@@ -426,6 +426,11 @@ impl Datapath {
             .collect())
     }
 
+    /// How many entries the endpoint map holds, read from the kernel.
+    pub fn endpoint_count(&self) -> Result<usize, DatapathError> {
+        Ok(read_hash_batched(&self.endpoints, maps::ENDPOINTS)?.len())
+    }
+
     /// The kernel memory each map holds (its `memlock` as the kernel
     /// accounts it, in bytes), by map name.
     pub fn map_memory(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {

@@ -26,6 +26,15 @@ pub struct Batch {
     pub gateways: Vec<Op<schema::GatewayConfiguration>>,
 }
 
+impl Batch {
+    /// Whether this message may be applied in one transaction with the
+    /// messages before it: not if it has ports, whose plumbing can fail one
+    /// by one (see [`Engine::apply_group`](crate::engine::Engine::apply_group)).
+    pub fn groups_with_previous(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
 /// Where a resource kind's operations are in a [`Batch`].
 pub trait Batched: Resource {
     fn ops(batch: &mut Batch) -> &mut Vec<Op<Self::Config>>;

@@ -1,5 +1,8 @@
-//! Alcor's `GoalStateProvisioner` over gRPC. Every message goes through the
-//! engine one at a time, so replies follow the order of messages.
+//! Alcor's `GoalStateProvisioner` over gRPC. Messages go through the engine
+//! in order, so replies follow the order of messages. On a stream, messages
+//! are read and decoded ahead while the engine applies earlier ones, and
+//! those that arrived meanwhile are applied together, as one transaction
+//! (see [`Engine::apply_group`]).
 
 use std::sync::Arc;
 
@@ -20,6 +23,9 @@ use crate::{
 /// Replies a stream may have in flight before the agent waits for the
 /// controller to read them.
 const STREAM_REPLY_BACKLOG: usize = 16;
+/// Messages of a stream read and decoded ahead of the engine: the most one
+/// group applies at once, besides the one that started it.
+const STREAM_READ_AHEAD: usize = 16;
 
 pub struct GoalStateService {
     engine: Arc<Mutex<Engine>>,
@@ -32,20 +38,81 @@ impl GoalStateService {
     }
 }
 
-/// Applies a message to completion even if the caller goes away: a message
+/// Applies messages to completion even if the caller goes away: a message
 /// is applied whole or not at all.
 async fn apply(
     engine: &Arc<Mutex<Engine>>,
     metrics: &Metrics,
     api: &'static str,
-    batch: Batch,
-) -> Result<GoalStateOperationReply, Status> {
+    group: Vec<Batch>,
+) -> Result<Vec<GoalStateOperationReply>, Status> {
     let engine = engine.clone();
-    let reply = tokio::spawn(async move { engine.lock().await.apply(batch).await })
+    let count = group.len() as u64;
+    let replies = tokio::spawn(async move { engine.lock().await.apply_group(group).await })
         .await
         .map_err(|e| Status::internal(format!("applying the goal state failed: {e}")))?;
-    metrics.messages.get_or_create(&ApiLabels { api }).inc();
-    Ok(reply)
+    metrics
+        .messages
+        .get_or_create(&ApiLabels { api })
+        .inc_by(count);
+    Ok(replies)
+}
+
+/// A message as read from a stream: a batch, the stream's end, or the
+/// reason the transport refused it (too large, malformed).
+type Incoming = Result<Option<Batch>, Status>;
+
+/// Applies the messages of one stream in order, a group at a time, and
+/// sends a reply for each; stops at the end of the stream, at the first
+/// message the transport refused (after replying to those before it) or
+/// when the controller stops reading.
+async fn apply_stream(
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+    mut incoming: mpsc::Receiver<Incoming>,
+    replies: mpsc::Sender<Result<GoalStateOperationReply, Status>>,
+) {
+    let mut held = None;
+    loop {
+        let next = match held.take() {
+            Some(next) => next,
+            None => match incoming.recv().await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let first = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return,
+            Err(status) => {
+                let _ = replies.send(Err(status)).await;
+                return;
+            }
+        };
+        let mut group = vec![first];
+        while let Ok(next) = incoming.try_recv() {
+            match next {
+                Ok(Some(batch)) if batch.groups_with_previous() => group.push(batch),
+                other => {
+                    held = Some(other);
+                    break;
+                }
+            }
+        }
+        match apply(&engine, &metrics, "v2", group).await {
+            Ok(group_replies) => {
+                for reply in group_replies {
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(status) => {
+                let _ = replies.send(Err(status)).await;
+                return;
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -55,9 +122,8 @@ impl GoalStateProvisioner for GoalStateService {
         request: Request<GoalState>,
     ) -> Result<Response<GoalStateOperationReply>, Status> {
         let batch = Batch::from(request.into_inner());
-        apply(&self.engine, &self.metrics, "v1", batch)
-            .await
-            .map(Response::new)
+        let mut replies = apply(&self.engine, &self.metrics, "v1", vec![batch]).await?;
+        Ok(Response::new(replies.pop().unwrap_or_default()))
     }
 
     type PushGoalStatesStreamStream = ReceiverStream<Result<GoalStateOperationReply, Status>>;
@@ -68,23 +134,23 @@ impl GoalStateProvisioner for GoalStateService {
     ) -> Result<Response<Self::PushGoalStatesStreamStream>, Status> {
         let mut messages = request.into_inner();
         let (replies, outbound) = mpsc::channel(STREAM_REPLY_BACKLOG);
-        let engine = self.engine.clone();
-        let metrics = self.metrics.clone();
+        let (read, incoming) = mpsc::channel(STREAM_READ_AHEAD);
+        // Reads and decodes ahead, on its own task, while the engine works.
         tokio::spawn(async move {
             loop {
-                let reply = match messages.message().await {
-                    Ok(Some(message)) => apply(&engine, &metrics, "v2", message.into()).await,
-                    Ok(None) => break,
-                    // A message the transport refused (too large, malformed):
-                    // the stream ends with the reason.
-                    Err(status) => Err(status),
-                };
-                let failed = reply.is_err();
-                if replies.send(reply).await.is_err() || failed {
+                let next = messages.message().await.map(|m| m.map(Batch::from));
+                let last = !matches!(next, Ok(Some(_)));
+                if read.send(next).await.is_err() || last {
                     break;
                 }
             }
         });
+        tokio::spawn(apply_stream(
+            self.engine.clone(),
+            self.metrics.clone(),
+            incoming,
+            replies,
+        ));
         Ok(Response::new(ReceiverStream::new(outbound)))
     }
 

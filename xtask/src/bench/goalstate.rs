@@ -20,7 +20,7 @@ use std::{
 use alcor_proto::schema::{GoalStateOperationReply, GoalStateV2, OperationStatus, ResourceType};
 use alcor_tests::{
     Agent, AgentOptions, Netns, goalstate,
-    topology::{NetnsSet, ip_batch, namespaces_with_prefix},
+    topology::{NetnsSet, ip_batch},
 };
 use anyhow::{Context, anyhow, bail, ensure};
 use futures::{FutureExt, StreamExt};
@@ -58,8 +58,7 @@ pub fn run() -> anyhow::Result<()> {
         }
     });
     drop(runtime);
-    let left = namespaces_with_prefix(&format!("{prefix}-"))?;
-    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    super::ensure_swept(&prefix)?;
     outcome
 }
 
@@ -209,7 +208,7 @@ async fn one_message(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow
         agent_us: vec![u64::from(reply.message_total_operation_time)],
         netlink_us: port_times(&port_statuses).0,
         datapath_us: port_times(&port_statuses).1,
-        peak_rss_kib: peak_rss_kib(&agent),
+        peak_rss_kib: super::peak_rss_kib(&agent),
     };
     verify_eth0(vms, ports)?;
     remove_ports(host, agent, vms)?;
@@ -295,7 +294,7 @@ async fn pipelined(prefix: &str, ports: &[PortSpec], vms: &NetnsSet) -> anyhow::
             .collect(),
         netlink_us: port_times(&port_statuses).0,
         datapath_us: port_times(&port_statuses).1,
-        peak_rss_kib: peak_rss_kib(&agent),
+        peak_rss_kib: super::peak_rss_kib(&agent),
     };
     verify_eth0(vms, ports)?;
     remove_ports(host, agent, vms)?;
@@ -377,18 +376,6 @@ fn port_times(statuses: &[&PortStatus]) -> (Vec<u64>, Vec<u64>) {
             )
         })
         .unzip()
-}
-
-fn peak_rss_kib(agent: &Agent) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// How many of `names` have an eth0, checked from one thread that enters

@@ -5,8 +5,12 @@
 mod datapath_local;
 mod dhcp;
 mod goalstate;
+mod neighbors;
 
-use anyhow::bail;
+use alcor_tests::{Agent, topology::namespaces_with_prefix};
+use anyhow::{bail, ensure};
+
+use crate::util;
 
 type Bench = fn() -> anyhow::Result<()>;
 
@@ -30,6 +34,12 @@ const BENCHES: &[(&str, &str, Bench)] = &[
          ping RTT through our eBPF datapath vs a Linux bridge and host routing",
         datapath_local::run,
     ),
+    (
+        "neighbors",
+        "10k, 100k and 1M neighbors pushed over gRPC: time until programmed, agent RSS \
+         and map memory, vs the kernel's VXLAN fdb and neighbour entries for the same",
+        neighbors::run,
+    ),
 ];
 
 pub fn run(name: &str) -> anyhow::Result<()> {
@@ -46,4 +56,45 @@ pub fn run(name: &str) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Fails if a benchmark left namespaces named `PREFIX-...` behind.
+fn ensure_swept(prefix: &str) -> anyhow::Result<()> {
+    let left = namespaces_with_prefix(&format!("{prefix}-"))?;
+    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    Ok(())
+}
+
+/// The agent's peak resident memory (VmHWM), KiB.
+fn peak_rss_kib(agent: &Agent) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Writes `target/bench/NAME.json`: the results, with the machine they were
+/// measured on.
+fn write_json(name: &str, results: &serde_json::Value) -> anyhow::Result<()> {
+    let dir = util::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "bench": name,
+            "cores": cores,
+            "kernel": kernel.trim(),
+            "results": results,
+        }))?,
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

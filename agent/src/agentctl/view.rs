@@ -860,18 +860,17 @@ fn frame_words(headers: &FrameHeaders, addresses: bool) -> String {
 }
 
 /// The outer headers of an encapsulated frame: `198.18.0.1 -> 198.18.0.2
-/// UDP 51234 -> 4789, VXLAN VNI 100, TTL 64, next hop ...`.
+/// UDP 51234 -> 4789, VXLAN VNI 100, TTL 64, out of underlay0`, and the
+/// outer MACs when the datapath writes them (the verdict says who else
+/// does).
 fn outer_words(outer: &Encapsulation) -> String {
-    let next_hop = if outer.next_hop == "mac" {
-        format!(
-            "MACs {} -> {} written by the datapath",
-            outer.outer_src_mac, outer.outer_dst_mac
-        )
+    let macs = if outer.next_hop == "mac" {
+        format!(", MACs {} -> {}", outer.outer_src_mac, outer.outer_dst_mac)
     } else {
-        "next hop and MACs resolved by the kernel (route, neighbour table)".into()
+        String::new()
     };
     format!(
-        "{} -> {} UDP {} -> {}, VXLAN VNI {}, TTL {}, out of {}; {next_hop}",
+        "{} -> {} UDP {} -> {}, VXLAN VNI {}, TTL {}, out of {}{macs}",
         outer.outer_src_ip,
         outer.outer_dst_ip,
         outer.udp_src_port,
@@ -1645,7 +1644,7 @@ mod tests {
         assert!(
             text.contains(
                 "\n  outer: 198.18.0.1 -> 198.18.0.2 UDP 51234 -> 4789, VXLAN VNI 100, TTL 64, out \
-                 of underlay0; next hop and MACs resolved by the kernel (route, neighbour table)\n"
+                 of underlay0\n"
             ),
             "{text}"
         );

@@ -2,9 +2,8 @@
 //! send (revision 1, CREATE, port update_type FULL).
 
 use alcor_proto::schema::{
-    self, DhcpState, GoalState, GoalStateV2, NeighborConfiguration, NeighborState, NeighborType,
-    OperationType, PortState, RouterState, SubnetState, UpdateType, VpcState,
-    neighbor_configuration,
+    self, DhcpState, GoalState, GoalStateV2, NeighborState, NeighborType, OperationType, PortState,
+    RouterState, SubnetState, UpdateType, VpcState, neighbor_configuration,
     port_configuration::{AllowAddressPair, FixedIp},
     router_configuration::{RoutingRule, SubnetRoutingTable},
     subnet_configuration::{DnsEntry, ExtraDhcpOption, Gateway},
@@ -84,8 +83,9 @@ pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) ->
     }
 }
 
-/// A VM port on another host: an L2 neighbor in `subnet_id` of `vpc_id`,
-/// reached through the host with underlay address `host_ip`.
+/// A port of another host, as a controller describes it to this one: its
+/// MAC, its address in `subnet_id` (L2 neighbor) and its host's underlay
+/// address, where VXLAN to it goes.
 pub fn neighbor(
     id: &str,
     vpc_id: &str,
@@ -96,11 +96,12 @@ pub fn neighbor(
 ) -> NeighborState {
     NeighborState {
         operation_type: OperationType::Create as i32,
-        configuration: Some(NeighborConfiguration {
+        configuration: Some(schema::NeighborConfiguration {
             revision_number: 1,
             id: id.into(),
             update_type: UpdateType::Full as i32,
             vpc_id: vpc_id.into(),
+            name: format!("neighbor {id}"),
             mac_address: mac.into(),
             host_ip_address: host_ip.into(),
             fixed_ips: vec![neighbor_configuration::FixedIp {
@@ -133,14 +134,7 @@ macro_rules! state_ext {
     )*};
 }
 
-state_ext!(
-    VpcState,
-    SubnetState,
-    PortState,
-    DhcpState,
-    RouterState,
-    NeighborState
-);
+state_ext!(VpcState, SubnetState, PortState, DhcpState, RouterState);
 
 /// A V1 message with these resources.
 pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {

@@ -439,7 +439,7 @@ impl AgentControl for ControlService {
                     .into_iter()
                     .map(|entry| schema::$ty {
                         operation_type: entry.operation as i32,
-                        configuration: Some(entry.config.clone()),
+                        configuration: Some(entry.config()),
                     })
                     .collect()
             };

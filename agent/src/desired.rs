@@ -7,6 +7,12 @@
 
 use std::collections::{HashMap, hash_map};
 
+/// The tables' hasher: ids are hashed for every resource of every message
+/// (a million neighbors are a million lookups), where SipHash showed up as
+/// the agent's top cost. foldhash is several times faster and still seeded
+/// per process.
+type Hasher = foldhash::fast::RandomState;
+
 use alcor_proto::schema::{self, OperationType, ResourceType};
 use prost::Message;
 
@@ -64,22 +70,63 @@ resource!(Gateway, Gateway, schema::GatewayConfiguration, gateways);
 /// A desired resource: the validated model, and the operation and
 /// configuration it came in (its meaning can depend on the operation: an
 /// UPDATE without device id and owner unbinds a port).
+///
+/// The configuration is kept encoded, as it is persisted: it is read only
+/// to dump or persist it, and a decoded one costs a dozen allocations per
+/// resource (a million neighbors took gigabytes).
 #[derive(Clone, Debug)]
 pub struct Entry<R: Resource> {
     pub spec: R,
     pub operation: OperationType,
-    pub config: R::Config,
+    revision: u32,
+    config: Box<[u8]>,
 }
 
 impl<R: Resource> Entry<R> {
+    pub fn new(spec: R, operation: OperationType, config: &R::Config) -> Self {
+        Entry {
+            spec,
+            operation,
+            revision: R::config_revision(config),
+            config: config.encode_to_vec().into_boxed_slice(),
+        }
+    }
+
+    /// An entry from a configuration as the store holds it (encoded).
+    pub fn from_stored(
+        spec: R,
+        operation: OperationType,
+        config: &R::Config,
+        encoded: Vec<u8>,
+    ) -> Self {
+        Entry {
+            spec,
+            operation,
+            revision: R::config_revision(config),
+            config: encoded.into_boxed_slice(),
+        }
+    }
+
     pub fn revision(&self) -> u32 {
-        R::config_revision(&self.config)
+        self.revision
+    }
+
+    /// The configuration as it was received.
+    pub fn config(&self) -> R::Config {
+        // Encoded by `new`, or read from the store after decoding there:
+        // it decodes.
+        R::Config::decode(&*self.config).unwrap_or_default()
+    }
+
+    /// The configuration, encoded.
+    pub fn encoded_config(&self) -> &[u8] {
+        &self.config
     }
 }
 
 #[derive(Debug)]
 pub struct Table<R: Resource> {
-    entries: HashMap<String, Entry<R>>,
+    entries: HashMap<String, Entry<R>, Hasher>,
     /// Entries changed since the last `commit`, with their previous value.
     journal: Vec<(String, Option<Entry<R>>)>,
 }
@@ -87,7 +134,7 @@ pub struct Table<R: Resource> {
 impl<R: Resource> Default for Table<R> {
     fn default() -> Self {
         Table {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             journal: Vec::new(),
         }
     }
@@ -243,7 +290,7 @@ impl<R: Resource> Table<R> {
                 id: id.to_string(),
                 record: self.get(id).map(|entry| Record {
                     operation: entry.operation as i32,
-                    config: entry.config.encode_to_vec(),
+                    config: entry.encoded_config().to_vec(),
                 }),
             });
         }
@@ -256,21 +303,19 @@ mod tests {
     use crate::model::{Vni, Vpc};
 
     fn vpc(id: &str, revision: u32) -> Entry<Vpc> {
-        Entry {
-            spec: Vpc {
-                id: id.into(),
-                name: String::new(),
-                project_id: String::new(),
-                cidr: None,
-                vni: Vni::try_from(7).unwrap(),
-            },
-            operation: OperationType::Create,
-            config: schema::VpcConfiguration {
-                id: id.into(),
-                revision_number: revision,
-                ..Default::default()
-            },
-        }
+        let spec = Vpc {
+            id: id.into(),
+            name: String::new(),
+            project_id: String::new(),
+            cidr: None,
+            vni: Vni::try_from(7).unwrap(),
+        };
+        let config = schema::VpcConfiguration {
+            id: id.into(),
+            revision_number: revision,
+            ..Default::default()
+        };
+        Entry::new(spec, OperationType::Create, &config)
     }
 
     #[test]

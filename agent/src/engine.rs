@@ -189,7 +189,7 @@ struct PortWork {
 struct Run {
     started: Instant,
     statuses: Vec<GoalStateOperationStatus>,
-    seen: HashSet<(i32, String)>,
+    seen: HashSet<(i32, String), foldhash::fast::RandomState>,
     ports: Vec<PortWork>,
 }
 
@@ -431,7 +431,7 @@ impl Engine {
                 let mut run = Run {
                     started: Instant::now(),
                     statuses: Vec::new(),
-                    seen: HashSet::new(),
+                    seen: HashSet::default(),
                     ports: Vec::new(),
                 };
                 let mut state = self.write();
@@ -663,11 +663,7 @@ fn load_kind<R: Validate>(
                 let operation = OperationType::try_from(record.operation)
                     .map_err(|_| format!("unknown operation {}", record.operation))?;
                 let spec = R::parse(&config, operation, desired)?;
-                Ok(Entry {
-                    spec,
-                    operation,
-                    config,
-                })
+                Ok(Entry::from_stored(spec, operation, &config, record.config))
             });
         match parsed {
             Ok(entry) => {
@@ -783,11 +779,7 @@ impl Run {
                     return Ok(());
                 }
                 let spec = R::parse(&config, operation, &state.desired).map_err(invalid)?;
-                let entry = Entry {
-                    spec,
-                    operation,
-                    config,
-                };
+                let entry = Entry::new(spec, operation, &config);
                 R::table_mut(&mut state.desired).upsert(id.clone(), entry);
                 if is_port {
                     self.ports.push(PortWork {

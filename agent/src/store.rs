@@ -62,6 +62,9 @@ pub struct Stored {
     pub record: Record,
 }
 
+/// redb's page cache.
+const STORE_CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
     pub const FILE_NAME: &'static str = "desired-state.redb";
 
@@ -72,7 +75,13 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let db = Database::create(&path).map_err(|e| fail(e.into()))?;
+        // redb caches up to 1 GiB by default; the agent reads the store only
+        // at start, so a small cache costs nothing and keeps its memory to
+        // what it holds (a million neighbors stay well under a gigabyte).
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| fail(e.into()))?;
         // Create the tables so a fresh store reads as empty.
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(RESOURCES).map_err(|e| fail(e.into()))?;

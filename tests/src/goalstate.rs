@@ -134,7 +134,14 @@ macro_rules! state_ext {
     )*};
 }
 
-state_ext!(VpcState, SubnetState, PortState, DhcpState, RouterState);
+state_ext!(
+    VpcState,
+    SubnetState,
+    PortState,
+    DhcpState,
+    RouterState,
+    NeighborState
+);
 
 /// A V1 message with these resources.
 pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {

@@ -27,6 +27,22 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// How many resource states the message has.
+    pub fn len(&self) -> usize {
+        self.vpcs.len()
+            + self.subnets.len()
+            + self.ports.len()
+            + self.neighbors.len()
+            + self.security_groups.len()
+            + self.dhcp.len()
+            + self.routers.len()
+            + self.gateways.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether this message may be applied in one transaction with the
     /// messages before it: not if it has ports, whose plumbing can fail one
     /// by one (see [`Engine::apply_group`](crate::engine::Engine::apply_group)).

@@ -10,7 +10,7 @@ use alcor_proto::schema::{
     GoalState, GoalStateOperationReply, GoalStateV2, HostRequest, HostRequestReply,
     goal_state_provisioner_server::GoalStateProvisioner,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,9 +23,11 @@ use crate::{
 /// Replies a stream may have in flight before the agent waits for the
 /// controller to read them.
 const STREAM_REPLY_BACKLOG: usize = 16;
-/// Messages of a stream read and decoded ahead of the engine: the most one
-/// group applies at once, besides the one that started it.
-const STREAM_READ_AHEAD: usize = 16;
+/// Resources of a stream read and decoded ahead of the engine (about a
+/// kilobyte each once decoded): the most one group applies at once, besides
+/// the message that started it. The more a group holds, the fewer passes
+/// over the whole datapath a big push costs.
+const STREAM_READ_AHEAD: u32 = 500_000;
 
 pub struct GoalStateService {
     engine: Arc<Mutex<Engine>>,
@@ -59,8 +61,9 @@ async fn apply(
 }
 
 /// A message as read from a stream: a batch, the stream's end, or the
-/// reason the transport refused it (too large, malformed).
-type Incoming = Result<Option<Batch>, Status>;
+/// reason the transport refused it (too large, malformed); with its share
+/// of the read-ahead budget, given back once it is applied.
+type Incoming = (Result<Option<Batch>, Status>, Option<OwnedSemaphorePermit>);
 
 /// Applies the messages of one stream in order, a group at a time, and
 /// sends a reply for each; stops at the end of the stream, at the first
@@ -69,7 +72,7 @@ type Incoming = Result<Option<Batch>, Status>;
 async fn apply_stream(
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
-    mut incoming: mpsc::Receiver<Incoming>,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
     replies: mpsc::Sender<Result<GoalStateOperationReply, Status>>,
 ) {
     let mut held = None;
@@ -81,6 +84,8 @@ async fn apply_stream(
                 None => return,
             },
         };
+        let (next, permit) = next;
+        let mut permits = vec![permit];
         let first = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => return,
@@ -92,14 +97,19 @@ async fn apply_stream(
         let mut group = vec![first];
         while let Ok(next) = incoming.try_recv() {
             match next {
-                Ok(Some(batch)) if batch.groups_with_previous() => group.push(batch),
+                (Ok(Some(batch)), permit) if batch.groups_with_previous() => {
+                    group.push(batch);
+                    permits.push(permit);
+                }
                 other => {
                     held = Some(other);
                     break;
                 }
             }
         }
-        match apply(&engine, &metrics, "v2", group).await {
+        let applied = apply(&engine, &metrics, "v2", group).await;
+        drop(permits);
+        match applied {
             Ok(group_replies) => {
                 for reply in group_replies {
                     if replies.send(Ok(reply)).await.is_err() {
@@ -134,13 +144,21 @@ impl GoalStateProvisioner for GoalStateService {
     ) -> Result<Response<Self::PushGoalStatesStreamStream>, Status> {
         let mut messages = request.into_inner();
         let (replies, outbound) = mpsc::channel(STREAM_REPLY_BACKLOG);
-        let (read, incoming) = mpsc::channel(STREAM_READ_AHEAD);
-        // Reads and decodes ahead, on its own task, while the engine works.
+        let (read, incoming) = mpsc::unbounded_channel();
+        // Reads and decodes ahead, on its own task, while the engine works,
+        // as far as the budget allows.
+        let budget = Arc::new(Semaphore::new(STREAM_READ_AHEAD as usize));
         tokio::spawn(async move {
             loop {
                 let next = messages.message().await.map(|m| m.map(Batch::from));
                 let last = !matches!(next, Ok(Some(_)));
-                if read.send(next).await.is_err() || last {
+                let resources = match &next {
+                    Ok(Some(batch)) => batch.len().clamp(1, STREAM_READ_AHEAD as usize) as u32,
+                    _ => 0,
+                };
+                // Never closed, so acquiring cannot fail.
+                let permit = budget.clone().acquire_many_owned(resources).await.ok();
+                if read.send((next, permit)).is_err() || last {
                     break;
                 }
             }

@@ -2,8 +2,8 @@
 //! send (revision 1, CREATE, port update_type FULL).
 
 use alcor_proto::schema::{
-    self, DhcpState, GoalState, GoalStateV2, OperationType, PortState, RouterState, SubnetState,
-    UpdateType, VpcState,
+    self, DhcpState, GoalState, GoalStateV2, NeighborState, NeighborType, OperationType, PortState,
+    RouterState, SubnetState, UpdateType, VpcState, neighbor_configuration,
     port_configuration::{AllowAddressPair, FixedIp},
     router_configuration::{RoutingRule, SubnetRoutingTable},
     subnet_configuration::{DnsEntry, ExtraDhcpOption, Gateway},
@@ -83,6 +83,45 @@ pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) ->
     }
 }
 
+/// A port on another host, as the controller describes it to this one: its
+/// MAC, its address in `subnet_id` and the underlay address of its host.
+/// `l3` marks a neighbor in a subnet that this host reaches through a router
+/// (Alcor's `NeighborType::L3`), else it is L2 (the same subnet).
+pub fn neighbor(
+    id: &str,
+    vpc_id: &str,
+    subnet_id: &str,
+    ip: &str,
+    mac: &str,
+    host_ip: &str,
+    l3: bool,
+) -> NeighborState {
+    let neighbor_type = if l3 {
+        NeighborType::L3
+    } else {
+        NeighborType::L2
+    };
+    NeighborState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::NeighborConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            vpc_id: vpc_id.into(),
+            name: format!("neighbor {id}"),
+            mac_address: mac.into(),
+            host_ip_address: host_ip.into(),
+            fixed_ips: vec![neighbor_configuration::FixedIp {
+                neighbor_type: neighbor_type as i32,
+                subnet_id: subnet_id.into(),
+                ip_address: ip.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
 /// Any resource state: sets its operation and revision.
 pub trait StateExt: Sized {
     fn with(self, operation: OperationType, revision: u32) -> Self;
@@ -102,7 +141,14 @@ macro_rules! state_ext {
     )*};
 }
 
-state_ext!(VpcState, SubnetState, PortState, DhcpState, RouterState);
+state_ext!(
+    VpcState,
+    SubnetState,
+    PortState,
+    DhcpState,
+    RouterState,
+    NeighborState
+);
 
 /// A V1 message with these resources.
 pub fn v1(vpcs: Vec<VpcState>, subnets: Vec<SubnetState>, ports: Vec<PortState>) -> GoalState {

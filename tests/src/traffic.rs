@@ -58,6 +58,8 @@ pub struct Ping {
     pub received: u32,
     /// Round-trip time of each reply, in milliseconds, in order.
     pub rtts_ms: Vec<f64>,
+    /// The IP TTL each reply arrived with, in order.
+    pub ttls: Vec<u8>,
     /// ping's own summary lines.
     pub summary: String,
 }
@@ -76,12 +78,17 @@ impl Ping {
     pub fn parse(output: &str) -> anyhow::Result<Ping> {
         let mut ping = Ping::default();
         for line in output.lines() {
-            if line.contains(" bytes from ")
-                && let Some(time) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("time="))
-            {
-                ping.rtts_ms.push(time.parse().context("reply time")?);
+            if line.contains(" bytes from ") {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|word| word.strip_prefix(name))
+                };
+                if let Some(time) = field("time=") {
+                    ping.rtts_ms.push(time.parse().context("reply time")?);
+                }
+                if let Some(ttl) = field("ttl=") {
+                    ping.ttls.push(ttl.parse().context("reply TTL")?);
+                }
             }
             if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
                 ping.transmitted = sent.trim().parse().context("transmitted")?;
@@ -645,4 +652,76 @@ pub fn eth0_stat(vm: &Netns, counter: &str) -> anyhow::Result<u64> {
         &[&format!("/sys/class/net/eth0/statistics/{counter}")],
     )?;
     text.trim().parse().context(counter.to_string())
+}
+
+/// The IANA port of VXLAN.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// A VXLAN datagram as the underlay carries it (outer Ethernet, IPv4 and
+/// UDP), parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub outer_src: std::net::Ipv4Addr,
+    pub outer_dst: std::net::Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub vni: u32,
+    /// The encapsulated Ethernet frame.
+    pub inner: Vec<u8>,
+}
+
+impl Vxlan {
+    /// The VXLAN in an Ethernet frame: IPv4, UDP to port 4789, a VXLAN
+    /// header with the VNI flag. None for anything else.
+    pub fn parse(frame: &[u8]) -> Option<Vxlan> {
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[14] >> 4 != 4 {
+            return None;
+        }
+        let udp = 14 + usize::from(frame[14] & 0x0f) * 4;
+        let port = |at: usize| Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?));
+        if frame[23] != 17 || port(udp + 2)? != VXLAN_PORT {
+            return None;
+        }
+        let header = frame.get(udp + 8..udp + 16)?;
+        if header[0] & 0x08 == 0 {
+            return None;
+        }
+        let (outer_src, outer_dst) = ipv4_addresses(frame)?;
+        Some(Vxlan {
+            outer_src,
+            outer_dst,
+            src_port: port(udp)?,
+            dst_port: VXLAN_PORT,
+            vni: u32::from_be_bytes([0, header[4], header[5], header[6]]),
+            inner: frame[udp + 16..].to_vec(),
+        })
+    }
+
+    /// The inner frame's IPv4 source and destination, if it is IPv4.
+    pub fn inner_ipv4(&self) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+        ipv4_addresses(&self.inner)
+    }
+
+    /// The inner frame's (source, destination) MACs.
+    pub fn inner_macs(&self) -> Option<([u8; 6], [u8; 6])> {
+        Some((
+            self.inner.get(6..12)?.try_into().ok()?,
+            self.inner.get(0..6)?.try_into().ok()?,
+        ))
+    }
+
+    /// The inner IPv4 packet's TTL.
+    pub fn inner_ttl(&self) -> Option<u8> {
+        self.inner_ipv4()?;
+        self.inner.get(22).copied()
+    }
+}
+
+/// A VXLAN datagram's payload: the header with `vni`, then `inner` (an
+/// Ethernet frame).
+pub fn vxlan_payload(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    payload
 }

@@ -83,10 +83,9 @@ pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) ->
     }
 }
 
-/// A port on another host, as the controller describes it to this one: its
-/// MAC, its address in `subnet_id` and the underlay address of its host.
-/// `l3` marks a neighbor in a subnet that this host reaches through a router
-/// (Alcor's `NeighborType::L3`), else it is L2 (the same subnet).
+/// A port of another host, as a controller describes it to this one: its
+/// MAC, its address in `subnet_id` (L2 neighbor) and its host's underlay
+/// address, where VXLAN to it goes.
 pub fn neighbor(
     id: &str,
     vpc_id: &str,
@@ -94,13 +93,7 @@ pub fn neighbor(
     ip: &str,
     mac: &str,
     host_ip: &str,
-    l3: bool,
 ) -> NeighborState {
-    let neighbor_type = if l3 {
-        NeighborType::L3
-    } else {
-        NeighborType::L2
-    };
     NeighborState {
         operation_type: OperationType::Create as i32,
         configuration: Some(schema::NeighborConfiguration {
@@ -112,7 +105,7 @@ pub fn neighbor(
             mac_address: mac.into(),
             host_ip_address: host_ip.into(),
             fixed_ips: vec![neighbor_configuration::FixedIp {
-                neighbor_type: neighbor_type as i32,
+                neighbor_type: NeighborType::L2 as i32,
                 subnet_id: subnet_id.into(),
                 ip_address: ip.into(),
                 ..Default::default()
@@ -120,6 +113,17 @@ pub fn neighbor(
             ..Default::default()
         }),
     }
+}
+
+/// Makes a neighbor's addresses L3: in a subnet this host reaches through
+/// a router (Alcor's `NeighborType::L3`), not one it has VMs in.
+pub fn l3(mut neighbor: NeighborState) -> NeighborState {
+    if let Some(config) = neighbor.configuration.as_mut() {
+        for fixed in &mut config.fixed_ips {
+            fixed.neighbor_type = NeighborType::L3 as i32;
+        }
+    }
+    neighbor
 }
 
 /// Any resource state: sets its operation and revision.

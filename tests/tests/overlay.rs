@@ -269,19 +269,19 @@ impl Lab {
     /// The neighbor record of `vm` that other hosts get; L3 on `host` when
     /// no VM of `host` is in its subnet.
     fn neighbor(&self, vm: &Vm, host: &str) -> NeighborState {
-        let l3 = !self
+        let routed = !self
             .vms
             .iter()
             .any(|local| local.host == host && local.subnet_id == vm.subnet_id);
-        neighbor(
+        let neighbor = neighbor(
             &format!("neighbor-{}", vm.name),
             vm.vpc_id,
             vm.subnet_id,
             vm.ip,
             vm.mac,
             &self.underlay_ip(vm.host).to_string(),
-            l3,
-        )
+        );
+        if routed { l3(neighbor) } else { neighbor }
     }
 
     /// What the controller pushes to `host`: both VPCs (same CIDR), VPC 1's

@@ -401,14 +401,17 @@ impl Demo {
         // in a subnet this host has VMs in, L3 (reached through the router)
         // otherwise.
         for vm in self.vms.iter().filter(|vm| vm.host != host) {
-            let l3 = !self
+            let routed = !self
                 .vms
                 .iter()
                 .any(|local| local.host == host && local.subnet == vm.subnet);
             let host_ip = self.topology()?.host(&vm.host).underlay_ip().to_string();
             let id = format!("neighbor-{}", vm.port_id);
-            let neighbor =
-                goalstate::neighbor(&id, VPC.0, vm.subnet.0, &vm.ip, &vm.mac, &host_ip, l3);
+            let mut neighbor =
+                goalstate::neighbor(&id, VPC.0, vm.subnet.0, &vm.ip, &vm.mac, &host_ip);
+            if routed {
+                neighbor = goalstate::l3(neighbor);
+            }
             message.neighbor_states.insert(id, neighbor);
         }
         Ok(message)

@@ -359,6 +359,67 @@ pub fn udp_packets(report: &serde_json::Value) -> (u64, u64) {
     (sent, sent.saturating_sub(lost))
 }
 
+/// Sends `bytes` over one TCP connection from `client` to `addr`, where a
+/// listener of `server`'s takes them, and returns how many the server read
+/// before the client's end of stream: exact, unlike iperf3's report of a
+/// `-n` run, which stops counting when the client has written the last
+/// byte. Every step is bounded by `limit`.
+pub fn tcp_transfer(
+    client: &Netns,
+    server: &Netns,
+    addr: std::net::SocketAddr,
+    bytes: usize,
+    limit: Duration,
+) -> anyhow::Result<usize> {
+    use std::{
+        io::{Read, Write},
+        net::{Shutdown, TcpListener, TcpStream},
+    };
+    let deadline = Instant::now() + limit;
+    let listener = server.enter(move || TcpListener::bind(addr))??;
+    listener.set_nonblocking(true)?;
+    let reader = std::thread::spawn(move || -> io::Result<usize> {
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(limit))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut read = 0;
+        loop {
+            match stream.read(&mut buf)? {
+                0 => return Ok(read),
+                n => read += n,
+            }
+        }
+    });
+    let written = (|| -> io::Result<()> {
+        let mut stream = client
+            .enter(move || TcpStream::connect_timeout(&addr, limit))
+            .map_err(io::Error::other)??;
+        stream.set_write_timeout(Some(limit))?;
+        let chunk = vec![0x5a; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            stream.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        stream.shutdown(Shutdown::Write)
+    })();
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    written.with_context(|| format!("sending to {addr}"))?;
+    read.with_context(|| format!("receiving on {addr}"))
+}
+
 /// Sends `count` ARP requests for `target` out of `dev` of `vm` (iputils
 /// arping, a second apart at most, `limit` in all) and returns the MAC of
 /// every reply, lowercase.
@@ -659,7 +720,7 @@ pub const VXLAN_PORT: u16 = 4789;
 
 /// A VXLAN datagram as the underlay carries it (outer Ethernet, IPv4 and
 /// UDP), parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Vxlan {
     pub outer_src: std::net::Ipv4Addr,
     pub outer_dst: std::net::Ipv4Addr,
@@ -714,6 +775,33 @@ impl Vxlan {
     pub fn inner_ttl(&self) -> Option<u8> {
         self.inner_ipv4()?;
         self.inner.get(22).copied()
+    }
+}
+
+/// One line: outer addresses and ports, VNI, and the inner frame's MACs,
+/// addresses, TTL and length.
+impl std::fmt::Debug for Vxlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        write!(
+            f,
+            "VXLAN {}:{} -> {}:{} VNI {}: ",
+            self.outer_src, self.src_port, self.outer_dst, self.dst_port, self.vni
+        )?;
+        if let Some((src, dst)) = self.inner_macs() {
+            write!(f, "{} -> {} ", mac(src), mac(dst))?;
+        }
+        if let Some((src, dst)) = self.inner_ipv4() {
+            let proto = self.inner.get(23).copied().unwrap_or_default();
+            let ttl = self.inner_ttl().unwrap_or_default();
+            write!(f, "IPv4 {src} -> {dst} proto {proto} TTL {ttl} ")?;
+        }
+        write!(f, "({} bytes)", self.inner.len())
     }
 }
 

@@ -886,13 +886,25 @@ async fn a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab: &mut Lab) 
     assert!(ping(lab, "a", b_ip).all_answered(), "A → B before");
     assert!(h1_knows_b(lab), "h1 has B");
 
+    let unknown = |lab: &Lab| {
+        let counters = lab.port_counters(lab.vm("a"));
+        count(&counters["drops"]["unknown-destination"])
+    };
     lab.push_neighbor("h1", "b", OperationType::Delete).await;
     assert!(!h1_knows_b(lab), "h1 still has B after the DELETE");
+    let before = unknown(lab);
     let ping_ab = ping(lab, "a", b_ip);
     assert_eq!(
         ping_ab.received, 0,
         "A → B after DELETE: {}",
         ping_ab.summary
+    );
+    // A still has B's MAC from before: its pings leave, and A's port drops
+    // them as for nobody it knows.
+    assert_eq!(
+        unknown(lab) - before,
+        u64::from(ping_ab.transmitted),
+        "A's pings dropped as unknown-destination"
     );
     // B's host still has A, but A's answers have nowhere to go.
     let ping_ba = ping(lab, "b", a_ip);

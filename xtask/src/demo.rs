@@ -2,8 +2,10 @@
 //!
 //! A fabric namespace whose bridge is the underlay, two host namespaces with
 //! an agent each (mutual TLS on the underlay address), a controller
-//! namespace pushing goal state, VM namespaces that get their `eth0`, and an
-//! agent killed with SIGKILL and restarted without disturbing its ports.
+//! namespace pushing goal state, VM namespaces that get their `eth0` and
+//! their address by DHCP, VMs pinging each other on one host and across
+//! hosts over VXLAN (in a subnet and through a router), and an agent killed
+//! with SIGKILL and restarted without disturbing its ports.
 //!
 //! The demo is a list of steps (`STEPS`): to show more, add a method and a
 //! line. Everything is removed at the end, on failure, panic or Ctrl-C too.
@@ -28,6 +30,7 @@ use alcor_tests::{
     goalstate,
     topology::Topology,
     topology::namespaces_with_prefix,
+    traffic,
 };
 use anyhow::{Context, anyhow, bail, ensure};
 use futures::{FutureExt, future::LocalBoxFuture};
@@ -187,6 +190,28 @@ impl Vm {
     fn hostname(&self) -> String {
         self.short_name().to_string()
     }
+
+    /// Three pings to `target`, which must all be answered.
+    fn ping(&self, target: &str) -> anyhow::Result<traffic::Ping> {
+        let ping = traffic::ping(
+            &self.netns,
+            target,
+            &["-c", "3", "-i", "0.2", "-W", "2"],
+            REQUEST_TIMEOUT,
+        )?;
+        ensure!(
+            ping.all_answered(),
+            "{} could not ping {target}: {}",
+            self.short_name(),
+            ping.summary
+        );
+        Ok(ping)
+    }
+}
+
+/// A ping's round-trip summary line.
+fn rtt(ping: &traffic::Ping) -> &str {
+    ping.summary.lines().last().unwrap_or_default()
 }
 
 impl Demo {
@@ -538,20 +563,12 @@ impl Demo {
                 continue;
             }
             for (what, target) in [("VM", to.ip.as_str()), ("gateway", from.subnet.2)] {
-                let output = from
-                    .netns
-                    .output("ping", &["-c", "3", "-i", "0.2", "-W", "2", target])?;
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let summary = stdout.lines().last().unwrap_or_default();
+                let ping = from.ping(target)?;
                 say(format!(
-                    "{} -> {what} {target}: {summary}",
-                    from.short_name()
+                    "{} -> {what} {target}: {}",
+                    from.short_name(),
+                    rtt(&ping)
                 ));
-                ensure!(
-                    output.status.success(),
-                    "{} could not ping {target}",
-                    from.short_name()
-                );
             }
         }
         if self.agentctl.is_ok()
@@ -586,18 +603,14 @@ impl Demo {
         // Every VM of host1 pings every VM of host2.
         for from in self.vms.iter().filter(|vm| vm.host == HOSTS[0].0) {
             for to in self.vms.iter().filter(|vm| vm.host != from.host) {
-                let output = from
-                    .netns
-                    .output("ping", &["-c", "3", "-i", "0.2", "-W", "2", &to.ip])?;
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let ttl = stdout
-                    .split_whitespace()
-                    .find(|word| word.starts_with("ttl="))
-                    .unwrap_or("no reply");
+                let ping = from.ping(&to.ip)?;
                 let how = if from.subnet == to.subnet {
                     "same subnet".to_string()
                 } else {
-                    format!("routed on the sending host, reply {ttl}")
+                    format!(
+                        "routed on the sending host, replies with TTL {:?}",
+                        ping.ttls
+                    )
                 };
                 say(format!(
                     "{} ({}) -> {} ({}) on {}: {} ({how})",
@@ -606,15 +619,8 @@ impl Demo {
                     to.short_name(),
                     to.ip,
                     to.host,
-                    stdout.lines().last().unwrap_or_default(),
+                    rtt(&ping),
                 ));
-                ensure!(
-                    output.status.success(),
-                    "{} could not ping {} on {}",
-                    from.short_name(),
-                    to.ip,
-                    to.host
-                );
             }
         }
         if self.agentctl.is_err() {
@@ -790,6 +796,18 @@ impl Demo {
         let again = ready_ports(self.agent(host)?).await?;
         ensure!(before == again, "a re-push changed the ports: {again:?}");
         say("  ifindexes unchanged");
+        let from = self.vms.iter().find(|vm| vm.host == host);
+        let to = self.vms.iter().find(|vm| vm.host != host);
+        if let Some((from, to)) = from.zip(to) {
+            let ping = from.ping(&to.ip)?;
+            say(format!(
+                "{} -> {} on {} still answers: {}",
+                from.short_name(),
+                to.ip,
+                to.host,
+                rtt(&ping)
+            ));
+        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -534,10 +534,12 @@ fn link_address(ifindex: i32) -> libc::sockaddr_ll {
 
 /// Every frame that arrives on a device of a VM, from [`Capture::start`]
 /// until [`Capture::stop`] (frames the VM sends are left out). The socket
-/// exists when `start` returns: nothing sent afterwards is missed.
+/// exists when `start` returns: nothing sent afterwards is missed, and
+/// `stop` reads what the socket still holds before it returns.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<Vec<Vec<u8>>>>>,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Capture {
@@ -558,11 +560,15 @@ impl Capture {
             )
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, captured) = (stop.clone(), frames.clone());
         let thread = std::thread::spawn(move || {
-            let mut frames = Vec::new();
             let mut buf = vec![0u8; 65536];
-            while !stopping.load(Ordering::Relaxed) {
+            loop {
+                // Once asked to stop, what is queued is still read, without
+                // waiting for more.
+                let last = stopping.load(Ordering::Relaxed);
+                let flags = if last { libc::MSG_DONTWAIT } else { 0 };
                 // SAFETY: zeroed sockaddr_ll is valid; sizes match.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -571,7 +577,7 @@ impl Capture {
                         fd.as_raw_fd(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        0,
+                        flags,
                         (&raw mut from).cast(),
                         &mut len,
                     )
@@ -579,6 +585,9 @@ impl Capture {
                 if n < 0 {
                     let error = io::Error::last_os_error();
                     match error.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if last => {
+                            return Ok(());
+                        }
                         io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted => continue,
@@ -586,24 +595,33 @@ impl Capture {
                     }
                 }
                 if from.sll_pkttype != PACKET_OUTGOING {
-                    frames.push(buf[..n as usize].to_vec());
+                    let frame = buf[..n as usize].to_vec();
+                    captured.lock().expect("capture lock").push(frame);
                 }
             }
-            Ok(frames)
         });
         Ok(Capture {
             stop,
+            frames,
             thread: Some(thread),
         })
+    }
+
+    /// The frames received so far, in order; capturing goes on.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        self.frames.lock().expect("capture lock").clone()
     }
 
     /// Stops capturing and returns the frames received, in order.
     pub fn stop(mut self) -> anyhow::Result<Vec<Vec<u8>>> {
         self.stop.store(true, Ordering::Relaxed);
         let thread = self.thread.take().context("stopped already")?;
-        Ok(thread
+        thread
             .join()
-            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??)
+            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+        Ok(std::mem::take(
+            &mut *self.frames.lock().expect("capture lock"),
+        ))
     }
 }
 

@@ -826,13 +826,29 @@ async fn spoofed_vxlan_is_dropped_by_xdp_and_counted(lab: &mut Lab) {
             .then_some(())
     })
     .await;
+    // B gets the genuine ones (the others, sent before them on the same
+    // path, had their turn first).
+    let payload_of = |frame: &Vec<u8>| -> Option<Vec<u8>> {
+        (traffic::ipv4_addresses(frame)? == (a.ipv4(), b.ipv4()) && frame.get(23) == Some(&17))
+            .then(|| frame[42..].to_vec())
+    };
+    let received = || -> Vec<Vec<u8>> { capture.frames().iter().filter_map(payload_of).collect() };
     wait_for(
-        "the genuine frames delivered",
+        "the genuine frames at B",
         Duration::from_secs(5),
-        async || (count(&lab.port_counters(b)["decap_packets"]) - b_decap >= GENUINE).then_some(()),
+        async || (received().len() as u64 >= GENUINE).then_some(()),
     )
     .await;
-    let frames = capture.stop().unwrap();
+    assert_eq!(
+        received(),
+        vec![b"genuine".to_vec(); GENUINE as usize],
+        "what reached B"
+    );
+    assert_eq!(
+        count(&lab.port_counters(b)["decap_packets"]) - b_decap,
+        GENUINE,
+        "decapsulated onto B's port"
+    );
     let after: Vec<u64> = reasons
         .iter()
         .map(|reason| lab.underlay_dropped("h2", reason))
@@ -851,17 +867,6 @@ async fn spoofed_vxlan_is_dropped_by_xdp_and_counted(lab: &mut Lab) {
             ("unknown-host", 0),
             ("unknown-vni", 0)
         ]
-    );
-    // B got the genuine ones, and only those.
-    let payload_of = |frame: &Vec<u8>| -> Option<Vec<u8>> {
-        (traffic::ipv4_addresses(frame)? == (a.ipv4(), b.ipv4()) && frame.get(23) == Some(&17))
-            .then(|| frame[42..].to_vec())
-    };
-    let received: Vec<Vec<u8>> = frames.iter().filter_map(payload_of).collect();
-    assert_eq!(
-        received,
-        vec![b"genuine".to_vec(); GENUINE as usize],
-        "what reached B"
     );
     // What an operator sees.
     let table = lab.agentctl_text("h2", &["dp", "tunnels"]);

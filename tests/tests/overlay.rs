@@ -22,6 +22,7 @@
 //!   (`agentctl dp tunnels`), while the same frame from a known host for a
 //!   served VNI arrives;
 //! - a neighbor DELETE stops the traffic to it, re-adding it restores it;
+//!   an UPDATE naming another host sends the traffic there;
 //! - SIGKILL and restart of an agent under a 100 pps cross-host ping loses
 //!   not one.
 //!
@@ -130,6 +131,9 @@ const CASES: &[(&str, CaseFn<Lab>)] = &[
         "a_deleted_neighbor_gets_nothing_and_a_re_added_one_does",
         |lab| Box::pin(a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab)),
     ),
+    ("a_neighbor_updated_to_another_host_is_sent_there", |lab| {
+        Box::pin(a_neighbor_updated_to_another_host_is_sent_there(lab))
+    }),
     (
         "agent_killed_and_restarted_under_a_100_pps_cross_host_ping_loses_nothing",
         |lab| {
@@ -364,9 +368,13 @@ impl Lab {
     }
 
     /// Pushes neighbor `vm` to `host` with `operation`, at the next
-    /// revision.
-    async fn push_neighbor(&mut self, host: &str, vm: &str, operation: OperationType) {
-        let state = self.neighbor(self.vm(vm), host);
+    /// revision, as living on host `on` (its own host, unless the test
+    /// pretends it moved).
+    async fn push_neighbor(&mut self, host: &str, vm: &str, operation: OperationType, on: &str) {
+        let mut state = self.neighbor(self.vm(vm), host);
+        if let Some(config) = state.configuration.as_mut() {
+            config.host_ip_address = self.underlay_ip(on).to_string();
+        }
         let id = state.configuration.as_ref().unwrap().id.clone();
         let revision = self.neighbor_revisions.entry(id).or_insert(1);
         *revision += 1;
@@ -895,7 +903,8 @@ async fn a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab: &mut Lab) 
         let counters = lab.port_counters(lab.vm("a"));
         count(&counters["drops"]["unknown-destination"])
     };
-    lab.push_neighbor("h1", "b", OperationType::Delete).await;
+    lab.push_neighbor("h1", "b", OperationType::Delete, "h2")
+        .await;
     assert!(!h1_knows_b(lab), "h1 still has B after the DELETE");
     let before = unknown(lab);
     let ping_ab = ping(lab, "a", b_ip);
@@ -919,7 +928,8 @@ async fn a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab: &mut Lab) 
         ping_ba.summary
     );
 
-    lab.push_neighbor("h1", "b", OperationType::Create).await;
+    lab.push_neighbor("h1", "b", OperationType::Create, "h2")
+        .await;
     assert!(h1_knows_b(lab), "h1 has B again");
     let ping_ab = ping(lab, "a", b_ip);
     assert!(
@@ -933,6 +943,61 @@ async fn a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab: &mut Lab) 
         "B → A re-added: {}",
         ping_ba.summary
     );
+}
+
+async fn a_neighbor_updated_to_another_host_is_sent_there(lab: &mut Lab) {
+    let (a_ip, b_ip) = (lab.vm("a").ip, lab.vm("b").ip);
+    let (h2, h3) = (lab.underlay_ip("h2"), lab.underlay_ip("h3"));
+    let ping = |lab: &Lab| lab.vm("a").ping(b_ip, 3, &[]);
+    // The host h1's datapath sends B's frames to (`agentctl dp neighbors`).
+    let host_of_b = |lab: &Lab| {
+        let neighbors = lab.agentctl_json("h1", &["dp", "neighbors"]);
+        neighbors["neighbors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["ip_address"] == b_ip && count(&n["vni"]) == u64::from(VPC1.1))
+            .and_then(|n| n["host"].as_str().map(str::to_string))
+    };
+    assert!(ping(lab).all_answered(), "A → B before");
+    assert_eq!(host_of_b(lab), Some(h2.to_string()));
+
+    // h1 is told that B now lives on h3 (as in a migration whose other
+    // half has not happened): A's frames for B go to h3, which has no B and
+    // drops them, counted.
+    let h3_unknown = |lab: &Lab| lab.underlay_dropped("h3", "unknown-destination");
+    let before = h3_unknown(lab);
+    lab.push_neighbor("h1", "b", OperationType::Update, "h3")
+        .await;
+    assert_eq!(host_of_b(lab), Some(h3.to_string()));
+    let capture = Capture::start(lab.topology.fabric(), "f-h1").unwrap();
+    let moved = ping(lab);
+    let frames: Vec<Vxlan> = capture
+        .stop()
+        .unwrap()
+        .iter()
+        .filter_map(|frame| Vxlan::parse(frame))
+        .filter(|v| v.inner_ipv4() == Some((a_ip.parse().unwrap(), b_ip.parse().unwrap())))
+        .filter(|v| v.vni == VPC1.1)
+        .collect();
+    assert_eq!(moved.received, 0, "A → B on h3: {}", moved.summary);
+    assert_eq!(
+        frames.iter().map(|v| v.outer_dst).collect::<Vec<_>>(),
+        vec![h3; moved.transmitted as usize],
+        "A's frames for B: {frames:#?}"
+    );
+    assert_eq!(
+        h3_unknown(lab) - before,
+        u64::from(moved.transmitted),
+        "dropped by h3 as for nobody there"
+    );
+
+    // Back to h2: B answers again.
+    lab.push_neighbor("h1", "b", OperationType::Update, "h2")
+        .await;
+    assert_eq!(host_of_b(lab), Some(h2.to_string()));
+    let back = ping(lab);
+    assert!(back.all_answered(), "A → B back on h2: {}", back.summary);
 }
 
 async fn agent_killed_and_restarted_under_a_100_pps_cross_host_ping_loses_nothing(lab: &mut Lab) {

@@ -363,7 +363,9 @@ pub fn udp_packets(report: &serde_json::Value) -> (u64, u64) {
 /// listener of `server`'s takes them, and returns how many the server read
 /// before the client's end of stream: exact, unlike iperf3's report of a
 /// `-n` run, which stops counting when the client has written the last
-/// byte. Every step is bounded by `limit`.
+/// byte. The bytes follow a pattern the server checks (on veths nothing
+/// verifies TCP checksums, so a datapath that damaged payloads would go
+/// unseen otherwise). Every step is bounded by `limit`.
 pub fn tcp_transfer(
     client: &Netns,
     server: &Netns,
@@ -375,9 +377,12 @@ pub fn tcp_transfer(
         io::{Read, Write},
         net::{Shutdown, TcpListener, TcpStream},
     };
+    let pattern = |offset: usize| (offset % 251) as u8;
     let deadline = Instant::now() + limit;
     let listener = server.enter(move || TcpListener::bind(addr))??;
     listener.set_nonblocking(true)?;
+    // What any read of up to 64 KiB must equal, from its offset modulo 251.
+    let reference: Vec<u8> = (0..251 + (1 << 16)).map(pattern).collect();
     let reader = std::thread::spawn(move || -> io::Result<usize> {
         let mut stream = loop {
             match listener.accept() {
@@ -393,10 +398,23 @@ pub fn tcp_transfer(
         let mut buf = vec![0u8; 1 << 16];
         let mut read = 0;
         loop {
-            match stream.read(&mut buf)? {
-                0 => return Ok(read),
-                n => read += n,
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(read);
             }
+            let start = read % 251;
+            if buf[..n] != reference[start..start + n] {
+                let at = (0..n)
+                    .find(|i| buf[*i] != pattern(read + i))
+                    .unwrap_or_default();
+                return Err(io::Error::other(format!(
+                    "byte {} is {:#04x}, not {:#04x}",
+                    read + at,
+                    buf[at],
+                    pattern(read + at)
+                )));
+            }
+            read += n;
         }
     });
     let written = (|| -> io::Result<()> {
@@ -404,12 +422,14 @@ pub fn tcp_transfer(
             .enter(move || TcpStream::connect_timeout(&addr, limit))
             .map_err(io::Error::other)??;
         stream.set_write_timeout(Some(limit))?;
-        let chunk = vec![0x5a; 1 << 16];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
+        // 251 is prime: the pattern repeats every 251 bytes, out of step
+        // with chunks, segments and pages.
+        let chunk: Vec<u8> = (0..251 * 256).map(pattern).collect();
+        let mut sent = 0;
+        while sent < bytes {
+            let n = (bytes - sent).min(chunk.len());
             stream.write_all(&chunk[..n])?;
-            left -= n;
+            sent += n;
         }
         stream.shutdown(Shutdown::Write)
     })();

@@ -24,6 +24,19 @@ use crate::privileged;
 /// A case: it takes the fixture, fails by panicking.
 pub type CaseFn<F> = for<'a> fn(&'a mut F) -> LocalBoxFuture<'a, ()>;
 
+/// The cases of a suite from the names of their `async fn(&mut Fixture)`s:
+/// `cases![first, second]` is `[("first", ...), ("second", ...)]`, ready
+/// for [`run`].
+#[macro_export]
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        [$((
+            stringify!($case),
+            (|fixture| Box::pin($case(fixture))) as $crate::suite::CaseFn<_>,
+        )),*]
+    };
+}
+
 /// libtest's options that take a value.
 const OPTIONS_WITH_VALUE: &[&str] = &[
     "--test-threads",

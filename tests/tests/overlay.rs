@@ -37,7 +37,7 @@ use alcor_proto::{
     schema::{GoalState, NeighborState, OperationStatus, OperationType},
 };
 use alcor_tests::{
-    Agent, Netns,
+    Agent, Netns, cases,
     dhcp::{ClientDir, Eth0, UDHCPC_SCRIPT, udhcpc_once},
     goalstate::*,
     suite::{self, CaseFn},
@@ -96,50 +96,18 @@ const VMS: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("c", "h3", "vpc1", "sn2", "10.0.2.30", "fa:16:3e:00:61:0c"),
 ];
 
-const CASES: &[(&str, CaseFn<Lab>)] = &[
-    (
-        "dhcp_gives_each_vm_its_address_and_the_underlay_mtu_minus_50",
-        |lab| Box::pin(dhcp_gives_each_vm_its_address_and_the_underlay_mtu_minus_50(lab)),
-    ),
-    (
-        "same_subnet_ping_tcp_and_udp_across_hosts_both_ways",
-        |lab| Box::pin(same_subnet_ping_tcp_and_udp_across_hosts_both_ways(lab)),
-    ),
-    ("routed_across_subnets_and_hosts_one_hop_both_ways", |lab| {
-        Box::pin(routed_across_subnets_and_hosts_one_hop_both_ways(lab))
-    }),
-    (
-        "the_fabric_carries_vxlan_with_the_vni_between_underlay_addresses",
-        |lab| Box::pin(the_fabric_carries_vxlan_with_the_vni_between_underlay_addresses(lab)),
-    ),
-    (
-        "two_vpcs_with_the_same_addresses_on_two_hosts_stay_isolated",
-        |lab| {
-            Box::pin(two_vpcs_with_the_same_addresses_on_two_hosts_stay_isolated(
-                lab,
-            ))
-        },
-    ),
-    (
-        "full_size_frames_and_bulk_tcp_at_the_mtu_dhcp_gave",
-        |lab| Box::pin(full_size_frames_and_bulk_tcp_at_the_mtu_dhcp_gave(lab)),
-    ),
-    ("spoofed_vxlan_is_dropped_by_xdp_and_counted", |lab| {
-        Box::pin(spoofed_vxlan_is_dropped_by_xdp_and_counted(lab))
-    }),
-    (
-        "a_deleted_neighbor_gets_nothing_and_a_re_added_one_does",
-        |lab| Box::pin(a_deleted_neighbor_gets_nothing_and_a_re_added_one_does(lab)),
-    ),
-    ("a_neighbor_updated_to_another_host_is_sent_there", |lab| {
-        Box::pin(a_neighbor_updated_to_another_host_is_sent_there(lab))
-    }),
-    (
-        "agent_killed_and_restarted_under_a_100_pps_cross_host_ping_loses_nothing",
-        |lab| {
-            Box::pin(agent_killed_and_restarted_under_a_100_pps_cross_host_ping_loses_nothing(lab))
-        },
-    ),
+/// In this order.
+const CASES: &[(&str, CaseFn<Lab>)] = &cases![
+    dhcp_gives_each_vm_its_address_and_the_underlay_mtu_minus_50,
+    same_subnet_ping_tcp_and_udp_across_hosts_both_ways,
+    routed_across_subnets_and_hosts_one_hop_both_ways,
+    the_fabric_carries_vxlan_with_the_vni_between_underlay_addresses,
+    two_vpcs_with_the_same_addresses_on_two_hosts_stay_isolated,
+    full_size_frames_and_bulk_tcp_at_the_mtu_dhcp_gave,
+    spoofed_vxlan_is_dropped_by_xdp_and_counted,
+    a_deleted_neighbor_gets_nothing_and_a_re_added_one_does,
+    a_neighbor_updated_to_another_host_is_sent_there,
+    agent_killed_and_restarted_under_a_100_pps_cross_host_ping_loses_nothing,
 ];
 
 fn main() -> ExitCode {

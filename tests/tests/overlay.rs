@@ -1,5 +1,5 @@
 //! The overlay between hosts, end to end: three host namespaces on a fabric
-//! bridge (underlay 198.18.0.0/24, MTU 1600), a real agent in each started
+//! bridge (underlay 198.18.0.0/24, MTU 9000), a real agent in each started
 //! with `--underlay-dev underlay0`, goal state pushed over gRPC with the
 //! VMs of the other hosts as neighbors (L2 in a subnet the host has VMs in,
 //! L3 in another), and VMs (namespaces whose `eth0` their host's agent
@@ -7,7 +7,7 @@
 //! udhcpc. Then real tools between VMs on different hosts:
 //!
 //! - DHCP gives every VM its address and the underlay MTU minus the 50
-//!   bytes of VXLAN (1550, which only the underlay device can have told);
+//!   bytes of VXLAN (8950, which only the underlay device can have told);
 //! - same subnet: ping, TCP and UDP both ways, counted as encapsulated and
 //!   decapsulated on the ports, nothing dropped;
 //! - routed across subnets and hosts by the router of the VPC, on the
@@ -47,9 +47,11 @@ use alcor_tests::{
 };
 use serde_json::Value;
 
-/// The fabric's MTU: not the usual 1500, so that the VMs' MTU can only
-/// come from the underlay device.
-const UNDERLAY_MTU: u32 = 1600;
+/// The fabric's MTU: jumbo frames, as data-centre underlays have them.
+/// The VMs' 8950 can only come from the underlay device (without one the
+/// agent assumes 1500), and full-size frames reach the XDP program in
+/// several buffers (it is built for multi-buffer XDP).
+const UNDERLAY_MTU: u32 = 9000;
 const VM_MTU: u64 = UNDERLAY_MTU as u64 - 50;
 /// (host, underlay address) of the hosts that run an agent.
 const HOSTS: &[(&str, &str)] = &[

@@ -85,7 +85,7 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.vms()),
     ),
     (
-        "The controller pushes goal state over mTLS: one VPC, one subnet, two netns-bound ports per host and their DHCP entries",
+        "The controller pushes goal state over mTLS: a VPC with two subnets joined by a router, two netns-bound ports per host with their DHCP entries, the other host's VMs as neighbors",
         |d| Box::pin(d.push()),
     ),
     ("What each agent reports (agentctl ports)", |d| {

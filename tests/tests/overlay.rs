@@ -846,11 +846,14 @@ async fn spoofed_vxlan_is_dropped_by_xdp_and_counted(lab: &mut Lab) {
             ("unknown-vni", 0)
         ]
     );
-    // What an operator sees.
+    // What an operator sees, and what Prometheus scrapes.
     let table = lab.agentctl_text("h2", &["dp", "tunnels"]);
     eprintln!("{table}");
-    for reason in ["xdp-unknown-host", "xdp-unknown-vni"] {
+    let metrics = lab.agent("h2").metrics().unwrap();
+    for (reason, total) in reasons.iter().zip(&after).take(2) {
         assert!(table.contains(reason), "{reason} in:\n{table}");
+        let sample = format!("alcor_agent_underlay_dropped_total{{reason=\"{reason}\"}} {total}\n");
+        assert!(metrics.contains(&sample), "{sample} in:\n{metrics}");
     }
 }
 

@@ -68,7 +68,7 @@ const VPC2: (&str, u32) = ("vpc2", 200);
 const SN1_GATEWAY_MAC: &str = "fa:16:3e:00:00:01";
 const SN2_GATEWAY_MAC: &str = "fa:16:3e:00:00:02";
 
-/// Bounds every short ping and iperf3 run.
+/// Bounds every short ping, TCP transfer and iperf3 run.
 const LIMIT: Duration = Duration::from_secs(20);
 /// Bytes of each bulk TCP transfer.
 const TCP_BYTES: usize = 16 << 20;
@@ -172,7 +172,7 @@ struct Lab {
     agents: BTreeMap<&'static str, Agent>,
     vms: Vec<Vm>,
     topology: Topology,
-    _clients: ClientDir,
+    clients: ClientDir,
     /// The revision of each neighbor's last push, by id.
     neighbor_revisions: BTreeMap<String, u32>,
 }
@@ -215,7 +215,7 @@ impl Lab {
             agents,
             vms,
             topology,
-            _clients: ClientDir::new().unwrap(),
+            clients: ClientDir::new().unwrap(),
             neighbor_revisions: BTreeMap::new(),
         };
         for (host, _) in HOSTS {
@@ -362,7 +362,7 @@ impl Lab {
         std::thread::scope(|scope| {
             for vm in &self.vms {
                 let script = self
-                    ._clients
+                    .clients
                     .script(&format!("udhcpc-{}", vm.name), UDHCPC_SCRIPT)
                     .unwrap();
                 scope.spawn(move || {

@@ -11,7 +11,8 @@
 //! - same subnet: ping, TCP and UDP both ways, counted as encapsulated and
 //!   decapsulated on the ports, nothing dropped;
 //! - routed across subnets and hosts by the router of the VPC, on the
-//!   sending host: the reply's TTL is one lower both ways;
+//!   sending host: the reply's TTL is one lower both ways, and TTL 1 gets
+//!   "time exceeded" from the gateway;
 //! - the fabric carries VXLAN to UDP 4789 between the hosts' underlay
 //!   addresses with the VPC's VNI, routed frames already rewritten;
 //! - two VPCs with the same CIDR and the same addresses on the same two
@@ -596,6 +597,17 @@ async fn routed_across_subnets_and_hosts_one_hop_both_ways(lab: &mut Lab) {
             Some(gateway_mac)
         );
     }
+    // A packet that may take no hop more is answered by the sender's
+    // gateway, on the sender's host (what traceroute relies on).
+    let output = a
+        .netns
+        .output("ping", &["-n", "-c", "1", "-t", "1", "-W", "2", c.ip])
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("From 10.0.1.1 ") && text.contains("Time to live exceeded"),
+        "{text}"
+    );
     tcp(c, a, 5211);
 }
 

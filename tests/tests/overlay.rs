@@ -782,6 +782,8 @@ async fn spoofed_vxlan_is_dropped_by_xdp_and_counted(lab: &mut Lab) {
         );
         traffic::send_frames(rogue.netns(), UNDERLAY_DEV, &frame, count).unwrap();
     };
+    // The early drop runs in the driver (native mode; veths have it).
+    assert_eq!(lab.tunnels("h2")["underlay"]["xdp_mode"], "native");
     let reasons = [
         "xdp-unknown-host",
         "xdp-unknown-vni",

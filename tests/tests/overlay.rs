@@ -38,7 +38,9 @@ use alcor_proto::{
     schema::{GoalState, NeighborState, OperationStatus, OperationType},
 };
 use alcor_tests::{
-    Agent, Netns, cases,
+    Agent, Netns,
+    agent::json_count as count,
+    cases,
     dhcp::{ClientDir, Eth0, UDHCPC_SCRIPT, udhcpc_once},
     goalstate::*,
     suite::{self, CaseFn},
@@ -383,16 +385,7 @@ impl Lab {
 
     /// `agentctl --json ARGS` on `host`'s agent, parsed.
     fn agentctl_json(&self, host: &str, args: &[&str]) -> Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let output = self.agent(host).agentctl(&full);
-        assert!(
-            output.status.success(),
-            "agentctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
+        self.agent(host).agentctl_json(args)
     }
 
     /// `agentctl ARGS` on `host`'s agent: its table.
@@ -427,16 +420,6 @@ impl Lab {
         assert!(!n.is_null(), "no underlay drop reason {reason}: {tunnels}");
         count(n)
     }
-}
-
-/// A 64-bit count from agentctl's JSON (protobuf's JSON gives it as a
-/// string).
-fn count(value: &Value) -> u64 {
-    value
-        .as_str()
-        .and_then(|text| text.parse().ok())
-        .or_else(|| value.as_u64())
-        .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
 /// Drop reasons with a count, from a `drops` map.

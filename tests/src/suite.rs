@@ -106,7 +106,7 @@ where
 {
     let selection = Selection::from_args();
     if selection.list {
-        for (name, _) in cases {
+        for (name, _) in cases.iter().filter(|(name, _)| selection.selects(name)) {
             println!("{name}: test");
         }
         return ExitCode::SUCCESS;

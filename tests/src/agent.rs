@@ -284,6 +284,31 @@ impl Agent {
             .output()
             .expect("running agentctl")
     }
+
+    /// `agentctl --json ARGS`, which must succeed, parsed.
+    pub fn agentctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let output = self.agentctl(&full);
+        assert!(
+            output.status.success(),
+            "agentctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("agentctl {}: {e}", args.join(" ")))
+    }
+}
+
+/// A 64-bit count from agentctl's JSON: protobuf's JSON writes 64-bit
+/// integers as strings, 32-bit ones as numbers.
+pub fn json_count(value: &serde_json::Value) -> u64 {
+    value
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .or_else(|| value.as_u64())
+        .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
 impl Drop for Agent {

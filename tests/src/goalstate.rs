@@ -115,6 +115,17 @@ pub fn neighbor(
     }
 }
 
+/// Makes a neighbor's addresses L3: in a subnet this host reaches through
+/// a router (Alcor's `NeighborType::L3`), not one it has VMs in.
+pub fn l3(mut neighbor: NeighborState) -> NeighborState {
+    if let Some(config) = neighbor.configuration.as_mut() {
+        for fixed in &mut config.fixed_ips {
+            fixed.neighbor_type = NeighborType::L3 as i32;
+        }
+    }
+    neighbor
+}
+
 /// Any resource state: sets its operation and revision.
 pub trait StateExt: Sized {
     fn with(self, operation: OperationType, revision: u32) -> Self;

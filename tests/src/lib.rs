@@ -9,6 +9,7 @@ pub mod agent;
 pub mod dhcp;
 pub mod goalstate;
 pub mod netns;
+pub mod suite;
 pub mod topology;
 pub mod traffic;
 

@@ -73,6 +73,8 @@ pub struct Topology {
     hosts: Vec<Host>,
     fabric: Netns,
     prefix: String,
+    /// The fabric's MTU, when not the default 1500.
+    mtu: Option<u32>,
 }
 
 impl Topology {
@@ -85,7 +87,22 @@ impl Topology {
             hosts: Vec::new(),
             fabric,
             prefix: prefix.to_string(),
+            mtu: None,
         })
+    }
+
+    /// Gives the fabric (its bridge and ports) and every host's `underlay0`
+    /// this MTU, those of hosts added later too. Agents read their port MTU
+    /// from the underlay device when they start.
+    pub fn set_mtu(&mut self, mtu: u32) -> anyhow::Result<()> {
+        let text = mtu.to_string();
+        self.fabric
+            .exec("ip", &["link", "set", BRIDGE, "mtu", &text])?;
+        for host in &self.hosts {
+            set_host_mtu(&self.fabric, host, &text)?;
+        }
+        self.mtu = Some(mtu);
+        Ok(())
     }
 
     pub fn fabric(&self) -> &Netns {
@@ -135,11 +152,15 @@ impl Topology {
             .exec("ip", &["link", "set", &port, "master", BRIDGE, "up"])?;
         netns.exec("ip", &["addr", "add", address, "dev", UNDERLAY_DEV])?;
         netns.exec("ip", &["link", "set", UNDERLAY_DEV, "up"])?;
-        self.hosts.push(Host {
+        let host = Host {
             name: name.to_string(),
             netns,
             underlay_ip: ip,
-        });
+        };
+        if let Some(mtu) = self.mtu {
+            set_host_mtu(&self.fabric, &host, &mtu.to_string())?;
+        }
+        self.hosts.push(host);
         Ok(self.hosts.last().expect("just pushed"))
     }
 
@@ -153,6 +174,15 @@ impl Topology {
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }
+}
+
+/// Sets the MTU of both ends of a host's veth to the fabric.
+fn set_host_mtu(fabric: &Netns, host: &Host, mtu: &str) -> anyhow::Result<()> {
+    let port = format!("f-{}", host.name);
+    fabric.exec("ip", &["link", "set", &port, "mtu", mtu])?;
+    host.netns
+        .exec("ip", &["link", "set", UNDERLAY_DEV, "mtu", mtu])?;
+    Ok(())
 }
 
 /// Many namespaces (VMs, usually) created in one `ip -batch` and deleted in

@@ -10,7 +10,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -58,6 +58,8 @@ pub struct Ping {
     pub received: u32,
     /// Round-trip time of each reply, in milliseconds, in order.
     pub rtts_ms: Vec<f64>,
+    /// The IP TTL each reply arrived with, in order.
+    pub ttls: Vec<u8>,
     /// ping's own summary lines.
     pub summary: String,
 }
@@ -76,12 +78,17 @@ impl Ping {
     pub fn parse(output: &str) -> anyhow::Result<Ping> {
         let mut ping = Ping::default();
         for line in output.lines() {
-            if line.contains(" bytes from ")
-                && let Some(time) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("time="))
-            {
-                ping.rtts_ms.push(time.parse().context("reply time")?);
+            if line.contains(" bytes from ") {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|word| word.strip_prefix(name))
+                };
+                if let Some(time) = field("time=") {
+                    ping.rtts_ms.push(time.parse().context("reply time")?);
+                }
+                if let Some(ttl) = field("ttl=") {
+                    ping.ttls.push(ttl.parse().context("reply TTL")?);
+                }
             }
             if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
                 ping.transmitted = sent.trim().parse().context("transmitted")?;
@@ -352,6 +359,87 @@ pub fn udp_packets(report: &serde_json::Value) -> (u64, u64) {
     (sent, sent.saturating_sub(lost))
 }
 
+/// Sends `bytes` over one TCP connection from `client` to `addr`, where a
+/// listener of `server`'s takes them, and returns how many the server read
+/// before the client's end of stream: exact, unlike iperf3's report of a
+/// `-n` run, which stops counting when the client has written the last
+/// byte. The bytes follow a pattern the server checks (on veths nothing
+/// verifies TCP checksums, so a datapath that damaged payloads would go
+/// unseen otherwise). Every step is bounded by `limit`.
+pub fn tcp_transfer(
+    client: &Netns,
+    server: &Netns,
+    addr: std::net::SocketAddr,
+    bytes: usize,
+    limit: Duration,
+) -> anyhow::Result<usize> {
+    use std::{
+        io::{Read, Write},
+        net::{Shutdown, TcpListener, TcpStream},
+    };
+    let pattern = |offset: usize| (offset % 251) as u8;
+    let deadline = Instant::now() + limit;
+    let listener = server.enter(move || TcpListener::bind(addr))??;
+    listener.set_nonblocking(true)?;
+    // What any read of up to 64 KiB must equal, from its offset modulo 251.
+    let reference: Vec<u8> = (0..251 + (1 << 16)).map(pattern).collect();
+    let reader = std::thread::spawn(move || -> io::Result<usize> {
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(limit))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut read = 0;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(read);
+            }
+            let start = read % 251;
+            if buf[..n] != reference[start..start + n] {
+                let at = (0..n)
+                    .find(|i| buf[*i] != pattern(read + i))
+                    .unwrap_or_default();
+                return Err(io::Error::other(format!(
+                    "byte {} is {:#04x}, not {:#04x}",
+                    read + at,
+                    buf[at],
+                    pattern(read + at)
+                )));
+            }
+            read += n;
+        }
+    });
+    let written = (|| -> io::Result<()> {
+        let mut stream = client
+            .enter(move || TcpStream::connect_timeout(&addr, limit))
+            .map_err(io::Error::other)??;
+        stream.set_write_timeout(Some(limit))?;
+        // 251 is prime: the pattern repeats every 251 bytes, out of step
+        // with chunks, segments and pages.
+        let chunk: Vec<u8> = (0..251 * 256).map(pattern).collect();
+        let mut sent = 0;
+        while sent < bytes {
+            let n = (bytes - sent).min(chunk.len());
+            stream.write_all(&chunk[..n])?;
+            sent += n;
+        }
+        stream.shutdown(Shutdown::Write)
+    })();
+    let read = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    written.with_context(|| format!("sending to {addr}"))?;
+    read.with_context(|| format!("receiving on {addr}"))
+}
+
 /// Sends `count` ARP requests for `target` out of `dev` of `vm` (iputils
 /// arping, a second apart at most, `limit` in all) and returns the MAC of
 /// every reply, lowercase.
@@ -466,10 +554,12 @@ fn link_address(ifindex: i32) -> libc::sockaddr_ll {
 
 /// Every frame that arrives on a device of a VM, from [`Capture::start`]
 /// until [`Capture::stop`] (frames the VM sends are left out). The socket
-/// exists when `start` returns: nothing sent afterwards is missed.
+/// exists when `start` returns: nothing sent afterwards is missed, and
+/// `stop` reads what the socket still holds before it returns.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<Vec<Vec<u8>>>>>,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Capture {
@@ -490,11 +580,15 @@ impl Capture {
             )
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, captured) = (stop.clone(), frames.clone());
         let thread = std::thread::spawn(move || {
-            let mut frames = Vec::new();
             let mut buf = vec![0u8; 65536];
-            while !stopping.load(Ordering::Relaxed) {
+            loop {
+                // Once asked to stop, what is queued is still read, without
+                // waiting for more.
+                let last = stopping.load(Ordering::Relaxed);
+                let flags = if last { libc::MSG_DONTWAIT } else { 0 };
                 // SAFETY: zeroed sockaddr_ll is valid; sizes match.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -503,7 +597,7 @@ impl Capture {
                         fd.as_raw_fd(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        0,
+                        flags,
                         (&raw mut from).cast(),
                         &mut len,
                     )
@@ -511,6 +605,9 @@ impl Capture {
                 if n < 0 {
                     let error = io::Error::last_os_error();
                     match error.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if last => {
+                            return Ok(());
+                        }
                         io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted => continue,
@@ -518,24 +615,33 @@ impl Capture {
                     }
                 }
                 if from.sll_pkttype != PACKET_OUTGOING {
-                    frames.push(buf[..n as usize].to_vec());
+                    let frame = buf[..n as usize].to_vec();
+                    captured.lock().expect("capture lock").push(frame);
                 }
             }
-            Ok(frames)
         });
         Ok(Capture {
             stop,
+            frames,
             thread: Some(thread),
         })
+    }
+
+    /// The frames received so far, in order; capturing goes on.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        self.frames.lock().expect("capture lock").clone()
     }
 
     /// Stops capturing and returns the frames received, in order.
     pub fn stop(mut self) -> anyhow::Result<Vec<Vec<u8>>> {
         self.stop.store(true, Ordering::Relaxed);
         let thread = self.thread.take().context("stopped already")?;
-        Ok(thread
+        thread
             .join()
-            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??)
+            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+        Ok(std::mem::take(
+            &mut *self.frames.lock().expect("capture lock"),
+        ))
     }
 }
 
@@ -645,4 +751,103 @@ pub fn eth0_stat(vm: &Netns, counter: &str) -> anyhow::Result<u64> {
         &[&format!("/sys/class/net/eth0/statistics/{counter}")],
     )?;
     text.trim().parse().context(counter.to_string())
+}
+
+/// The IANA port of VXLAN.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// A VXLAN datagram as the underlay carries it (outer Ethernet, IPv4 and
+/// UDP), parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub outer_src: std::net::Ipv4Addr,
+    pub outer_dst: std::net::Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub vni: u32,
+    /// The encapsulated Ethernet frame.
+    pub inner: Vec<u8>,
+}
+
+impl Vxlan {
+    /// The VXLAN in an Ethernet frame: IPv4, UDP to port 4789, a VXLAN
+    /// header with the VNI flag. None for anything else.
+    pub fn parse(frame: &[u8]) -> Option<Vxlan> {
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[14] >> 4 != 4 {
+            return None;
+        }
+        let udp = 14 + usize::from(frame[14] & 0x0f) * 4;
+        let port = |at: usize| Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?));
+        if frame[23] != 17 || port(udp + 2)? != VXLAN_PORT {
+            return None;
+        }
+        let header = frame.get(udp + 8..udp + 16)?;
+        if header[0] & 0x08 == 0 {
+            return None;
+        }
+        let (outer_src, outer_dst) = ipv4_addresses(frame)?;
+        Some(Vxlan {
+            outer_src,
+            outer_dst,
+            src_port: port(udp)?,
+            dst_port: VXLAN_PORT,
+            vni: u32::from_be_bytes([0, header[4], header[5], header[6]]),
+            inner: frame[udp + 16..].to_vec(),
+        })
+    }
+
+    /// The inner frame's IPv4 source and destination, if it is IPv4.
+    pub fn inner_ipv4(&self) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+        ipv4_addresses(&self.inner)
+    }
+
+    /// The inner frame's (source, destination) MACs.
+    pub fn inner_macs(&self) -> Option<([u8; 6], [u8; 6])> {
+        Some((
+            self.inner.get(6..12)?.try_into().ok()?,
+            self.inner.get(0..6)?.try_into().ok()?,
+        ))
+    }
+
+    /// The inner IPv4 packet's TTL.
+    pub fn inner_ttl(&self) -> Option<u8> {
+        self.inner_ipv4()?;
+        self.inner.get(22).copied()
+    }
+}
+
+/// One line: outer addresses and ports, VNI, and the inner frame's MACs,
+/// addresses, TTL and length.
+impl std::fmt::Debug for Vxlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        write!(
+            f,
+            "VXLAN {}:{} -> {}:{} VNI {}: ",
+            self.outer_src, self.src_port, self.outer_dst, self.dst_port, self.vni
+        )?;
+        if let Some((src, dst)) = self.inner_macs() {
+            write!(f, "{} -> {} ", mac(src), mac(dst))?;
+        }
+        if let Some((src, dst)) = self.inner_ipv4() {
+            let proto = self.inner.get(23).copied().unwrap_or_default();
+            let ttl = self.inner_ttl().unwrap_or_default();
+            write!(f, "IPv4 {src} -> {dst} proto {proto} TTL {ttl} ")?;
+        }
+        write!(f, "({} bytes)", self.inner.len())
+    }
+}
+
+/// A VXLAN datagram's payload: the header with `vni`, then `inner` (an
+/// Ethernet frame).
+pub fn vxlan_payload(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    payload
 }

@@ -29,6 +29,7 @@ use alcor_proto::{
 };
 use alcor_tests::{
     Agent, AgentOptions, Netns,
+    agent::json_count as count,
     goalstate::*,
     privileged,
     traffic::{self, Capture, Iperf3Server, PingRun},
@@ -192,16 +193,7 @@ impl Lab {
     /// The port's datapath counters as an operator reads them:
     /// `agentctl --json dp counters PORT`.
     fn dp_counters(&self, vm: &Vm) -> Value {
-        let output = self
-            .agent
-            .agentctl(&["--json", "dp", "counters", &vm.port_id]);
-        assert!(
-            output.status.success(),
-            "agentctl dp counters {}: {}",
-            vm.port_id,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut reply: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let mut reply = self.agent.agentctl_json(&["dp", "counters", &vm.port_id]);
         let port = reply["ports"][0].take();
         assert_eq!(port["port_id"], vm.port_id.as_str(), "{reply}");
         port
@@ -233,16 +225,6 @@ impl Lab {
         assert!(!n.is_null(), "no drop reason {reason}: {counters}");
         count(n)
     }
-}
-
-/// A 64-bit count from agentctl's JSON (protobuf's JSON gives it as a
-/// string).
-fn count(value: &Value) -> u64 {
-    value
-        .as_str()
-        .and_then(|text| text.parse().ok())
-        .or_else(|| value.as_u64())
-        .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
 /// A TCP test of `seconds` from `client` to `server`: iperf3 exits 0 and

@@ -2,8 +2,10 @@
 //!
 //! A fabric namespace whose bridge is the underlay, two host namespaces with
 //! an agent each (mutual TLS on the underlay address), a controller
-//! namespace pushing goal state, VM namespaces that get their `eth0`, and an
-//! agent killed with SIGKILL and restarted without disturbing its ports.
+//! namespace pushing goal state, VM namespaces that get their `eth0` and
+//! their address by DHCP, VMs pinging each other on one host and across
+//! hosts over VXLAN (in a subnet and through a router), and an agent killed
+//! with SIGKILL and restarted without disturbing its ports.
 //!
 //! The demo is a list of steps (`STEPS`): to show more, add a method and a
 //! line. Everything is removed at the end, on failure, panic or Ctrl-C too.
@@ -28,6 +30,7 @@ use alcor_tests::{
     goalstate,
     topology::Topology,
     topology::namespaces_with_prefix,
+    traffic,
 };
 use anyhow::{Context, anyhow, bail, ensure};
 use futures::{FutureExt, future::LocalBoxFuture};
@@ -49,7 +52,10 @@ const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
 const VMS_PER_HOST: usize = 2;
 
 const VPC: (&str, u32, &str) = ("vpc-demo", 1001, "10.0.0.0/16");
+/// (id, CIDR, gateway) of the VPC's subnets, joined by `ROUTER`.
 const SUBNET: (&str, &str, &str) = ("subnet-demo", "10.0.1.0/24", "10.0.1.1");
+const SUBNET2: (&str, &str, &str) = ("subnet-demo-2", "10.0.2.0/24", "10.0.2.1");
+const ROUTER: &str = "router-demo";
 /// The subnet's DNS server, handed out by DHCP.
 const DNS: &str = "10.0.0.2";
 /// The DHCP clients the VMs run, in turn.
@@ -79,7 +85,7 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.vms()),
     ),
     (
-        "The controller pushes goal state over mTLS: one VPC, one subnet, two netns-bound ports per host and their DHCP entries",
+        "The controller pushes goal state over mTLS: a VPC with two subnets joined by a router, two netns-bound ports per host with their DHCP entries, the other host's VMs as neighbors",
         |d| Box::pin(d.push()),
     ),
     ("What each agent reports (agentctl ports)", |d| {
@@ -94,8 +100,12 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.dhcp()),
     ),
     (
-        "Datapath: VMs on the same host ping each other and their gateway through the eBPF port programs (other hosts: the overlay issue)",
+        "Datapath: VMs on the same host ping each other and their gateway through the eBPF port programs",
         |d| Box::pin(d.ping()),
+    ),
+    (
+        "Overlay: VMs on different hosts ping each other over VXLAN, in the subnet and through the router",
+        |d| Box::pin(d.overlay()),
     ),
     (
         "Crash and restart: kill -9 the agent on host1, start it again, same ports",
@@ -161,6 +171,8 @@ struct Demo {
 struct Vm {
     host: String,
     port_id: String,
+    /// Its subnet: `SUBNET` or `SUBNET2`.
+    subnet: (&'static str, &'static str, &'static str),
     ip: String,
     mac: String,
     netns: Netns,
@@ -178,6 +190,28 @@ impl Vm {
     fn hostname(&self) -> String {
         self.short_name().to_string()
     }
+
+    /// Three pings to `target`, which must all be answered.
+    fn ping(&self, target: &str) -> anyhow::Result<traffic::Ping> {
+        let ping = traffic::ping(
+            &self.netns,
+            target,
+            &["-c", "3", "-i", "0.2", "-W", "2"],
+            REQUEST_TIMEOUT,
+        )?;
+        ensure!(
+            ping.all_answered(),
+            "{} could not ping {target}: {}",
+            self.short_name(),
+            ping.summary
+        );
+        Ok(ping)
+    }
+}
+
+/// A ping's round-trip summary line.
+fn rtt(ping: &traffic::Ping) -> &str {
+    ping.summary.lines().last().unwrap_or_default()
 }
 
 impl Demo {
@@ -311,18 +345,27 @@ impl Demo {
         for (h, (host, _)) in HOSTS.iter().enumerate() {
             for v in 1..=VMS_PER_HOST {
                 let netns = Netns::new(format!("{}-h{}-vm{v}", self.prefix, h + 1))?;
+                // The last VM of the last host is in the other subnet.
+                let subnet = if h + 1 == HOSTS.len() && v == VMS_PER_HOST {
+                    SUBNET2
+                } else {
+                    SUBNET
+                };
+                let network = subnet.1.trim_end_matches(".0/24");
                 let vm = Vm {
                     host: host.to_string(),
                     port_id: format!("port-h{}-vm{v}", h + 1),
-                    ip: format!("10.0.1.{}", 10 * (h + 1) + v),
+                    subnet,
+                    ip: format!("{network}.{}", 10 * (h + 1) + v),
                     mac: format!("fa:16:3e:00:0{}:0{v}", h + 1),
                     netns,
                 };
                 say(format!(
-                    "{host}: VM namespace {} for port {} ({}, {})",
+                    "{host}: VM namespace {} for port {} ({} in {}, {})",
                     vm.netns.name(),
                     vm.port_id,
                     vm.ip,
+                    vm.subnet.0,
                     vm.mac
                 ));
                 self.vms.push(vm);
@@ -332,7 +375,7 @@ impl Demo {
     }
 
     /// The goal state the controller computes for `host`.
-    fn goal_state(&self, host: &str) -> GoalStateV2 {
+    fn goal_state(&self, host: &str) -> anyhow::Result<GoalStateV2> {
         let ports = self
             .vms
             .iter()
@@ -341,7 +384,7 @@ impl Demo {
                 goalstate::netns_port(
                     &vm.port_id,
                     VPC.0,
-                    SUBNET.0,
+                    vm.subnet.0,
                     &vm.ip,
                     &vm.mac,
                     vm.netns.name(),
@@ -350,16 +393,23 @@ impl Demo {
             .collect();
         let mut message = goalstate::v2(
             vec![goalstate::vpc(VPC.0, VPC.1, VPC.2)],
-            vec![goalstate::dhcp_subnet(
-                SUBNET.0,
-                VPC.0,
-                SUBNET.1,
-                SUBNET.2,
-                &[DNS],
-                &[("domain-search", "demo.example")],
-            )],
+            [SUBNET, SUBNET2]
+                .iter()
+                .map(|(id, cidr, gateway)| {
+                    goalstate::dhcp_subnet(
+                        id,
+                        VPC.0,
+                        cidr,
+                        gateway,
+                        &[DNS],
+                        &[("domain-search", "demo.example")],
+                    )
+                })
+                .collect(),
             ports,
         );
+        let router = goalstate::router_joining(ROUTER, &[SUBNET.0, SUBNET2.0]);
+        message.router_states = [(ROUTER.to_string(), router)].into();
         // What DHCP gives each VM: its address and a host name.
         message.dhcp_states = self
             .vms
@@ -367,11 +417,29 @@ impl Demo {
             .filter(|vm| vm.host == host)
             .map(|vm| {
                 let id = format!("dhcp-{}", vm.port_id);
-                let entry = goalstate::dhcp_entry(&id, SUBNET.0, &vm.mac, &vm.ip, &vm.hostname());
+                let entry =
+                    goalstate::dhcp_entry(&id, vm.subnet.0, &vm.mac, &vm.ip, &vm.hostname());
                 (id, entry)
             })
             .collect();
-        message
+        // The other hosts' VMs, with the underlay address of their host: L2
+        // in a subnet this host has VMs in, L3 (reached through the router)
+        // otherwise.
+        for vm in self.vms.iter().filter(|vm| vm.host != host) {
+            let routed = !self
+                .vms
+                .iter()
+                .any(|local| local.host == host && local.subnet == vm.subnet);
+            let host_ip = self.topology()?.host(&vm.host).underlay_ip().to_string();
+            let id = format!("neighbor-{}", vm.port_id);
+            let mut neighbor =
+                goalstate::neighbor(&id, VPC.0, vm.subnet.0, &vm.ip, &vm.mac, &host_ip);
+            if routed {
+                neighbor = goalstate::l3(neighbor);
+            }
+            message.neighbor_states.insert(id, neighbor);
+        }
+        Ok(message)
     }
 
     async fn connect(
@@ -394,7 +462,7 @@ impl Demo {
         for (name, _) in HOSTS {
             let addr = self.topology()?.host(name).grpc_addr();
             let mut client = self.connect(addr, tls.clone()).await?;
-            let message = self.goal_state(name);
+            let message = self.goal_state(name)?;
             let mut replies =
                 timeout(client.push_goal_states_stream(futures::stream::iter([message])))
                     .await??
@@ -494,21 +562,13 @@ impl Demo {
             if from.host != to.host {
                 continue;
             }
-            for (what, target) in [("VM", to.ip.as_str()), ("gateway", SUBNET.2)] {
-                let output = from
-                    .netns
-                    .output("ping", &["-c", "3", "-i", "0.2", "-W", "2", target])?;
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let summary = stdout.lines().last().unwrap_or_default();
+            for (what, target) in [("VM", to.ip.as_str()), ("gateway", from.subnet.2)] {
+                let ping = from.ping(target)?;
                 say(format!(
-                    "{} -> {what} {target}: {summary}",
-                    from.short_name()
+                    "{} -> {what} {target}: {}",
+                    from.short_name(),
+                    rtt(&ping)
                 ));
-                ensure!(
-                    output.status.success(),
-                    "{} could not ping {target}",
-                    from.short_name()
-                );
             }
         }
         if self.agentctl.is_ok()
@@ -522,10 +582,71 @@ impl Demo {
             }
             say(format!(
                 "{}: agentctl trace {} --dst {} --src 10.9.9.9 (a forged source)",
-                vm.host, vm.port_id, SUBNET.2
+                vm.host, vm.port_id, vm.subnet.2
             ));
-            let output =
-                agent.agentctl(&["trace", &vm.port_id, "--dst", SUBNET.2, "--src", "10.9.9.9"]);
+            let output = agent.agentctl(&[
+                "trace",
+                &vm.port_id,
+                "--dst",
+                vm.subnet.2,
+                "--src",
+                "10.9.9.9",
+            ]);
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                say(format!("  {line}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn overlay(&mut self) -> anyhow::Result<()> {
+        // Every VM of host1 pings every VM of host2.
+        for from in self.vms.iter().filter(|vm| vm.host == HOSTS[0].0) {
+            for to in self.vms.iter().filter(|vm| vm.host != from.host) {
+                let ping = from.ping(&to.ip)?;
+                let how = if from.subnet == to.subnet {
+                    "same subnet".to_string()
+                } else {
+                    format!(
+                        "routed on the sending host, replies with TTL {:?}",
+                        ping.ttls
+                    )
+                };
+                say(format!(
+                    "{} ({}) -> {} ({}) on {}: {} ({how})",
+                    from.short_name(),
+                    from.ip,
+                    to.short_name(),
+                    to.ip,
+                    to.host,
+                    rtt(&ping),
+                ));
+            }
+        }
+        if self.agentctl.is_err() {
+            return Ok(());
+        }
+        let host = HOSTS[0].0;
+        for args in [&["dp", "neighbors"][..], &["dp", "tunnels"]] {
+            say(format!("{host}: agentctl {}", args.join(" ")));
+            let output = self.agent(host)?.agentctl(args);
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                say(format!("  {line}"));
+            }
+            ensure!(
+                output.status.success(),
+                "agentctl failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        if let Some((from, to)) = self.vms.first().zip(self.vms.last()) {
+            say(format!(
+                "{host}: agentctl trace {} --dst {} (a VM on {})",
+                from.port_id, to.ip, to.host
+            ));
+            let output = self
+                .agent(host)?
+                .agentctl(&["trace", &from.port_id, "--dst", &to.ip]);
             for line in String::from_utf8_lossy(&output.stdout).lines() {
                 say(format!("  {line}"));
             }
@@ -675,6 +796,18 @@ impl Demo {
         let again = ready_ports(self.agent(host)?).await?;
         ensure!(before == again, "a re-push changed the ports: {again:?}");
         say("  ifindexes unchanged");
+        let from = self.vms.iter().find(|vm| vm.host == host);
+        let to = self.vms.iter().find(|vm| vm.host != host);
+        if let Some((from, to)) = from.zip(to) {
+            let ping = from.ping(&to.ip)?;
+            say(format!(
+                "{} -> {} on {} still answers: {}",
+                from.short_name(),
+                to.ip,
+                to.host,
+                rtt(&ping)
+            ));
+        }
         Ok(())
     }
 

@@ -33,7 +33,8 @@ enum Task {
     /// Setup, then fmt, clippy, build and the whole test suite (what CI runs).
     Test,
     /// Two hosts on a fabric, their agents over mutual TLS, a controller
-    /// pushing goal state, VMs plugged in, and an agent crash survived.
+    /// pushing goal state, VMs plugged in and talking across hosts over
+    /// VXLAN, and an agent crash survived.
     Demo,
     /// Run a benchmark against its peers in the same run (release build).
     Bench {

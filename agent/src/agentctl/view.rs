@@ -118,9 +118,9 @@ impl Human for AgentStatus {
             ("routers", self.routers.to_string()),
             ("security groups", self.security_groups.to_string()),
             ("", String::new()),
-            ("datapath endpoints", self.dp_endpoints.to_string()),
+            ("dp endpoints", self.dp_endpoints.to_string()),
             (
-                "datapath map memory",
+                "dp map memory",
                 format!("{:.1} MiB", self.dp_map_bytes as f64 / (1 << 20) as f64),
             ),
         ] {

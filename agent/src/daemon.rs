@@ -30,6 +30,10 @@ use crate::{
     underlay::{self, Underlay},
 };
 
+/// HTTP/2 flow-control windows of the goal-state server, bytes.
+const GRPC_STREAM_WINDOW: u32 = 8 << 20;
+const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -140,7 +144,11 @@ async fn serve_goal_state(
     engine: Arc<tokio::sync::Mutex<Engine>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
-    let mut server = Server::builder();
+    // Goal-state messages run to megabytes: HTTP/2's default 64 KiB windows
+    // would make the controller wait for a window update every 64 KiB.
+    let mut server = Server::builder()
+        .initial_stream_window_size(GRPC_STREAM_WINDOW)
+        .initial_connection_window_size(GRPC_CONNECTION_WINDOW);
     match &config.tls {
         Some(tls) => {
             let read =

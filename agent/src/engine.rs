@@ -425,35 +425,26 @@ impl Engine {
     /// a port the kernel refuses is rolled back to its value before the
     /// transaction, which must be the one its own message started from.
     pub async fn apply_group(&mut self, batches: Vec<Batch>) -> Vec<GoalStateOperationReply> {
-        let mut runs: Vec<Run> = batches
-            .into_iter()
-            .map(|mut batch| {
-                let mut run = Run {
-                    started: Instant::now(),
-                    statuses: Vec::new(),
-                    seen: HashSet::default(),
-                    ports: Vec::new(),
-                };
-                let mut state = self.write();
-                let state = &mut *state;
-                // Creates and updates top-down, so that a resource finds what
-                // it refers to; deletes bottom-up, so that nothing is left
-                // dangling.
-                macro_rules! stage {
-                    ($pass:expr; $($kind:ty),*) => {
-                        $(run.stage::<$kind>(state, &mut batch, $pass);)*
-                    };
-                }
-                stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
-                stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
-                run
-            })
-            .collect();
+        // Staging a big group is long CPU work: off the async workers, so that
+        // the transport keeps reading the next messages meanwhile.
+        let mut runs: Vec<Run> = tokio::task::block_in_place(|| self.stage_all(batches));
 
+        let staged = Instant::now();
         for run in &mut runs {
             self.plumb_changed_ports(run).await;
         }
+        let plumbed = Instant::now();
         let changed = self.commit(&mut runs).await;
+        tracing::debug!(
+            messages = runs.len(),
+            resources = runs.iter().map(|run| run.statuses.len()).sum::<usize>(),
+            stage_ms = runs
+                .first()
+                .map_or(0, |run| staged.duration_since(run.started).as_millis()),
+            plumb_ms = plumbed.duration_since(staged).as_millis(),
+            commit_ms = plumbed.elapsed().as_millis(),
+            "goal state applied"
+        );
 
         self.write().messages_applied += runs.len() as u64;
         for run in &runs {
@@ -484,6 +475,35 @@ impl Engine {
                 format_version: 1,
                 message_total_operation_time: micros_since(run.started),
                 operation_statuses: run.statuses,
+            })
+            .collect()
+    }
+
+    /// Parses and checks each message's resources against the desired
+    /// state, in order, each on top of the ones before.
+    fn stage_all(&self, batches: Vec<Batch>) -> Vec<Run> {
+        batches
+            .into_iter()
+            .map(|mut batch| {
+                let mut run = Run {
+                    started: Instant::now(),
+                    statuses: Vec::new(),
+                    seen: HashSet::default(),
+                    ports: Vec::new(),
+                };
+                let mut state = self.write();
+                let state = &mut *state;
+                // Creates and updates top-down, so that a resource finds what
+                // it refers to; deletes bottom-up, so that nothing is left
+                // dangling.
+                macro_rules! stage {
+                    ($pass:expr; $($kind:ty),*) => {
+                        $(run.stage::<$kind>(state, &mut batch, $pass);)*
+                    };
+                }
+                stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
+                stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
+                run
             })
             .collect()
     }
@@ -574,8 +594,8 @@ impl Engine {
     /// Makes the eBPF maps say what the desired state and the ready ports
     /// say; returns how long it took, in microseconds.
     fn sync_datapath(&self) -> Result<u32, String> {
-        let model = forwarding::model(&self.read());
         let started = Instant::now();
+        let model = forwarding::model(&self.read());
         let stats = tokio::task::block_in_place(|| {
             self.plumber
                 .datapath()?

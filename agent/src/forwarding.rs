@@ -47,6 +47,7 @@ pub fn model(state: &AgentState) -> DatapathModel {
     }
     model.ports.sort_unstable_by_key(|port| port.ifindex);
 
+    model.endpoints.reserve(desired.neighbors.len());
     for neighbor in desired.neighbors.specs() {
         let Some(vpc) = desired.vpcs.get(&neighbor.vpc_id) else {
             continue;

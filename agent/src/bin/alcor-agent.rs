@@ -12,9 +12,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr, as documented (systemd's journal takes both).
+    // Logs go to stderr, as documented (systemd's journal takes both),
+    // coloured only for a person at a terminal, not into the journal.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => logs.init(),

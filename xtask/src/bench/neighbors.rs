@@ -216,6 +216,20 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         "the datapath holds {} endpoints, not {size}",
         status.dp_endpoints
     );
+    // The engine applies what arrived together as one transaction.
+    let transactions: Vec<String> = agent
+        .log()
+        .lines()
+        .filter(|line| line.contains("goal state applied"))
+        .skip(1)
+        .filter_map(|line| line.split("resources=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+        .collect();
+    println!(
+        "  applied in {} transactions of {} resources",
+        transactions.len(),
+        transactions.join(", ")
+    );
     let peak = super::peak_rss_kib(&agent);
     drop(agent);
     drop(host);

@@ -5,40 +5,50 @@
 mod datapath_local;
 mod dhcp;
 mod goalstate;
+mod vm_traffic;
 
-use anyhow::bail;
+use alcor_tests::topology::namespaces_with_prefix;
+use anyhow::{anyhow, bail, ensure};
+use futures::FutureExt;
 
-type Bench = fn() -> anyhow::Result<()>;
+use crate::util;
 
-/// (name, what it measures, how to run it)
-const BENCHES: &[(&str, &str, Bench)] = &[
+/// Runs a benchmark; `quick` asks for one short round (where it has one).
+type Bench = fn(quick: bool) -> anyhow::Result<()>;
+
+/// (name, what it measures, how to run it, whether it has a quick mode)
+const BENCHES: &[(&str, &str, Bench, bool)] = &[
     (
         "goalstate",
         "1,000 netns-bound ports on one agent: one V2 message, and 1,000 pipelined \
          messages on one stream, vs `ip -batch` doing the same plumbing",
-        goalstate::run,
+        |_| goalstate::run(),
+        false,
     ),
     (
         "dhcp",
         "perfdhcp with 10,000 client MACs against the agent's DHCP responder, \
          kea-dhcp4 and dnsmasq: 4-way exchanges/s and p99 latency",
-        dhcp::run,
+        |_| dhcp::run(),
+        false,
     ),
     (
         "datapath-local",
         "two VMs on one host: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
          ping RTT through our eBPF datapath vs a Linux bridge and host routing",
         datapath_local::run,
+        true,
     ),
 ];
 
-pub fn run(name: &str) -> anyhow::Result<()> {
-    match BENCHES.iter().find(|(known, _, _)| *known == name) {
-        Some((_, _, bench)) => bench(),
+pub fn run(name: &str, quick: bool) -> anyhow::Result<()> {
+    match BENCHES.iter().find(|(known, ..)| *known == name) {
+        Some((_, _, _, false)) if quick => bail!("bench {name} has no --quick mode"),
+        Some((_, _, bench, _)) => bench(quick),
         None => {
             let known: Vec<String> = BENCHES
                 .iter()
-                .map(|(name, what, _)| format!("  {name:<10} {what}"))
+                .map(|(name, what, ..)| format!("  {name:<14} {what}"))
                 .collect();
             bail!(
                 "no benchmark {name:?}; the benchmarks are:\n{}",
@@ -46,4 +56,29 @@ pub fn run(name: &str) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Runs `bench` with a namespace prefix of its own (`tag` and this
+/// process's id), after removing what killed runs of `tag` left. Its
+/// namespaces, agents and pins live in the benchmark's future: dropped, and
+/// so cleaned up, however it ends (error, panic, Ctrl-C); then no namespace
+/// of the prefix may remain.
+fn in_namespaces(
+    tag: &str,
+    bench: impl AsyncFnOnce(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    util::sweep_leftovers(tag)?;
+    let prefix = util::run_prefix(tag);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(async {
+        let bench = std::panic::AssertUnwindSafe(bench(&prefix)).catch_unwind();
+        tokio::select! {
+            result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    drop(runtime);
+    let left = namespaces_with_prefix(&format!("{prefix}-"))?;
+    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    outcome
 }

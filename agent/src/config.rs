@@ -18,6 +18,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether and how the XDP early-drop program runs on the underlay device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayXdp {
+    /// In the driver, before the kernel allocates anything: the cheap one
+    /// on real NICs.
+    #[default]
+    Native,
+    /// After the kernel has built the packet (copies every packet on a
+    /// veth): for testing.
+    Generic,
+    /// None; a program attached before is detached.
+    Off,
+}
+
+impl UnderlayXdp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnderlayXdp::Native => "native",
+            UnderlayXdp::Generic => "generic",
+            UnderlayXdp::Off => "off",
+        }
+    }
+}
+
 /// Flags, and the same settings as read from the config file.
 #[derive(Debug, Default, Parser, Deserialize)]
 #[command(
@@ -45,14 +70,34 @@ pub struct Settings {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
-    /// Underlay NIC; port MTU is its MTU minus the 50 bytes of VXLAN
-    /// (1450 when not given).
+    /// Underlay NIC (in the agent's network namespace): VXLAN to other
+    /// hosts leaves through it and is decapsulated on its tc ingress; port
+    /// MTU is its MTU minus the 50 bytes of VXLAN. Without it, VMs reach
+    /// only VMs of this host (port MTU 1450).
     #[arg(long, value_name = "DEV")]
     pub underlay_dev: Option<String>,
 
-    /// This host's underlay (tunnel endpoint) address.
+    /// This host's underlay (tunnel endpoint) address [default: the first
+    /// IPv4 address of --underlay-dev]
     #[arg(long, value_name = "IP")]
     pub underlay_ip: Option<Ipv4Addr>,
+
+    /// XDP early drop on --underlay-dev (VXLAN for VNIs not served here, or
+    /// from unknown hosts, dropped before the kernel allocates anything):
+    /// `native` runs in the driver, the cheap one on real NICs, but on a
+    /// veth it makes the peer give up GSO/TSO; a driver that refuses it
+    /// leaves the agent without XDP, with a warning. `generic` runs after
+    /// the kernel has built the packet and copies every packet on a veth:
+    /// for testing. `off` detaches it (tc still drops the same frames, a
+    /// little later) [default: native]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub underlay_xdp: Option<UnderlayXdp>,
+
+    /// Name of the VXLAN device (external mode, UDP 4789) the agent keeps
+    /// with --underlay-dev; it holds the socket that turns on the kernel's
+    /// VXLAN GRO [default: alcor-vxlan]
+    #[arg(long, value_name = "NAME")]
+    pub vxlan_dev: Option<String>,
 
     /// Where Prometheus metrics are served (GET /metrics) [default: 127.0.0.1:9490]
     #[arg(long, value_name = "ADDR:PORT")]
@@ -115,6 +160,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub underlay_dev: Option<String>,
     pub underlay_ip: Option<Ipv4Addr>,
+    pub underlay_xdp: UnderlayXdp,
+    pub vxlan_dev: String,
     pub metrics_listen: SocketAddr,
     pub log_format: LogFormat,
     pub tls: Option<Tls>,
@@ -134,6 +181,7 @@ impl Config {
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
     pub const DEFAULT_DHCP_LEASE_TIME: u32 = 86_400;
     pub const DEFAULT_DHCP_DOMAIN: &'static str = "openstacklocal";
+    pub const DEFAULT_VXLAN_DEV: &'static str = "alcor-vxlan";
 
     /// Reads the config file, if any, under the flags.
     pub fn load(flags: Settings) -> anyhow::Result<Config> {
@@ -174,6 +222,11 @@ impl Config {
                 .unwrap_or_else(|| Self::DEFAULT_CONTROL_SOCKET.into()),
             underlay_dev: flags.underlay_dev.or(file.underlay_dev),
             underlay_ip: flags.underlay_ip.or(file.underlay_ip),
+            underlay_xdp: flags.underlay_xdp.or(file.underlay_xdp).unwrap_or_default(),
+            vxlan_dev: flags
+                .vxlan_dev
+                .or(file.vxlan_dev)
+                .unwrap_or_else(|| Self::DEFAULT_VXLAN_DEV.into()),
             metrics_listen: flags
                 .metrics_listen
                 .or(file.metrics_listen)
@@ -198,6 +251,17 @@ impl Config {
                 .or(file.dhcp_domain)
                 .unwrap_or_else(|| Self::DEFAULT_DHCP_DOMAIN.into()),
         };
+        for (flag, name) in [
+            ("--underlay-dev", config.underlay_dev.as_deref()),
+            ("--vxlan-dev", Some(config.vxlan_dev.as_str())),
+        ] {
+            if let Some(name) = name {
+                check_device_name(name).with_context(|| format!("{flag} {name:?}"))?;
+            }
+        }
+        if config.underlay_dev.as_deref() == Some(config.vxlan_dev.as_str()) {
+            bail!("--vxlan-dev must differ from --underlay-dev");
+        }
         if config.dhcp_lease_time < 60 {
             bail!("--dhcp-lease-time must be at least 60 seconds");
         }
@@ -211,6 +275,22 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A name the kernel accepts for a network device.
+fn check_device_name(name: &str) -> anyhow::Result<()> {
+    // IFNAMSIZ (16) with the terminating NUL.
+    if name.is_empty() || name.len() > 15 {
+        bail!("a device name has 1 to 15 bytes");
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        bail!("a device name has no '/', ':' or spaces and is not . or ..");
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Settings> {
@@ -264,5 +344,47 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/tmp/a"));
         assert_eq!(config.log_format, LogFormat::Json);
         assert!(toml::from_str::<Settings>("grpc_lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn underlay_settings_have_defaults_and_file_keys() {
+        let loopback = ["--grpc-listen", "127.0.0.1:1"];
+        let config = Config::merge(flags(&loopback), Settings::default()).unwrap();
+        assert_eq!(config.underlay_xdp, UnderlayXdp::Native);
+        assert_eq!(config.vxlan_dev, "alcor-vxlan");
+        assert_eq!(config.underlay_dev, None);
+
+        let file: Settings = toml::from_str(
+            "underlay_dev = \"eth1\"\nunderlay_ip = \"198.18.0.1\"\n\
+             underlay_xdp = \"generic\"\nvxlan_dev = \"vx0\"",
+        )
+        .unwrap();
+        let config = Config::merge(flags(&loopback), file).unwrap();
+        assert_eq!(config.underlay_dev.as_deref(), Some("eth1"));
+        assert_eq!(config.underlay_ip, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(config.underlay_xdp, UnderlayXdp::Generic);
+        assert_eq!(config.vxlan_dev, "vx0");
+
+        let off = flags(&["--grpc-listen", "127.0.0.1:1", "--underlay-xdp", "off"]);
+        let config = Config::merge(off, Settings::default()).unwrap();
+        assert_eq!(config.underlay_xdp, UnderlayXdp::Off);
+        assert!(toml::from_str::<Settings>("underlay_xdp = \"driver\"").is_err());
+    }
+
+    #[test]
+    fn device_names_are_checked() {
+        for args in [
+            &["--vxlan-dev", "a-name-of-sixteen"][..],
+            &["--vxlan-dev", ""],
+            &["--underlay-dev", "a/b"],
+            &["--underlay-dev", "alcor-vxlan"],
+        ] {
+            let mut args = args.to_vec();
+            args.extend(["--grpc-listen", "127.0.0.1:1"]);
+            assert!(
+                Config::merge(flags(&args), Settings::default()).is_err(),
+                "{args:?}"
+            );
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::{
     },
     engine::{AgentState, PortPhase, SharedState},
     model::*,
+    underlay::{self, Underlay},
 };
 
 pub struct ControlService {
@@ -35,6 +36,7 @@ pub struct ControlService {
     dhcp_counters: Arc<dhcp::Counters>,
     config: Config,
     port_mtu: u32,
+    underlay: Option<Underlay>,
     started: Instant,
 }
 
@@ -46,6 +48,7 @@ impl ControlService {
         dhcp_counters: Arc<dhcp::Counters>,
         config: Config,
         port_mtu: u32,
+        underlay: Option<Underlay>,
     ) -> Self {
         ControlService {
             state,
@@ -54,6 +57,7 @@ impl ControlService {
             dhcp_counters,
             config,
             port_mtu,
+            underlay,
             started: Instant::now(),
         }
     }
@@ -154,6 +158,14 @@ fn delivery_word(redirect: Redirect) -> &'static str {
     }
 }
 
+/// How frames to a host find their next hop: `neighbor` or `mac`.
+fn next_hop_word(next_hop: dp::NextHop) -> &'static str {
+    match next_hop {
+        dp::NextHop::Neighbor => "neighbor",
+        dp::NextHop::Mac => "mac",
+    }
+}
+
 /// How a frame reaches a local port's VM, in words.
 fn delivery_words(redirect: Redirect) -> &'static str {
     match redirect {
@@ -163,7 +175,7 @@ fn delivery_words(redirect: Redirect) -> &'static str {
 }
 
 /// The error and its causes, `a: b: c`.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     std::iter::successors(Some(error), |e| e.source())
         .map(ToString::to_string)
         .collect::<Vec<_>>()
@@ -291,9 +303,9 @@ impl AgentControl for ControlService {
                 state_dir: self.config.state_dir.display().to_string(),
                 underlay_dev: self.config.underlay_dev.clone().unwrap_or_default(),
                 underlay_ip: self
-                    .config
-                    .underlay_ip
-                    .map(|ip| ip.to_string())
+                    .underlay
+                    .as_ref()
+                    .map(|underlay| underlay.spec.ip.to_string())
                     .unwrap_or_default(),
                 port_mtu: self.port_mtu,
                 bpf_pin_dir: self.config.bpf_pin_dir.display().to_string(),
@@ -639,7 +651,7 @@ impl AgentControl for ControlService {
             .into_iter()
             .zip(stats)
             .map(|((id, ifindex), stats)| {
-                let traffic = stats.traffic;
+                let (traffic, tunnel) = (stats.traffic, stats.tunnel);
                 api::DpPortCounters {
                     device: device_name(&id),
                     port_id: id,
@@ -654,10 +666,99 @@ impl AgentControl for ControlService {
                         .map(|(reason, count)| (reason.name().to_string(), count))
                         .collect(),
                     dropped: stats.drops.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+                    encap_packets: tunnel.encap_packets,
+                    encap_bytes: tunnel.encap_bytes,
+                    decap_packets: tunnel.decap_packets,
+                    decap_bytes: tunnel.decap_bytes,
                 }
             })
             .collect();
         Ok(Response::new(api::DpCounterList { ports }))
+    }
+
+    async fn list_dp_neighbors(
+        &self,
+        _: Request<api::ListRequest>,
+    ) -> Result<Response<api::DpNeighborList>, Status> {
+        let ids = self.read(neighbor_ids);
+        let neighbors = self
+            .with_datapath(Datapath::endpoints)?
+            .into_iter()
+            .filter_map(|endpoint| match endpoint.location {
+                Some(Location::Remote { host }) => Some(api::DpNeighbor {
+                    vni: endpoint.vni,
+                    ip_address: endpoint.ip.to_string(),
+                    mac_address: endpoint.mac.to_string(),
+                    host: host.to_string(),
+                    neighbor_id: ids
+                        .get(&(endpoint.vni, endpoint.ip))
+                        .cloned()
+                        .unwrap_or_default(),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Response::new(api::DpNeighborList { neighbors }))
+    }
+
+    async fn get_dp_tunnels(
+        &self,
+        _: Request<api::GetDpTunnelsRequest>,
+    ) -> Result<Response<api::DpTunnels>, Status> {
+        let (programmed, xdp, vnis, hosts, stats) = self.with_datapath(|datapath| {
+            let programmed = datapath.underlay()?;
+            let xdp = match &programmed {
+                Some(underlay) => datapath.xdp_mode(underlay.ifindex)?,
+                None => None,
+            };
+            Ok((
+                programmed,
+                xdp,
+                datapath.vnis()?,
+                datapath.hosts()?,
+                datapath.underlay_stats()?,
+            ))
+        })?;
+        let mut view = api::DpUnderlay {
+            vnis,
+            ..Default::default()
+        };
+        if let Some(programmed) = programmed {
+            view.ifindex = programmed.ifindex;
+            view.ip_address = programmed.ip.to_string();
+            view.mac_address = programmed.mac.to_string();
+            view.mtu = programmed.mtu;
+            view.xdp_mode = underlay::xdp_mode_name(xdp).into();
+        }
+        if let Some(underlay) = &self.underlay {
+            view.device = underlay.device.clone();
+            view.xdp_configured = underlay.xdp.as_str().into();
+            view.vxlan_device = underlay.vxlan_device.clone();
+            view.vxlan_ifindex = underlay.vxlan_ifindex;
+        }
+        let hosts = hosts
+            .into_iter()
+            .map(|host| api::DpHost {
+                ip_address: host.ip.to_string(),
+                next_hop: next_hop_word(host.next_hop).into(),
+                mac_address: host.mac.map(|mac| mac.to_string()).unwrap_or_default(),
+                endpoints: count(host.endpoints),
+            })
+            .collect();
+        Ok(Response::new(api::DpTunnels {
+            underlay: Some(view),
+            hosts,
+            encap_packets: stats.encap_packets,
+            encap_bytes: stats.encap_bytes,
+            decap_packets: stats.decap_packets,
+            decap_bytes: stats.decap_bytes,
+            drops: dp::UnderlayDropReason::ALL
+                .into_iter()
+                .zip(stats.drops)
+                .map(|(reason, count)| (reason.name().to_string(), count))
+                .collect(),
+            dropped: stats.drops.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+        }))
     }
 
     async fn trace(
@@ -665,7 +766,9 @@ impl AgentControl for ControlService {
         request: Request<api::TraceRequest>,
     ) -> Result<Response<api::TraceReply>, Status> {
         let request = request.into_inner();
-        let setup = self.read(|state| trace::Setup::new(state, &request.port_id))?;
+        let underlay_device = self.underlay.as_ref().map_or("", |u| u.device.as_str());
+        let setup =
+            self.read(|state| trace::Setup::new(state, &request.port_id, underlay_device))?;
         let probe = trace::Probe::new(&setup, &request).map_err(Status::invalid_argument)?;
         let datapath = self.datapath.clone();
         // BPF_PROG_TEST_RUN looks the device up in the calling thread's
@@ -721,11 +824,13 @@ mod trace {
     use ipnet::Ipv4Net;
     use tonic::Status;
 
-    use super::{delivery_word, delivery_words, frames, port_of, port_words, ports_by_ifindex};
+    use super::{
+        delivery_word, delivery_words, frames, next_hop_word, port_of, port_words, ports_by_ifindex,
+    };
     use crate::{
         datapath::{
-            Answer, Datapath, DatapathError, DropReason, EndpointSpec, Location, PassReason,
-            SubnetSpec, TraceResult, Verdict,
+            Answer, Datapath, DatapathError, DropReason, EndpointSpec, Location, NextHop,
+            PassReason, SubnetSpec, TraceResult, Verdict,
         },
         engine::{AgentState, PortPhase},
         forwarding,
@@ -747,10 +852,17 @@ mod trace {
         pub endpoints: Vec<EndpointSpec>,
         /// Port ids by device, for naming where frames go.
         pub ports: HashMap<u32, String>,
+        /// The underlay device's name, where encapsulated frames leave;
+        /// empty without one.
+        pub underlay_device: String,
     }
 
     impl Setup {
-        pub fn new(state: &AgentState, port_id: &str) -> Result<Setup, Status> {
+        pub fn new(
+            state: &AgentState,
+            port_id: &str,
+            underlay_device: &str,
+        ) -> Result<Setup, Status> {
             if port_id.is_empty() {
                 return Err(Status::invalid_argument("which port sends? (port_id)"));
             }
@@ -804,6 +916,7 @@ mod trace {
                     .filter(|endpoint| endpoint.vni == vni)
                     .collect(),
                 ports: ports_by_ifindex(state),
+                underlay_device: underlay_device.into(),
             })
         }
 
@@ -1342,6 +1455,7 @@ mod trace {
         answer: &'static str,
         explanation: String,
         next_hop: api::NextHop,
+        encapsulation: Option<api::Encapsulation>,
     }
 
     fn explain(setup: &Setup, probe: &Probe, outcome: &Outcome) -> Explained {
@@ -1354,6 +1468,7 @@ mod trace {
             answer: "",
             explanation: String::new(),
             next_hop: api::NextHop::default(),
+            encapsulation: None,
         };
         let in_place = || api::NextHop {
             kind: "in-place".into(),
@@ -1415,19 +1530,70 @@ mod trace {
                     } else {
                         String::new()
                     },
+                    remote_host: String::new(),
                 };
             }
-            // Minimal wiring by the overlay work; the control service's
-            // owner may want a verdict and next-hop kind of its own.
-            Verdict::Encapsulated { routed, .. } => {
-                explained.verdict = if routed {
-                    api::TraceVerdict::Routed
+            Verdict::Encapsulated {
+                host,
+                vni,
+                underlay,
+                next_hop,
+                routed,
+            } => {
+                explained.verdict = api::TraceVerdict::Encapsulated;
+                let routed_words = if routed {
+                    let subnets = match (from, to) {
+                        (Some(from), Some(to)) => format!(" ({} -> {})", from.cidr, to.cidr),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "routed via {}{subnets}, then ",
+                        setup.router_words(from, to)
+                    )
                 } else {
-                    api::TraceVerdict::Delivered
+                    String::new()
                 };
-                explained.explanation = verdict.to_string();
-                explained.next_hop.kind = "tunnel".into();
-                explained.next_hop.routed = routed;
+                let device = if setup.underlay_device.is_empty() {
+                    format!("device {underlay}")
+                } else {
+                    setup.underlay_device.clone()
+                };
+                let how = match next_hop {
+                    NextHop::Neighbor => {
+                        "the kernel resolves the next hop and its MAC (route and neighbour table)"
+                    }
+                    NextHop::Mac => "outer MACs written by the datapath",
+                };
+                explained.explanation = format!(
+                    "{} lives on host {host}: {routed_words}encapsulated in VXLAN (VNI {vni}) to \
+                     it, out of the underlay device {device}; {how}",
+                    probe.dst_ip
+                );
+                explained.next_hop = api::NextHop {
+                    kind: "tunnel".into(),
+                    device: device.clone(),
+                    ifindex: underlay,
+                    routed,
+                    router_id: if routed {
+                        from.and_then(|s| s.router.clone()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    remote_host: host.to_string(),
+                    ..Default::default()
+                };
+                explained.encapsulation =
+                    frames::encapsulation(&outcome.result.output).map(|mut outer| {
+                        outer.next_hop = next_hop_word(next_hop).into();
+                        if next_hop == NextHop::Neighbor {
+                            // Written by the kernel once the frame leaves.
+                            outer.outer_src_mac.clear();
+                            outer.outer_dst_mac.clear();
+                        }
+                        outer.underlay_device = device;
+                        outer.underlay_ifindex = underlay;
+                        outer
+                    });
             }
             Verdict::Answered(answer) => {
                 explained.verdict = api::TraceVerdict::Answered;
@@ -1500,6 +1666,7 @@ mod trace {
             input_frame: outcome.input.clone(),
             output_frame: output.clone(),
             output_hexdump: super::hexdump(output),
+            encapsulation: explained.encapsulation,
         }
     }
 }
@@ -1655,6 +1822,34 @@ mod frames {
         Some(u16::from_be_bytes(
             frame.get(offset..offset + 2)?.try_into().ok()?,
         ))
+    }
+
+    /// The outer headers of a VXLAN frame (outer Ethernet, IPv4, UDP,
+    /// VXLAN) and its inner frame's; `None` if it is not one.
+    pub fn encapsulation(frame: &[u8]) -> Option<api::Encapsulation> {
+        if u16_at(frame, 12)? != ETHERTYPE_IPV4 {
+            return None;
+        }
+        let ip = frame.get(ETH_LEN..)?;
+        let hlen = usize::from(*ip.first()? & 0xf) * 4;
+        if hlen < 20 || *ip.get(9)? != IPPROTO_UDP {
+            return None;
+        }
+        let udp = ETH_LEN + hlen;
+        let vxlan = udp + 8;
+        let vni = frame.get(vxlan + 4..vxlan + 7)?;
+        Some(api::Encapsulation {
+            outer_src_ip: ip_at(ip, 12)?.to_string(),
+            outer_dst_ip: ip_at(ip, 16)?.to_string(),
+            udp_src_port: u32::from(u16_at(frame, udp)?),
+            udp_dst_port: u32::from(u16_at(frame, udp + 2)?),
+            vni: u32::from_be_bytes([0, vni[0], vni[1], vni[2]]),
+            outer_ttl: u32::from(ip[8]),
+            outer_src_mac: mac_at(frame, 6)?.to_string(),
+            outer_dst_mac: mac_at(frame, 0)?.to_string(),
+            inner: Some(headers(frame.get(vxlan + 8..)?)),
+            ..Default::default()
+        })
     }
 
     /// The sender (MAC, address) of an ARP frame.
@@ -1839,6 +2034,7 @@ mod tests {
                 },
             ],
             ports: [(7, "web-1".to_string()), (8, "db-1".to_string())].into(),
+            underlay_device: String::new(),
         }
     }
 
@@ -2075,5 +2271,50 @@ mod tests {
                 "{reason:?}: {words}"
             );
         }
+    }
+
+    #[test]
+    fn encapsulated_frames_read_back_outer_and_inner_headers() {
+        let inner = frames::ipv4(
+            mac("fa:16:3e:00:00:0a"),
+            mac("fa:16:3e:00:00:14"),
+            ip("10.0.1.10"),
+            ip("10.0.1.20"),
+            64,
+            frames::IPPROTO_ICMP,
+            &frames::icmp_echo(),
+        );
+        // UDP 49153 -> 4789, no checksum; VXLAN with the VNI flag, VNI 100.
+        let mut udp = vec![0xc0, 0x01, 0x12, 0xb5, 0, 0, 0, 0];
+        udp.extend([0x08, 0, 0, 0, 0, 0, 100, 0]);
+        udp.extend(&inner);
+        let frame = frames::ipv4(
+            mac("02:00:00:00:00:01"),
+            mac("02:00:00:00:00:02"),
+            ip("198.18.0.1"),
+            ip("198.18.0.2"),
+            64,
+            frames::IPPROTO_UDP,
+            &udp,
+        );
+        let outer = frames::encapsulation(&frame).unwrap();
+        assert_eq!(
+            (outer.outer_src_ip.as_str(), outer.outer_dst_ip.as_str()),
+            ("198.18.0.1", "198.18.0.2")
+        );
+        assert_eq!(
+            (
+                outer.udp_src_port,
+                outer.udp_dst_port,
+                outer.vni,
+                outer.outer_ttl
+            ),
+            (49153, 4789, 100, 64)
+        );
+        assert_eq!(outer.outer_src_mac, "02:00:00:00:00:01");
+        let inner_headers = outer.inner.unwrap();
+        assert_eq!(inner_headers.eth_dst, "fa:16:3e:00:00:14");
+        assert_eq!(inner_headers.ipv4.unwrap().dst, "10.0.1.20");
+        assert!(frames::encapsulation(&inner).is_none(), "ICMP is not VXLAN");
     }
 }

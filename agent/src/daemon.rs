@@ -12,7 +12,7 @@ use alcor_proto::{
     control::agent_control_server::AgentControlServer,
     schema::goal_state_provisioner_server::GoalStateProvisionerServer,
 };
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -25,14 +25,10 @@ use crate::{
     engine::{DhcpPublisher, Engine, SharedState},
     goalstate::GoalStateService,
     metrics::{self, Metrics},
-    plumbing::{self, Plumber, link},
+    plumbing::{self, Plumber},
     store::Store,
+    underlay::{self, Underlay},
 };
-
-/// Bytes VXLAN adds to a frame: outer Ethernet, IPv4, UDP and VXLAN headers.
-pub const VXLAN_OVERHEAD: u32 = 50;
-/// Underlay MTU assumed when no underlay device is configured.
-const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     fs::DirBuilder::new()
@@ -51,13 +47,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-    let port_mtu = port_mtu(&handle, config.underlay_dev.as_deref()).await?;
+    let underlay = Underlay::start(&handle, &datapath, &config).await?;
+    let port_mtu = underlay::port_mtu(underlay.as_ref());
     // Subscribe before adopting, so that no device appearing meanwhile is missed.
     let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
 
     let dhcp_counters = Arc::new(dhcp::Counters::default());
-    let metrics = Arc::new(Metrics::new(dhcp_counters.clone()));
+    let metrics = Arc::new(Metrics::new(dhcp_counters.clone(), datapath.clone()));
     let state = SharedState::default();
+    // Set once: the forwarding model carries it into every sync.
+    state.write().unwrap_or_else(|p| p.into_inner()).underlay =
+        underlay.as_ref().map(|underlay| underlay.spec);
     let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
     let dhcp_view = DhcpView::default().into_shared();
     let dhcp_settings = DhcpSettings {
@@ -99,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dhcp_counters,
         config.clone(),
         port_mtu,
+        underlay,
     );
     let control = serve_control(&config.control_socket, control)?;
     let metrics_server = metrics::serve(config.metrics_listen, metrics);
@@ -128,20 +129,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Flushes the leases one last time.
     tokio::task::block_in_place(|| responder.stop());
     outcome
-}
-
-async fn port_mtu(handle: &rtnetlink::Handle, underlay: Option<&str>) -> anyhow::Result<u32> {
-    let underlay_mtu = match underlay {
-        None => DEFAULT_UNDERLAY_MTU,
-        Some(name) => link::mtu(handle, name)
-            .await
-            .with_context(|| format!("reading the MTU of underlay device {name}"))?
-            .with_context(|| format!("underlay device {name} does not exist"))?,
-    };
-    if underlay_mtu <= VXLAN_OVERHEAD + 576 {
-        bail!("underlay MTU {underlay_mtu} leaves no room for VXLAN");
-    }
-    Ok(underlay_mtu - VXLAN_OVERHEAD)
 }
 
 /// Binds the goal-state listener now, so that a bind error stops the agent
@@ -218,15 +205,5 @@ fn notify_systemd() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_lose_the_vxlan_overhead() {
-        assert_eq!(DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD, 1450);
     }
 }

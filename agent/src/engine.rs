@@ -120,6 +120,8 @@ pub struct AgentState {
     pub desired: DesiredState,
     pub ports: HashMap<String, PortStatus>,
     pub messages_applied: u64,
+    /// This host's tunnel endpoint, set once at start (`--underlay-dev`).
+    pub underlay: Option<crate::datapath::UnderlaySpec>,
 }
 
 pub type SharedState = Arc<RwLock<AgentState>>;

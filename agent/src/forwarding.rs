@@ -15,7 +15,10 @@ use crate::{
 /// one of this host's own ports never displaces the local delivery.
 pub fn model(state: &AgentState) -> DatapathModel {
     let desired = &state.desired;
-    let mut model = DatapathModel::default();
+    let mut model = DatapathModel {
+        underlay: state.underlay,
+        ..DatapathModel::default()
+    };
 
     for (id, status) in &state.ports {
         if status.phase != PortPhase::Ready {

@@ -5,7 +5,8 @@
 //! state in [`desired`], persisted by [`store`]) → reconcilers
 //! ([`plumbing`] for devices, [`forwarding`] turning the state into the
 //! [`datapath`]'s eBPF maps, [`dhcp`] answering from a view of it) → the
-//! kernel.
+//! kernel. [`underlay`] sets up, once at start, this host's tunnel endpoint
+//! that the forwarding model carries.
 
 pub mod agentctl;
 pub mod config;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod model;
 pub mod plumbing;
 pub mod store;
+pub mod underlay;

@@ -1,6 +1,9 @@
 //! Prometheus metrics, served in the text format on `--metrics-listen`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use axum::{Router, http::header, routing::get};
 use prometheus_client::{
@@ -16,9 +19,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::dhcp::{
-    self,
-    counters::{ClientMessage, DropReason, ServerMessage},
+use crate::{
+    datapath::{Datapath, UnderlayDropReason},
+    dhcp::{
+        self,
+        counters::{ClientMessage, DropReason, ServerMessage},
+    },
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,10 +63,12 @@ pub struct ReasonLabels {
 }
 
 impl Metrics {
-    /// The agent's metrics, including the DHCP responder's `dhcp` counters.
-    pub fn new(dhcp: Arc<dhcp::Counters>) -> Self {
+    /// The agent's metrics, including the DHCP responder's `dhcp` counters
+    /// and the datapath's tunnel counters.
+    pub fn new(dhcp: Arc<dhcp::Counters>, datapath: Arc<Mutex<Datapath>>) -> Self {
         let mut registry = Registry::with_prefix("alcor_agent");
         registry.register_collector(Box::new(DhcpCollector(dhcp)));
+        registry.register_collector(Box::new(UnderlayCollector(datapath)));
         let messages = Family::<ApiLabels, Counter>::default();
         registry.register(
             "goalstate_messages",
@@ -157,6 +165,70 @@ impl Collector for DhcpCollector {
         ] {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The host's tunnel counters live in a per-CPU map the programs write;
+/// they are read (and summed) at scrape time.
+struct UnderlayCollector(Arc<Mutex<Datapath>>);
+
+impl std::fmt::Debug for UnderlayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnderlayCollector")
+    }
+}
+
+impl Collector for UnderlayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = match self.0.lock() {
+            Ok(datapath) => datapath.underlay_stats(),
+            Err(poisoned) => poisoned.into_inner().underlay_stats(),
+        };
+        let stats = match stats {
+            Ok(stats) => stats,
+            Err(error) => {
+                tracing::warn!(%error, "metrics: cannot read the underlay counters");
+                return Ok(());
+            }
+        };
+        for (name, help, value) in [
+            (
+                "underlay_encap_packets",
+                "Packets encapsulated in VXLAN to other hosts",
+                stats.encap_packets,
+            ),
+            (
+                "underlay_encap_bytes",
+                "Bytes (inner frames) encapsulated in VXLAN to other hosts",
+                stats.encap_bytes,
+            ),
+            (
+                "underlay_decap_packets",
+                "VXLAN packets from other hosts decapsulated and delivered",
+                stats.decap_packets,
+            ),
+            (
+                "underlay_decap_bytes",
+                "Bytes (inner frames) decapsulated and delivered",
+                stats.decap_bytes,
+            ),
+        ] {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "underlay_dropped",
+            "Frames the underlay's programs (tc and XDP) dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in UnderlayDropReason::ALL.into_iter().zip(stats.drops) {
+            let labels = ReasonLabels {
+                reason: reason.name(),
+            };
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

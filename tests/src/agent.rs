@@ -68,19 +68,40 @@ pub fn bin(name: &str) -> PathBuf {
 impl Agent {
     /// Starts an agent in `host` and waits until its control socket answers.
     pub async fn start(host: &Netns, options: AgentOptions) -> Agent {
+        let mut agent = Agent::new(host, options);
+        agent.spawn().await;
+        agent
+    }
+
+    /// Runs an agent in `host` that must refuse to start: its exit status
+    /// and what it printed (its log), once it exited (within 30 s).
+    pub async fn refused(host: &Netns, options: AgentOptions) -> Output {
+        let agent = Agent::new(host, options);
+        let mut child = agent
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning alcor-agent");
+        wait_for("the agent to exit", Duration::from_secs(30), async || {
+            child.try_wait().expect("waiting for the agent")
+        })
+        .await;
+        child.wait_with_output().expect("the agent's output")
+    }
+
+    fn new(host: &Netns, options: AgentOptions) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix(&format!("alcor-{}-", host.name()))
             .tempdir()
             .expect("temp dir");
-        let mut agent = Agent {
+        Agent {
             netns: host.path(),
             options,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/alcor-test-{}", host.name())),
             dir,
             child: None,
-        };
-        agent.spawn().await;
-        agent
+        }
     }
 
     pub fn grpc_listen(&self) -> SocketAddr {
@@ -111,12 +132,8 @@ impl Agent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    async fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .expect("agent log");
+    /// The agent's command line, run in its host's network namespace.
+    fn command(&self) -> Command {
         let namespace = File::open(&self.netns).expect("host namespace");
         let mut command = Command::new(bin("alcor-agent"));
         command
@@ -130,9 +147,7 @@ impl Agent {
             .arg(&self.pin_dir)
             .args(&self.options.args)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info,alcor_agent=debug")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .env("RUST_LOG", "info,alcor_agent=debug");
         // Only the network namespace changes: the agent shares the mount
         // namespace (and so bpffs) with the test, unlike `ip netns exec`.
         unsafe {
@@ -141,6 +156,17 @@ impl Agent {
                 setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
             });
         }
+        command
+    }
+
+    async fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let mut command = self.command();
+        command.stdout(log.try_clone().expect("log")).stderr(log);
         self.child = Some(command.spawn().expect("spawning alcor-agent"));
         let socket = self.control_socket();
         let child = self.child.as_mut().expect("just spawned");
@@ -163,6 +189,12 @@ impl Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The options the agent runs with; changes take effect at the next
+    /// restart.
+    pub fn options_mut(&mut self) -> &mut AgentOptions {
+        &mut self.options
     }
 
     pub async fn restart(&mut self) {

@@ -2,8 +2,8 @@
 //! send (revision 1, CREATE, port update_type FULL).
 
 use alcor_proto::schema::{
-    self, DhcpState, GoalState, GoalStateV2, OperationType, PortState, RouterState, SubnetState,
-    UpdateType, VpcState,
+    self, DhcpState, GoalState, GoalStateV2, NeighborState, NeighborType, OperationType, PortState,
+    RouterState, SubnetState, UpdateType, VpcState, neighbor_configuration,
     port_configuration::{AllowAddressPair, FixedIp},
     router_configuration::{RoutingRule, SubnetRoutingTable},
     subnet_configuration::{DnsEntry, ExtraDhcpOption, Gateway},
@@ -77,6 +77,38 @@ pub fn tap_port(id: &str, vpc_id: &str, subnet_id: &str, ip: &str, mac: &str) ->
             fixed_ips: vec![FixedIp {
                 subnet_id: subnet_id.into(),
                 ip_address: ip.into(),
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// A port of another host, as a controller describes it to this one: its
+/// MAC, its address in `subnet_id` (L2 neighbor) and its host's underlay
+/// address, where VXLAN to it goes.
+pub fn neighbor(
+    id: &str,
+    vpc_id: &str,
+    subnet_id: &str,
+    ip: &str,
+    mac: &str,
+    host_ip: &str,
+) -> NeighborState {
+    NeighborState {
+        operation_type: OperationType::Create as i32,
+        configuration: Some(schema::NeighborConfiguration {
+            revision_number: 1,
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            vpc_id: vpc_id.into(),
+            name: format!("neighbor {id}"),
+            mac_address: mac.into(),
+            host_ip_address: host_ip.into(),
+            fixed_ips: vec![neighbor_configuration::FixedIp {
+                neighbor_type: NeighborType::L2 as i32,
+                subnet_id: subnet_id.into(),
+                ip_address: ip.into(),
+                ..Default::default()
             }],
             ..Default::default()
         }),

@@ -449,7 +449,8 @@ async fn dp_commands_show_the_maps_and_counters() {
     let header = text.lines().next().unwrap();
     assert_eq!(
         header,
-        "PORT ID  DEVICE    IFINDEX  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES  DROPPED"
+        "PORT ID  DEVICE    IFINDEX  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES  ENCAP PACKETS  \
+         DECAP PACKETS  DROPPED"
     );
     let web1: Vec<&str> = line(&text, "web-1 ").split_whitespace().collect();
     let rx: u64 = web1[3].parse().unwrap();

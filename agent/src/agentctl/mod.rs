@@ -15,8 +15,8 @@ use std::{
 };
 
 use alcor_proto::control::{
-    GetCountersRequest, GetDhcpCountersRequest, GetGoalStateRequest, GetStatusRequest, ListRequest,
-    TraceProtocol, TraceRequest,
+    GetCountersRequest, GetDhcpCountersRequest, GetDpTunnelsRequest, GetGoalStateRequest,
+    GetStatusRequest, ListRequest, TraceProtocol, TraceRequest,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -84,7 +84,7 @@ enum Command {
     /// reason (the table leaves out reasons that never happened)
     Dhcp,
     /// The eBPF datapath as the kernel holds it: ports, endpoints, routes,
-    /// counters
+    /// counters, neighbors on other hosts, tunnels
     #[command(subcommand)]
     Dp(DpCommand),
     /// Runs a packet a port's VM would send through the real datapath
@@ -96,6 +96,7 @@ enum Command {
 
 const TRACE_EXAMPLES: &str = "Examples:
   agentctl trace web-1 --dst 10.0.2.20                 ping across the router
+  agentctl trace web-1 --dst 10.0.1.30                 to a VM on another host: the outer headers
   agentctl trace web-1 --dst 10.0.1.1 --proto arp      ARP for the gateway
   agentctl trace web-1 --dst 10.0.1.20 --proto tcp --dport 443 --src 10.9.9.9
                                                        would a forged source pass?";
@@ -110,12 +111,20 @@ enum DpCommand {
     Endpoints,
     /// Pairs of subnets routed to each other: router and gateway
     Routes,
-    /// Traffic of ready ports and their drops by reason (the table leaves
-    /// out reasons that never happened)
+    /// Traffic of ready ports (encapsulated to and decapsulated from other
+    /// hosts too) and their drops by reason (the table leaves out reasons
+    /// that never happened)
     Counters {
         /// Only this port
         port_id: Option<String>,
     },
+    /// Addresses that live on other hosts (reached through VXLAN): VNI,
+    /// address, MAC and host
+    Neighbors,
+    /// This host's tunnel endpoint (underlay device, address, MTU, XDP
+    /// mode, VXLAN device), the other hosts and how frames reach them, and
+    /// the host's tunnel traffic and underlay drops by reason
+    Tunnels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -256,6 +265,12 @@ async fn execute(cli: &Cli) -> Result<String, Error> {
                 port_id: port_id.clone().unwrap_or_default(),
             };
             format_sorted(cli, client.get_dp_counters(request).await)
+        }
+        Command::Dp(DpCommand::Neighbors) => {
+            format(cli, client.list_dp_neighbors(ListRequest {}).await)
+        }
+        Command::Dp(DpCommand::Tunnels) => {
+            format_sorted(cli, client.get_dp_tunnels(GetDpTunnelsRequest {}).await)
         }
         Command::Trace(args) => {
             let reply = client.trace(args.request()).await;

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use alcor_proto::{
     control::{
-        AgentStatus, CounterList, DhcpCounters, DpCounterList, DpEndpointList, DpPortList,
-        DpRouteList, FrameHeaders, LeaseList, NeighborList, Port, PortBinding, PortList, PortPhase,
-        SubnetList, TraceReply, TraceVerdict, VpcList,
+        AgentStatus, CounterList, DhcpCounters, DpCounterList, DpEndpointList, DpNeighborList,
+        DpPortList, DpRouteList, DpTunnels, Encapsulation, FrameHeaders, LeaseList, NeighborList,
+        Port, PortBinding, PortList, PortPhase, SubnetList, TraceReply, TraceVerdict, VpcList,
     },
     schema::GoalState,
 };
@@ -620,6 +620,8 @@ impl Human for DpCounterList {
             right("RX BYTES"),
             right("TX PACKETS"),
             right("TX BYTES"),
+            right("ENCAP PACKETS"),
+            right("DECAP PACKETS"),
             right("DROPPED"),
         ]);
         let order = datapath_drop_order();
@@ -639,6 +641,8 @@ impl Human for DpCounterList {
                 port.rx_bytes.to_string(),
                 port.tx_packets.to_string(),
                 port.tx_bytes.to_string(),
+                port.encap_packets.to_string(),
+                port.decap_packets.to_string(),
                 port.dropped.to_string(),
             ]);
             for (reason, count) in ordered_counts(&port.drops, &order, true) {
@@ -657,10 +661,156 @@ impl Human for DpCounterList {
             "no drops\n".into()
         };
         format!(
-            "{}\n{drops}\nRX: sent by the VM, TX: sent to the VM; drops are of frames the VM \
-             sent\n",
+            "{}\n{drops}\nRX: sent by the VM, TX: sent to the VM; ENCAP: sent to other hosts in \
+             VXLAN, DECAP: received from them; drops are of frames the VM sent\n",
             table.render()
         )
+    }
+}
+
+impl Human for DpNeighborList {
+    fn human(&self) -> String {
+        if self.neighbors.is_empty() {
+            return "no addresses on other hosts in the datapath\n".into();
+        }
+        let mut table = Table::new([
+            right("VNI"),
+            left("IP"),
+            left("MAC"),
+            left("HOST"),
+            left("NEIGHBOR"),
+        ]);
+        for neighbor in &self.neighbors {
+            table.row([
+                neighbor.vni.to_string(),
+                or_dash(&neighbor.ip_address),
+                or_dash(&neighbor.mac_address),
+                or_dash(&neighbor.host),
+                or_dash(&neighbor.neighbor_id),
+            ]);
+        }
+        table.render()
+    }
+}
+
+fn underlay_drop_order() -> Vec<&'static str> {
+    datapath::UnderlayDropReason::ALL
+        .iter()
+        .map(|reason| reason.name())
+        .collect()
+}
+
+fn underlay_drop_meaning(name: &str) -> &'static str {
+    datapath::UnderlayDropReason::ALL
+        .into_iter()
+        .find(|reason| reason.name() == name)
+        .map_or("", |reason| reason.description())
+}
+
+/// `underlay0 (ifindex 2)`, or `ifindex 2` when the name is not known.
+fn device_words(name: &str, ifindex: u32) -> String {
+    match (name.is_empty(), ifindex) {
+        (true, 0) => "-".into(),
+        (true, ifindex) => format!("ifindex {ifindex}"),
+        (false, 0) => name.into(),
+        (false, ifindex) => format!("{name} (ifindex {ifindex})"),
+    }
+}
+
+impl Human for DpTunnels {
+    fn human(&self) -> String {
+        let underlay = self.underlay.clone().unwrap_or_default();
+        if underlay.ip_address.is_empty() {
+            return "no underlay: VMs reach only the VMs of this host (start the agent with \
+                    --underlay-dev)\n"
+                .into();
+        }
+        let mut about = Table::headless([left(""), left("")]);
+        let xdp =
+            if underlay.xdp_configured.is_empty() || underlay.xdp_configured == underlay.xdp_mode {
+                underlay.xdp_mode.clone()
+            } else {
+                format!(
+                    "{} (configured {}: the driver refused it)",
+                    underlay.xdp_mode, underlay.xdp_configured
+                )
+            };
+        let vnis: Vec<String> = underlay.vnis.iter().map(ToString::to_string).collect();
+        for (key, value) in [
+            (
+                "underlay",
+                format!(
+                    "{}, {}, {}, MTU {}",
+                    device_words(&underlay.device, underlay.ifindex),
+                    underlay.ip_address,
+                    underlay.mac_address,
+                    underlay.mtu
+                ),
+            ),
+            (
+                "tc ingress",
+                "underlay_in (decapsulates VXLAN for the VNIs served here)".into(),
+            ),
+            ("xdp", xdp),
+            (
+                "vxlan device",
+                format!(
+                    "{}, external mode, UDP 4789",
+                    device_words(&underlay.vxlan_device, underlay.vxlan_ifindex)
+                ),
+            ),
+            ("vnis served", or_dash(&vnis.join(", "))),
+            (
+                "encapsulated",
+                format!("{} packets, {} bytes", self.encap_packets, self.encap_bytes),
+            ),
+            (
+                "decapsulated",
+                format!("{} packets, {} bytes", self.decap_packets, self.decap_bytes),
+            ),
+        ] {
+            about.row([key.to_string(), value]);
+        }
+        let hosts = if self.hosts.is_empty() {
+            "no other hosts known\n".to_string()
+        } else {
+            let mut hosts = Table::new([
+                left("HOST"),
+                left("NEXT HOP"),
+                left("MAC"),
+                right("ENDPOINTS"),
+            ]);
+            for host in &self.hosts {
+                let next_hop = match host.next_hop.as_str() {
+                    "neighbor" => "kernel (route, neighbour table)",
+                    "mac" => "MAC written by the datapath",
+                    other => other,
+                };
+                hosts.row([
+                    host.ip_address.clone(),
+                    next_hop.to_string(),
+                    or_dash(&host.mac_address),
+                    host.endpoints.to_string(),
+                ]);
+            }
+            hosts.render()
+        };
+        let mut drops = Table::new([left("REASON"), right("DROPPED"), left("MEANING")]);
+        let order = underlay_drop_order();
+        let happened = ordered_counts(&self.drops, &order, true);
+        for (reason, count) in &happened {
+            drops.row([
+                reason.to_string(),
+                count.to_string(),
+                underlay_drop_meaning(reason).to_string(),
+            ]);
+        }
+        let drops = if happened.is_empty() {
+            "no underlay drops\n".to_string()
+        } else {
+            drops.render()
+        };
+        format!("{}\n{hosts}\n{drops}", about.render())
     }
 }
 
@@ -671,6 +821,7 @@ fn verdict_word(reply: &TraceReply) -> String {
         Ok(TraceVerdict::Routed) => "ROUTED".into(),
         Ok(TraceVerdict::Answered) => "ANSWERED".into(),
         Ok(TraceVerdict::Passed) => "PASSED".into(),
+        Ok(TraceVerdict::Encapsulated) => "ENCAPSULATED".into(),
         Ok(TraceVerdict::Unspecified) | Err(_) => format!("verdict {}:", reply.verdict),
     }
 }
@@ -708,6 +859,28 @@ fn frame_words(headers: &FrameHeaders, addresses: bool) -> String {
     words
 }
 
+/// The outer headers of an encapsulated frame: `198.18.0.1 -> 198.18.0.2
+/// UDP 51234 -> 4789, VXLAN VNI 100, TTL 64, out of underlay0`, and the
+/// outer MACs when the datapath writes them (the verdict says who else
+/// does).
+fn outer_words(outer: &Encapsulation) -> String {
+    let macs = if outer.next_hop == "mac" {
+        format!(", MACs {} -> {}", outer.outer_src_mac, outer.outer_dst_mac)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} -> {} UDP {} -> {}, VXLAN VNI {}, TTL {}, out of {}{macs}",
+        outer.outer_src_ip,
+        outer.outer_dst_ip,
+        outer.udp_src_port,
+        outer.udp_dst_port,
+        outer.vni,
+        outer.outer_ttl,
+        outer.underlay_device
+    )
+}
+
 /// `agentctl trace`: what was sent, the verdict in words, and the frame
 /// that comes out when there is one; with `hex`, both frames in full.
 pub fn trace_text(reply: &TraceReply, hex: bool) -> String {
@@ -742,6 +915,14 @@ pub fn trace_text(reply: &TraceReply, hex: bool) -> String {
         }
         Ok(TraceVerdict::Delivered) => {
             out.push_str(&format!("  unchanged: {}\n", frame_words(&output, false)));
+        }
+        Ok(TraceVerdict::Encapsulated) => {
+            if let Some(outer) = &reply.encapsulation {
+                out.push_str(&format!("  outer: {}\n", outer_words(outer)));
+                if let Some(inner) = &outer.inner {
+                    out.push_str(&format!("  inner: {}\n", frame_words(inner, false)));
+                }
+            }
         }
         Ok(TraceVerdict::Answered) => {
             out.push_str(&format!("  reply: {}\n", frame_words(&output, true)));
@@ -779,8 +960,8 @@ impl Human for TraceReply {
 mod tests {
     use alcor_proto::{
         control::{
-            ArpHeader, DpEndpoint, DpPortCounters, DpRoute, FixedIp, Ipv4Header, Lease, Neighbor,
-            NeighborIp, NextHop, PortCounters,
+            ArpHeader, DpEndpoint, DpHost, DpPortCounters, DpRoute, DpUnderlay, FixedIp,
+            Ipv4Header, Lease, Neighbor, NeighborIp, NextHop, PortCounters,
         },
         schema::{PortConfiguration, PortState, VpcConfiguration, VpcState},
     };
@@ -1280,9 +1461,18 @@ mod tests {
         assert_eq!(
             lines[..3],
             [
-                "PORT ID  DEVICE    IFINDEX  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES  DROPPED",
-                "web-1    tapweb-1        7          12         0           0         0        4",
-                "db-1     tapdb-1         8           0         0           0         0        0",
+                concat!(
+                    "PORT ID  DEVICE    IFINDEX  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES",
+                    "  ENCAP PACKETS  DECAP PACKETS  DROPPED"
+                ),
+                concat!(
+                    "web-1    tapweb-1        7          12         0           0         0",
+                    "              0              0        4"
+                ),
+                concat!(
+                    "db-1     tapdb-1         8           0         0           0         0",
+                    "              0              0        0"
+                ),
             ]
         );
         // In the reasons' order, with what they mean.
@@ -1371,5 +1561,96 @@ mod tests {
         );
         assert!(DpRouteList::default().human().starts_with("no routes"));
         assert!(DpPortList::default().human().starts_with("no ports"));
+    }
+
+    #[test]
+    fn dp_tunnels_show_the_endpoint_hosts_and_drops_that_happened() {
+        let mut drops: HashMap<String, u64> = datapath::UnderlayDropReason::ALL
+            .iter()
+            .map(|reason| (reason.name().to_string(), 0))
+            .collect();
+        drops.insert("xdp-unknown-vni".into(), 5);
+        let tunnels = DpTunnels {
+            underlay: Some(DpUnderlay {
+                device: "underlay0".into(),
+                ifindex: 2,
+                ip_address: "198.18.0.1".into(),
+                mac_address: "02:00:c6:12:00:01".into(),
+                mtu: 1500,
+                xdp_configured: "native".into(),
+                xdp_mode: "off".into(),
+                vxlan_device: "alcor-vxlan".into(),
+                vxlan_ifindex: 5,
+                vnis: vec![100, 200],
+            }),
+            hosts: vec![DpHost {
+                ip_address: "198.18.0.2".into(),
+                next_hop: "neighbor".into(),
+                mac_address: String::new(),
+                endpoints: 3,
+            }],
+            encap_packets: 7,
+            encap_bytes: 700,
+            drops,
+            dropped: 5,
+            ..Default::default()
+        };
+        let text = tunnels.human();
+        for expected in [
+            "underlay      underlay0 (ifindex 2), 198.18.0.1, 02:00:c6:12:00:01, MTU 1500\n",
+            "xdp           off (configured native: the driver refused it)\n",
+            "vxlan device  alcor-vxlan (ifindex 5), external mode, UDP 4789\n",
+            "vnis served   100, 200\n",
+            "encapsulated  7 packets, 700 bytes\n",
+            "198.18.0.2  kernel (route, neighbour table)  -            3\n",
+            "xdp-unknown-vni        5  VXLAN for a VNI that no port of this host is in (dropped \
+             early, by XDP)\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        assert!(!text.contains("malformed"), "{text}");
+        let none = DpTunnels::default().human();
+        assert!(none.starts_with("no underlay"), "{none}");
+    }
+
+    #[test]
+    fn an_encapsulated_trace_shows_the_outer_headers() {
+        let reply = TraceReply {
+            verdict: TraceVerdict::Encapsulated as i32,
+            explanation: "10.0.2.30 lives on host 198.18.0.2: ...".into(),
+            encapsulation: Some(Encapsulation {
+                outer_src_ip: "198.18.0.1".into(),
+                outer_dst_ip: "198.18.0.2".into(),
+                udp_src_port: 51234,
+                udp_dst_port: 4789,
+                vni: 100,
+                outer_ttl: 64,
+                next_hop: "neighbor".into(),
+                underlay_device: "underlay0".into(),
+                inner: headers(
+                    "fa:16:3e:ff:ff:02",
+                    "fa:16:3e:00:00:1e",
+                    ipv4("10.0.1.10", "10.0.2.30", 63, 0x1234, "echo request"),
+                ),
+                ..Default::default()
+            }),
+            ..routed()
+        };
+        let text = trace_text(&reply, false);
+        assert!(
+            text.contains("\nverdict: ENCAPSULATED 10.0.2.30 lives on host"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n  outer: 198.18.0.1 -> 198.18.0.2 UDP 51234 -> 4789, VXLAN VNI 100, TTL 64, out \
+                 of underlay0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  inner: fa:16:3e:ff:ff:02 -> fa:16:3e:00:00:1e, TTL 63"),
+            "{text}"
+        );
     }
 }

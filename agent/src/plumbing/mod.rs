@@ -1,11 +1,13 @@
 //! Port plumbing: makes the kernel devices behind ports match the desired
-//! state, through rtnetlink, and attaches the datapath to them.
+//! state, through rtnetlink, and attaches the datapath to them. Also the
+//! host's VXLAN device ([`vxlan`]).
 //!
 //! Reconciling is level-triggered and idempotent: `apply` and `remove` look
 //! at what exists and change only what differs, so the same calls serve a
 //! goal-state push, a device appearing, and adoption after a restart.
 
 pub mod link;
+pub mod vxlan;
 mod watch;
 
 use std::{
@@ -302,15 +304,16 @@ impl Plumber {
     }
 }
 
-/// Turns IPv6 off on a port's host-side device: it is a wire into the
-/// VM, not an interface of this host, and with IPv6 on, the host's kernel
-/// would send the VM its own router solicitations and MLD reports.
+/// Turns IPv6 off on a device that is not an interface of this host: a
+/// port's host side is a wire into the VM (with IPv6 on, the host's kernel
+/// would send the VM its own router solicitations and MLD reports), the
+/// VXLAN device only holds a socket.
 fn silence_ipv6(device: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
     match std::fs::write(&path, "1") {
         // A kernel without IPv6 has nothing to turn off.
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!(%error, path, "could not turn IPv6 off on a port device");
+            tracing::warn!(%error, path, "could not turn IPv6 off on a device");
         }
         _ => {}
     }
@@ -325,4 +328,28 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 pub fn micros_since(start: Instant) -> u32 {
     u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vxlan_device_is_not_taken_for_a_port_device() {
+        let device = |alias: &str| Link {
+            index: 9,
+            name: "dev".into(),
+            alias: Some(alias.into()),
+            kind: None,
+            mtu: None,
+            mac: None,
+            up: true,
+            vxlan: None,
+        };
+        assert_eq!(Plumber::owner_port_id(&device(vxlan::VXLAN_ALIAS)), None);
+        assert!(vxlan::is_ours(&device(vxlan::VXLAN_ALIAS)));
+        let port = device("alcor:port-1:0123456789abcdef");
+        assert_eq!(Plumber::owner_port_id(&port), Some("port-1"));
+        assert!(!vxlan::is_ours(&port));
+    }
 }

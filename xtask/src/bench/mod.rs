@@ -2,6 +2,7 @@
 //! our system and its peers in the same run, print a table with ratios and
 //! write JSON under target/bench/. Timed assertions belong here, not in tests.
 
+mod datapath;
 mod datapath_local;
 mod dhcp;
 mod goalstate;
@@ -37,6 +38,14 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
         "two VMs on one host: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
          ping RTT through our eBPF datapath vs a Linux bridge and host routing",
         datapath_local::run,
+        true,
+    ),
+    (
+        "datapath",
+        "two hosts, a VM on each: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
+         ping RTT through our eBPF VXLAN overlay, with and without XDP early drop, vs the \
+         kernel's VXLAN device and a bridge per host",
+        datapath::run,
         true,
     ),
 ];

@@ -556,7 +556,14 @@ impl Report<'_> {
             })
             .collect();
 
-        println!("\n{}\n", self.heading);
+        // How busy the machine was: other work moves the figures.
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!("\n{}", self.heading);
+        println!(
+            "(load average of the machine at the end: {} over 1, 5 and 15 minutes)\n",
+            load.join(", ")
+        );
         let mut header = vec!["metric".to_string()];
         header.extend(self.variants.iter().map(|v| v.to_string()));
         header.extend(self.ratios.iter().map(|r| r.label.to_string()));
@@ -634,6 +641,7 @@ impl Report<'_> {
             "benchmark": self.benchmark,
             "kernel": kernel.trim(),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "load_average_at_end": load,
             "vm_mtu": VM_MTU,
             "rounds": rounds.len(),
             "tcp_seconds": plan.tcp_seconds,

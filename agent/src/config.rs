@@ -259,6 +259,9 @@ impl Config {
                 check_device_name(name).with_context(|| format!("{flag} {name:?}"))?;
             }
         }
+        if config.underlay_ip.is_some() && config.underlay_dev.is_none() {
+            bail!("--underlay-ip needs --underlay-dev, the device tunnels go through");
+        }
         if config.underlay_dev.as_deref() == Some(config.vxlan_dev.as_str()) {
             bail!("--vxlan-dev must differ from --underlay-dev");
         }
@@ -378,6 +381,7 @@ mod tests {
             &["--vxlan-dev", ""],
             &["--underlay-dev", "a/b"],
             &["--underlay-dev", "alcor-vxlan"],
+            &["--underlay-ip", "198.18.0.1"],
         ] {
             let mut args = args.to_vec();
             args.extend(["--grpc-listen", "127.0.0.1:1"]);

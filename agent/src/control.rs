@@ -1974,10 +1974,12 @@ mod tests {
 
     use super::{
         frames, hexdump,
-        trace::{Probe, Protocol, Resolution, Setup, drop_words},
+        trace::{Outcome, Probe, Protocol, Resolution, Setup, drop_words, reply},
     };
     use crate::{
-        datapath::{DropReason, EndpointSpec, Location, Redirect, SubnetSpec},
+        datapath::{
+            DropReason, EndpointSpec, Location, NextHop, Redirect, SubnetSpec, TraceResult, Verdict,
+        },
         model::{AddressPair, GatewayAddress, Mac, Vni},
     };
 
@@ -2273,22 +2275,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn encapsulated_frames_read_back_outer_and_inner_headers() {
-        let inner = frames::ipv4(
-            mac("fa:16:3e:00:00:0a"),
-            mac("fa:16:3e:00:00:14"),
-            ip("10.0.1.10"),
-            ip("10.0.1.20"),
-            64,
-            frames::IPPROTO_ICMP,
-            &frames::icmp_echo(),
-        );
-        // UDP 49153 -> 4789, no checksum; VXLAN with the VNI flag, VNI 100.
+    /// `inner` in VXLAN (VNI 100) from 198.18.0.1 to 198.18.0.2, UDP 49153
+    /// -> 4789, outer MACs 02:..:01 -> 02:..:02.
+    fn vxlan_frame(inner: &[u8]) -> Vec<u8> {
+        // No UDP checksum; VXLAN with the VNI flag.
         let mut udp = vec![0xc0, 0x01, 0x12, 0xb5, 0, 0, 0, 0];
         udp.extend([0x08, 0, 0, 0, 0, 0, 100, 0]);
-        udp.extend(&inner);
-        let frame = frames::ipv4(
+        udp.extend(inner);
+        frames::ipv4(
             mac("02:00:00:00:00:01"),
             mac("02:00:00:00:00:02"),
             ip("198.18.0.1"),
@@ -2296,7 +2290,31 @@ mod tests {
             64,
             frames::IPPROTO_UDP,
             &udp,
+        )
+    }
+
+    fn echo(src_mac: &str, dst_mac: &str, src: &str, dst: &str, ttl: u8) -> Vec<u8> {
+        frames::ipv4(
+            mac(src_mac),
+            mac(dst_mac),
+            ip(src),
+            ip(dst),
+            ttl,
+            frames::IPPROTO_ICMP,
+            &frames::icmp_echo(),
+        )
+    }
+
+    #[test]
+    fn encapsulated_frames_read_back_outer_and_inner_headers() {
+        let inner = echo(
+            "fa:16:3e:00:00:0a",
+            "fa:16:3e:00:00:14",
+            "10.0.1.10",
+            "10.0.1.20",
+            64,
         );
+        let frame = vxlan_frame(&inner);
         let outer = frames::encapsulation(&frame).unwrap();
         assert_eq!(
             (outer.outer_src_ip.as_str(), outer.outer_dst_ip.as_str()),
@@ -2316,5 +2334,58 @@ mod tests {
         assert_eq!(inner_headers.eth_dst, "fa:16:3e:00:00:14");
         assert_eq!(inner_headers.ipv4.unwrap().dst, "10.0.1.20");
         assert!(frames::encapsulation(&inner).is_none(), "ICMP is not VXLAN");
+    }
+
+    #[test]
+    fn a_routed_encapsulation_is_explained_with_its_outer_headers() {
+        let mut setup = setup();
+        setup.underlay_device = "underlay0".into();
+        let probe = probe("10.0.2.30");
+        let routed = echo(
+            "fa:16:3e:ff:ff:02",
+            "fa:16:3e:00:00:1e",
+            "10.0.1.10",
+            "10.0.2.30",
+            63,
+        );
+        let outcome = Outcome {
+            resolution: Resolution::Given,
+            input: echo(
+                "fa:16:3e:00:00:0a",
+                "fa:16:3e:ff:ff:01",
+                "10.0.1.10",
+                "10.0.2.30",
+                64,
+            ),
+            result: TraceResult {
+                verdict: Verdict::Encapsulated {
+                    host: ip("198.18.0.2"),
+                    vni: 100,
+                    underlay: 2,
+                    next_hop: NextHop::Mac,
+                    routed: true,
+                },
+                output: vxlan_frame(&routed),
+            },
+        };
+        let reply = reply(&setup, &probe, &outcome);
+        assert_eq!(reply.verdict, api::TraceVerdict::Encapsulated as i32);
+        assert_eq!(
+            reply.explanation,
+            "10.0.2.30 lives on host 198.18.0.2: routed via router r1 (10.0.1.0/24 -> \
+             10.0.2.0/24), then encapsulated in VXLAN (VNI 100) to it, out of the underlay device \
+             underlay0; outer MACs written by the datapath"
+        );
+        let next_hop = reply.next_hop.unwrap();
+        assert_eq!(
+            (next_hop.kind.as_str(), next_hop.remote_host.as_str()),
+            ("tunnel", "198.18.0.2")
+        );
+        assert_eq!((next_hop.router_id.as_str(), next_hop.ifindex), ("r1", 2));
+        let outer = reply.encapsulation.unwrap();
+        assert_eq!(outer.next_hop, "mac");
+        assert_eq!(outer.outer_dst_mac, "02:00:00:00:00:02");
+        assert_eq!(outer.underlay_device, "underlay0");
+        assert_eq!(outer.inner.unwrap().ipv4.unwrap().ttl, 63);
     }
 }

@@ -5,7 +5,7 @@ use std::{
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use alcor_proto::{
@@ -22,7 +22,7 @@ use crate::{
     control::ControlService,
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
-    engine::{DhcpPublisher, Engine, SharedState},
+    engine::{AgentState, DhcpPublisher, Engine, SharedState},
     goalstate::GoalStateService,
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
@@ -54,10 +54,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let dhcp_counters = Arc::new(dhcp::Counters::default());
     let metrics = Arc::new(Metrics::new(dhcp_counters.clone(), datapath.clone()));
-    let state = SharedState::default();
-    // Set once: the forwarding model carries it into every sync.
-    state.write().unwrap_or_else(|p| p.into_inner()).underlay =
-        underlay.as_ref().map(|underlay| underlay.spec);
+    // The tunnel endpoint is set once: the forwarding model carries it into
+    // every sync.
+    let state: SharedState = Arc::new(RwLock::new(AgentState {
+        underlay: underlay.as_ref().map(|underlay| underlay.spec),
+        ..AgentState::default()
+    }));
     let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
     let dhcp_view = DhcpView::default().into_shared();
     let dhcp_settings = DhcpSettings {

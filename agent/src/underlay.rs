@@ -41,15 +41,16 @@ pub enum UnderlayError {
     NotEthernet(String),
     #[error("underlay device {device} has MTU {mtu}, less than the {MIN_UNDERLAY_MTU} VXLAN needs")]
     MtuTooSmall { device: String, mtu: u32 },
-    #[error("reading underlay device {device}: {source}")]
+    #[error("reading underlay device {device}")]
     Netlink {
         device: String,
         #[source]
         source: rtnetlink::Error,
     },
-    #[error("attaching the datapath to underlay device {device}: {source}")]
+    /// `what` the datapath was doing: "attaching to underlay device eth1".
+    #[error("{what}")]
     Datapath {
-        device: String,
+        what: String,
         #[source]
         source: DatapathError,
     },
@@ -191,7 +192,7 @@ fn release_previous(datapath: &mut Datapath, current: Option<u32>) -> Result<(),
     let previous = datapath
         .underlay()
         .map_err(|source| UnderlayError::Datapath {
-            device: "of the previous run".into(),
+            what: "reading the underlay of the previous run".into(),
             source,
         })?;
     let Some(previous) = previous.filter(|previous| Some(previous.ifindex) != current) else {
@@ -205,7 +206,10 @@ fn release_previous(datapath: &mut Datapath, current: Option<u32>) -> Result<(),
         .detach_underlay(previous.ifindex)
         .and_then(|()| datapath.detach_xdp(previous.ifindex));
     detached.map_err(|source| UnderlayError::Datapath {
-        device: format!("{} (the previous one)", previous.ifindex),
+        what: format!(
+            "detaching the datapath from device {}, the previous underlay",
+            previous.ifindex
+        ),
         source,
     })
 }
@@ -221,7 +225,7 @@ fn attach(
     xdp: UnderlayXdp,
 ) -> Result<(), UnderlayError> {
     let error = |source| UnderlayError::Datapath {
-        device: device.into(),
+        what: format!("attaching the datapath to underlay device {device}"),
         source,
     };
     datapath.attach_underlay(ifindex).map_err(error)?;

@@ -5,6 +5,10 @@
 //!   underlay device and keeps a VXLAN device in external mode, as the
 //!   kernel and `agentctl dp tunnels` both say; a restart adopts the same
 //!   device (same ifindex); `--underlay-xdp off` detaches XDP;
+//! - restarted with other underlay settings, the agent follows them: another
+//!   device (the old one loses its programs; the VXLAN device is kept and
+//!   takes the new MTU in place), a driver refusing native XDP (the agent
+//!   runs without XDP and says so), no underlay at all (everything goes);
 //! - a missing underlay device, or one without an IPv4 address, stops the
 //!   agent at start with a clear error;
 //! - two hosts, each agent pushed its port and the other host's port as a
@@ -85,7 +89,11 @@ fn vxlan_device(host: &Host) -> (u64, Value) {
 /// `ip -j link show DEV`'s XDP attachment, if any: (mode, program name).
 /// Mode 1 is native (driver), 2 generic.
 fn xdp(host: &Host) -> Option<(u64, String)> {
-    let link = host.netns().link(UNDERLAY_DEV).unwrap().unwrap();
+    xdp_of(host.netns(), UNDERLAY_DEV)
+}
+
+fn xdp_of(netns: &Netns, device: &str) -> Option<(u64, String)> {
+    let link = netns.link(device).unwrap().unwrap();
     let xdp = link.get("xdp")?;
     Some((
         xdp["mode"].as_u64().unwrap(),
@@ -117,11 +125,7 @@ async fn an_agent_on_the_underlay_attaches_its_programs_and_adopts_its_vxlan_dev
     );
     assert_eq!(link["ifalias"], "alcor-vxlan-device", "{link}");
     // underlay_in on the underlay's tc ingress, XDP in native mode.
-    let filters = host
-        .netns()
-        .exec("tc", &["filter", "show", "dev", UNDERLAY_DEV, "ingress"])
-        .unwrap();
-    assert!(filters.contains("underlay_in"), "{filters}");
+    assert!(tc_attached(host.netns(), UNDERLAY_DEV));
     assert_eq!(xdp(host), Some((1, "underlay_xdp".into())));
 
     // What the agent says of it.
@@ -166,11 +170,7 @@ async fn an_agent_on_the_underlay_attaches_its_programs_and_adopts_its_vxlan_dev
     let tunnels = agentctl_json(&agent, &["dp", "tunnels"]);
     assert_eq!(tunnels["underlay"]["xdp_mode"], "off", "{tunnels}");
     assert_eq!(vxlan_device(host).0, ifindex);
-    let filters = host
-        .netns()
-        .exec("tc", &["filter", "show", "dev", UNDERLAY_DEV, "ingress"])
-        .unwrap();
-    assert!(filters.contains("underlay_in"), "{filters}");
+    assert!(tc_attached(host.netns(), UNDERLAY_DEV));
 
     let metrics = agent.metrics().unwrap();
     for name in [
@@ -180,6 +180,86 @@ async fn an_agent_on_the_underlay_attaches_its_programs_and_adopts_its_vxlan_dev
     ] {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
     }
+}
+
+/// Whether `underlay_in` is on the device's tc ingress.
+fn tc_attached(netns: &Netns, device: &str) -> bool {
+    netns
+        .exec("tc", &["filter", "show", "dev", device, "ingress"])
+        .unwrap()
+        .contains("underlay_in")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_follows_its_underlay_settings_across_restarts() {
+    if !privileged("the_agent_follows_its_underlay_settings_across_restarts") {
+        return;
+    }
+    let host = Netns::new(format!("{}-h", unique_prefix("ulset"))).unwrap();
+    // Two candidate underlays: a veth (native and generic XDP), and a
+    // bridge (no native XDP) with a smaller MTU.
+    for command in [
+        "link add ul0 type veth peer name ul1",
+        "addr add 198.18.0.1/24 dev ul0",
+        "link set ul1 up",
+        "link set ul0 up",
+        "link add ubr0 mtu 1400 type bridge",
+        "addr add 198.18.1.1/24 dev ubr0",
+        "link set ubr0 up",
+    ] {
+        host.exec("ip", &command.split(' ').collect::<Vec<_>>())
+            .unwrap();
+    }
+    let args = |args: &[&str]| AgentOptions {
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut agent = Agent::start(
+        &host,
+        args(&["--underlay-dev", "ul0", "--underlay-xdp", "generic"]),
+    )
+    .await;
+    assert!(tc_attached(&host, "ul0"));
+    assert_eq!(xdp_of(&host, "ul0"), Some((2, "underlay_xdp".into())));
+    let vxlan = host.link(VXLAN_DEV).unwrap().expect("the VXLAN device");
+    let ifindex = vxlan["ifindex"].as_u64().unwrap();
+    assert_eq!(vxlan["mtu"], 1500, "{vxlan}");
+
+    // Another device, whose driver has no native XDP.
+    *agent.options_mut() = args(&["--underlay-dev", "ubr0"]);
+    agent.restart().await;
+    assert!(!tc_attached(&host, "ul0"), "the old underlay keeps nothing");
+    assert_eq!(xdp_of(&host, "ul0"), None);
+    assert!(tc_attached(&host, "ubr0"));
+    assert_eq!(xdp_of(&host, "ubr0"), None);
+    assert!(
+        agent.log().contains("the driver refuses native XDP"),
+        "{}",
+        agent.log()
+    );
+    let tunnels = agentctl_json(&agent, &["dp", "tunnels"]);
+    let underlay = &tunnels["underlay"];
+    assert_eq!(underlay["device"], "ubr0", "{tunnels}");
+    assert_eq!(underlay["ip_address"], "198.18.1.1", "{tunnels}");
+    assert_eq!(underlay["xdp_configured"], "native", "{tunnels}");
+    assert_eq!(underlay["xdp_mode"], "off", "{tunnels}");
+    let text = agentctl(&agent, &["dp", "tunnels"]);
+    assert!(
+        text.contains("xdp           off (configured native: the driver refused it)\n"),
+        "{text}"
+    );
+    let vxlan = host.link(VXLAN_DEV).unwrap().expect("the VXLAN device");
+    assert_eq!(vxlan["ifindex"], ifindex, "kept: {vxlan}");
+    assert_eq!(vxlan["mtu"], 1400, "the new underlay's: {vxlan}");
+    assert_eq!(agentctl_json(&agent, &["status"])["port_mtu"], 1350);
+
+    // No underlay: what the agent set up goes.
+    *agent.options_mut() = AgentOptions::default();
+    agent.restart().await;
+    assert!(!tc_attached(&host, "ubr0"));
+    assert!(host.link(VXLAN_DEV).unwrap().is_none());
+    let text = agentctl(&agent, &["dp", "tunnels"]);
+    assert!(text.starts_with("no underlay"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,7 +449,7 @@ async fn two_agents_connect_their_vms_across_the_underlay() {
         "{text}"
     );
     assert!(
-        text.contains(" -> 4789, VXLAN VNI 100, TTL 64, out of underlay0; "),
+        text.contains(" -> 4789, VXLAN VNI 100, TTL 64, out of underlay0\n"),
         "{text}"
     );
     let trace = agentctl_json(&agent1, &["trace", vm1.port_id, "--dst", vm2.ip]);

@@ -960,8 +960,8 @@ impl Human for TraceReply {
 mod tests {
     use alcor_proto::{
         control::{
-            ArpHeader, DpEndpoint, DpHost, DpPortCounters, DpRoute, DpUnderlay, FixedIp,
-            Ipv4Header, Lease, Neighbor, NeighborIp, NextHop, PortCounters,
+            ArpHeader, DpEndpoint, DpHost, DpNeighbor, DpPortCounters, DpRoute, DpUnderlay,
+            FixedIp, Ipv4Header, Lease, Neighbor, NeighborIp, NextHop, PortCounters,
         },
         schema::{PortConfiguration, PortState, VpcConfiguration, VpcState},
     };
@@ -1651,6 +1651,28 @@ mod tests {
         assert!(
             text.contains("\n  inner: fa:16:3e:ff:ff:02 -> fa:16:3e:00:00:1e, TTL 63"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn dp_neighbors_table_names_hosts_and_neighbors() {
+        let neighbors = DpNeighborList {
+            neighbors: vec![DpNeighbor {
+                vni: 100,
+                ip_address: "10.0.1.12".into(),
+                mac_address: "fa:16:3e:00:01:0c".into(),
+                host: "198.18.0.2".into(),
+                neighbor_id: String::new(),
+            }],
+        };
+        assert_eq!(
+            neighbors.human(),
+            "VNI  IP         MAC                HOST        NEIGHBOR\n\
+             100  10.0.1.12  fa:16:3e:00:01:0c  198.18.0.2  -\n"
+        );
+        assert_eq!(
+            DpNeighborList::default().human(),
+            "no addresses on other hosts in the datapath\n"
         );
     }
 }

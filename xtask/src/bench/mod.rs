@@ -8,6 +8,8 @@ mod dhcp;
 mod goalstate;
 mod vm_traffic;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use alcor_tests::topology::namespaces_with_prefix;
 use anyhow::{anyhow, bail, ensure};
 use futures::FutureExt;
@@ -67,6 +69,15 @@ pub fn run(name: &str, quick: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Set once Ctrl-C was pressed during a benchmark.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C was pressed: a benchmark blocked in its measurements
+/// (where the runtime cannot interrupt it) asks between two of them.
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// Runs `bench` with a namespace prefix of its own (`tag` and this
 /// process's id), after removing what killed runs of `tag` left. Its
 /// namespaces, agents and pins live in the benchmark's future: dropped, and
@@ -80,6 +91,11 @@ fn in_namespaces(
     let prefix = util::run_prefix(tag);
     let runtime = tokio::runtime::Runtime::new()?;
     let outcome = runtime.block_on(async {
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                INTERRUPTED.store(true, Ordering::Relaxed);
+            }
+        });
         let bench = std::panic::AssertUnwindSafe(bench(&prefix)).catch_unwind();
         tokio::select! {
             result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),

@@ -450,6 +450,7 @@ fn both_ways<T: Measured, const N: usize>(
 ) -> anyhow::Result<()> {
     let mut sums = vec![[0.0; N]; variants.len()];
     for &i in order.iter().chain(order.iter().rev()) {
+        ensure!(!super::interrupted(), "interrupted");
         for (sum, value) in sums[i].iter_mut().zip(measure(&variants[i].vms())?) {
             *sum += value / 2.0;
         }

@@ -297,9 +297,10 @@ impl VmPair<'_> {
     /// ring, no socket layer) sends the same 64-byte-payload UDP datagrams
     /// from A's eth0 on one CPU for `plan.udp_seconds`, to a socket in B
     /// that nobody reads: the packets per second one CPU pushes through
-    /// the path (veth, host side, into B up to B's socket) when sending
-    /// costs little. Its delivery runs on the sending CPU, whatever the
-    /// variant. (sent at A's eth0, arrived at B's eth0) per second.
+    /// the path (A's veth, whatever joins the VMs, B up to its socket)
+    /// when sending costs little. Its delivery runs on the sending CPU,
+    /// whatever the variant. (sent at A's eth0, arrived at B's eth0) per
+    /// second.
     fn udp_trafgen(&self, plan: &Plan) -> anyhow::Result<[f64; 2]> {
         let (name, a_ip, b_ip) = (self.variant, self.a_ip, self.b_ip);
         // The frame goes to the next hop's MAC, which A's kernel learnt

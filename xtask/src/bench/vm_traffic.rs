@@ -599,7 +599,7 @@ impl Report<'_> {
                 let sign = if more_is_better { "≥" } else { "≤" };
                 (
                     format!(
-                        "{}: {} {value:.2}× ({sign} {:.2}×)",
+                        "{}: {} {value:.3}× ({sign} {:.2}×)",
                         target.what, self.ratios[target.ratio].label, target.bound
                     ),
                     value,

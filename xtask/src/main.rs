@@ -40,6 +40,10 @@ enum Task {
     Bench {
         /// Benchmark name; an unknown one lists those that exist.
         name: String,
+        /// One short round: checks that the benchmark works (its figures
+        /// mean little).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => ebpf::build_ebpf(),
         Task::Test => ci::run(),
         Task::Demo => demo::run(),
-        Task::Bench { name } => bench::run(&name),
+        Task::Bench { name, quick } => bench::run(&name, quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

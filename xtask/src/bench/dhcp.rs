@@ -40,11 +40,9 @@ use alcor_tests::{
     Agent, AgentOptions, Netns,
     dhcp::output_within,
     goalstate::{self, dhcp_entry, dhcp_subnet, netns_port, vpc, with_address_pairs},
-    topology::namespaces_with_prefix,
     wait_for,
 };
-use anyhow::{Context, anyhow, bail, ensure};
-use futures::FutureExt;
+use anyhow::{Context, bail, ensure};
 use serde_json::json;
 
 use crate::{setup, util};
@@ -101,22 +99,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("bench dhcp: building alcor-agent and agentctl (release)");
     util::build_agent(true)?;
     let agentctl = util::try_build(true, "agentctl");
-    util::sweep_leftovers(TAG)?;
-    let prefix = util::run_prefix(TAG);
-    let runtime = tokio::runtime::Runtime::new()?;
-    // Namespaces, agent and servers live in the benchmark's future: dropped,
-    // and so cleaned up, however it ends.
-    let outcome = runtime.block_on(async {
-        let bench = std::panic::AssertUnwindSafe(bench(&prefix, agentctl.is_ok())).catch_unwind();
-        tokio::select! {
-            result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    drop(runtime);
-    let left = namespaces_with_prefix(&format!("{prefix}-"))?;
-    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
-    outcome
+    super::in_namespaces(TAG, async |prefix| bench(prefix, agentctl.is_ok()).await)
 }
 
 /// One simulated client: perfdhcp's MAC, and what every server gives it.

@@ -23,7 +23,7 @@ use alcor_tests::{
     topology::{NetnsSet, ip_batch},
 };
 use anyhow::{Context, anyhow, bail, ensure};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::{setup, util};
@@ -45,21 +45,7 @@ pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     println!("bench goalstate: building alcor-agent (release)");
     util::build_agent(true)?;
-    util::sweep_leftovers(TAG)?;
-    let prefix = util::run_prefix(TAG);
-    let runtime = tokio::runtime::Runtime::new()?;
-    // Every namespace, agent and pin lives in the benchmark's future: it is
-    // dropped, and so cleaned up, however the benchmark ends.
-    let outcome = runtime.block_on(async {
-        let bench = std::panic::AssertUnwindSafe(bench(&prefix)).catch_unwind();
-        tokio::select! {
-            result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    drop(runtime);
-    super::ensure_swept(&prefix)?;
-    outcome
+    super::in_namespaces(TAG, bench)
 }
 
 /// One port of the benchmark.

@@ -2,53 +2,72 @@
 //! our system and its peers in the same run, print a table with ratios and
 //! write JSON under target/bench/. Timed assertions belong here, not in tests.
 
+mod datapath;
 mod datapath_local;
 mod dhcp;
 mod goalstate;
 mod neighbors;
+mod vm_traffic;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use alcor_tests::{Agent, topology::namespaces_with_prefix};
-use anyhow::{bail, ensure};
+use anyhow::{anyhow, bail, ensure};
+use futures::FutureExt;
 
 use crate::util;
 
-type Bench = fn() -> anyhow::Result<()>;
+/// Runs a benchmark; `quick` asks for one short round (where it has one).
+type Bench = fn(quick: bool) -> anyhow::Result<()>;
 
-/// (name, what it measures, how to run it)
-const BENCHES: &[(&str, &str, Bench)] = &[
+/// (name, what it measures, how to run it, whether it has a quick mode)
+const BENCHES: &[(&str, &str, Bench, bool)] = &[
     (
         "goalstate",
         "1,000 netns-bound ports on one agent: one V2 message, and 1,000 pipelined \
          messages on one stream, vs `ip -batch` doing the same plumbing",
-        goalstate::run,
+        |_| goalstate::run(),
+        false,
     ),
     (
         "dhcp",
         "perfdhcp with 10,000 client MACs against the agent's DHCP responder, \
          kea-dhcp4 and dnsmasq: 4-way exchanges/s and p99 latency",
-        dhcp::run,
+        |_| dhcp::run(),
+        false,
     ),
     (
         "datapath-local",
         "two VMs on one host: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
          ping RTT through our eBPF datapath vs a Linux bridge and host routing",
         datapath_local::run,
+        true,
+    ),
+    (
+        "datapath",
+        "two hosts, a VM on each: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
+         ping RTT through our eBPF VXLAN overlay, with and without XDP early drop, vs the \
+         kernel's VXLAN device and a bridge per host",
+        datapath::run,
+        true,
     ),
     (
         "neighbors",
         "10k, 100k and 1M neighbors pushed over gRPC: time until programmed, agent RSS \
          and map memory, vs the kernel's VXLAN fdb and neighbour entries for the same",
         neighbors::run,
+        false,
     ),
 ];
 
-pub fn run(name: &str) -> anyhow::Result<()> {
-    match BENCHES.iter().find(|(known, _, _)| *known == name) {
-        Some((_, _, bench)) => bench(),
+pub fn run(name: &str, quick: bool) -> anyhow::Result<()> {
+    match BENCHES.iter().find(|(known, ..)| *known == name) {
+        Some((_, _, _, false)) if quick => bail!("bench {name} has no --quick mode"),
+        Some((_, _, bench, _)) => bench(quick),
         None => {
             let known: Vec<String> = BENCHES
                 .iter()
-                .map(|(name, what, _)| format!("  {name:<10} {what}"))
+                .map(|(name, what, ..)| format!("  {name:<14} {what}"))
                 .collect();
             bail!(
                 "no benchmark {name:?}; the benchmarks are:\n{}",
@@ -58,11 +77,43 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Fails if a benchmark left namespaces named `PREFIX-...` behind.
-fn ensure_swept(prefix: &str) -> anyhow::Result<()> {
+/// Set once Ctrl-C was pressed during a benchmark.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C was pressed: a benchmark blocked in its measurements
+/// (where the runtime cannot interrupt it) asks between two of them.
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Runs `bench` with a namespace prefix of its own (`tag` and this
+/// process's id), after removing what killed runs of `tag` left. Its
+/// namespaces, agents and pins live in the benchmark's future: dropped, and
+/// so cleaned up, however it ends (error, panic, Ctrl-C); then no namespace
+/// of the prefix may remain.
+fn in_namespaces(
+    tag: &str,
+    bench: impl AsyncFnOnce(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    util::sweep_leftovers(tag)?;
+    let prefix = util::run_prefix(tag);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(async {
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                INTERRUPTED.store(true, Ordering::Relaxed);
+            }
+        });
+        let bench = std::panic::AssertUnwindSafe(bench(&prefix)).catch_unwind();
+        tokio::select! {
+            result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    drop(runtime);
     let left = namespaces_with_prefix(&format!("{prefix}-"))?;
     ensure!(left.is_empty(), "namespaces left behind: {left:?}");
-    Ok(())
+    outcome
 }
 
 /// The agent's peak resident memory (VmHWM), KiB.

@@ -28,7 +28,6 @@ use alcor_proto::{
 };
 use alcor_tests::{Agent, AgentOptions, Netns, goalstate, topology::ip_batch};
 use anyhow::{Context, anyhow, ensure};
-use futures::FutureExt;
 use serde_json::json;
 
 use crate::{setup, util};
@@ -45,23 +44,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const VPC: (&str, u32, &str) = ("vpc-nbr", 3001, "10.0.0.0/8");
 const SUBNET: (&str, &str, &str) = ("subnet-nbr", "10.0.0.0/8", "10.0.0.1");
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(_quick: bool) -> anyhow::Result<()> {
     setup::run()?;
     println!("bench neighbors: building alcor-agent (release)");
     util::build_agent(true)?;
-    util::sweep_leftovers(TAG)?;
-    let prefix = util::run_prefix(TAG);
-    let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(async {
-        let bench = std::panic::AssertUnwindSafe(bench(&prefix)).catch_unwind();
-        tokio::select! {
-            result = bench => result.unwrap_or_else(|_| Err(anyhow!("the benchmark panicked"))),
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    drop(runtime);
-    super::ensure_swept(&prefix)?;
-    outcome
+    super::in_namespaces(TAG, bench)
 }
 
 /// Neighbor `i`: its address in 10.0.0.0/8 (past the gateway), a MAC and

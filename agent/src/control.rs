@@ -187,6 +187,27 @@ fn datapath_status(error: DatapathError) -> Status {
 }
 
 impl ControlService {
+    /// The ready ports with their ifindex, sorted by id: `wanted` only, or
+    /// all if it is empty; NOT_FOUND if `wanted` is not a ready port.
+    fn ready_ports(&self, wanted: &str) -> Result<Vec<(String, u32)>, Status> {
+        let ports: Vec<(String, u32)> = self.read(|state| {
+            let mut ports: Vec<(String, u32)> = state
+                .ports
+                .iter()
+                .filter(|(id, status)| {
+                    status.phase == PortPhase::Ready && (wanted.is_empty() || *id == wanted)
+                })
+                .map(|(id, status)| (id.clone(), status.ifindex))
+                .collect();
+            ports.sort_unstable();
+            ports
+        });
+        if !wanted.is_empty() && ports.is_empty() {
+            return Err(Status::not_found(format!("no ready port {wanted}")));
+        }
+        Ok(ports)
+    }
+
     /// Runs `read` on the datapath, off the async workers' hot path (a map
     /// listing is a syscall per entry).
     fn with_datapath<T>(
@@ -462,22 +483,7 @@ impl AgentControl for ControlService {
         &self,
         request: Request<api::GetCountersRequest>,
     ) -> Result<Response<api::CounterList>, Status> {
-        let wanted = request.into_inner().port_id;
-        let ports: Vec<(String, u32)> = self.read(|state| {
-            let mut ports: Vec<(String, u32)> = state
-                .ports
-                .iter()
-                .filter(|(id, status)| {
-                    status.phase == PortPhase::Ready && (wanted.is_empty() || **id == wanted)
-                })
-                .map(|(id, status)| (id.clone(), status.ifindex))
-                .collect();
-            ports.sort_unstable();
-            ports
-        });
-        if !wanted.is_empty() && ports.is_empty() {
-            return Err(Status::not_found(format!("no ready port {wanted}")));
-        }
+        let ports = self.ready_ports(&request.into_inner().port_id)?;
         let datapath = self
             .datapath
             .lock()
@@ -631,22 +637,7 @@ impl AgentControl for ControlService {
         &self,
         request: Request<api::GetCountersRequest>,
     ) -> Result<Response<api::DpCounterList>, Status> {
-        let wanted = request.into_inner().port_id;
-        let ports: Vec<(String, u32)> = self.read(|state| {
-            let mut ports: Vec<(String, u32)> = state
-                .ports
-                .iter()
-                .filter(|(id, status)| {
-                    status.phase == PortPhase::Ready && (wanted.is_empty() || **id == wanted)
-                })
-                .map(|(id, status)| (id.clone(), status.ifindex))
-                .collect();
-            ports.sort_unstable();
-            ports
-        });
-        if !wanted.is_empty() && ports.is_empty() {
-            return Err(Status::not_found(format!("no ready port {wanted}")));
-        }
+        let ports = self.ready_ports(&request.into_inner().port_id)?;
         let stats = self.with_datapath(|datapath| {
             ports
                 .iter()

@@ -32,7 +32,11 @@ use alcor_agent::{
     store::Store,
 };
 use alcor_proto::schema::OperationType;
-use alcor_tests::{Netns, privileged, unique_prefix};
+use alcor_tests::{
+    Netns,
+    dhcp::{DHCLIENT_CONF, DHCLIENT_SCRIPT, DHCPCD_CONF, DHCPCD_SCRIPT, UDHCPC_SCRIPT},
+    privileged, unique_prefix,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -337,72 +341,6 @@ impl Drop for Lab {
         }
     }
 }
-
-/// Records the environment of each event, and configures eth0 as a stock
-/// script would: address, MTU, and option 121's routes (which include the
-/// default route), else the router. The record appears once eth0 is
-/// configured.
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-set -u
-event=$1
-env | sort > "@DIR@/.@NAME@.$event.env"
-case "$1" in
-  deconfig)
-    ip -4 addr flush dev "$interface"
-    ;;
-  bound|renew)
-    ip addr replace "$ip/${mask:-$subnet}" dev "$interface"
-    [ -n "${mtu:-}" ] && ip link set "$interface" mtu "$mtu"
-    if [ -n "${staticroutes:-}" ]; then
-      set -- $staticroutes
-      while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
-    elif [ -n "${router:-}" ]; then
-      ip route replace default via "${router%% *}" dev "$interface"
-    fi
-    ;;
-esac
-# Renamed once eth0 is configured: the test waits for the file.
-mv "@DIR@/.@NAME@.$event.env" "@DIR@/@NAME@.$event.env"
-"#;
-
-/// The same for dhclient, which gives option 121 as bytes (RFC 3442).
-const DHCLIENT_SCRIPT: &str = r#"#!/bin/sh
-env | sort > "@DIR@/.@NAME@.$reason.env"
-case "$reason" in
-  PREINIT)
-    ip link set "$interface" up
-    ;;
-  BOUND|RENEW|REBIND|REBOOT)
-    ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface"
-    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
-    if [ -n "$new_rfc3442_classless_static_routes" ]; then
-      set -- $new_rfc3442_classless_static_routes
-      while [ $# -gt 0 ]; do
-        len=$1; shift
-        dest=""
-        for octet in 1 2 3 4; do
-          if [ $(( (octet - 1) * 8 )) -lt "$len" ]; then value=$1; shift; else value=0; fi
-          dest="$dest${dest:+.}$value"
-        done
-        ip route replace "$dest/$len" via "$1.$2.$3.$4" dev "$interface"
-        shift 4
-      done
-    elif [ -n "$new_routers" ]; then
-      ip route replace default via "${new_routers%% *}" dev "$interface"
-    fi
-    ;;
-  EXPIRE|FAIL|RELEASE|STOP)
-    ip -4 addr flush dev "$interface"
-    ;;
-esac
-mv "@DIR@/.@NAME@.$reason.env" "@DIR@/@NAME@.$reason.env"
-"#;
-
-const DHCLIENT_CONF: &str = "\
-option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
-request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers,
-        domain-search, host-name, interface-mtu, rfc3442-classless-static-routes, ntp-servers;
-";
 
 /// Checks eth0 inside the VM: address, mask, MTU, default route and the
 /// metadata route of option 121.
@@ -748,27 +686,6 @@ fn two_vpcs_with_the_same_mac_and_address_each_get_their_own_and_strangers_get_n
     assert!(lab.counters.dropped(DropReason::UnknownMac) > 0);
     assert_eq!(lab.counters.sent(ServerMessage::Offer), 2);
 }
-
-/// dhcpcd configures address and routes itself; its stock hooks set the
-/// MTU, which this script does.
-const DHCPCD_SCRIPT: &str = r#"#!/bin/sh
-env | sort > "@DIR@/.@NAME@.$reason.env"
-case "$reason" in
-  BOUND|REBOOT|RENEW|REBIND)
-    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
-    ;;
-esac
-mv "@DIR@/.@NAME@.$reason.env" "@DIR@/@NAME@.$reason.env"
-"#;
-
-const DHCPCD_CONF: &str = "\
-clientid
-option subnet_mask, routers, domain_name_servers, domain_name, host_name, interface_mtu
-option classless_static_routes, ntp_servers, domain_search
-require dhcp_server_identifier
-noipv4ll
-noarp
-";
 
 /// Runs `dhcpcd -4 -1 -B ARGS eth0` in the VM, once. dhcpcd keeps its
 /// leases and sockets in fixed system directories: it runs in a mount

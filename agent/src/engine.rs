@@ -409,12 +409,6 @@ impl Engine {
             .await
     }
 
-    /// Applies one goal-state message and says what became of each resource.
-    pub async fn apply(&mut self, batch: Batch) -> GoalStateOperationReply {
-        let mut replies = self.apply_group(vec![batch]).await;
-        replies.pop().unwrap_or_default()
-    }
-
     /// Applies goal-state messages that arrived together, in order, as one
     /// transaction: each is staged on top of the ones before it, then the
     /// datapath is programmed and the store written once for all of them (a

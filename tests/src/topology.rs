@@ -267,7 +267,12 @@ fn kill_processes_in(names: &[String]) {
 /// Runs `ip [-n NETNS] -batch -` with `script` on stdin; with `force`, goes
 /// on past failing lines (and still reports them).
 pub fn ip_batch(netns: Option<&str>, script: &str, force: bool) -> anyhow::Result<()> {
-    let mut command = Command::new("ip");
+    batch("ip", netns, script, force)
+}
+
+/// Runs `TOOL [-n NETNS] [-force] -batch -` (`ip` or `bridge`) on `script`.
+pub fn batch(tool: &str, netns: Option<&str>, script: &str, force: bool) -> anyhow::Result<()> {
+    let mut command = Command::new(tool);
     if let Some(netns) = netns {
         command.args(["-n", netns]);
     }
@@ -280,17 +285,19 @@ pub fn ip_batch(netns: Option<&str>, script: &str, force: bool) -> anyhow::Resul
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running ip -batch")?;
+        .with_context(|| format!("running {tool} -batch"))?;
     child
         .stdin
         .take()
         .expect("piped stdin")
         .write_all(script.as_bytes())
-        .context("writing to ip -batch")?;
-    let output = child.wait_with_output().context("waiting for ip -batch")?;
+        .with_context(|| format!("writing to {tool} -batch"))?;
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {tool} -batch"))?;
     if !output.status.success() {
         bail!(
-            "ip -batch failed: {}",
+            "{tool} -batch failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }

@@ -35,7 +35,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alcor_proto::schema::OperationStatus;
 use alcor_tests::{
     Agent, AgentOptions, Netns,
     dhcp::output_within,
@@ -338,18 +337,7 @@ async fn start_ours(prefix: &str, clients: &[Client]) -> anyhow::Result<Target> 
         .collect();
     let started = Instant::now();
     let reply = agent.push(message).await;
-    if let Some(bad) = reply
-        .operation_statuses
-        .iter()
-        .find(|s| s.operation_status != OperationStatus::Success as i32)
-    {
-        bail!(
-            "{} was refused: {}\n{}",
-            bad.resource_id,
-            bad.message,
-            agent.log()
-        );
-    }
+    super::check_reply(&reply, reply.operation_statuses.len(), &agent)?;
     println!(
         "  ours: goal state with 1 port, {CLIENTS} address pairs and {CLIENTS} DHCP entries applied in {:.1?}",
         started.elapsed()
@@ -1105,18 +1093,11 @@ fn report(summaries: &[Summary], dnsmasq_missing: Option<&str>) -> anyhow::Resul
          in the VM namespace; ours through the agent's port program, the peers on a plain veth"
     );
 
-    let dir = util::target_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("dhcp.json");
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json!({
-            "bench": "dhcp",
+    super::write_json(
+        "dhcp",
+        json!({
             "clients": CLIENTS,
             "rounds": ROUNDS,
-            "cores": cores,
-            "kernel": kernel.trim(),
             "load_generator": "perfdhcp (kea-admin), -M with the client MACs",
             "throughput_method": format!(
                 "highest perfdhcp -r rate with at most {MAX_LOSS_PERCENT}% of DISCOVERs and \
@@ -1129,10 +1110,8 @@ fn report(summaries: &[Summary], dnsmasq_missing: Option<&str>) -> anyhow::Resul
             ),
             "servers": summaries.iter().map(|s| s.json(ours)).collect::<Vec<_>>(),
             "dnsmasq_not_measured": dnsmasq_missing,
-        }))?,
-    )?;
-    println!("wrote {}", path.display());
-    Ok(())
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alcor_proto::schema::{GoalStateOperationReply, GoalStateV2, OperationStatus, ResourceType};
+use alcor_proto::schema::{GoalStateOperationReply, GoalStateV2, ResourceType};
 use alcor_tests::{
     Agent, AgentOptions, Netns, goalstate,
     topology::{NetnsSet, ip_batch},
 };
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, anyhow, ensure};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -324,24 +324,7 @@ fn check_reply<'a>(
     expected: usize,
     agent: &Agent,
 ) -> anyhow::Result<Vec<&'a PortStatus>> {
-    ensure!(
-        reply.operation_statuses.len() == expected,
-        "{} statuses instead of {expected}",
-        reply.operation_statuses.len()
-    );
-    if let Some(bad) = reply
-        .operation_statuses
-        .iter()
-        .find(|s| s.operation_status != OperationStatus::Success as i32)
-    {
-        bail!(
-            "{} is {:?}: {}\n{}",
-            bad.resource_id,
-            OperationStatus::try_from(bad.operation_status),
-            bad.message,
-            agent.log()
-        );
-    }
+    super::check_reply(reply, expected, agent)?;
     Ok(reply
         .operation_statuses
         .iter()
@@ -518,22 +501,13 @@ fn report(ours: &[Measure], ip: &Measure) -> anyhow::Result<()> {
             fmt_us(percentile(&m.datapath_us, 99.0)),
         );
     }
-    let dir = util::target_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("goalstate.json");
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json!({
-            "bench": "goalstate",
+    super::write_json(
+        "goalstate",
+        json!({
             "ports": PORTS,
-            "cores": cores,
-            "kernel": kernel.trim(),
             "port_mtu": PORT_MTU,
             "peer": "ip -batch",
             "variants": variants,
-        }))?,
-    )?;
-    println!("wrote {}", path.display());
-    Ok(())
+        }),
+    )
 }

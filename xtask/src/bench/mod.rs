@@ -11,6 +11,7 @@ mod vm_traffic;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use alcor_proto::schema::{GoalStateOperationReply, OperationStatus};
 use alcor_tests::{Agent, topology::namespaces_with_prefix};
 use anyhow::{anyhow, bail, ensure};
 use futures::FutureExt;
@@ -129,23 +130,53 @@ fn peak_rss_kib(agent: &Agent) -> Option<u64> {
         .ok()
 }
 
-/// Writes `target/bench/NAME.json`: the results, with the machine they were
-/// measured on.
-fn write_json(name: &str, results: &serde_json::Value) -> anyhow::Result<()> {
+/// Writes `target/bench/NAME.json`: `document` (a JSON object) with the
+/// benchmark's name and the machine it was measured on.
+fn write_json(name: &str, mut document: serde_json::Value) -> anyhow::Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if let Some(fields) = document.as_object_mut() {
+        fields.insert("bench".into(), name.into());
+        fields.insert("cores".into(), cores.into());
+        fields.insert("kernel".into(), kernel.trim().into());
+    }
+    write_file(name, &document)
+}
+
+/// Writes `document` as `target/bench/NAME.json`.
+fn write_file(name: &str, document: &serde_json::Value) -> anyhow::Result<()> {
     let dir = util::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.json"));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "bench": name,
-            "cores": cores,
-            "kernel": kernel.trim(),
-            "results": results,
-        }))?,
-    )?;
+    std::fs::write(&path, serde_json::to_string_pretty(document)?)?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Checks that a goal-state reply has `expected` statuses, all SUCCESS; the
+/// error names the first that is not, with the agent's log.
+fn check_reply(
+    reply: &GoalStateOperationReply,
+    expected: usize,
+    agent: &Agent,
+) -> anyhow::Result<()> {
+    ensure!(
+        reply.operation_statuses.len() == expected,
+        "{} statuses instead of {expected}",
+        reply.operation_statuses.len()
+    );
+    if let Some(bad) = reply
+        .operation_statuses
+        .iter()
+        .find(|s| s.operation_status != OperationStatus::Success as i32)
+    {
+        bail!(
+            "{} is {:?}: {}\n{}",
+            bad.resource_id,
+            OperationStatus::try_from(bad.operation_status),
+            bad.message,
+            agent.log()
+        );
+    }
     Ok(())
 }

@@ -22,11 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alcor_proto::{
-    control::GetStatusRequest,
-    schema::{GoalStateOperationReply, GoalStateV2, OperationStatus},
+use alcor_proto::{control::GetStatusRequest, schema::GoalStateV2};
+use alcor_tests::{
+    Agent, AgentOptions, Netns, goalstate,
+    topology::{batch, ip_batch},
 };
-use alcor_tests::{Agent, AgentOptions, Netns, goalstate, topology::ip_batch};
 use anyhow::{Context, anyhow, ensure};
 use serde_json::json;
 
@@ -123,7 +123,7 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         .message()
         .await?
         .context("no reply to the VPC and subnet")?;
-    check(&reply, 2, &agent)?;
+    super::check_reply(&reply, 2, &agent)?;
 
     // Built before the clock starts: the controller's cost, not ours.
     let messages: Vec<GoalStateV2> = (0..size)
@@ -189,7 +189,7 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
     let statuses: usize = replies.iter().map(|r| r.operation_statuses.len()).sum();
     ensure!(statuses == size, "{statuses} statuses for {size} neighbors");
     for reply in &replies {
-        check(reply, reply.operation_statuses.len(), &agent)?;
+        super::check_reply(reply, reply.operation_statuses.len(), &agent)?;
     }
 
     let status = agent
@@ -228,28 +228,6 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
     ))
 }
 
-fn check(reply: &GoalStateOperationReply, expected: usize, agent: &Agent) -> anyhow::Result<()> {
-    ensure!(
-        reply.operation_statuses.len() == expected,
-        "{} statuses instead of {expected}",
-        reply.operation_statuses.len()
-    );
-    if let Some(bad) = reply
-        .operation_statuses
-        .iter()
-        .find(|s| s.operation_status != OperationStatus::Success as i32)
-    {
-        anyhow::bail!(
-            "{} is {:?}: {}\n{}",
-            bad.resource_id,
-            OperationStatus::try_from(bad.operation_status),
-            bad.message,
-            agent.log()
-        );
-    }
-    Ok(())
-}
-
 /// The kernel's overlay programmed with the same neighbors: an external-less
 /// VXLAN device in a bridge, one forwarding entry per MAC and one permanent
 /// neighbour entry per address.
@@ -268,28 +246,10 @@ fn kernel(prefix: &str, size: usize) -> anyhow::Result<Duration> {
         let _ = writeln!(neigh, "neigh add {ip} lladdr {mac} dev br0 nud permanent");
     }
     let started = Instant::now();
-    batch(host.name(), "bridge", &fdb)?;
+    batch("bridge", Some(host.name()), &fdb, false)?;
     ip_batch(Some(host.name()), &neigh, false)?;
     let elapsed = started.elapsed();
     Ok(elapsed)
-}
-
-/// Runs `tool -batch` on `script` in namespace `netns`.
-fn batch(netns: &str, tool: &str, script: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, tool, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {tool} -batch"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(script.as_bytes())?;
-    let status = child.wait()?;
-    ensure!(status.success(), "{tool} -batch failed: {status}");
-    Ok(())
 }
 
 fn report(measures: &[Measure]) -> anyhow::Result<()> {
@@ -334,5 +294,5 @@ fn report(measures: &[Measure]) -> anyhow::Result<()> {
             }))
             .collect::<Vec<_>>()
     );
-    super::write_json("neighbors", &json)
+    super::write_json("neighbors", json!({ "results": json }))
 }

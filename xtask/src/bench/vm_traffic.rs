@@ -660,12 +660,7 @@ impl Report<'_> {
         if let (Some(document), Some(extra)) = (document.as_object_mut(), self.json.as_object()) {
             document.extend(extra.clone());
         }
-        let dir = util::target_dir().join("bench");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.json", self.benchmark));
-        std::fs::write(&path, serde_json::to_string_pretty(&document)?)?;
-        println!("wrote {}", path.display());
-        Ok(())
+        super::write_file(self.benchmark, &document)
     }
 }
 

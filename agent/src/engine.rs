@@ -428,7 +428,7 @@ impl Engine {
             self.plumb_changed_ports(run).await;
         }
         let plumbed = Instant::now();
-        let changed = self.commit(&mut runs).await;
+        let (changed, datapath_us) = self.commit(&mut runs).await;
         tracing::debug!(
             messages = runs.len(),
             resources = runs.iter().map(|run| run.statuses.len()).sum::<usize>(),
@@ -436,6 +436,7 @@ impl Engine {
                 .first()
                 .map_or(0, |run| staged.duration_since(run.started).as_millis()),
             plumb_ms = plumbed.duration_since(staged).as_millis(),
+            datapath_ms = datapath_us / 1000,
             commit_ms = plumbed.elapsed().as_millis(),
             "goal state applied"
         );
@@ -541,13 +542,16 @@ impl Engine {
 
     /// Programs the datapath with what the messages changed, then persists
     /// it; if the datapath or the disk refuses, nothing of them is applied.
-    /// Says whether the desired state changed.
-    async fn commit(&mut self, runs: &mut [Run]) -> bool {
+    /// Says whether the desired state changed, and how long programming the
+    /// datapath took (µs).
+    async fn commit(&mut self, runs: &mut [Run]) -> (bool, u32) {
         let writes = self.write().desired.pending_writes();
         if writes.is_empty() {
-            return false;
+            return (false, 0);
         }
+        let mut datapath_us = 0;
         let programmed = self.sync_datapath().map(|micros| {
+            datapath_us = micros;
             // Every resource the messages changed waited for the maps.
             for status in applied_statuses(runs) {
                 status.dataplane_programming_time =
@@ -562,7 +566,7 @@ impl Engine {
         match outcome {
             Ok(()) => {
                 self.write().desired.commit();
-                true
+                (true, datapath_us)
             }
             Err(reason) => {
                 tracing::error!(%reason, "goal-state messages not applied");
@@ -580,7 +584,7 @@ impl Engine {
                     status.operation_status = OperationStatus::Failure as i32;
                     status.message = format!("not applied: {reason}");
                 }
-                false
+                (false, datapath_us)
             }
         }
     }

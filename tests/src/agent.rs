@@ -204,10 +204,15 @@ impl Agent {
 
     /// A goal-state client connected from inside the agent's namespace.
     pub async fn client(&self) -> GoalStateProvisionerClient<Channel> {
-        let channel = connect_in(&self.netns, self.grpc_listen(), None)
+        GoalStateProvisionerClient::new(self.channel().await).max_decoding_message_size(usize::MAX)
+    }
+
+    /// A gRPC channel to the agent's goal-state listener, from inside its
+    /// namespace (for clients other than the generated one).
+    pub async fn channel(&self) -> Channel {
+        connect_in(&self.netns, self.grpc_listen(), None)
             .await
-            .expect("connecting to the agent");
-        GoalStateProvisionerClient::new(channel).max_decoding_message_size(usize::MAX)
+            .expect("connecting to the agent")
     }
 
     /// Pushes a V1 goal state and returns the reply.

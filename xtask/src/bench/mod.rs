@@ -8,6 +8,7 @@ mod dhcp;
 mod goalstate;
 mod neighbors;
 mod vm_traffic;
+mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

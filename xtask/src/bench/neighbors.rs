@@ -145,45 +145,24 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         })
         .collect();
     let count = messages.len();
+    let messages = super::wire::encode(&messages);
+    let channel = agent.channel().await;
 
     let started = Instant::now();
-    let replies = tokio::time::timeout(RUN_TIMEOUT, async {
-        let mut replies = client
-            .push_goal_states_stream(futures::stream::iter(messages))
-            .await?
-            .into_inner();
-        let mut received = Vec::with_capacity(count);
-        while received.len() < count {
-            match replies.message().await? {
-                Some(reply) => received.push(reply),
-                None => break,
-            }
-        }
-        Ok::<_, anyhow::Error>(received)
-    })
-    .await
-    .map_err(|_| anyhow!("{count} replies did not come within {RUN_TIMEOUT:?}"))??;
+    let replies = tokio::time::timeout(RUN_TIMEOUT, super::wire::push_stream(channel, messages))
+        .await
+        .map_err(|_| anyhow!("{count} replies did not come within {RUN_TIMEOUT:?}"))??;
     let elapsed = started.elapsed();
+    let replies = super::wire::decode_replies(&replies)?;
     ensure!(
         replies.len() == count,
         "the stream ended after {} replies\n{}",
         replies.len(),
         agent.log()
     );
-    let agent_us: u64 = replies
-        .iter()
-        .map(|r| u64::from(r.message_total_operation_time))
-        .sum();
-    let datapath_us: u64 = replies
-        .iter()
-        .filter_map(|r| r.operation_statuses.first())
-        .map(|s| u64::from(s.dataplane_programming_time))
-        .sum();
     println!(
-        "  {} messages: agent time {:.3} s, of which datapath {:.3} s; wall {:.3} s",
+        "  {} messages replied to in {:.3} s",
         replies.len(),
-        agent_us as f64 / 1e6,
-        datapath_us as f64 / 1e6,
         elapsed.as_secs_f64()
     );
     let statuses: usize = replies.iter().map(|r| r.operation_statuses.len()).sum();
@@ -203,19 +182,28 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         "the datapath holds {} endpoints, not {size}",
         status.dp_endpoints
     );
-    // The engine applies what arrived together as one transaction.
-    let transactions: Vec<String> = agent
-        .log()
+    // The engine applies what arrived together as one transaction, and
+    // logs what each cost.
+    let log = agent.log();
+    let transactions: Vec<Transaction> = log
         .lines()
         .filter(|line| line.contains("goal state applied"))
         .skip(1)
-        .filter_map(|line| line.split("resources=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+        .map(Transaction::parse)
         .collect();
+    let total = |field: fn(&Transaction) -> u64| transactions.iter().map(field).sum::<u64>();
     println!(
-        "  applied in {} transactions of {} resources",
+        "  applied in {} transactions of {} resources; engine time: staging {} ms, datapath {} ms, \
+         commit (datapath and store) {} ms",
         transactions.len(),
-        transactions.join(", ")
+        transactions
+            .iter()
+            .map(|t| t.resources.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        total(|t| t.stage_ms),
+        total(|t| t.datapath_ms),
+        total(|t| t.commit_ms),
     );
     let peak = super::peak_rss_kib(&agent);
     drop(agent);
@@ -226,6 +214,34 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         peak,
         status.dp_map_bytes / 1024,
     ))
+}
+
+/// One transaction as the agent's debug log line "goal state applied"
+/// describes it (fields absent from the line read as 0).
+#[derive(Default)]
+struct Transaction {
+    resources: u64,
+    stage_ms: u64,
+    datapath_ms: u64,
+    commit_ms: u64,
+}
+
+impl Transaction {
+    fn parse(line: &str) -> Transaction {
+        let field = |name: &str| {
+            line.split(&format!("{name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        Transaction {
+            resources: field("resources"),
+            stage_ms: field("stage_ms"),
+            datapath_ms: field("datapath_ms"),
+            commit_ms: field("commit_ms"),
+        }
+    }
 }
 
 /// The kernel's overlay programmed with the same neighbors: an external-less

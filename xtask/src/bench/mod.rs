@@ -131,6 +131,19 @@ fn peak_rss_kib(agent: &Agent) -> Option<u64> {
         .ok()
 }
 
+/// CPU time the agent has used so far (user and system), in seconds: what
+/// its work costs whatever else the machine is doing.
+fn cpu_seconds(agent: &Agent) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()?)).ok()?;
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some((user + system) as f64 / ticks as f64)
+}
+
 /// Writes `target/bench/NAME.json`: `document` (a JSON object) with the
 /// benchmark's name and the machine it was measured on.
 fn write_json(name: &str, mut document: serde_json::Value) -> anyhow::Result<()> {

@@ -148,11 +148,15 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
     let messages = super::wire::encode(&messages);
     let channel = agent.channel().await;
 
+    let cpu_before = super::cpu_seconds(&agent);
     let started = Instant::now();
     let replies = tokio::time::timeout(RUN_TIMEOUT, super::wire::push_stream(channel, messages))
         .await
         .map_err(|_| anyhow!("{count} replies did not come within {RUN_TIMEOUT:?}"))??;
     let elapsed = started.elapsed();
+    let cpu = cpu_before
+        .zip(super::cpu_seconds(&agent))
+        .map(|(before, after)| after - before);
     let replies = super::wire::decode_replies(&replies)?;
     ensure!(
         replies.len() == count,
@@ -161,9 +165,10 @@ async fn ours(prefix: &str, size: usize) -> anyhow::Result<(Duration, u64, Optio
         agent.log()
     );
     println!(
-        "  {} messages replied to in {:.3} s",
+        "  {} messages replied to in {:.3} s; agent CPU {}",
         replies.len(),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        cpu.map_or("?".into(), |cpu| format!("{cpu:.2} s")),
     );
     let statuses: usize = replies.iter().map(|r| r.operation_statuses.len()).sum();
     ensure!(statuses == size, "{statuses} statuses for {size} neighbors");

@@ -5,7 +5,7 @@
 //! engine can persist exactly those entries, or undo them when the kernel or
 //! the disk refuses.
 
-use std::collections::{HashMap, hash_map};
+use std::collections::{HashMap, HashSet};
 
 /// The tables' hasher: ids are hashed for every resource of every message
 /// (a million neighbors are a million lookups), where SipHash showed up as
@@ -80,6 +80,8 @@ pub struct Entry<R: Resource> {
     pub operation: OperationType,
     revision: u32,
     config: Box<[u8]>,
+    /// The table transaction that wrote it (see [`Table::upsert`]).
+    written_in: u64,
 }
 
 impl<R: Resource> Entry<R> {
@@ -89,6 +91,7 @@ impl<R: Resource> Entry<R> {
             operation,
             revision: R::config_revision(config),
             config: config.encode_to_vec().into_boxed_slice(),
+            written_in: 0,
         }
     }
 
@@ -104,6 +107,7 @@ impl<R: Resource> Entry<R> {
             operation,
             revision: R::config_revision(config),
             config: encoded.into_boxed_slice(),
+            written_in: 0,
         }
     }
 
@@ -124,11 +128,20 @@ impl<R: Resource> Entry<R> {
     }
 }
 
+/// Entries are boxed: a neighbor's is a couple of hundred bytes, and the
+/// table of a million neighbors moved all of them each time it grew (an
+/// eighth of the agent's time), and held twice their size in empty slots.
 #[derive(Debug)]
 pub struct Table<R: Resource> {
-    entries: HashMap<String, Entry<R>, Hasher>,
-    /// Entries changed since the last `commit`, with their previous value.
-    journal: Vec<(String, Option<Entry<R>>)>,
+    entries: HashMap<String, Box<Entry<R>>, Hasher>,
+    /// Entries changed since the last `commit`, each once, with its value
+    /// before the transaction.
+    journal: Vec<(String, Option<Box<Entry<R>>>)>,
+    /// Ids removed by the transaction (and journaled): written again, they
+    /// need no second journal entry.
+    removed: HashSet<String, Hasher>,
+    /// The transaction in progress; what it writes carries its number.
+    transaction: u64,
 }
 
 impl<R: Resource> Default for Table<R> {
@@ -136,13 +149,15 @@ impl<R: Resource> Default for Table<R> {
         Table {
             entries: HashMap::default(),
             journal: Vec::new(),
+            removed: HashSet::default(),
+            transaction: 1,
         }
     }
 }
 
 impl<R: Resource> Table<R> {
     pub fn get(&self, id: &str) -> Option<&Entry<R>> {
-        self.entries.get(id)
+        self.entries.get(id).map(Box::as_ref)
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -157,46 +172,68 @@ impl<R: Resource> Table<R> {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> hash_map::Iter<'_, String, Entry<R>> {
-        self.entries.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry<R>)> {
+        self.entries.iter().map(|(id, entry)| (id, entry.as_ref()))
     }
 
     pub fn specs(&self) -> impl Iterator<Item = &R> {
         self.entries.values().map(|entry| &entry.spec)
     }
 
-    pub fn upsert(&mut self, id: String, entry: Entry<R>) {
-        let previous = self.entries.insert(id.clone(), entry);
-        self.journal.push((id, previous));
-    }
-
-    pub fn remove(&mut self, id: &str) {
-        if let Some(previous) = self.entries.remove(id) {
-            self.journal.push((id.to_string(), Some(previous)));
+    pub fn upsert(&mut self, id: String, mut entry: Entry<R>) {
+        entry.written_in = self.transaction;
+        let previous = self.entries.insert(id.clone(), Box::new(entry));
+        let journaled = match &previous {
+            Some(previous) => previous.written_in == self.transaction,
+            None => !self.removed.is_empty() && self.removed.contains(&id),
+        };
+        if !journaled {
+            self.journal.push((id, previous));
         }
     }
 
+    pub fn remove(&mut self, id: &str) {
+        let Some(previous) = self.entries.remove(id) else {
+            return;
+        };
+        if previous.written_in != self.transaction {
+            self.journal.push((id.to_string(), Some(previous)));
+        }
+        self.removed.insert(id.to_string());
+    }
+
     /// The ids the transaction changed, each once.
-    pub fn changed_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self.journal.iter().map(|(id, _)| id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+    pub fn changed_ids(&self) -> impl Iterator<Item = &str> {
+        self.journal.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// What the transaction changed: for each id, its entry before and
+    /// after (`None`: absent).
+    pub fn changes(&self) -> impl Iterator<Item = (Option<&Entry<R>>, Option<&Entry<R>>)> + Clone {
+        self.journal
+            .iter()
+            .map(|(id, before)| (before.as_deref(), self.get(id)))
+    }
+
+    /// Whether the transaction changed nothing.
+    pub fn unchanged(&self) -> bool {
+        self.journal.is_empty()
     }
 
     /// Ends the transaction, keeping its changes.
     pub fn commit(&mut self) {
         self.journal.clear();
+        self.removed.clear();
+        self.transaction += 1;
     }
 
     /// Undoes every change of the transaction to `id`.
     pub fn rollback_id(&mut self, id: &str) {
-        // The oldest journal entry for `id` holds its value before the transaction.
-        let Some(first) = self.journal.iter().position(|(changed, _)| changed == id) else {
+        let Some(position) = self.journal.iter().position(|(changed, _)| changed == id) else {
             return;
         };
-        let (_, original) = self.journal.remove(first);
-        self.journal.retain(|(changed, _)| changed != id);
+        let (_, original) = self.journal.swap_remove(position);
+        self.removed.remove(id);
         match original {
             Some(entry) => self.entries.insert(id.to_string(), entry),
             None => self.entries.remove(id),
@@ -205,12 +242,14 @@ impl<R: Resource> Table<R> {
 
     /// Undoes the whole transaction.
     pub fn rollback(&mut self) {
-        while let Some((id, previous)) = self.journal.pop() {
-            match previous {
+        for (id, original) in self.journal.drain(..) {
+            match original {
                 Some(entry) => self.entries.insert(id, entry),
                 None => self.entries.remove(&id),
             };
         }
+        self.removed.clear();
+        self.transaction += 1;
     }
 }
 
@@ -277,6 +316,14 @@ impl DesiredState {
         for_each_table!(self, |table| table.commit());
     }
 
+    /// Whether the transaction changed neighbors and nothing else.
+    pub fn only_neighbors_changed(&mut self) -> bool {
+        let mut others = 0;
+        for_each_table!(self, |table| others += table.journal.len());
+        let neighbors = self.neighbors.journal.len();
+        neighbors > 0 && others == neighbors
+    }
+
     pub fn rollback(&mut self) {
         for_each_table!(self, |table| table.rollback());
     }
@@ -329,7 +376,7 @@ mod tests {
         table.upsert("b".into(), vpc("b", 1));
         table.rollback_id("a");
         assert_eq!(table.get("a").unwrap().revision(), 1);
-        assert_eq!(table.changed_ids(), vec!["b"]);
+        assert_eq!(table.changed_ids().collect::<Vec<_>>(), vec!["b"]);
     }
 
     #[test]
@@ -343,6 +390,34 @@ mod tests {
         table.rollback();
         assert!(table.contains("a"));
         assert!(!table.contains("b"));
-        assert!(table.changed_ids().is_empty());
+        assert!(table.unchanged());
+    }
+
+    #[test]
+    fn a_transaction_journals_each_id_once_with_its_value_before() {
+        let mut table = Table::default();
+        table.upsert("a".into(), vpc("a", 1));
+        table.upsert("c".into(), vpc("c", 1));
+        table.commit();
+
+        table.upsert("a".into(), vpc("a", 2));
+        table.upsert("a".into(), vpc("a", 3));
+        table.remove("c");
+        table.upsert("c".into(), vpc("c", 2));
+        table.upsert("b".into(), vpc("b", 1));
+        table.remove("b");
+        let revisions = |entry: Option<&Entry<Vpc>>| entry.map(Entry::revision);
+        let changes: Vec<_> = table
+            .changes()
+            .map(|(before, after)| (revisions(before), revisions(after)))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![(Some(1), Some(3)), (Some(1), Some(2)), (None, None)]
+        );
+        table.rollback();
+        assert_eq!(table.get("a").map(Entry::revision), Some(1));
+        assert_eq!(table.get("c").map(Entry::revision), Some(1));
+        assert!(!table.contains("b"));
     }
 }

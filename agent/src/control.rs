@@ -894,7 +894,7 @@ mod trace {
                 .get(&port.vpc_id)
                 .map(|vpc| vpc.spec.vni)
                 .ok_or_else(|| Status::internal(format!("port {port_id} has no VPC")))?;
-            let model = forwarding::model(state);
+            let model = forwarding::model(state, &mut forwarding::Claims::default());
             Ok(Setup {
                 port_id: port_id.to_string(),
                 ifindex,

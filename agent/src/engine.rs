@@ -134,6 +134,9 @@ pub struct Engine {
     plumber: Plumber,
     metrics: Arc<Metrics>,
     dhcp: DhcpPublisher,
+    /// Who claims which addresses, for programming a transaction of
+    /// neighbors without rebuilding the whole forwarding model.
+    claims: forwarding::Claims,
 }
 
 /// Rebuilds the DHCP responder's view when the engine says the state
@@ -213,6 +216,7 @@ impl Engine {
             plumber,
             metrics,
             dhcp,
+            claims: forwarding::Claims::default(),
         }
     }
 
@@ -550,7 +554,7 @@ impl Engine {
             return (false, 0);
         }
         let mut datapath_us = 0;
-        let programmed = self.sync_datapath().map(|micros| {
+        let programmed = self.program_transaction().map(|micros| {
             datapath_us = micros;
             // Every resource the messages changed waited for the maps.
             for status in applied_statuses(runs) {
@@ -589,11 +593,47 @@ impl Engine {
         }
     }
 
+    /// Programs what the transaction changed: only endpoints if it changed
+    /// only neighbors (unless they contend for an address), else the whole
+    /// model. Returns how long it took, in microseconds.
+    fn program_transaction(&mut self) -> Result<u32, String> {
+        let started = Instant::now();
+        let delta = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if state.desired.only_neighbors_changed() {
+                let desired = &state.desired;
+                let changes = desired
+                    .neighbors
+                    .changes()
+                    .map(|(before, after)| (before.map(|e| &e.spec), after.map(|e| &e.spec)));
+                forwarding::neighbor_changes(desired, &mut self.claims, changes)
+            } else {
+                None
+            }
+        };
+        let Some(delta) = delta else {
+            return self.sync_datapath();
+        };
+        let synced = tokio::task::block_in_place(|| {
+            self.plumber
+                .datapath()?
+                .sync_endpoints(&delta.write, &delta.remove)
+                .map_err(|e| format!("programming the datapath: {e}"))
+        })?;
+        match synced {
+            Some(_) => Ok(micros_since(started)),
+            None => self.sync_datapath(),
+        }
+    }
+
     /// Makes the eBPF maps say what the desired state and the ready ports
     /// say; returns how long it took, in microseconds.
-    fn sync_datapath(&self) -> Result<u32, String> {
+    fn sync_datapath(&mut self) -> Result<u32, String> {
         let started = Instant::now();
-        let model = forwarding::model(&self.read());
+        let model = forwarding::model(
+            &self.state.read().unwrap_or_else(|p| p.into_inner()),
+            &mut self.claims,
+        );
         let stats = tokio::task::block_in_place(|| {
             self.plumber
                 .datapath()?
@@ -727,7 +767,6 @@ impl Run {
         op: Op<R::Config>,
     ) -> GoalStateOperationStatus {
         let mut status = GoalStateOperationStatus {
-            resource_id: op.map_key.clone().unwrap_or_default(),
             resource_type: R::KIND as i32,
             operation_type: op.operation,
             operation_status: OperationStatus::Success as i32,
@@ -751,18 +790,27 @@ impl Run {
         status: &mut GoalStateOperationStatus,
     ) -> Result<(), (OperationStatus, String)> {
         let invalid = |reason: String| (OperationStatus::InvalidArg, reason);
-        let config = op
-            .config
-            .ok_or_else(|| invalid("the resource state has no configuration".into()))?;
-        let id = R::config_id(&config).to_string();
+        let Some(config) = op.config else {
+            status.resource_id = op.map_key.unwrap_or_default();
+            return Err(invalid("the resource state has no configuration".into()));
+        };
+        let from_map = op.map_key.is_some();
+        let id = match op.map_key {
+            Some(key) if key != R::config_id(&config) => {
+                status.resource_id = R::config_id(&config).to_string();
+                return Err(invalid(format!(
+                    "map key {key:?} differs from the configuration id {:?}",
+                    status.resource_id
+                )));
+            }
+            Some(key) => key,
+            None => R::config_id(&config).to_string(),
+        };
         status.resource_id = id.clone();
-        if let Some(key) = op.map_key.filter(|key| *key != id) {
-            return Err(invalid(format!(
-                "map key {key:?} differs from the configuration id {id:?}"
-            )));
-        }
         check_id(&id).map_err(invalid)?;
-        if !self.seen.insert((R::KIND as i32, id.clone())) {
+        // The keys of a V2 map are unique, and each is its entry's id: only
+        // a V1 list can give an id twice.
+        if !from_map && !self.seen.insert((R::KIND as i32, id.clone())) {
             return Err(invalid(format!(
                 "{} {id} appears more than once in this message",
                 R::KIND.as_str_name()

@@ -239,6 +239,9 @@ pub(super) struct Entries {
     pub underlay: UnderlayInfo,
     pub vnis: BTreeMap<u32, u32>,
     pub hosts: BTreeMap<u32, HostInfo>,
+    /// Those of `hosts` the model lists ([`DatapathModel::hosts`]); the
+    /// others are there for remote endpoints.
+    pub listed_hosts: BTreeMap<u32, HostInfo>,
 }
 
 /// An IPv4 address as the maps hold it: its bytes in network order.
@@ -348,27 +351,35 @@ impl Entries {
                 mac: host.mac.map_or([0; 6], |mac| mac.octets()),
                 flags: if host.mac.is_some() { HOST_MAC } else { 0 },
             };
-            if !insert_first(&mut entries.hosts, net_u32(host.ip), info) {
+            if !insert_first(&mut entries.listed_hosts, net_u32(host.ip), info) {
                 conflicts.push(format!(
                     "host {} is given twice, with different MACs; the first is kept",
                     host.ip
                 ));
             }
         }
-        // The hosts of remote endpoints, unless listed. Runs of endpoints on
-        // one host are common: skip repeats without a lookup.
-        let mut last = None;
-        for (_, endpoint) in &entries.endpoints {
-            if endpoint.location == location::REMOTE && last != Some(endpoint.remote_host) {
-                last = Some(endpoint.remote_host);
-                entries
-                    .hosts
-                    .entry(endpoint.remote_host)
-                    .or_insert_with(HostInfo::default);
-            }
-        }
+        entries.hosts = hosts_of(&entries.listed_hosts, &entries.endpoints);
         (entries, conflicts)
     }
+}
+
+/// The HOSTS entries: the listed hosts, and the hosts of remote endpoints
+/// (without a MAC) unless listed.
+pub(super) fn hosts_of(
+    listed: &BTreeMap<u32, HostInfo>,
+    endpoints: &[(EndpointKey, Endpoint)],
+) -> BTreeMap<u32, HostInfo> {
+    let mut hosts = listed.clone();
+    // Runs of endpoints on one host are common: skip repeats without a
+    // lookup.
+    let mut last = None;
+    for (_, endpoint) in endpoints {
+        if endpoint.location == location::REMOTE && last != Some(endpoint.remote_host) {
+            last = Some(endpoint.remote_host);
+            hosts.entry(endpoint.remote_host).or_default();
+        }
+    }
+    hosts
 }
 
 /// The ENDPOINTS entries of `endpoints`, sorted by key; where a key is
@@ -377,16 +388,7 @@ fn endpoint_entries(
     endpoints: &[EndpointSpec],
     conflicts: &mut Vec<String>,
 ) -> Vec<(EndpointKey, Endpoint)> {
-    let mut entries: Vec<(EndpointKey, Endpoint)> = endpoints
-        .iter()
-        .map(|endpoint| {
-            let key = EndpointKey {
-                vni: endpoint.vni.get(),
-                ip: net_u32(endpoint.ip),
-            };
-            (key, endpoint_value(endpoint))
-        })
-        .collect();
+    let mut entries: Vec<(EndpointKey, Endpoint)> = endpoints.iter().map(endpoint_entry).collect();
     // Stable: of equal keys, the first given stays first. The agent's
     // model comes sorted already, which the sort finds out in one pass.
     entries.sort_by_key(|&(key, _)| key);
@@ -445,6 +447,21 @@ pub(super) fn source_key(ifindex: u32, mac: Mac, net: Ipv4Net) -> (u32, SourceKe
             ip: net_u32(net.network()),
         },
     )
+}
+
+/// The ENDPOINTS entry of `endpoint`.
+pub(super) fn endpoint_entry(endpoint: &EndpointSpec) -> (EndpointKey, Endpoint) {
+    (
+        endpoint_key(endpoint.vni, endpoint.ip),
+        endpoint_value(endpoint),
+    )
+}
+
+pub(super) fn endpoint_key(vni: Vni, ip: Ipv4Addr) -> EndpointKey {
+    EndpointKey {
+        vni: vni.get(),
+        ip: net_u32(ip),
+    }
 }
 
 fn endpoint_value(endpoint: &EndpointSpec) -> Endpoint {

@@ -32,11 +32,14 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Datapath, DatapathError, bpf as batch, map_error,
-    model::{DatapathModel, Entries, Location, endpoint_location, from_net_u32},
+    Datapath, DatapathError, EndpointSpec, bpf as batch, map_error,
+    model::{
+        DatapathModel, Entries, Location, endpoint_entry, endpoint_key, endpoint_location,
+        from_net_u32, hosts_of,
+    },
     removed,
 };
-use crate::model::{GatewayAddress, Mac};
+use crate::model::{GatewayAddress, Mac, Vni};
 
 /// From this many changes in one map on, they are written (or removed) in
 /// batches rather than one syscall each.
@@ -214,6 +217,44 @@ impl<K: Ord + Copy, V: PartialEq + Copy> Plan<K, V> {
     }
 }
 
+/// Applies `changes` (sorted by key; `None` removes) to `held` (sorted by
+/// key, each once): the new entries, and what to write and remove in the
+/// map to get there.
+fn merge(
+    held: Vec<(EndpointKey, Endpoint)>,
+    changes: Vec<(EndpointKey, Option<Endpoint>)>,
+) -> (Vec<(EndpointKey, Endpoint)>, Plan<EndpointKey, Endpoint>) {
+    let mut plan = Plan {
+        write: Vec::new(),
+        remove: Vec::new(),
+        unchanged: 0,
+    };
+    let mut merged = Vec::with_capacity(held.len() + changes.len());
+    let mut held = held.into_iter().peekable();
+    for (key, value) in changes {
+        while let Some(entry) = held.next_if(|(held, _)| *held < key) {
+            merged.push(entry);
+        }
+        let before = held
+            .next_if(|(held, _)| *held == key)
+            .map(|(_, value)| value);
+        match (before, value) {
+            (Some(before), Some(value)) if before == value => {
+                plan.unchanged += 1;
+                merged.push((key, value));
+            }
+            (_, Some(value)) => {
+                plan.write.push((key, value));
+                merged.push((key, value));
+            }
+            (Some(_), None) => plan.remove.push(key),
+            (None, None) => {}
+        }
+    }
+    merged.extend(held);
+    (merged, plan)
+}
+
 fn read_hash<K: aya::Pod + Ord, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
@@ -330,6 +371,7 @@ impl Datapath {
                 underlay: self.read_underlay()?,
                 vnis: read_hash(&self.vnis, maps::VNIS)?,
                 hosts: read_hash(&self.hosts, maps::HOSTS)?,
+                listed_hosts: BTreeMap::new(),
             },
         };
         let ports = Plan::new(held.ports, desired.ports.iter().map(|(k, v)| (*k, *v)));
@@ -373,6 +415,56 @@ impl Datapath {
             underlay: underlay.changes(),
             conflicts,
         })
+    }
+
+    /// Changes some endpoints (and the hosts they need), everything else
+    /// staying as the last [`sync`](Self::sync) made it: `write` gives new
+    /// or changed endpoints, `remove` the (VNI, address) of those to remove.
+    /// The caller answers for conflicts: each address once, none of a local
+    /// port's. A million neighbors pushed in a few transactions cost a pass
+    /// over the maps' copy each, not a rebuild of the model.
+    ///
+    /// `None` (nothing done) before the first sync: the caller syncs.
+    pub fn sync_endpoints(
+        &mut self,
+        write: &[EndpointSpec],
+        remove: &[(Vni, Ipv4Addr)],
+    ) -> Result<Option<SyncStats>, DatapathError> {
+        let Some(held) = self.held.take() else {
+            return Ok(None);
+        };
+        let mut changed: Vec<(EndpointKey, Option<Endpoint>)> = write
+            .iter()
+            .map(|endpoint| {
+                let (key, value) = endpoint_entry(endpoint);
+                (key, Some(value))
+            })
+            .chain(
+                remove
+                    .iter()
+                    .map(|&(vni, ip)| (endpoint_key(vni, ip), None)),
+            )
+            .collect();
+        changed.sort_unstable_by_key(|&(key, _)| key);
+        let (endpoints, plan) = merge(held.endpoints, changed);
+        let desired_hosts = hosts_of(&held.listed_hosts, &endpoints);
+        let hosts = Plan::new(held.hosts, desired_hosts.iter().map(|(k, v)| (*k, *v)));
+
+        // On failure the maps are read back at the next sync.
+        write_hash(&mut self.hosts, maps::HOSTS, &hosts.write)?;
+        write_hash(&mut self.endpoints, maps::ENDPOINTS, &plan.write)?;
+        remove_hash(&mut self.endpoints, maps::ENDPOINTS, &plan.remove)?;
+        remove_hash(&mut self.hosts, maps::HOSTS, &hosts.remove)?;
+        self.held = Some(Entries {
+            endpoints,
+            hosts: desired_hosts,
+            ..held
+        });
+        Ok(Some(SyncStats {
+            endpoints: plan.changes(),
+            hosts: hosts.changes(),
+            ..SyncStats::default()
+        }))
     }
 
     fn read_underlay(&self) -> Result<UnderlayInfo, DatapathError> {

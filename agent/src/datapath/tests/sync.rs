@@ -450,6 +450,56 @@ fn many_endpoints_are_written_removed_and_read_back_in_batches() {
     assert!(datapath.endpoints().unwrap().is_empty());
 }
 
+#[test]
+fn endpoint_changes_leave_the_maps_as_a_full_sync_would() {
+    if !privileged() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut datapath = Datapath::open(&pins.0).unwrap();
+    // Before any sync the maps' content is not known: the caller syncs.
+    assert_eq!(datapath.sync_endpoints(&[], &[]).unwrap(), None);
+
+    let mut model = three_ports();
+    model
+        .endpoints
+        .retain(|e| matches!(e.location, Location::Local { .. }));
+    let remote = remote_endpoints(1000, 10);
+    model.endpoints.extend(remote[..600].iter().copied());
+    datapath.sync(&model).unwrap();
+
+    // 400 new ones (on 4 new hosts), 100 gone (their host 198.18.0.2 with
+    // them), 50 moved to a new host.
+    let moved = EndpointSpec {
+        location: Location::Remote {
+            host: ip("198.18.9.9"),
+        },
+        ..remote[300]
+    };
+    let mut write: Vec<EndpointSpec> = remote[600..].to_vec();
+    write.extend((300..350).map(|i| EndpointSpec {
+        location: moved.location,
+        ..remote[i]
+    }));
+    let remove: Vec<_> = remote[..100].iter().map(|e| (e.vni, e.ip)).collect();
+    let stats = datapath.sync_endpoints(&write, &remove).unwrap().unwrap();
+    assert_eq!(stats.endpoints, changes(450, 100, 0));
+    assert_eq!(stats.hosts, changes(5, 1, 5));
+
+    model
+        .endpoints
+        .retain(|e| matches!(e.location, Location::Local { .. }));
+    model.endpoints.extend(remote[100..300].iter().copied());
+    model.endpoints.extend(write.iter().copied());
+    model.endpoints.extend(remote[350..600].iter().copied());
+    let full = datapath.sync(&model).unwrap();
+    assert_eq!(full.changes(), 0, "{full:?}");
+    // Also as read from the kernel by a new agent.
+    drop(datapath);
+    let mut datapath = Datapath::open(&pins.0).unwrap();
+    assert_eq!(datapath.sync(&model).unwrap().changes(), 0);
+}
+
 /// Issue 5's scale: a million neighbors (remote endpoints on 1,000 hosts)
 /// programmed at once, then resynced, then all moved. Prints the time each
 /// step takes and the memory of the maps; asserts no time (shared, noisy

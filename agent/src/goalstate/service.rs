@@ -27,7 +27,7 @@ const STREAM_REPLY_BACKLOG: usize = 16;
 /// kilobyte each once decoded): the most one group applies at once, besides
 /// the message that started it. The more a group holds, the fewer passes
 /// over the whole datapath a big push costs.
-const STREAM_READ_AHEAD: u32 = 500_000;
+const STREAM_READ_AHEAD: u32 = 100_000;
 
 pub struct GoalStateService {
     engine: Arc<Mutex<Engine>>,

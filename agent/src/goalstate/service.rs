@@ -25,8 +25,9 @@ use crate::{
 const STREAM_REPLY_BACKLOG: usize = 16;
 /// Resources of a stream read and decoded ahead of the engine (about a
 /// kilobyte each once decoded): the most one group applies at once, besides
-/// the message that started it. The more a group holds, the fewer passes
-/// over the whole datapath a big push costs.
+/// the message that started it. Enough to keep the engine busy; more only
+/// costs memory (a group of neighbors costs no pass over the whole
+/// datapath).
 const STREAM_READ_AHEAD: u32 = 100_000;
 
 pub struct GoalStateService {

@@ -1,12 +1,13 @@
 //! The datapath reconciler: what the eBPF maps should say, derived from the
 //! desired state and the ports that are ready on this host.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    datapath::{DatapathModel, EndpointSpec, Location, PortSpec, Redirect, SubnetSpec},
+    datapath::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, Redirect, SubnetSpec},
     engine::{AgentState, PortPhase},
     model::Binding,
+    underlay::neighbours::NeighbourMacs,
 };
 
 /// The model of everything the datapath forwards by, in a deterministic
@@ -67,6 +68,7 @@ pub fn model(state: &AgentState) -> DatapathModel {
     model
         .endpoints
         .sort_unstable_by_key(|endpoint| (endpoint.vni, endpoint.ip, endpoint.location));
+    model.hosts = hosts_with_macs(&state.host_macs, &model.endpoints);
 
     let router_of: HashMap<&str, &str> = desired
         .routers
@@ -90,4 +92,30 @@ pub fn model(state: &AgentState) -> DatapathModel {
         .subnets
         .sort_unstable_by_key(|subnet| (subnet.vni, subnet.cidr));
     model
+}
+
+/// The hosts of remote endpoints whose MAC the underlay's neighbour table
+/// gives, by address, so that a full sync writes the MACs that
+/// [`Engine::on_neighbour_changes`](crate::engine::Engine::on_neighbour_changes)
+/// wrote in place. Only hosts of endpoints: being a neighbour on the
+/// underlay does not make an address a host VXLAN is accepted from.
+fn hosts_with_macs(macs: &NeighbourMacs, endpoints: &[EndpointSpec]) -> Vec<HostSpec> {
+    if macs.is_empty() {
+        return Vec::new();
+    }
+    let mut hosts = BTreeMap::new();
+    let mut last = None;
+    for endpoint in endpoints {
+        // Runs of endpoints on one host are common: one lookup per run.
+        if let Location::Remote { host } = endpoint.location
+            && last.replace(host) != Some(host)
+            && let Some(&mac) = macs.get(&host)
+        {
+            hosts.insert(host, mac);
+        }
+    }
+    hosts
+        .into_iter()
+        .map(|(ip, mac)| HostSpec { ip, mac: Some(mac) })
+        .collect()
 }

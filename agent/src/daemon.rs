@@ -27,7 +27,7 @@ use crate::{
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
     store::Store,
-    underlay::{self, Underlay},
+    underlay::{self, Underlay, neighbours},
 };
 
 /// HTTP/2 flow-control windows of the goal-state server, bytes.
@@ -55,6 +55,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let port_mtu = underlay::port_mtu(underlay.as_ref());
     // Subscribe before adopting, so that no device appearing meanwhile is missed.
     let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
+    // The other hosts' MACs: the first sync writes those known now.
+    let (host_macs, neighbour_changes) = match &underlay {
+        Some(underlay) => {
+            let (macs, changes) = neighbours::watch(&handle, underlay.spec.ifindex)
+                .await
+                .with_context(|| format!("following the neighbours of {}", underlay.device))?;
+            (macs, Some(changes))
+        }
+        None => Default::default(),
+    };
 
     let dhcp_counters = Arc::new(dhcp::Counters::default());
     let metrics = Arc::new(Metrics::new(dhcp_counters.clone(), datapath.clone()));
@@ -62,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // every sync.
     let state: SharedState = Arc::new(RwLock::new(AgentState {
         underlay: underlay.as_ref().map(|underlay| underlay.spec),
+        host_macs,
         ..AgentState::default()
     }));
     let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
@@ -96,6 +107,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         tracing::error!("link events stopped; pending taps will not be noticed");
     });
+    if let Some(mut changes) = neighbour_changes {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                // What piled up meanwhile goes in one call.
+                let mut batch = vec![change];
+                while let Ok(more) = changes.try_recv() {
+                    batch.push(more);
+                }
+                engine.lock().await.on_neighbour_changes(&batch);
+            }
+        });
+    }
 
     let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
     let control = ControlService::new(

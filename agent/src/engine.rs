@@ -26,6 +26,7 @@ use futures::{StreamExt, stream};
 use prost::Message;
 
 use crate::{
+    datapath::HostSpec,
     desired::{DesiredState, Entry},
     dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
     forwarding,
@@ -37,6 +38,7 @@ use crate::{
     model::*,
     plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
     store::{Record, Store, StoreError},
+    underlay::neighbours::NeighbourChange,
 };
 
 /// How many ports are plumbed at once: enough to keep netlink busy while
@@ -124,6 +126,10 @@ pub struct AgentState {
     pub messages_applied: u64,
     /// This host's tunnel endpoint, set once at start (`--underlay-dev`).
     pub underlay: Option<crate::datapath::UnderlaySpec>,
+    /// The MACs of the underlay device's neighbours, the other hosts' among
+    /// them, kept as the kernel's neighbour table says
+    /// ([`crate::underlay::neighbours`]).
+    pub host_macs: crate::underlay::neighbours::NeighbourMacs,
 }
 
 pub type SharedState = Arc<RwLock<AgentState>>;
@@ -366,6 +372,39 @@ impl Engine {
             }
             self.update_port_gauges();
             self.publish();
+        }
+    }
+
+    /// Follows the underlay's neighbours (see [`crate::underlay::neighbours`]):
+    /// the state keeps their MACs for every later sync, and the HOSTS
+    /// entries of those that are hosts change in place, without a sync: a
+    /// neighbour must not cost a pass over a million endpoints.
+    pub fn on_neighbour_changes(&mut self, changes: &[NeighbourChange]) {
+        {
+            let mut state = self.write();
+            for change in changes {
+                match change.mac {
+                    Some(mac) => state.host_macs.insert(change.ip, mac),
+                    None => state.host_macs.remove(&change.ip),
+                };
+            }
+        }
+        let hosts: Vec<HostSpec> = changes
+            .iter()
+            .map(|change| HostSpec {
+                ip: change.ip,
+                mac: change.mac,
+            })
+            .collect();
+        let written = tokio::task::block_in_place(|| {
+            self.plumber
+                .datapath()?
+                .set_host_macs(&hosts)
+                .map_err(|e| format!("writing host MACs: {e}"))
+        });
+        match written {
+            Ok(written) => tracing::debug!(?changes, written, "underlay neighbours changed"),
+            Err(reason) => tracing::error!(%reason, "after a neighbour change"),
         }
     }
 
@@ -614,11 +653,23 @@ impl Engine {
         let Some(delta) = delta else {
             return self.sync_datapath();
         };
+        // Hosts new to the maps get the MACs the underlay knows for them.
+        let macs: Vec<HostSpec> = self
+            .read()
+            .host_macs
+            .iter()
+            .map(|(&ip, &mac)| HostSpec { ip, mac: Some(mac) })
+            .collect();
         let synced = tokio::task::block_in_place(|| {
-            self.plumber
-                .datapath()?
+            let mut datapath = self.plumber.datapath()?;
+            let programming = |e| format!("programming the datapath: {e}");
+            let synced = datapath
                 .sync_endpoints(&delta.write, &delta.remove)
-                .map_err(|e| format!("programming the datapath: {e}"))
+                .map_err(programming)?;
+            if synced.is_some() {
+                datapath.set_host_macs(&macs).map_err(programming)?;
+            }
+            Ok::<_, String>(synced)
         })?;
         match synced {
             Some(_) => Ok(micros_since(started)),

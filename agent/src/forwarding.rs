@@ -6,15 +6,16 @@
 //! [`neighbor_changes`], from [`Claims`] the last model left.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use crate::{
-    datapath::{DatapathModel, EndpointSpec, Location, PortSpec, Redirect, SubnetSpec},
+    datapath::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, Redirect, SubnetSpec},
     desired::DesiredState,
     engine::{AgentState, PortPhase},
     model::{Binding, Neighbor, Vni},
+    underlay::neighbours::NeighbourMacs,
 };
 
 type Hasher = foldhash::fast::RandomState;
@@ -194,6 +195,7 @@ pub fn model(state: &AgentState, claims: &mut Claims) -> DatapathModel {
     model
         .endpoints
         .sort_unstable_by_key(|endpoint| (endpoint.vni, endpoint.ip, endpoint.location));
+    model.hosts = hosts_with_macs(&state.host_macs, &model.endpoints);
 
     let router_of: HashMap<&str, &str> = desired
         .routers
@@ -217,6 +219,32 @@ pub fn model(state: &AgentState, claims: &mut Claims) -> DatapathModel {
         .subnets
         .sort_unstable_by_key(|subnet| (subnet.vni, subnet.cidr));
     model
+}
+
+/// The hosts of remote endpoints whose MAC the underlay's neighbour table
+/// gives, by address, so that a full sync writes the MACs that
+/// [`Engine::on_neighbour_changes`](crate::engine::Engine::on_neighbour_changes)
+/// wrote in place. Only hosts of endpoints: being a neighbour on the
+/// underlay does not make an address a host VXLAN is accepted from.
+fn hosts_with_macs(macs: &NeighbourMacs, endpoints: &[EndpointSpec]) -> Vec<HostSpec> {
+    if macs.is_empty() {
+        return Vec::new();
+    }
+    let mut hosts = BTreeMap::new();
+    let mut last = None;
+    for endpoint in endpoints {
+        // Runs of endpoints on one host are common: one lookup per run.
+        if let Location::Remote { host } = endpoint.location
+            && last.replace(host) != Some(host)
+            && let Some(&mac) = macs.get(&host)
+        {
+            hosts.insert(host, mac);
+        }
+    }
+    hosts
+        .into_iter()
+        .map(|(ip, mac)| HostSpec { ip, mac: Some(mac) })
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@
 //! - two VPCs with the same CIDR and the same addresses on the same two
 //!   hosts never meet;
 //! - full-size frames at the MTU DHCP gave (ping -M do) and bulk TCP;
+//! - the other host's MAC comes from the sending host's neighbour table
+//!   into its datapath (outer MACs written, plain redirect) and follows it:
+//!   a full sync keeps it, a deleted entry falls back to the kernel's path,
+//!   which resolves it again and brings it back, a changed one is taken;
 //! - spoofed VXLAN from an unknown host or for an unknown VNI, sent from a
 //!   rogue namespace on the fabric, is dropped by XDP and counted
 //!   (`agentctl dp tunnels`), while the same frame from a known host for a
@@ -109,6 +113,7 @@ const CASES: &[(&str, CaseFn<Lab>)] = &cases![
     the_fabric_carries_vxlan_with_the_vni_between_underlay_addresses,
     two_vpcs_with_the_same_addresses_on_two_hosts_stay_isolated,
     full_size_frames_and_bulk_tcp_at_the_mtu_dhcp_gave,
+    host_macs_follow_the_underlay_neighbour_table,
     spoofed_vxlan_is_dropped_by_xdp_and_counted,
     a_deleted_neighbor_gets_nothing_and_a_re_added_one_does,
     a_neighbor_updated_to_another_host_is_sent_there,
@@ -411,6 +416,32 @@ impl Lab {
     /// The host-wide tunnel counters of `host` (`agentctl dp tunnels`).
     fn tunnels(&self, host: &str) -> Value {
         self.agentctl_json(host, &["dp", "tunnels"])
+    }
+
+    /// How `host`'s datapath sends to host `to` (`agentctl dp tunnels`):
+    /// (next hop, MAC).
+    fn tunnel_to(&self, host: &str, to: &str) -> (String, String) {
+        let tunnels = self.tunnels(host);
+        let ip = self.underlay_ip(to).to_string();
+        let entry = tunnels["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|entry| entry["ip_address"] == ip.as_str())
+            .unwrap_or_else(|| panic!("{host} has no tunnel to {to}: {tunnels}"));
+        let text = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+        (text("next_hop"), text("mac_address"))
+    }
+
+    /// Waits until `host` sends to `to` as `expected` says.
+    async fn wait_tunnel(&self, host: &str, to: &str, expected: (&str, &str)) {
+        let expected = (expected.0.to_string(), expected.1.to_string());
+        wait_for(
+            &format!("{host}'s tunnel to {to} to be {expected:?}"),
+            Duration::from_secs(5),
+            async || (self.tunnel_to(host, to) == expected).then_some(()),
+        )
+        .await;
     }
 
     /// Underlay drops of `host` for `reason`.
@@ -734,6 +765,76 @@ async fn full_size_frames_and_bulk_tcp_at_the_mtu_dhcp_gave(lab: &mut Lab) {
     // Bulk TCP at full-size segments, routed this time (same subnet: see
     // same_subnet_ping_tcp_and_udp_across_hosts_both_ways).
     tcp(a, c, 5221);
+}
+
+async fn host_macs_follow_the_underlay_neighbour_table(lab: &mut Lab) {
+    let h2 = lab.underlay_ip("h2").to_string();
+    let h2_link = lab.topology.host("h2").netns().link(UNDERLAY_DEV).unwrap();
+    let h2_mac = h2_link.unwrap()["address"].as_str().unwrap().to_string();
+    let via_mac = ("mac", h2_mac.as_str());
+    let via_kernel = ("neighbor", "");
+
+    // Traffic made h1's kernel resolve h2 (the first frames went by
+    // bpf_redirect_neigh); h1's agent took the MAC from the table.
+    let ping = lab.vm("a").ping(lab.vm("b").ip, 3, &[]);
+    assert!(ping.all_answered(), "A → B: {}", ping.summary);
+    lab.wait_tunnel("h1", "h2", via_mac).await;
+    // A push is a full sync of the datapath: the MAC stays.
+    lab.push_neighbor("h1", "b", OperationType::Update, "h2")
+        .await;
+    assert_eq!(
+        lab.tunnel_to("h1", "h2"),
+        (via_mac.0.to_string(), h2_mac.clone())
+    );
+
+    let [a, b] = ["a", "b"].map(|name| lab.vm(name));
+    let h1 = lab.topology.host("h1").netns();
+    // The MAC h1's kernel has for h2 on the underlay: the same.
+    let out = h1
+        .exec(
+            "ip",
+            &["-j", "neigh", "show", "to", &h2, "dev", UNDERLAY_DEV],
+        )
+        .unwrap();
+    let entries: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entries[0]["lladdr"], h2_mac.as_str(), "{entries}");
+    tcp(a, b, 5231);
+
+    // The entry goes, as when the kernel garbage-collects it: h1 falls
+    // back to the kernel's path, which resolves h2 again, and the MAC comes
+    // back.
+    h1.exec("ip", &["neigh", "del", &h2, "dev", UNDERLAY_DEV])
+        .unwrap();
+    lab.wait_tunnel("h1", "h2", via_kernel).await;
+    let ping = a.ping(b.ip, 3, &[]);
+    assert!(ping.all_answered(), "A → B, fallen back: {}", ping.summary);
+    lab.wait_tunnel("h1", "h2", via_mac).await;
+
+    // A MAC that changes is followed, there and back.
+    let other = "02:00:c6:12:00:99";
+    let replace = |lladdr: &str, nud: &str| {
+        h1.exec(
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                &h2,
+                "lladdr",
+                lladdr,
+                "nud",
+                nud,
+                "dev",
+                UNDERLAY_DEV,
+            ],
+        )
+        .unwrap();
+    };
+    replace(other, "stale");
+    lab.wait_tunnel("h1", "h2", ("mac", other)).await;
+    replace(&h2_mac, "reachable");
+    lab.wait_tunnel("h1", "h2", via_mac).await;
+    tcp(b, a, 5232);
+    tcp(a, b, 5233);
 }
 
 async fn spoofed_vxlan_is_dropped_by_xdp_and_counted(lab: &mut Lab) {

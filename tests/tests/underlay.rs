@@ -13,8 +13,9 @@
 //!   agent at start with a clear error;
 //! - two hosts, each agent pushed its port and the other host's port as a
 //!   neighbor: the VMs ping each other through VXLAN, the agentctl views
-//!   (dp neighbors, dp tunnels, dp counters, trace) and the metrics say so,
-//!   and a restart of one agent under a running ping loses nothing.
+//!   (dp neighbors, dp tunnels with the other host's MAC from the
+//!   neighbour table, dp counters, trace) and the metrics say so, and a
+//!   restart of one agent under a running ping loses nothing.
 //!
 //! The full multi-host suite lives in its own file; this one proves the
 //! wiring.
@@ -405,17 +406,27 @@ async fn two_agents_connect_their_vms_across_the_underlay() {
         }]),
         "{neighbors}"
     );
-    let tunnels = agentctl_json(&agent1, &["dp", "tunnels"]);
-    assert_eq!(
-        tunnels["hosts"],
-        serde_json::json!([{
-            "ip_address": "198.18.0.2",
-            "next_hop": "neighbor",
-            "mac_address": "",
-            "endpoints": 1,
-        }]),
-        "{tunnels}"
-    );
+    // The ping made h1's kernel resolve h2 (the first frames went by
+    // bpf_redirect_neigh); the agent took h2's MAC from the neighbour table.
+    let [h1_mac, h2_mac] = [h1, h2].map(|host| {
+        let link = host.netns().link(UNDERLAY_DEV).unwrap().unwrap();
+        link["address"].as_str().unwrap().to_string()
+    });
+    let expected = serde_json::json!([{
+        "ip_address": "198.18.0.2",
+        "next_hop": "mac",
+        "mac_address": h2_mac,
+        "endpoints": 1,
+    }]);
+    let tunnels = wait_for(
+        "h1's tunnel to h2 to carry h2's MAC",
+        Duration::from_secs(5),
+        async || {
+            let tunnels = agentctl_json(&agent1, &["dp", "tunnels"]);
+            (tunnels["hosts"] == expected).then_some(tunnels)
+        },
+    )
+    .await;
     assert_eq!(tunnels["underlay"]["vnis"], serde_json::json!([100]));
     assert!(counter(&tunnels["encap_packets"]) >= 3, "{tunnels}");
     assert!(counter(&tunnels["decap_packets"]) >= 3, "{tunnels}");
@@ -449,7 +460,9 @@ async fn two_agents_connect_their_vms_across_the_underlay() {
         "{text}"
     );
     assert!(
-        text.contains(" -> 4789, VXLAN VNI 100, TTL 64, out of underlay0\n"),
+        text.contains(&format!(
+            " -> 4789, VXLAN VNI 100, TTL 64, out of underlay0, MACs {h1_mac} -> {h2_mac}\n"
+        )),
         "{text}"
     );
     let trace = agentctl_json(&agent1, &["trace", vm1.port_id, "--dst", vm2.ip]);
@@ -461,7 +474,8 @@ async fn two_agents_connect_their_vms_across_the_underlay() {
     assert_eq!(outer["outer_dst_ip"], "198.18.0.2", "{trace}");
     assert_eq!(outer["udp_dst_port"], 4789, "{trace}");
     assert_eq!(outer["vni"], 100, "{trace}");
-    assert_eq!(outer["next_hop"], "neighbor", "{trace}");
+    assert_eq!(outer["next_hop"], "mac", "{trace}");
+    assert_eq!(outer["outer_dst_mac"], h2_mac, "{trace}");
     assert_eq!(outer["inner"]["ipv4"]["dst"], vm2.ip, "{trace}");
 
     // h1's agent crashes and restarts under a running ping: its device is

@@ -347,10 +347,7 @@ impl Entries {
             entries.underlay = underlay_info(underlay);
         }
         for host in &model.hosts {
-            let info = HostInfo {
-                mac: host.mac.map_or([0; 6], |mac| mac.octets()),
-                flags: if host.mac.is_some() { HOST_MAC } else { 0 },
-            };
+            let info = host_info(host.mac);
             if !insert_first(&mut entries.listed_hosts, net_u32(host.ip), info) {
                 conflicts.push(format!(
                     "host {} is given twice, with different MACs; the first is kept",
@@ -407,6 +404,14 @@ fn endpoint_entries(
         true
     });
     entries
+}
+
+/// The HOSTS value of a host whose next hop has `mac` (`None`: unknown).
+pub(super) fn host_info(mac: Option<Mac>) -> HostInfo {
+    HostInfo {
+        mac: mac.map_or([0; 6], Mac::octets),
+        flags: if mac.is_some() { HOST_MAC } else { 0 },
+    }
 }
 
 fn underlay_info(underlay: &UnderlaySpec) -> UnderlayInfo {

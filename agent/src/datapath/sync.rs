@@ -34,8 +34,8 @@ use ipnet::Ipv4Net;
 use super::{
     Datapath, DatapathError, EndpointSpec, bpf as batch, map_error,
     model::{
-        DatapathModel, Entries, Location, endpoint_entry, endpoint_key, endpoint_location,
-        from_net_u32, hosts_of,
+        DatapathModel, Entries, HostSpec, Location, endpoint_entry, endpoint_key,
+        endpoint_location, from_net_u32, host_info, hosts_of, net_u32,
     },
     removed,
 };
@@ -465,6 +465,48 @@ impl Datapath {
             hosts: hosts.changes(),
             ..SyncStats::default()
         }))
+    }
+
+    /// Gives hosts the MAC of their next hop, or takes it away (`None`), in
+    /// place: one write per entry that changes and no pass over the other
+    /// maps, so that a neighbour of the underlay changing costs a syscall
+    /// whatever the number of endpoints. Only hosts the maps have are
+    /// touched: a host is known (VXLAN accepted from it) because the model
+    /// says so, never because it is a neighbour. What the last sync wrote is
+    /// kept up to date, so the next sync sees these entries as they are; its
+    /// model must give the same MACs (or it writes them back). Returns how
+    /// many entries were written.
+    pub fn set_host_macs(&mut self, hosts: &[HostSpec]) -> Result<usize, DatapathError> {
+        let mut written = 0;
+        for host in hosts {
+            let key = net_u32(host.ip);
+            let current = match &self.held {
+                Some(held) => held.hosts.get(&key).copied(),
+                // No sync has succeeded yet: the kernel says what is there.
+                None => match self.hosts.get(&key, 0) {
+                    Ok(info) => Some(info),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(map_error(maps::HOSTS)(e)),
+                },
+            };
+            let info = host_info(host.mac);
+            if current.is_none_or(|current| current == info) {
+                continue;
+            }
+            self.hosts
+                .insert(key, info, 0)
+                .map_err(map_error(maps::HOSTS))?;
+            if let Some(held) = &mut self.held {
+                held.hosts.insert(key, info);
+                // As if the model had listed it so, for endpoint changes.
+                match host.mac {
+                    Some(_) => held.listed_hosts.insert(key, info),
+                    None => held.listed_hosts.remove(&key),
+                };
+            }
+            written += 1;
+        }
+        Ok(written)
     }
 
     fn read_underlay(&self) -> Result<UnderlayInfo, DatapathError> {

@@ -362,6 +362,80 @@ fn next_hop_macs_from_the_model_are_written() {
 }
 
 #[test]
+fn host_macs_change_in_place_and_the_next_sync_agrees() {
+    with_fixture(|mut f| {
+        let next_hop = |f: &Fixture, dst: &str, dst_mac: Mac| {
+            let frame = from_a(dst_mac, to(dst), &packets::udp(1, 2, b"x"));
+            let result = f.trace(f.a, &frame);
+            let headers = outer(&result.output, frame.len());
+            (result.verdict, headers.dst_mac)
+        };
+        let known = |mac| HostSpec { ip: HOST2, mac };
+        // A neighbour that is no host (the underlay's router, say) stays
+        // unknown: VXLAN is not accepted from it.
+        let stranger = HostSpec {
+            ip: Ipv4Addr::new(198, 18, 0, 254),
+            mac: Some(GATEWAY_MAC),
+        };
+        let written = f
+            .datapath
+            .set_host_macs(&[known(Some(HOST2_MAC)), stranger])
+            .unwrap();
+        assert_eq!(written, 1);
+        let hosts = f.datapath.hosts().unwrap();
+        assert_eq!(
+            hosts.iter().map(|h| (h.ip, h.mac)).collect::<Vec<_>>(),
+            [(HOST2, Some(HOST2_MAC)), (HOST3, None)]
+        );
+        assert_eq!(
+            next_hop(&f, "10.0.1.50", R50_MAC),
+            (
+                encapsulated(HOST2, f.underlay, NextHop::Mac, false),
+                HOST2_MAC
+            )
+        );
+        // The same again writes nothing.
+        let written = f.datapath.set_host_macs(&[known(Some(HOST2_MAC))]);
+        assert_eq!(written.unwrap(), 0);
+
+        // A full sync whose model gives the same MAC changes nothing; one
+        // that gives none would take it away (the model is the truth).
+        f.model.hosts = vec![known(Some(HOST2_MAC))];
+        let stats = f.datapath.sync(&f.model).unwrap();
+        assert_eq!(stats.changes(), 0, "{stats:?}");
+        f.model.hosts = Vec::new();
+        let stats = f.datapath.sync(&f.model).unwrap();
+        assert_eq!(stats.hosts.written, 1, "{stats:?}");
+        f.model.hosts = vec![known(Some(HOST2_MAC))];
+        f.sync();
+
+        // Taken away: the kernel's neighbour table again.
+        assert_eq!(f.datapath.set_host_macs(&[known(None)]).unwrap(), 1);
+        f.model.hosts = Vec::new();
+        let stats = f.datapath.sync(&f.model).unwrap();
+        assert_eq!(stats.changes(), 0, "{stats:?}");
+        let (verdict, _) = next_hop(&f, "10.0.1.50", R50_MAC);
+        assert_eq!(
+            verdict,
+            encapsulated(HOST2, f.underlay, NextHop::Neighbor, false)
+        );
+
+        // Before any sync of this agent (a restart), the maps say which
+        // hosts exist.
+        let mut restarted = Datapath::open(&f._pins.0).unwrap();
+        assert_eq!(
+            restarted
+                .set_host_macs(&[known(Some(HOST2_MAC)), stranger])
+                .unwrap(),
+            1
+        );
+        let hosts = restarted.hosts().unwrap();
+        assert_eq!(hosts[0].mac, Some(HOST2_MAC));
+        assert_eq!(hosts.len(), 2);
+    });
+}
+
+#[test]
 fn routed_remote_traffic_is_rewritten_then_encapsulated() {
     with_fixture(|f| {
         let payload = packets::udp(1000, 2000, &counting(64));

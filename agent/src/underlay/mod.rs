@@ -2,11 +2,15 @@
 //! `--underlay-dev` is given: the device's ifindex, MAC and MTU and the
 //! tunnel address (the [`UnderlaySpec`] the forwarding model carries),
 //! `underlay_in` on the device's tc ingress, the XDP early drop as
-//! `--underlay-xdp` says, and the agent's VXLAN device.
+//! `--underlay-xdp` says, and the agent's VXLAN device. Then, for as long
+//! as the agent runs, the other hosts' MACs from the device's neighbour
+//! table ([`neighbours`]).
 //!
 //! Everything is adopted across restarts: the tc filter and the pinned XDP
 //! link get this agent's program swapped in place, the VXLAN device is kept
 //! as it is, so a restart costs no packet.
+
+pub mod neighbours;
 
 use std::net::Ipv4Addr;
 

@@ -17,7 +17,7 @@ use alcor_proto::schema::{self, OperationType, ResourceType};
 use prost::Message;
 
 use crate::model::{DhcpEntry, Gateway, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc};
-use crate::store::{Record, StoreWrite};
+use crate::store::StoreWrite;
 
 /// A resource kind of the goal state: its configuration message, and where
 /// its table is.
@@ -266,50 +266,64 @@ pub struct DesiredState {
     pub gateways: Table<Gateway>,
 }
 
-/// Calls `$body` with `$table` bound to each table of `$state`.
+/// Calls `$body` with `$table` bound to each table of `$state`, mutably, or
+/// shared when the state is written `&$state`.
 macro_rules! for_each_table {
-    ($state:expr, |$table:ident| $body:expr) => {{
+    (@($($borrow:tt)+) $state:expr, |$table:ident| $body:expr) => {{
         {
-            let $table = &mut $state.vpcs;
+            let $table = $($borrow)+ $state.vpcs;
             $body;
         }
         {
-            let $table = &mut $state.subnets;
+            let $table = $($borrow)+ $state.subnets;
             $body;
         }
         {
-            let $table = &mut $state.ports;
+            let $table = $($borrow)+ $state.ports;
             $body;
         }
         {
-            let $table = &mut $state.neighbors;
+            let $table = $($borrow)+ $state.neighbors;
             $body;
         }
         {
-            let $table = &mut $state.security_groups;
+            let $table = $($borrow)+ $state.security_groups;
             $body;
         }
         {
-            let $table = &mut $state.dhcp;
+            let $table = $($borrow)+ $state.dhcp;
             $body;
         }
         {
-            let $table = &mut $state.routers;
+            let $table = $($borrow)+ $state.routers;
             $body;
         }
         {
-            let $table = &mut $state.gateways;
+            let $table = $($borrow)+ $state.gateways;
             $body;
         }
     }};
+    (&$state:expr, |$table:ident| $body:expr) => {
+        for_each_table!(@(&) $state, |$table| $body)
+    };
+    ($state:expr, |$table:ident| $body:expr) => {
+        for_each_table!(@(&mut) $state, |$table| $body)
+    };
 }
 
 impl DesiredState {
     /// What the current transaction changed, as writes for the store.
-    pub fn pending_writes(&mut self) -> Vec<StoreWrite> {
+    pub fn pending_writes(&self) -> Vec<StoreWrite<'_>> {
         let mut writes = Vec::new();
-        for_each_table!(self, |table| table.pending_writes(&mut writes));
+        for_each_table!(&self, |table| table.pending_writes(&mut writes));
         writes
+    }
+
+    /// Whether the current transaction changed anything.
+    pub fn has_pending_writes(&self) -> bool {
+        let mut pending = false;
+        for_each_table!(&self, |table| pending |= !table.unchanged());
+        pending
     }
 
     pub fn commit(&mut self) {
@@ -330,15 +344,14 @@ impl DesiredState {
 }
 
 impl<R: Resource> Table<R> {
-    fn pending_writes(&self, writes: &mut Vec<StoreWrite>) {
+    fn pending_writes<'a>(&'a self, writes: &mut Vec<StoreWrite<'a>>) {
         for id in self.changed_ids() {
             writes.push(StoreWrite {
                 kind: R::KIND as i32,
-                id: id.to_string(),
-                record: self.get(id).map(|entry| Record {
-                    operation: entry.operation as i32,
-                    config: entry.encoded_config().to_vec(),
-                }),
+                id,
+                record: self
+                    .get(id)
+                    .map(|entry| (entry.operation as i32, entry.encoded_config())),
             });
         }
     }

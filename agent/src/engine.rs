@@ -588,8 +588,7 @@ impl Engine {
     /// Says whether the desired state changed, and how long programming the
     /// datapath took (µs).
     async fn commit(&mut self, runs: &mut [Run]) -> (bool, u32) {
-        let writes = self.write().desired.pending_writes();
-        if writes.is_empty() {
+        if !self.read().desired.has_pending_writes() {
             return (false, 0);
         }
         let mut datapath_us = 0;
@@ -602,9 +601,14 @@ impl Engine {
             }
         });
         // The store commit is an fsync: keep the other tasks of this worker
-        // running meanwhile.
+        // running meanwhile. It writes straight from the desired state, which
+        // readers can still read.
         let outcome = programmed.and_then(|()| {
-            tokio::task::block_in_place(|| self.store.commit(&writes)).map_err(|e| e.to_string())
+            tokio::task::block_in_place(|| {
+                let state = self.read();
+                self.store.commit(state.desired.pending_writes())
+            })
+            .map_err(|e| e.to_string())
         });
         match outcome {
             Ok(()) => {

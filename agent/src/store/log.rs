@@ -37,17 +37,30 @@ const COMPACT_BATCH_BYTES: usize = 64 << 20;
 /// commits, until fewer than this many bytes are left to copy.
 const CATCH_UP_BYTES: u64 = 1 << 20;
 
-/// The records of one commit, encoded as they go to disk.
-pub struct Batch {
-    /// The batch as written: header (filled in by `seal`), then records.
+/// Commits write their batch in chunks of this size as they encode it, so
+/// that a million records are not first copied to a buffer of their own.
+const WRITE_CHUNK: usize = 4 << 20;
+
+/// The records of one commit, written as they are encoded: in chunks after
+/// the place of the batch header, which is written last.
+pub struct Batch<'f> {
+    file: &'f File,
+    /// Where the batch starts in the file.
+    start: u64,
+    /// Records not written yet.
     buf: Vec<u8>,
+    /// How many bytes of the body are written, and their CRC.
+    written: u64,
+    crc: crc32fast::Hasher,
     /// What the batch does to the live-size index: (key hash, record
     /// size), the size 0 for a delete.
     changes: Vec<(u64, u32)>,
-    hasher: Hasher,
+    hasher: &'f Hasher,
+    /// The first write that failed; the records that follow are dropped.
+    error: Option<io::Error>,
 }
 
-impl Batch {
+impl Batch<'_> {
     /// Puts the key made of `key`'s parts, with the value made of `value`'s.
     pub fn put(&mut self, key: &[&[u8]], value: &[&[u8]]) {
         self.record(PUT, key, value);
@@ -61,7 +74,8 @@ impl Batch {
         let start = self.buf.len();
         let key_len: usize = key.iter().map(|part| part.len()).sum();
         let value_len: usize = value.iter().map(|part| part.len()).sum();
-        // Lengths past u32 make the batch too large for `seal`, which refuses it.
+        // Lengths past u32 make the batch too large for `finish`, which
+        // refuses it.
         self.buf.push(op);
         self.buf.extend_from_slice(&(key_len as u32).to_le_bytes());
         self.buf
@@ -80,10 +94,41 @@ impl Batch {
             0
         };
         self.changes.push((hash, size));
+        if self.buf.len() >= WRITE_CHUNK {
+            self.write_buf();
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+    fn write_buf(&mut self) {
+        if self.error.is_none() {
+            self.crc.update(&self.buf);
+            let at = self.start + (BATCH_HEADER as u64) + self.written;
+            match self.file.write_all_at(&self.buf, at) {
+                Ok(()) => self.written += self.buf.len() as u64,
+                Err(error) => self.error = Some(error),
+            }
+        }
+        self.buf.clear();
+    }
+
+    /// Writes the rest and the header, and makes the batch durable;
+    /// returns its length.
+    fn finish(&mut self) -> io::Result<u64> {
+        self.write_buf();
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        let len = u32::try_from(self.written).map_err(|_| {
+            io::Error::other(format!("a batch of {} bytes is over 4 GiB", self.written))
+        })?;
+        let mut header = [0; BATCH_HEADER];
+        header[0..4].copy_from_slice(&len.to_le_bytes());
+        header[4..8].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        let header_crc = crc32fast::hash(&header[0..8]);
+        header[8..12].copy_from_slice(&header_crc.to_le_bytes());
+        self.file.write_all_at(&header, self.start)?;
+        self.file.sync_data()?;
+        Ok(BATCH_HEADER as u64 + self.written)
     }
 }
 
@@ -451,51 +496,53 @@ impl Log {
         Ok(log)
     }
 
-    /// An empty batch, with room for `records` records.
-    pub fn batch(&self, records: usize) -> Batch {
-        let mut changes = Vec::new();
-        changes.reserve_exact(records);
-        Batch {
-            buf: vec![0; BATCH_HEADER],
-            changes,
-            hasher: self.shared.hasher.clone(),
-        }
-    }
-
-    /// Appends `batch` in one write and makes it durable (fdatasync).
-    pub fn append(&self, mut batch: Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    /// Appends the batch that `fill` makes (of about `records` records)
+    /// and makes it durable (fdatasync). Other appends wait meanwhile.
+    pub fn append(
+        &self,
+        records: usize,
+        fill: impl FnOnce(&mut Batch<'_>),
+    ) -> Result<(), StoreError> {
         let shared = &self.shared;
-        seal(&mut batch.buf).map_err(|reason| {
-            shared.error(Cause::Io {
-                what: "appending",
-                error: io::Error::other(reason),
-            })
-        })?;
         let mut state = shared.lock();
         if let Some(reason) = &state.broken {
             return Err(shared.error(Cause::Broken(reason.clone())));
         }
         let at = state.len;
-        let written = state
-            .file
-            .write_all_at(&batch.buf, at)
-            .and_then(|()| state.file.sync_data());
-        if let Err(source) = written {
-            // Not acknowledged: cut it off, or a later batch would follow
-            // it and make it count at the next open.
-            if let Err(e) = state.file.set_len(at).and_then(|()| state.file.sync_data()) {
-                state.broken = Some(format!("a failed append could not be undone: {e}"));
-            }
-            return Err(shared.error(Cause::Io {
-                what: "appending",
-                error: source,
-            }));
+        let mut batch = Batch {
+            file: &state.file,
+            start: at,
+            buf: Vec::with_capacity(WRITE_CHUNK.min(records * 256) + (64 << 10)),
+            written: 0,
+            crc: crc32fast::Hasher::new(),
+            changes: Vec::with_capacity(records),
+            hasher: &shared.hasher,
+            error: None,
+        };
+        fill(&mut batch);
+        if batch.changes.is_empty() {
+            // Nothing was written.
+            return Ok(());
         }
-        state.len += batch.buf.len() as u64;
-        for &(hash, size) in &batch.changes {
+        let written = batch.finish();
+        let changes = batch.changes;
+        let len = match written {
+            Ok(len) => len,
+            Err(error) => {
+                // Not acknowledged: cut it off, or a later batch would
+                // follow it and make it count at the next open.
+                if let Err(e) = state.file.set_len(at).and_then(|()| state.file.sync_data()) {
+                    state.broken = Some(format!("a failed append could not be undone: {e}"));
+                }
+                return Err(shared.error(Cause::Io {
+                    what: "appending",
+                    error,
+                }));
+            }
+        };
+        state.len += len;
+        state.index.reserve(changes.len());
+        for (hash, size) in changes {
             state.account(hash, size);
         }
         if state.wants_compaction(shared.compact_min) {

@@ -8,11 +8,12 @@
 //! sent, so that what a controller was told is applied survives a crash.
 //! That is a log's workload, so each table is an append-only log in the
 //! state directory: `desired-state.log` and `dhcp-leases.log`. A B-tree,
-//! redb, took 1.5 s (sorted keys) to 6.6 s (random keys) to insert a million
-//! neighbors of ~180 bytes on a shared 2-core host. The log commits them, in
-//! batches of 10k, 90k, 300k and 600k, in 0.21–0.32 s with the fdatasyncs
-//! (writing and syncing 174 MB alone took 0.1–0.5 s there), opens the file in 0.19–0.23 s and loads it in 0.53–0.79 s
-//! (release build, ext4; `tests::a_million_records_timed`).
+//! redb, took 1.5 s (sorted keys) to 6.6 s (random keys) to insert a
+//! million neighbors of ~180 bytes on a shared 2-core host. The log commits
+//! them, in batches of 10k, 90k, 300k and 600k, in 0.21–0.32 s with the
+//! fdatasyncs (writing and syncing 174 MB alone took 0.1–0.5 s there); it
+//! opens the file in 0.19–0.26 s and loads it in 0.34–0.42 s (release
+//! build, ext4; `tests::a_million_records_timed`).
 //!
 //! # Format
 //!
@@ -31,14 +32,14 @@
 //! A commit is one batch, written at the end of the file as it is encoded
 //! (in 4 MiB writes, the batch header last, so that a million records are
 //! not first copied to a buffer of their own) and made durable with one
-//! `fdatasync` before it returns. A failed append is
-//! cut off again (if that fails too, appends are refused until the agent
-//! restarts), so the file holds acknowledged batches only. At open, an
-//! invalid batch that no intact batch follows is a torn tail — the last
-//! append, never acknowledged, reached the disk in part — and is truncated
-//! with a warning; an invalid batch that an intact one follows is
-//! corruption, and opening fails naming the file and the offset. The state
-//! directory is locked (`flock`) while a store is open.
+//! `fdatasync` before it returns. A failed append is cut off again (if that
+//! fails too, appends are refused until the agent restarts), so the file
+//! holds acknowledged batches only. At open, an invalid batch that no
+//! intact batch follows is a torn tail — the last append, never
+//! acknowledged, reached the disk in part — and is truncated with a
+//! warning; an invalid batch that an intact one follows is corruption, and
+//! opening fails naming the file and the offset. The state directory is
+//! locked (`flock`) while a store is open.
 //!
 //! # Compaction
 //!
@@ -53,6 +54,10 @@
 //! commit a thread does it while commits go on appending to the old file;
 //! it copies what they appended to the new file, the last of it holding
 //! commits back, before the rename.
+//!
+//! Loading needs to sort out dead records with a map of every key, unless
+//! the log knows there are none (after a first push, or a compaction that
+//! no commit ran beside): then it reads the records as they come.
 
 mod log;
 
@@ -180,7 +185,7 @@ impl Store {
 
     /// Every stored resource, in the order it was first stored.
     pub fn load(&self) -> Result<Vec<Stored>, StoreError> {
-        let mut stored = Vec::new();
+        let mut stored = Vec::with_capacity(self.resources.live_records());
         self.resources.for_each_live(|key, value| {
             let (kind, id) = key
                 .split_first_chunk::<4>()

@@ -332,6 +332,11 @@ struct State {
     /// Why appends are refused: a failed append could not be undone, or a
     /// compaction's rename could not be made durable. Reopening recovers.
     broken: Option<String>,
+    /// How many records of the file are not live (overwritten, deleted, or
+    /// deletes); 0 means each record is live and of a key of its own, as
+    /// after a first push or a compaction. When unsure (after a compaction
+    /// that copied appended batches), it errs high.
+    dead: u64,
     /// How many compactions replaced the file, and how many of them ran
     /// while commits appended.
     #[cfg(test)]
@@ -341,12 +346,16 @@ struct State {
 impl State {
     fn account(&mut self, hash: u64, size: u32) {
         let previous = if size == 0 {
+            self.dead += 1;
             self.index.remove(&hash)
         } else {
             self.live += u64::from(size);
             self.index.insert(hash, size)
         };
-        self.live -= previous.map_or(0, u64::from);
+        if let Some(previous) = previous {
+            self.live -= u64::from(previous);
+            self.dead += 1;
+        }
     }
 
     fn wants_compaction(&self, min: u64) -> bool {
@@ -456,6 +465,7 @@ impl Log {
             compacting: false,
             retry_at: 0,
             broken: None,
+            dead: 0,
             #[cfg(test)]
             compactions: (0, 0),
         };
@@ -586,12 +596,13 @@ impl Log {
         }
     }
 
-    /// The length of the file, the estimate of its live records, and the
-    /// compactions so far (all, and those that copied appended batches).
+    /// The length of the file, the estimate of its live data, the count of
+    /// its dead records, and the compactions so far (all, and those that
+    /// copied appended batches).
     #[cfg(test)]
-    pub fn stats(&self) -> (u64, u64, (u32, u32)) {
+    pub fn stats(&self) -> (u64, u64, u64, (u32, u32)) {
         let state = self.shared.lock();
-        (state.len, state.live, state.compactions)
+        (state.len, state.live, state.dead, state.compactions)
     }
 
     /// Calls `each` with the key and value of every live record, in the
@@ -602,7 +613,7 @@ impl Log {
         mut each: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
     ) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let (bytes, live) = {
+        let (bytes, live, dead) = {
             let state = shared.lock();
             let bytes = read_range(&state.file, 0..state.len).map_err(|source| {
                 shared.error(Cause::Io {
@@ -610,26 +621,41 @@ impl Log {
                     error: source,
                 })
             })?;
-            (bytes, state.index.len())
+            (bytes, state.index.len(), state.dead)
         };
-        let mut records = Live::with_capacity(live);
-        let end = replay(&bytes, |found| records.apply(found)).map_err(|c| shared.error(c))?;
+        let mut failed = None;
+        let mut emit = |found: &Found<'_>| {
+            if failed.is_none()
+                && let Err(reason) = each(found.key, found.value.unwrap_or_default())
+            {
+                failed = Some(Cause::Corrupt {
+                    offset: found.offset,
+                    reason,
+                });
+            }
+        };
+        let end = if dead == 0 {
+            // No record to sort out: each is live, of a key of its own.
+            replay(&bytes, |found| emit(&found))
+        } else {
+            let mut records = Live::with_capacity(live);
+            let end = replay(&bytes, |found| records.apply(found));
+            records.iter().for_each(emit);
+            end
+        }
+        .map_err(|cause| shared.error(cause))?;
         if end != bytes.len() {
             return Err(shared.error(Cause::Corrupt {
                 offset: end as u64,
                 reason: "an acknowledged batch no longer reads back intact".into(),
             }));
         }
-        for found in records.iter() {
-            let value = found.value.unwrap_or_default();
-            each(found.key, value).map_err(|reason| {
-                shared.error(Cause::Corrupt {
-                    offset: found.offset,
-                    reason,
-                })
-            })?;
-        }
-        Ok(())
+        failed.map_or(Ok(()), |cause| Err(shared.error(cause)))
+    }
+
+    /// How many records are live (an estimate, see `State::index`).
+    pub fn live_records(&self) -> usize {
+        self.shared.lock().index.len()
     }
 }
 
@@ -756,6 +782,13 @@ impl Shared {
         // The new file is the log from here on, whatever happens next.
         state.file = file;
         state.len = len;
+        if end == snapshot {
+            state.dead = 0;
+        } else {
+            // The copied batches may overwrite records of the compacted
+            // part: unknown.
+            state.dead = state.dead.max(1);
+        }
         #[cfg(test)]
         {
             state.compactions.0 += 1;

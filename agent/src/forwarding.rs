@@ -68,16 +68,19 @@ pub struct EndpointChanges {
     pub remove: Vec<Address>,
 }
 
-/// The endpoint changes of a transaction that changed only neighbors, given
-/// as (before, after) pairs, with `claims` brought up to date; `None` if an
+/// The endpoint changes of the transaction in progress, with `claims`
+/// brought up to date; `None` if it changed more than neighbors, or if an
 /// address they touch is claimed by more than one neighbor: which one the
 /// datapath should then say takes the whole [`model`] (which also rebuilds
 /// `claims`).
-pub fn neighbor_changes<'a>(
-    desired: &DesiredState,
-    claims: &mut Claims,
-    changes: impl Iterator<Item = (Option<&'a Neighbor>, Option<&'a Neighbor>)> + Clone,
-) -> Option<EndpointChanges> {
+pub fn neighbor_changes(desired: &DesiredState, claims: &mut Claims) -> Option<EndpointChanges> {
+    if !desired.only_neighbors_changed() {
+        return None;
+    }
+    let changes = desired
+        .neighbors
+        .changes()
+        .map(|(before, after)| (before.map(|e| &e.spec), after.map(|e| &e.spec)));
     claims.transaction += 1;
     let transaction = claims.transaction;
     let mut delta = EndpointChanges::default();
@@ -315,12 +318,7 @@ mod tests {
         claims: &mut Claims,
     ) -> Option<(Vec<Ipv4Addr>, Vec<Ipv4Addr>)> {
         assert!(state.desired.only_neighbors_changed());
-        let desired = &state.desired;
-        let changes = desired
-            .neighbors
-            .changes()
-            .map(|(before, after)| (before.map(|e| &e.spec), after.map(|e| &e.spec)));
-        let delta = neighbor_changes(desired, claims, changes)?;
+        let delta = neighbor_changes(&state.desired, claims)?;
         Some((
             delta.write.iter().map(|e| e.ip).collect(),
             delta.remove.iter().map(|&(_, ip)| ip).collect(),

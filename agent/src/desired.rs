@@ -85,28 +85,14 @@ pub struct Entry<R: Resource> {
 }
 
 impl<R: Resource> Entry<R> {
-    pub fn new(spec: R, operation: OperationType, config: &R::Config) -> Self {
+    /// An entry with its configuration, encoded (as received, or as the
+    /// store holds it).
+    pub fn new(spec: R, operation: OperationType, revision: u32, config: Box<[u8]>) -> Self {
         Entry {
             spec,
             operation,
-            revision: R::config_revision(config),
-            config: config.encode_to_vec().into_boxed_slice(),
-            written_in: 0,
-        }
-    }
-
-    /// An entry from a configuration as the store holds it (encoded).
-    pub fn from_stored(
-        spec: R,
-        operation: OperationType,
-        config: &R::Config,
-        encoded: Vec<u8>,
-    ) -> Self {
-        Entry {
-            spec,
-            operation,
-            revision: R::config_revision(config),
-            config: encoded.into_boxed_slice(),
+            revision,
+            config,
             written_in: 0,
         }
     }
@@ -117,8 +103,8 @@ impl<R: Resource> Entry<R> {
 
     /// The configuration as it was received.
     pub fn config(&self) -> R::Config {
-        // Encoded by `new`, or read from the store after decoding there:
-        // it decodes.
+        // Encoded from a decoded message, or read from the store after
+        // decoding there: it decodes.
         R::Config::decode(&*self.config).unwrap_or_default()
     }
 
@@ -397,7 +383,8 @@ mod tests {
             revision_number: revision,
             ..Default::default()
         };
-        Entry::new(spec, OperationType::Create, &config)
+        let encoded = config.encode_to_vec().into_boxed_slice();
+        Entry::new(spec, OperationType::Create, revision, encoded)
     }
 
     #[test]

@@ -33,8 +33,8 @@ use crate::{
     dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
     forwarding,
     goalstate::{
-        batch::{Batch, Batched, Op},
-        validate::{Validate, check_id},
+        batch::{Action, Batch, Batched, Op},
+        validate::Validate,
     },
     metrics::{Metrics, PhaseLabels, ResourceLabels},
     model::*,
@@ -786,8 +786,10 @@ fn load_kind<R: Validate>(
             .and_then(|config| {
                 let operation = OperationType::try_from(record.operation)
                     .map_err(|_| format!("unknown operation {}", record.operation))?;
-                let spec = R::parse(&config, operation, desired)?;
-                Ok(Entry::from_stored(spec, operation, &config, record.config))
+                let revision = R::config_revision(&config);
+                let spec = R::parse(R::check(config)?, operation, desired)?;
+                let encoded = record.config.into_boxed_slice();
+                Ok(Entry::new(spec, operation, revision, encoded))
             });
         match parsed {
             Ok(entry) => {
@@ -830,7 +832,7 @@ impl Run {
     fn stage_one<R: Validate>(
         &mut self,
         state: &mut AgentState,
-        op: Op<R::Config>,
+        op: Op<R>,
     ) -> GoalStateOperationStatus {
         let mut status = GoalStateOperationStatus {
             resource_type: R::KIND as i32,
@@ -852,40 +854,23 @@ impl Run {
     fn decide<R: Validate>(
         &mut self,
         state: &mut AgentState,
-        op: Op<R::Config>,
+        op: Op<R>,
         status: &mut GoalStateOperationStatus,
     ) -> Result<(), (OperationStatus, String)> {
         let invalid = |reason: String| (OperationStatus::InvalidArg, reason);
-        let Some(config) = op.config else {
-            status.resource_id = op.map_key.unwrap_or_default();
-            return Err(invalid("the resource state has no configuration".into()));
-        };
-        let from_map = op.map_key.is_some();
-        let id = match op.map_key {
-            Some(key) if key != R::config_id(&config) => {
-                status.resource_id = R::config_id(&config).to_string();
-                return Err(invalid(format!(
-                    "map key {key:?} differs from the configuration id {:?}",
-                    status.resource_id
-                )));
-            }
-            Some(key) => key,
-            None => R::config_id(&config).to_string(),
-        };
-        status.resource_id = id.clone();
-        check_id(&id).map_err(invalid)?;
+        status.resource_id = op.id.clone();
+        let action = op.action.map_err(invalid)?;
+        let id = op.id;
         // The keys of a V2 map are unique, and each is its entry's id: only
         // a V1 list can give an id twice.
-        if !from_map && !self.seen.insert((R::KIND as i32, id.clone())) {
+        if !op.keyed && !self.seen.insert((R::KIND as i32, id.clone())) {
             return Err(invalid(format!(
                 "{} {id} appears more than once in this message",
                 R::KIND.as_str_name()
             )));
         }
-        let operation = OperationType::try_from(op.operation)
-            .map_err(|_| invalid(format!("unknown operation_type value {}", op.operation)))?;
 
-        let revision = R::config_revision(&config);
+        let revision = op.revision;
         let stored = R::table(&state.desired).get(&id).map(Entry::revision);
         // Revision 0 carries no ordering: it always applies.
         if let Some(stored) = stored
@@ -899,9 +884,13 @@ impl Run {
         }
         let is_port = R::KIND == ResourceType::Port;
 
-        match operation {
-            OperationType::Info | OperationType::Get => Ok(()),
-            OperationType::Create | OperationType::Update => {
+        match action {
+            Action::Read => Ok(()),
+            Action::Upsert {
+                operation,
+                checked,
+                encoded,
+            } => {
                 if stored == Some(revision) && revision != 0 {
                     // Already applied: report how the port is doing.
                     if let Some(port) = state.ports.get(&id).filter(|_| is_port) {
@@ -910,18 +899,19 @@ impl Run {
                     }
                     return Ok(());
                 }
-                let spec = R::parse(&config, operation, &state.desired).map_err(invalid)?;
-                let entry = Entry::new(spec, operation, &config);
-                R::table_mut(&mut state.desired).upsert(id.clone(), entry);
+                let spec = R::parse(checked.map_err(invalid)?, operation, &state.desired)
+                    .map_err(invalid)?;
                 if is_port {
                     self.ports.push(PortWork {
-                        id,
+                        id: id.clone(),
                         status: self.statuses.len(),
                     });
                 }
+                let entry = Entry::new(spec, operation, revision, encoded);
+                R::table_mut(&mut state.desired).upsert(id, entry);
                 Ok(())
             }
-            OperationType::Delete => {
+            Action::Delete => {
                 if stored.is_none() {
                     return Ok(());
                 }

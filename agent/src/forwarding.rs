@@ -252,7 +252,7 @@ fn hosts_with_macs(macs: &NeighbourMacs, endpoints: &[EndpointSpec]) -> Vec<Host
 
 #[cfg(test)]
 mod tests {
-    use alcor_proto::schema::{self, OperationType};
+    use alcor_proto::schema::OperationType;
 
     use super::*;
     use crate::{
@@ -292,11 +292,11 @@ mod tests {
             cidr: None,
             vni: vni(),
         };
-        let config = schema::VpcConfiguration::default();
         let desired = &mut state.desired;
-        desired
-            .vpcs
-            .upsert(VPC.into(), Entry::new(vpc, OperationType::Create, &config));
+        desired.vpcs.upsert(
+            VPC.into(),
+            Entry::new(vpc, OperationType::Create, 0, Box::default()),
+        );
         for neighbor in neighbors {
             upsert(desired, neighbor.clone());
         }
@@ -305,10 +305,9 @@ mod tests {
     }
 
     fn upsert(desired: &mut DesiredState, neighbor: Neighbor) {
-        let config = schema::NeighborConfiguration::default();
         desired.neighbors.upsert(
             neighbor.id.clone(),
-            Entry::new(neighbor, OperationType::Create, &config),
+            Entry::new(neighbor, OperationType::Create, 0, Box::default()),
         );
     }
 

@@ -41,7 +41,7 @@ pub const DNS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0,
 fn insert<R: Resource>(state: &mut DesiredState, id: &str, spec: R) {
     R::table_mut(state).upsert(
         id.to_string(),
-        Entry::new(spec, OperationType::Create, &R::Config::default()),
+        Entry::new(spec, OperationType::Create, 0, Box::default()),
     );
 }
 

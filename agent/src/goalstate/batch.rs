@@ -1,29 +1,97 @@
-//! One goal-state message, V1 or V2, as operations grouped by resource kind.
+//! One goal-state message, V1 or V2, as operations grouped by resource kind,
+//! each checked as far as it can be on its own (see [`Check`]): that work is
+//! done where messages are read and decoded, beside the engine.
 
-use alcor_proto::schema::{self, GoalState, GoalStateV2};
+use alcor_proto::schema::{GoalState, GoalStateV2, OperationType};
+use prost::Message;
 
-use crate::{desired::Resource, model::*};
+use super::validate::{Check, check_id};
+use crate::model::*;
 
 /// One resource state of a message.
-#[derive(Debug)]
-pub struct Op<C> {
-    /// The key of a V2 map entry, which must name the configuration's id.
-    pub map_key: Option<String>,
-    /// The wire value of `OperationType`, checked when applied.
+pub struct Op<R: Check> {
+    /// The id its status names: the V2 map key or the configuration's id.
+    pub id: String,
+    /// Whether it came in a V2 map, whose keys are unique.
+    pub keyed: bool,
+    /// The wire value of `OperationType`, as its status repeats it.
     pub operation: i32,
-    pub config: Option<C>,
+    pub revision: u32,
+    /// What it asks for, or why it is invalid whatever the desired state.
+    pub action: Result<Action<R>, String>,
 }
 
-#[derive(Debug, Default)]
+pub enum Action<R: Check> {
+    Upsert {
+        operation: OperationType,
+        /// The configuration checked on its own, or why it is invalid.
+        checked: Result<R::Checked, String>,
+        /// The configuration encoded, as the desired state keeps it.
+        encoded: Box<[u8]>,
+    },
+    Delete,
+    /// INFO or GET: nothing changes.
+    Read,
+}
+
+impl<R: Check> Op<R> {
+    fn new(map_key: Option<String>, operation: i32, config: Option<R::Config>) -> Op<R> {
+        let keyed = map_key.is_some();
+        let refused = |id: String, reason: String| Op {
+            id,
+            keyed,
+            operation,
+            revision: 0,
+            action: Err(reason),
+        };
+        let Some(config) = config else {
+            let reason = "the resource state has no configuration".to_string();
+            return refused(map_key.unwrap_or_default(), reason);
+        };
+        let config_id = R::config_id(&config);
+        let id = match map_key {
+            Some(key) if key != config_id => {
+                let reason =
+                    format!("map key {key:?} differs from the configuration id {config_id:?}");
+                return refused(config_id.to_string(), reason);
+            }
+            Some(key) => key,
+            None => config_id.to_string(),
+        };
+        if let Err(reason) = check_id(&id) {
+            return refused(id, reason);
+        }
+        let revision = R::config_revision(&config);
+        let action = match OperationType::try_from(operation) {
+            Ok(operation @ (OperationType::Create | OperationType::Update)) => Ok(Action::Upsert {
+                operation,
+                encoded: config.encode_to_vec().into_boxed_slice(),
+                checked: R::check(config),
+            }),
+            Ok(OperationType::Delete) => Ok(Action::Delete),
+            Ok(OperationType::Info | OperationType::Get) => Ok(Action::Read),
+            Err(_) => Err(format!("unknown operation_type value {operation}")),
+        };
+        Op {
+            id,
+            keyed,
+            operation,
+            revision,
+            action,
+        }
+    }
+}
+
+#[derive(Default)]
 pub struct Batch {
-    pub vpcs: Vec<Op<schema::VpcConfiguration>>,
-    pub subnets: Vec<Op<schema::SubnetConfiguration>>,
-    pub ports: Vec<Op<schema::PortConfiguration>>,
-    pub neighbors: Vec<Op<schema::NeighborConfiguration>>,
-    pub security_groups: Vec<Op<schema::SecurityGroupConfiguration>>,
-    pub dhcp: Vec<Op<schema::DhcpConfiguration>>,
-    pub routers: Vec<Op<schema::RouterConfiguration>>,
-    pub gateways: Vec<Op<schema::GatewayConfiguration>>,
+    pub vpcs: Vec<Op<Vpc>>,
+    pub subnets: Vec<Op<Subnet>>,
+    pub ports: Vec<Op<Port>>,
+    pub neighbors: Vec<Op<Neighbor>>,
+    pub security_groups: Vec<Op<SecurityGroup>>,
+    pub dhcp: Vec<Op<DhcpEntry>>,
+    pub routers: Vec<Op<Router>>,
+    pub gateways: Vec<Op<Gateway>>,
 }
 
 impl Batch {
@@ -52,14 +120,14 @@ impl Batch {
 }
 
 /// Where a resource kind's operations are in a [`Batch`].
-pub trait Batched: Resource {
-    fn ops(batch: &mut Batch) -> &mut Vec<Op<Self::Config>>;
+pub trait Batched: Check {
+    fn ops(batch: &mut Batch) -> &mut Vec<Op<Self>>;
 }
 
 macro_rules! batched {
     ($model:ty, $field:ident) => {
         impl Batched for $model {
-            fn ops(batch: &mut Batch) -> &mut Vec<Op<Self::Config>> {
+            fn ops(batch: &mut Batch) -> &mut Vec<Op<Self>> {
                 &mut batch.$field
             }
         }
@@ -79,11 +147,7 @@ macro_rules! ops_from_list {
     ($states:expr) => {
         $states
             .into_iter()
-            .map(|state| Op {
-                map_key: None,
-                operation: state.operation_type,
-                config: state.configuration,
-            })
+            .map(|state| Op::new(None, state.operation_type, state.configuration))
             .collect()
     };
 }
@@ -95,11 +159,7 @@ macro_rules! ops_from_map {
         states.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         states
             .into_iter()
-            .map(|(key, state)| Op {
-                map_key: Some(key),
-                operation: state.operation_type,
-                config: state.configuration,
-            })
+            .map(|(key, state)| Op::new(Some(key), state.operation_type, state.configuration))
             .collect()
     }};
 }

@@ -18,11 +18,23 @@ use crate::{
 /// Longest id, name or other free text accepted in a configuration.
 pub const MAX_TEXT_LEN: usize = 255;
 
-pub trait Validate: Resource + Sized {
-    /// Parses a configuration for a CREATE or UPDATE against the desired state
-    /// it would join.
+/// What can be checked of a configuration on its own, without the desired
+/// state: done as messages are read, beside the engine, which then has only
+/// the rest to do. Most kinds are checked whole by [`Validate::parse`];
+/// neighbors, which come by the million, are checked here as far as they can
+/// be.
+pub trait Check: Resource {
+    /// A configuration checked on its own.
+    type Checked: Send + 'static;
+
+    fn check(config: Self::Config) -> Result<Self::Checked, String>;
+}
+
+pub trait Validate: Check + Sized {
+    /// Parses a configuration for a CREATE or UPDATE, checked on its own,
+    /// against the desired state it would join.
     fn parse(
-        config: &Self::Config,
+        config: Self::Checked,
         op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String>;
@@ -32,6 +44,21 @@ pub trait Validate: Resource + Sized {
         None
     }
 }
+
+/// Kinds whose configurations are checked whole, against the desired state.
+macro_rules! checked_when_parsed {
+    ($($model:ty),*) => {$(
+        impl Check for $model {
+            type Checked = <$model as Resource>::Config;
+
+            fn check(config: Self::Config) -> Result<Self::Checked, String> {
+                Ok(config)
+            }
+        }
+    )*};
+}
+
+checked_when_parsed!(Vpc, Subnet, Port, DhcpEntry, Router, SecurityGroup, Gateway);
 
 /// Checks that an id is usable: present, bounded, printable.
 pub fn check_id(id: &str) -> Result<(), String> {
@@ -78,6 +105,11 @@ fn subnet_of<'a>(state: &'a DesiredState, subnet_id: &str) -> Result<&'a Subnet,
 /// nor its broadcast address.
 fn host_address_in(subnet: &Subnet, text: &str, what: &str) -> Result<Ipv4Addr, String> {
     let ip = parse_ipv4(text, what)?;
+    check_host_address(subnet, ip, what)?;
+    Ok(ip)
+}
+
+fn check_host_address(subnet: &Subnet, ip: Ipv4Addr, what: &str) -> Result<(), String> {
     let cidr = subnet.cidr;
     if !cidr.contains(&ip) {
         return Err(format!(
@@ -88,7 +120,7 @@ fn host_address_in(subnet: &Subnet, text: &str, what: &str) -> Result<Ipv4Addr, 
     if cidr.prefix_len() < 31 && (ip == cidr.network() || ip == cidr.broadcast()) {
         return Err(format!("{what} {ip} is not a host address of {cidr}"));
     }
-    Ok(ip)
+    Ok(())
 }
 
 /// An allowed address pair as ports and neighbors carry it.
@@ -155,7 +187,7 @@ fn used_by<R: Resource>(state: &DesiredState, uses: impl Fn(&R) -> bool) -> Opti
 
 impl Validate for Vpc {
     fn parse(
-        config: &schema::VpcConfiguration,
+        config: schema::VpcConfiguration,
         _op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -192,7 +224,7 @@ impl Validate for Vpc {
 
 impl Validate for Subnet {
     fn parse(
-        config: &schema::SubnetConfiguration,
+        config: schema::SubnetConfiguration,
         _op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -282,7 +314,7 @@ impl Validate for Subnet {
 
 impl Validate for Port {
     fn parse(
-        config: &schema::PortConfiguration,
+        config: schema::PortConfiguration,
         op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -376,48 +408,59 @@ fn check_device_name(port_id: &str) -> Result<(), String> {
     }
 }
 
-impl Validate for Neighbor {
-    fn parse(
-        config: &schema::NeighborConfiguration,
-        _op: OperationType,
-        state: &DesiredState,
-    ) -> Result<Self, String> {
+/// Checked on its own, a neighbor is whole but for the VPC and subnets it
+/// names, which [`Validate::parse`] looks up.
+impl Check for Neighbor {
+    type Checked = Neighbor;
+
+    fn check(config: schema::NeighborConfiguration) -> Result<Neighbor, String> {
         check_text("name", &config.name)?;
-        vpc_of(state, &config.vpc_id)?;
         let mac = Mac::parse_unicast(&config.mac_address)?;
         let host_mac = match config.host_mac_address.as_str() {
             "" => None,
             text => Some(Mac::parse_unicast(text).map_err(|r| format!("host MAC: {r}"))?),
         };
+        let host_ip = parse_ipv4(&config.host_ip_address, "host_ip_address")?;
+        let allowed_address_pairs = address_pairs(&config.allow_address_pairs, mac)?;
         let fixed_ips = config
             .fixed_ips
-            .iter()
+            .into_iter()
             .map(|fixed| {
                 let kind: NeighborType = enum_value("neighbor_type", fixed.neighbor_type)?;
-                let subnet = subnet_of(state, &fixed.subnet_id)?;
                 Ok(NeighborIp {
                     l3: kind == NeighborType::L3,
-                    subnet_id: subnet.id.clone(),
-                    ip: host_address_in(subnet, &fixed.ip_address, "neighbor IP")?,
+                    ip: parse_ipv4(&fixed.ip_address, "neighbor IP")?,
+                    subnet_id: fixed.subnet_id,
                 })
             })
             .collect::<Result<_, String>>()?;
         Ok(Neighbor {
-            id: config.id.clone(),
-            vpc_id: config.vpc_id.clone(),
-            name: config.name.clone(),
+            id: config.id,
+            vpc_id: config.vpc_id,
+            name: config.name,
             mac,
-            host_ip: parse_ipv4(&config.host_ip_address, "host_ip_address")?,
+            host_ip,
             host_mac,
             fixed_ips,
-            allowed_address_pairs: address_pairs(&config.allow_address_pairs, mac)?,
+            allowed_address_pairs,
         })
+    }
+}
+
+impl Validate for Neighbor {
+    fn parse(neighbor: Neighbor, _op: OperationType, state: &DesiredState) -> Result<Self, String> {
+        vpc_of(state, &neighbor.vpc_id)?;
+        for fixed in &neighbor.fixed_ips {
+            let subnet = subnet_of(state, &fixed.subnet_id)?;
+            check_host_address(subnet, fixed.ip, "neighbor IP")?;
+        }
+        Ok(neighbor)
     }
 }
 
 impl Validate for DhcpEntry {
     fn parse(
-        config: &schema::DhcpConfiguration,
+        config: schema::DhcpConfiguration,
         _op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -443,7 +486,7 @@ impl Validate for DhcpEntry {
 
 impl Validate for Router {
     fn parse(
-        config: &schema::RouterConfiguration,
+        config: schema::RouterConfiguration,
         _op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -503,7 +546,7 @@ impl Validate for Router {
 
 impl Validate for SecurityGroup {
     fn parse(
-        config: &schema::SecurityGroupConfiguration,
+        config: schema::SecurityGroupConfiguration,
         _op: OperationType,
         state: &DesiredState,
     ) -> Result<Self, String> {
@@ -567,7 +610,7 @@ impl Validate for SecurityGroup {
 
 impl Validate for Gateway {
     fn parse(
-        config: &schema::GatewayConfiguration,
+        config: schema::GatewayConfiguration,
         _op: OperationType,
         _state: &DesiredState,
     ) -> Result<Self, String> {

@@ -198,9 +198,14 @@ impl<R: Resource> Table<R> {
         self.journal.iter().map(|(id, _)| id.as_str())
     }
 
+    /// How many ids the transaction changed.
+    pub fn changed(&self) -> usize {
+        self.journal.len()
+    }
+
     /// What the transaction changed: for each id, its entry before and
     /// after (`None`: absent).
-    pub fn changes(&self) -> impl Iterator<Item = (Option<&Entry<R>>, Option<&Entry<R>>)> + Clone {
+    pub fn changes(&self) -> impl Iterator<Item = (Option<&Entry<R>>, Option<&Entry<R>>)> {
         self.journal
             .iter()
             .map(|(id, before)| (before.as_deref(), self.get(id)))

@@ -77,20 +77,18 @@ pub fn neighbor_changes(desired: &DesiredState, claims: &mut Claims) -> Option<E
     if !desired.only_neighbors_changed() {
         return None;
     }
-    let changes = desired
-        .neighbors
-        .changes()
-        .map(|(before, after)| (before.map(|e| &e.spec), after.map(|e| &e.spec)));
     claims.transaction += 1;
     let transaction = claims.transaction;
     let mut delta = EndpointChanges::default();
     // Claims withdrawn first, then those made: an address whose only claim
     // moved (a neighbor updated) ends with one claim, the new one.
     let mut withdrawn = Vec::new();
-    for (before, _) in changes.clone() {
+    let mut made = Vec::with_capacity(desired.neighbors.changed());
+    for (before, after) in desired.neighbors.changes() {
+        made.extend(after.map(|entry| &entry.spec));
         for endpoint in before
             .into_iter()
-            .flat_map(|n| neighbor_endpoints(n, desired))
+            .flat_map(|n| neighbor_endpoints(&n.spec, desired))
         {
             let address = (endpoint.vni, endpoint.ip);
             if let Some(remote) = claims.remote.get_mut(&address) {
@@ -99,11 +97,8 @@ pub fn neighbor_changes(desired: &DesiredState, claims: &mut Claims) -> Option<E
             withdrawn.push(address);
         }
     }
-    for (_, after) in changes {
-        for endpoint in after
-            .into_iter()
-            .flat_map(|n| neighbor_endpoints(n, desired))
-        {
+    for after in made {
+        for endpoint in neighbor_endpoints(after, desired) {
             let address = (endpoint.vni, endpoint.ip);
             let remote = claims.remote.entry(address).or_default();
             remote.count += 1;

@@ -266,6 +266,11 @@ pub struct Datapath {
     /// What the forwarding maps hold as of the last successful sync; `None`
     /// until the first one, which reads them from the kernel.
     held: Option<model::Entries>,
+    /// The endpoints [`Datapath::sync_endpoints`] replaced last time, whose
+    /// memory it merges the next ones into: a fresh vector of tens of
+    /// megabytes for each transaction cost more in page faults than the
+    /// merge itself.
+    spare_endpoints: Vec<(alcor_ebpf_common::EndpointKey, alcor_ebpf_common::Endpoint)>,
     pin_dir: PathBuf,
 }
 
@@ -340,6 +345,7 @@ impl Datapath {
             underlay_stats,
             attached,
             held: None,
+            spare_endpoints: Vec::new(),
             pin_dir: pin_dir.to_owned(),
         };
         datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;

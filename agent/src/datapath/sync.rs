@@ -218,19 +218,21 @@ impl<K: Ord + Copy, V: PartialEq + Copy> Plan<K, V> {
 }
 
 /// Applies `changes` (sorted by key; `None` removes) to `held` (sorted by
-/// key, each once): the new entries, and what to write and remove in the
-/// map to get there.
+/// key, each once), writing the new entries into `merged` (cleared first);
+/// returns what to write and remove in the map to get there.
 fn merge(
-    held: Vec<(EndpointKey, Endpoint)>,
+    held: &[(EndpointKey, Endpoint)],
     changes: Vec<(EndpointKey, Option<Endpoint>)>,
-) -> (Vec<(EndpointKey, Endpoint)>, Plan<EndpointKey, Endpoint>) {
+    merged: &mut Vec<(EndpointKey, Endpoint)>,
+) -> Plan<EndpointKey, Endpoint> {
     let mut plan = Plan {
         write: Vec::new(),
         remove: Vec::new(),
         unchanged: 0,
     };
-    let mut merged = Vec::with_capacity(held.len() + changes.len());
-    let mut held = held.into_iter().peekable();
+    merged.clear();
+    merged.reserve(held.len() + changes.len());
+    let mut held = held.iter().copied().peekable();
     for (key, value) in changes {
         while let Some(entry) = held.next_if(|(held, _)| *held < key) {
             merged.push(entry);
@@ -252,7 +254,7 @@ fn merge(
         }
     }
     merged.extend(held);
-    (merged, plan)
+    plan
 }
 
 fn read_hash<K: aya::Pod + Ord, V: aya::Pod>(
@@ -430,7 +432,7 @@ impl Datapath {
         write: &[EndpointSpec],
         remove: &[(Vni, Ipv4Addr)],
     ) -> Result<Option<SyncStats>, DatapathError> {
-        let Some(held) = self.held.take() else {
+        let Some(mut held) = self.held.take() else {
             return Ok(None);
         };
         let mut changed: Vec<(EndpointKey, Option<Endpoint>)> = write
@@ -446,7 +448,9 @@ impl Datapath {
             )
             .collect();
         changed.sort_unstable_by_key(|&(key, _)| key);
-        let (endpoints, plan) = merge(held.endpoints, changed);
+        let mut endpoints = std::mem::take(&mut self.spare_endpoints);
+        let plan = merge(&held.endpoints, changed, &mut endpoints);
+        self.spare_endpoints = std::mem::take(&mut held.endpoints);
         let desired_hosts = hosts_of(&held.listed_hosts, &endpoints);
         let hosts = Plan::new(held.hosts, desired_hosts.iter().map(|(k, v)| (*k, *v)));
 

@@ -8,10 +8,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use alcor_proto::{
-    control::agent_control_server::AgentControlServer,
-    schema::goal_state_provisioner_server::GoalStateProvisionerServer,
-};
+use alcor_proto::control::agent_control_server::AgentControlServer;
 use anyhow::Context;
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -23,7 +20,7 @@ use crate::{
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
     engine::{AgentState, DhcpPublisher, Engine, SharedState},
-    goalstate::GoalStateService,
+    goalstate::{GoalStateRoutes, GoalStateService},
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
     store::Store,
@@ -189,8 +186,10 @@ async fn serve_goal_state(
         ),
         None => {}
     }
-    let service = GoalStateProvisionerServer::new(GoalStateService::new(engine, metrics))
-        .max_decoding_message_size(config.max_message_size);
+    let service = GoalStateRoutes::new(
+        GoalStateService::new(engine, metrics),
+        config.max_message_size,
+    );
     let listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("listening on {}", config.grpc_listen))?;

@@ -17,6 +17,8 @@ pub mod desired;
 pub mod dhcp;
 pub mod engine;
 pub mod forwarding;
+#[cfg(test)]
+mod fuzzing;
 pub mod goalstate;
 pub mod metrics;
 pub mod model;

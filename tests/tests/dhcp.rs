@@ -49,7 +49,7 @@ const METADATA_HOP: &str = "10.0.1.5";
 fn insert<R: Resource>(desired: &mut DesiredState, id: &str, spec: R) {
     R::table_mut(desired).upsert(
         id.into(),
-        Entry::new(spec, OperationType::Create, &R::Config::default()),
+        Entry::new(spec, OperationType::Create, 0, Box::default()),
     );
     desired.commit();
 }

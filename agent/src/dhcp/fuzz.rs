@@ -8,7 +8,7 @@
 //! frames with random header fields and random options, and valid requests
 //! with random bytes overwritten and random truncation, from the MACs the
 //! view knows, on the devices it knows. `ALCOR_FUZZ_CASES` sets the cases per
-//! property (default 2048), e.g. for a long run:
+//! property (see [`crate::fuzzing`]), e.g. for a long run:
 //! `ALCOR_FUZZ_CASES=1000000 cargo test -p alcor-agent --release dhcp::fuzz`.
 
 use std::{net::Ipv4Addr, sync::LazyLock};
@@ -35,17 +35,6 @@ static VIEW: LazyLock<DhcpView> = LazyLock::new(|| {
         &DhcpSettings::default(),
     )
 });
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("ALCOR_FUZZ_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(2048);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
 
 const MACS: [Mac; 6] = [
     CLIENT_MAC,
@@ -221,7 +210,7 @@ fn check_handler(received: &[u8], ifindex: u32) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(crate::fuzzing::config())]
 
     #[test]
     fn arbitrary_bytes_never_panic(

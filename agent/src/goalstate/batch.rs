@@ -5,7 +5,10 @@
 use alcor_proto::schema::{GoalState, GoalStateV2, OperationType};
 use prost::Message;
 
-use super::validate::{Check, check_id};
+use super::{
+    validate::{Check, check_id},
+    wire::{self, WireError},
+};
 use crate::model::*;
 
 /// One resource state of a message.
@@ -36,36 +39,67 @@ pub enum Action<R: Check> {
 
 impl<R: Check> Op<R> {
     fn new(map_key: Option<String>, operation: i32, config: Option<R::Config>) -> Op<R> {
-        let keyed = map_key.is_some();
-        let refused = |id: String, reason: String| Op {
+        Op::prepare(map_key, operation, config, |config: &R::Config| {
+            config.encode_to_vec().into_boxed_slice()
+        })
+    }
+
+    /// A V2 map entry whose configuration came encoded (see [`wire`]).
+    fn from_encoded(key: &str, operation: i32, config: Option<&[u8]>) -> Op<R> {
+        match config.map(R::Config::decode).transpose() {
+            Ok(decoded) => Op::prepare(Some(key.to_string()), operation, decoded, |_| {
+                config.unwrap_or_default().into()
+            }),
+            Err(e) => Op::refused(
+                key.to_string(),
+                true,
+                operation,
+                format!("the configuration does not decode: {e}"),
+            ),
+        }
+    }
+
+    fn refused(id: String, keyed: bool, operation: i32, reason: String) -> Op<R> {
+        Op {
             id,
             keyed,
             operation,
             revision: 0,
             action: Err(reason),
-        };
+        }
+    }
+
+    /// Checks what the operation says on its own; `encode` gives the
+    /// configuration encoded, as the desired state keeps it.
+    fn prepare(
+        map_key: Option<String>,
+        operation: i32,
+        config: Option<R::Config>,
+        encode: impl FnOnce(&R::Config) -> Box<[u8]>,
+    ) -> Op<R> {
+        let keyed = map_key.is_some();
         let Some(config) = config else {
             let reason = "the resource state has no configuration".to_string();
-            return refused(map_key.unwrap_or_default(), reason);
+            return Op::refused(map_key.unwrap_or_default(), keyed, operation, reason);
         };
         let config_id = R::config_id(&config);
         let id = match map_key {
             Some(key) if key != config_id => {
                 let reason =
                     format!("map key {key:?} differs from the configuration id {config_id:?}");
-                return refused(config_id.to_string(), reason);
+                return Op::refused(config_id.to_string(), keyed, operation, reason);
             }
             Some(key) => key,
             None => config_id.to_string(),
         };
         if let Err(reason) = check_id(&id) {
-            return refused(id, reason);
+            return Op::refused(id, keyed, operation, reason);
         }
         let revision = R::config_revision(&config);
         let action = match OperationType::try_from(operation) {
             Ok(operation @ (OperationType::Create | OperationType::Update)) => Ok(Action::Upsert {
                 operation,
-                encoded: config.encode_to_vec().into_boxed_slice(),
+                encoded: encode(&config),
                 checked: R::check(config),
             }),
             Ok(OperationType::Delete) => Ok(Action::Delete),
@@ -95,6 +129,21 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A V2 message as received: its neighbor states are read without
+    /// decoding them into a map (see [`wire`]).
+    pub fn from_encoded_v2(message: &[u8]) -> Result<Batch, WireError> {
+        let (others, neighbors) = wire::read_v2(message)?;
+        let mut batch = Batch::from(others);
+        batch.neighbors = neighbors
+            .iter()
+            .map(|neighbor| {
+                let config = neighbor.configuration.as_deref();
+                Op::from_encoded(neighbor.key, neighbor.operation, config)
+            })
+            .collect();
+        Ok(batch)
+    }
+
     /// How many resource states the message has.
     pub fn len(&self) -> usize {
         self.vpcs.len()
@@ -191,5 +240,58 @@ impl From<GoalStateV2> for Batch {
             routers: ops_from_map!(message.router_states),
             gateways: ops_from_map!(message.gateway_states),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alcor_proto::schema::{NeighborConfiguration, NeighborState};
+
+    use super::*;
+
+    fn neighbor(id: &str, mac_address: &str) -> NeighborState {
+        NeighborState {
+            operation_type: OperationType::Create as i32,
+            configuration: Some(NeighborConfiguration {
+                id: id.into(),
+                mac_address: mac_address.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_neighbor_configuration_that_does_not_decode_is_refused_alone() {
+        let message = GoalStateV2 {
+            neighbor_states: [("a", "fa:16:3e:00:00:01"), ("b", "fa:16:3e:00:00:02")]
+                .into_iter()
+                .map(|(id, mac)| (id.to_string(), neighbor(id, mac)))
+                .collect(),
+            ..Default::default()
+        };
+        let mut encoded = message.encode_to_vec();
+        // b's MAC address, no longer UTF-8.
+        let at = encoded
+            .windows(2)
+            .position(|bytes| bytes == b"02")
+            .expect("b's MAC");
+        encoded[at] = 0xff;
+
+        let batch = Batch::from_encoded_v2(&encoded).unwrap();
+        let outcomes: Vec<_> = batch
+            .neighbors
+            .iter()
+            .map(|op| (op.id.as_str(), op.action.as_ref().err()))
+            .collect();
+        assert!(matches!(outcomes[0], ("a", None)), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[1], ("b", Some(reason)) if reason.contains("does not decode")),
+            "{outcomes:?}"
+        );
+        let Ok(Action::Upsert { encoded, .. }) = &batch.neighbors[0].action else {
+            panic!("a is not an upsert");
+        };
+        let kept = NeighborConfiguration::decode(&encoded[..]).unwrap();
+        assert_eq!(Some(kept), message.neighbor_states["a"].configuration);
     }
 }

@@ -4,5 +4,6 @@
 pub mod batch;
 mod service;
 pub mod validate;
+mod wire;
 
-pub use service::GoalStateService;
+pub use service::{GoalStateRoutes, GoalStateService};

@@ -4,15 +4,27 @@
 //! those that arrived meanwhile are applied together, as one transaction
 //! (see [`Engine::apply_group`]).
 
-use std::sync::Arc;
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use alcor_proto::schema::{
     GoalState, GoalStateOperationReply, GoalStateV2, HostRequest, HostRequestReply,
-    goal_state_provisioner_server::GoalStateProvisioner,
+    goal_state_provisioner_server::{GoalStateProvisioner, GoalStateProvisionerServer},
 };
+use futures::{Stream, StreamExt, future::BoxFuture};
+use prost::{Message, bytes::Buf};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{
+    Request, Response, Status, Streaming,
+    body::Body,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::{Service, http},
+    server::{Grpc, NamedService, StreamingService},
+};
 
 use super::batch::Batch;
 use crate::{
@@ -126,24 +138,13 @@ async fn apply_stream(
     }
 }
 
-#[tonic::async_trait]
-impl GoalStateProvisioner for GoalStateService {
-    async fn push_network_resource_states(
+impl GoalStateService {
+    /// Applies the messages of a stream, read and decoded ahead (see
+    /// [`apply_stream`]); replies as it goes.
+    fn stream(
         &self,
-        request: Request<GoalState>,
-    ) -> Result<Response<GoalStateOperationReply>, Status> {
-        let batch = Batch::from(request.into_inner());
-        let mut replies = apply(&self.engine, &self.metrics, "v1", vec![batch]).await?;
-        Ok(Response::new(replies.pop().unwrap_or_default()))
-    }
-
-    type PushGoalStatesStreamStream = ReceiverStream<Result<GoalStateOperationReply, Status>>;
-
-    async fn push_goal_states_stream(
-        &self,
-        request: Request<Streaming<GoalStateV2>>,
-    ) -> Result<Response<Self::PushGoalStatesStreamStream>, Status> {
-        let mut messages = request.into_inner();
+        mut messages: impl Stream<Item = Result<Batch, Status>> + Send + Unpin + 'static,
+    ) -> ReceiverStream<Result<GoalStateOperationReply, Status>> {
         let (replies, outbound) = mpsc::channel(STREAM_REPLY_BACKLOG);
         let (read, incoming) = mpsc::unbounded_channel();
         // Reads and decodes ahead, on its own task, while the engine works,
@@ -151,7 +152,7 @@ impl GoalStateProvisioner for GoalStateService {
         let budget = Arc::new(Semaphore::new(STREAM_READ_AHEAD as usize));
         tokio::spawn(async move {
             loop {
-                let next = messages.message().await.map(|m| m.map(Batch::from));
+                let next = messages.next().await.transpose();
                 let last = !matches!(next, Ok(Some(_)));
                 let resources = match &next {
                     Ok(Some(batch)) => batch.len().clamp(1, STREAM_READ_AHEAD as usize) as u32,
@@ -170,7 +171,31 @@ impl GoalStateProvisioner for GoalStateService {
             incoming,
             replies,
         ));
-        Ok(Response::new(ReceiverStream::new(outbound)))
+        ReceiverStream::new(outbound)
+    }
+}
+
+#[tonic::async_trait]
+impl GoalStateProvisioner for GoalStateService {
+    async fn push_network_resource_states(
+        &self,
+        request: Request<GoalState>,
+    ) -> Result<Response<GoalStateOperationReply>, Status> {
+        let batch = Batch::from(request.into_inner());
+        let mut replies = apply(&self.engine, &self.metrics, "v1", vec![batch]).await?;
+        Ok(Response::new(replies.pop().unwrap_or_default()))
+    }
+
+    type PushGoalStatesStreamStream = ReceiverStream<Result<GoalStateOperationReply, Status>>;
+
+    /// Served by [`GoalStateRoutes`] from the messages' bytes; this is the
+    /// same stream from messages prost decoded, for a server without it.
+    async fn push_goal_states_stream(
+        &self,
+        request: Request<Streaming<GoalStateV2>>,
+    ) -> Result<Response<Self::PushGoalStatesStreamStream>, Status> {
+        let messages = request.into_inner().map(|m| m.map(Batch::from));
+        Ok(Response::new(self.stream(messages)))
     }
 
     async fn request_goal_states(
@@ -180,5 +205,116 @@ impl GoalStateProvisioner for GoalStateService {
         Err(Status::unimplemented(
             "RequestGoalStates is served by the controller; agents only send it",
         ))
+    }
+}
+
+/// The path of the stream method.
+const STREAM_PATH: &str = "/alcor.schema.GoalStateProvisioner/PushGoalStatesStream";
+
+/// The goal-state service as the agent serves it: the stream method with a
+/// codec that reads each V2 message straight into a batch, its neighbor
+/// states left encoded until then ([`Batch::from_encoded_v2`]); the other
+/// methods by the generated server.
+#[derive(Clone)]
+pub struct GoalStateRoutes {
+    service: Arc<GoalStateService>,
+    generated: GoalStateProvisionerServer<GoalStateService>,
+    max_message_size: usize,
+}
+
+impl GoalStateRoutes {
+    pub fn new(service: GoalStateService, max_message_size: usize) -> Self {
+        let service = Arc::new(service);
+        let generated = GoalStateProvisionerServer::from_arc(service.clone())
+            .max_decoding_message_size(max_message_size);
+        GoalStateRoutes {
+            service,
+            generated,
+            max_message_size,
+        }
+    }
+}
+
+impl NamedService for GoalStateRoutes {
+    const NAME: &'static str = <GoalStateProvisionerServer<GoalStateService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for GoalStateRoutes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != STREAM_PATH {
+            return Box::pin(self.generated.call(request));
+        }
+        let method = StreamMethod(self.service.clone());
+        let max_message_size = self.max_message_size;
+        Box::pin(async move {
+            let mut grpc =
+                Grpc::new(BatchCodec).apply_max_message_size_config(Some(max_message_size), None);
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+struct StreamMethod(Arc<GoalStateService>);
+
+impl StreamingService<Batch> for StreamMethod {
+    type Response = GoalStateOperationReply;
+    type ResponseStream = ReceiverStream<Result<GoalStateOperationReply, Status>>;
+    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<Batch>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(Response::new(service.stream(request.into_inner()))) })
+    }
+}
+
+/// Reads V2 messages into batches, and encodes replies with prost.
+#[derive(Clone, Copy)]
+struct BatchCodec;
+
+impl Codec for BatchCodec {
+    type Encode = GoalStateOperationReply;
+    type Decode = Batch;
+    type Encoder = BatchCodec;
+    type Decoder = BatchCodec;
+
+    fn encoder(&mut self) -> BatchCodec {
+        *self
+    }
+
+    fn decoder(&mut self) -> BatchCodec {
+        *self
+    }
+}
+
+impl Encoder for BatchCodec {
+    type Item = GoalStateOperationReply;
+    type Error = Status;
+
+    fn encode(&mut self, reply: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        reply
+            .encode(dst)
+            .map_err(|e| Status::internal(format!("encoding a reply: {e}")))
+    }
+}
+
+impl Decoder for BatchCodec {
+    type Item = Batch;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Batch>, Status> {
+        // Split off the receive buffer, not copied.
+        let message = src.copy_to_bytes(src.remaining());
+        // INTERNAL, as tonic answers a message prost cannot decode.
+        Batch::from_encoded_v2(&message)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("failed to decode the message: {e}")))
     }
 }

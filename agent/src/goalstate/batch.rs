@@ -6,8 +6,8 @@ use alcor_proto::schema::{GoalState, GoalStateV2, OperationType};
 use prost::Message;
 
 use super::{
-    validate::{Check, check_id},
-    wire::{self, WireError},
+    validate::{Check, check_id, check_neighbor},
+    wire::{self, NeighborConfigurationRef, WireError},
 };
 use crate::model::*;
 
@@ -37,19 +37,65 @@ pub enum Action<R: Check> {
     Read,
 }
 
-impl<R: Check> Op<R> {
-    fn new(map_key: Option<String>, operation: i32, config: Option<R::Config>) -> Op<R> {
-        Op::prepare(map_key, operation, config, |config: &R::Config| {
-            config.encode_to_vec().into_boxed_slice()
-        })
+/// A configuration as an operation carries it: what the operation needs
+/// before it is checked, then the configuration checked on its own and
+/// encoded.
+trait Received<R: Check> {
+    fn id(&self) -> &str;
+    fn revision(&self) -> u32;
+    fn into_upsert(self) -> (Result<R::Checked, String>, Box<[u8]>);
+}
+
+/// A configuration prost decoded.
+struct Decoded<C>(C);
+
+impl<R: Check> Received<R> for Decoded<R::Config> {
+    fn id(&self) -> &str {
+        R::config_id(&self.0)
     }
 
-    /// A V2 map entry whose configuration came encoded (see [`wire`]).
-    fn from_encoded(key: &str, operation: i32, config: Option<&[u8]>) -> Op<R> {
-        match config.map(R::Config::decode).transpose() {
-            Ok(decoded) => Op::prepare(Some(key.to_string()), operation, decoded, |_| {
-                config.unwrap_or_default().into()
-            }),
+    fn revision(&self) -> u32 {
+        R::config_revision(&self.0)
+    }
+
+    fn into_upsert(self) -> (Result<R::Checked, String>, Box<[u8]>) {
+        let encoded = self.0.encode_to_vec().into_boxed_slice();
+        (R::check(self.0), encoded)
+    }
+}
+
+/// A neighbor's configuration read in place from the bytes it came in,
+/// which the desired state keeps as they are.
+struct NeighborAsReceived<'a> {
+    config: NeighborConfigurationRef<'a>,
+    encoded: &'a [u8],
+}
+
+impl Received<Neighbor> for NeighborAsReceived<'_> {
+    fn id(&self) -> &str {
+        self.config.id
+    }
+
+    fn revision(&self) -> u32 {
+        self.config.revision_number
+    }
+
+    fn into_upsert(self) -> (Result<Neighbor, String>, Box<[u8]>) {
+        (check_neighbor(&self.config), self.encoded.into())
+    }
+}
+
+impl Op<Neighbor> {
+    /// A V2 map entry of a neighbor state as it came (see [`wire`]).
+    fn from_encoded(key: &str, operation: i32, config: Option<&[u8]>) -> Op<Neighbor> {
+        let received = config
+            .map(|encoded| {
+                NeighborConfigurationRef::read(encoded)
+                    .map(|config| NeighborAsReceived { config, encoded })
+            })
+            .transpose();
+        match received {
+            Ok(received) => Op::prepare(Some(key.to_string()), operation, received),
             Err(e) => Op::refused(
                 key.to_string(),
                 true,
@@ -57,6 +103,12 @@ impl<R: Check> Op<R> {
                 format!("the configuration does not decode: {e}"),
             ),
         }
+    }
+}
+
+impl<R: Check> Op<R> {
+    fn new(map_key: Option<String>, operation: i32, config: Option<R::Config>) -> Op<R> {
+        Op::prepare(map_key, operation, config.map(Decoded))
     }
 
     fn refused(id: String, keyed: bool, operation: i32, reason: String) -> Op<R> {
@@ -69,20 +121,14 @@ impl<R: Check> Op<R> {
         }
     }
 
-    /// Checks what the operation says on its own; `encode` gives the
-    /// configuration encoded, as the desired state keeps it.
-    fn prepare(
-        map_key: Option<String>,
-        operation: i32,
-        config: Option<R::Config>,
-        encode: impl FnOnce(&R::Config) -> Box<[u8]>,
-    ) -> Op<R> {
+    /// Checks what the operation says on its own.
+    fn prepare(map_key: Option<String>, operation: i32, config: Option<impl Received<R>>) -> Op<R> {
         let keyed = map_key.is_some();
         let Some(config) = config else {
             let reason = "the resource state has no configuration".to_string();
             return Op::refused(map_key.unwrap_or_default(), keyed, operation, reason);
         };
-        let config_id = R::config_id(&config);
+        let config_id = config.id();
         let id = match map_key {
             Some(key) if key != config_id => {
                 let reason =
@@ -95,13 +141,16 @@ impl<R: Check> Op<R> {
         if let Err(reason) = check_id(&id) {
             return Op::refused(id, keyed, operation, reason);
         }
-        let revision = R::config_revision(&config);
+        let revision = config.revision();
         let action = match OperationType::try_from(operation) {
-            Ok(operation @ (OperationType::Create | OperationType::Update)) => Ok(Action::Upsert {
-                operation,
-                encoded: encode(&config),
-                checked: R::check(config),
-            }),
+            Ok(operation @ (OperationType::Create | OperationType::Update)) => {
+                let (checked, encoded) = config.into_upsert();
+                Ok(Action::Upsert {
+                    operation,
+                    checked,
+                    encoded,
+                })
+            }
             Ok(OperationType::Delete) => Ok(Action::Delete),
             Ok(OperationType::Info | OperationType::Get) => Ok(Action::Read),
             Err(_) => Err(format!("unknown operation_type value {operation}")),

@@ -10,6 +10,7 @@ use alcor_proto::schema::{
 };
 use ipnet::{IpNet, Ipv4Net};
 
+use super::wire::{AddressPairRef, NeighborConfigurationRef};
 use crate::{
     desired::{DesiredState, Resource},
     model::*,
@@ -144,7 +145,7 @@ macro_rules! address_pair_config {
 
 address_pair_config!(
     schema::port_configuration::AllowAddressPair,
-    schema::neighbor_configuration::AllowAddressPair
+    AddressPairRef<'_>
 );
 
 /// Allowed address pairs name an address or a prefix; the MAC defaults to the
@@ -414,37 +415,42 @@ impl Check for Neighbor {
     type Checked = Neighbor;
 
     fn check(config: schema::NeighborConfiguration) -> Result<Neighbor, String> {
-        check_text("name", &config.name)?;
-        let mac = Mac::parse_unicast(&config.mac_address)?;
-        let host_mac = match config.host_mac_address.as_str() {
-            "" => None,
-            text => Some(Mac::parse_unicast(text).map_err(|r| format!("host MAC: {r}"))?),
-        };
-        let host_ip = parse_ipv4(&config.host_ip_address, "host_ip_address")?;
-        let allowed_address_pairs = address_pairs(&config.allow_address_pairs, mac)?;
-        let fixed_ips = config
-            .fixed_ips
-            .into_iter()
-            .map(|fixed| {
-                let kind: NeighborType = enum_value("neighbor_type", fixed.neighbor_type)?;
-                Ok(NeighborIp {
-                    l3: kind == NeighborType::L3,
-                    ip: parse_ipv4(&fixed.ip_address, "neighbor IP")?,
-                    subnet_id: fixed.subnet_id,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Neighbor {
-            id: config.id,
-            vpc_id: config.vpc_id,
-            name: config.name,
-            mac,
-            host_ip,
-            host_mac,
-            fixed_ips,
-            allowed_address_pairs,
-        })
+        check_neighbor(&NeighborConfigurationRef::from(&config))
     }
+}
+
+/// [`Check`]s a neighbor's configuration, decoded or read in place.
+pub fn check_neighbor(config: &NeighborConfigurationRef) -> Result<Neighbor, String> {
+    check_text("name", config.name)?;
+    let mac = Mac::parse_unicast(config.mac_address)?;
+    let host_mac = match config.host_mac_address {
+        "" => None,
+        text => Some(Mac::parse_unicast(text).map_err(|r| format!("host MAC: {r}"))?),
+    };
+    let host_ip = parse_ipv4(config.host_ip_address, "host_ip_address")?;
+    let allowed_address_pairs = address_pairs(&config.allow_address_pairs, mac)?;
+    let fixed_ips = config
+        .fixed_ips
+        .iter()
+        .map(|fixed| {
+            let kind: NeighborType = enum_value("neighbor_type", fixed.neighbor_type)?;
+            Ok(NeighborIp {
+                l3: kind == NeighborType::L3,
+                ip: parse_ipv4(fixed.ip_address, "neighbor IP")?,
+                subnet_id: fixed.subnet_id.to_string(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Neighbor {
+        id: config.id.to_string(),
+        vpc_id: config.vpc_id.to_string(),
+        name: config.name.to_string(),
+        mac,
+        host_ip,
+        host_mac,
+        fixed_ips,
+        allowed_address_pairs,
+    })
 }
 
 impl Validate for Neighbor {

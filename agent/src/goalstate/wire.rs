@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 
-use alcor_proto::schema::GoalStateV2;
+use alcor_proto::schema::{GoalStateV2, NeighborConfiguration};
 use prost::Message;
 
 /// `GoalStateV2.neighbor_states`: `map<string, NeighborState>`.
@@ -46,7 +46,7 @@ pub enum WireError {
     Group,
     #[error("groups nested more than {MAX_DEPTH} deep")]
     Depth,
-    #[error("a map key is not UTF-8")]
+    #[error("a string that is not UTF-8")]
     Utf8,
     #[error(transparent)]
     Prost(#[from] prost::DecodeError),
@@ -55,7 +55,7 @@ pub enum WireError {
 /// A neighbor state as it came: its operation, and its configuration
 /// encoded (`None`: absent).
 #[derive(Debug, PartialEq, Eq)]
-pub struct EncodedNeighbor<'a> {
+pub struct NeighborEntry<'a> {
     pub key: &'a str,
     pub operation: i32,
     pub configuration: Option<Cow<'a, [u8]>>,
@@ -63,7 +63,7 @@ pub struct EncodedNeighbor<'a> {
 
 /// A V2 message: everything but its neighbor states decoded, and those in
 /// key order, each key once.
-pub fn read_v2(message: &[u8]) -> Result<(GoalStateV2, Vec<EncodedNeighbor<'_>>), WireError> {
+pub fn read_v2(message: &[u8]) -> Result<(GoalStateV2, Vec<NeighborEntry<'_>>), WireError> {
     let mut others = Vec::new();
     let mut neighbors = Vec::new();
     let mut rest = message;
@@ -77,8 +77,8 @@ pub fn read_v2(message: &[u8]) -> Result<(GoalStateV2, Vec<EncodedNeighbor<'_>>)
         }
     }
     // Stable: of entries with one key, the last one given stays last.
-    neighbors.sort_by(|a: &EncodedNeighbor, b| a.key.cmp(b.key));
-    let mut unique: Vec<EncodedNeighbor> = Vec::with_capacity(neighbors.len());
+    neighbors.sort_by(|a: &NeighborEntry, b| a.key.cmp(b.key));
+    let mut unique: Vec<NeighborEntry> = Vec::with_capacity(neighbors.len());
     for neighbor in neighbors {
         match unique.last_mut() {
             Some(last) if last.key == neighbor.key => *last = neighbor,
@@ -88,8 +88,8 @@ pub fn read_v2(message: &[u8]) -> Result<(GoalStateV2, Vec<EncodedNeighbor<'_>>)
     Ok((GoalStateV2::decode(others.as_slice())?, unique))
 }
 
-fn neighbor_entry(entry: &[u8]) -> Result<EncodedNeighbor<'_>, WireError> {
-    let mut neighbor = EncodedNeighbor {
+fn neighbor_entry(entry: &[u8]) -> Result<NeighborEntry<'_>, WireError> {
+    let mut neighbor = NeighborEntry {
         key: "",
         operation: 0,
         configuration: None,
@@ -99,7 +99,7 @@ fn neighbor_entry(entry: &[u8]) -> Result<EncodedNeighbor<'_>, WireError> {
         let start = rest;
         match next_field(&mut rest, 0)? {
             (ENTRY_KEY, Value::Bytes(key)) => {
-                neighbor.key = std::str::from_utf8(key).map_err(|_| WireError::Utf8)?;
+                neighbor.key = utf8(key)?;
             }
             (ENTRY_VALUE, Value::Bytes(state)) => neighbor_state(state, &mut neighbor)?,
             (field @ (ENTRY_KEY | ENTRY_VALUE), _) => return Err(wire_type_error(field, start)),
@@ -110,10 +110,7 @@ fn neighbor_entry(entry: &[u8]) -> Result<EncodedNeighbor<'_>, WireError> {
 }
 
 /// Merges one encoding of a `NeighborState` into `neighbor`.
-fn neighbor_state<'a>(
-    state: &'a [u8],
-    neighbor: &mut EncodedNeighbor<'a>,
-) -> Result<(), WireError> {
+fn neighbor_state<'a>(state: &'a [u8], neighbor: &mut NeighborEntry<'a>) -> Result<(), WireError> {
     let mut rest = state;
     while !rest.is_empty() {
         let start = rest;
@@ -133,6 +130,143 @@ fn neighbor_state<'a>(
         }
     }
     Ok(())
+}
+
+/// A `NeighborConfiguration` read in place: its strings borrowed from the
+/// encoding (or from a decoded one), so that checking a neighbor copies only
+/// what the desired state keeps.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NeighborConfigurationRef<'a> {
+    pub revision_number: u32,
+    pub id: &'a str,
+    pub vpc_id: &'a str,
+    pub name: &'a str,
+    pub mac_address: &'a str,
+    pub host_mac_address: &'a str,
+    pub host_ip_address: &'a str,
+    pub fixed_ips: Vec<FixedIpRef<'a>>,
+    pub allow_address_pairs: Vec<AddressPairRef<'a>>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FixedIpRef<'a> {
+    pub neighbor_type: i32,
+    pub subnet_id: &'a str,
+    pub ip_address: &'a str,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AddressPairRef<'a> {
+    pub ip_address: &'a str,
+    pub mac_address: &'a str,
+}
+
+impl<'a> NeighborConfigurationRef<'a> {
+    /// Reads an encoded configuration as prost decodes it: every string
+    /// field must be UTF-8, known fields have their wire types, fields given
+    /// again replace (scalars) or append (repeated).
+    pub fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
+        let mut config = NeighborConfigurationRef::default();
+        let mut rest = encoded;
+        while !rest.is_empty() {
+            let start = rest;
+            match next_field(&mut rest, 0)? {
+                // uint32 and enum (int32) fields: the varint's low 32 bits.
+                (1, Value::Varint(value)) => config.revision_number = value as u32,
+                (4, Value::Varint(_)) => {} // update_type
+                (2, Value::Bytes(request_id)) => {
+                    utf8(request_id)?;
+                }
+                (3, Value::Bytes(text)) => config.id = utf8(text)?,
+                (5, Value::Bytes(text)) => config.vpc_id = utf8(text)?,
+                (6, Value::Bytes(text)) => config.name = utf8(text)?,
+                (7, Value::Bytes(text)) => config.mac_address = utf8(text)?,
+                (8, Value::Bytes(text)) => config.host_mac_address = utf8(text)?,
+                (9, Value::Bytes(text)) => config.host_ip_address = utf8(text)?,
+                (10, Value::Bytes(fixed_ip)) => config.fixed_ips.push(FixedIpRef::read(fixed_ip)?),
+                (11, Value::Bytes(pair)) => {
+                    config.allow_address_pairs.push(AddressPairRef::read(pair)?);
+                }
+                (field @ 1..=11, _) => return Err(wire_type_error(field, start)),
+                _ => {}
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl<'a> FixedIpRef<'a> {
+    fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
+        let mut fixed_ip = FixedIpRef::default();
+        let mut rest = encoded;
+        while !rest.is_empty() {
+            let start = rest;
+            match next_field(&mut rest, 0)? {
+                (1, Value::Varint(value)) => fixed_ip.neighbor_type = value as i32,
+                (5, Value::Varint(_)) => {} // tunnel_id
+                (2, Value::Bytes(text)) => fixed_ip.subnet_id = utf8(text)?,
+                (3, Value::Bytes(text)) => fixed_ip.ip_address = utf8(text)?,
+                (4, Value::Bytes(arion_group)) => {
+                    utf8(arion_group)?;
+                }
+                (field @ 1..=5, _) => return Err(wire_type_error(field, start)),
+                _ => {}
+            }
+        }
+        Ok(fixed_ip)
+    }
+}
+
+impl<'a> AddressPairRef<'a> {
+    fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
+        let mut pair = AddressPairRef::default();
+        let mut rest = encoded;
+        while !rest.is_empty() {
+            let start = rest;
+            match next_field(&mut rest, 0)? {
+                (1, Value::Bytes(text)) => pair.ip_address = utf8(text)?,
+                (2, Value::Bytes(text)) => pair.mac_address = utf8(text)?,
+                (field @ 1..=2, _) => return Err(wire_type_error(field, start)),
+                _ => {}
+            }
+        }
+        Ok(pair)
+    }
+}
+
+impl<'a> From<&'a NeighborConfiguration> for NeighborConfigurationRef<'a> {
+    fn from(config: &'a NeighborConfiguration) -> Self {
+        NeighborConfigurationRef {
+            revision_number: config.revision_number,
+            id: &config.id,
+            vpc_id: &config.vpc_id,
+            name: &config.name,
+            mac_address: &config.mac_address,
+            host_mac_address: &config.host_mac_address,
+            host_ip_address: &config.host_ip_address,
+            fixed_ips: config
+                .fixed_ips
+                .iter()
+                .map(|fixed| FixedIpRef {
+                    neighbor_type: fixed.neighbor_type,
+                    subnet_id: &fixed.subnet_id,
+                    ip_address: &fixed.ip_address,
+                })
+                .collect(),
+            allow_address_pairs: config
+                .allow_address_pairs
+                .iter()
+                .map(|pair| AddressPairRef {
+                    ip_address: &pair.ip_address,
+                    mac_address: &pair.mac_address,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(bytes).map_err(|_| WireError::Utf8)
 }
 
 enum Value<'a> {
@@ -236,7 +370,7 @@ mod tests {
 
     use alcor_proto::schema::{
         NeighborConfiguration, NeighborState, VpcConfiguration, VpcState,
-        neighbor_configuration::FixedIp,
+        neighbor_configuration::{AllowAddressPair, FixedIp},
     };
     use proptest::{collection, prelude::*, sample::Index};
 
@@ -244,7 +378,7 @@ mod tests {
 
     /// The neighbor states read here, decoded as prost decodes them.
     fn decoded(
-        neighbors: &[EncodedNeighbor],
+        neighbors: &[NeighborEntry],
     ) -> Result<HashMap<String, NeighborState>, prost::DecodeError> {
         neighbors
             .iter()
@@ -380,6 +514,48 @@ mod tests {
         fn random_bytes_never_panic(bytes in collection::vec(any::<u8>(), 0..64)) {
             let _ = read_v2(&bytes);
         }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// A configuration read in place says what prost decodes, and is
+        /// refused where prost refuses it.
+        #[test]
+        fn reads_neighbor_configurations_as_prost_decodes_them(
+            state in neighbor_state(),
+            again in neighbor_state(),
+            damage in collection::vec((any::<Index>(), any::<u8>()), 0..3),
+        ) {
+            let mut config = config_of(state);
+            config.request_id = "request".into();
+            config.vpc_id = "vpc".into();
+            config.name = "name".into();
+            config.update_type = 1;
+            config.host_mac_address = "fa:16:3e:00:00:01".into();
+            config.host_ip_address = "198.18.0.1".into();
+            config.allow_address_pairs = vec![AllowAddressPair {
+                ip_address: "10.0.0.0/24".into(),
+                mac_address: String::new(),
+            }];
+            // Given twice: fields merge.
+            let mut encoded = [config.encode_to_vec(), config_of(again).encode_to_vec()].concat();
+            for (at, byte) in damage {
+                if !encoded.is_empty() {
+                    let at = at.index(encoded.len());
+                    encoded[at] = byte;
+                }
+            }
+            match (NeighborConfigurationRef::read(&encoded), NeighborConfiguration::decode(encoded.as_slice())) {
+                (Ok(read), Ok(decoded)) => prop_assert_eq!(read, NeighborConfigurationRef::from(&decoded)),
+                (Err(_), Err(_)) => {}
+                (read, decoded) => prop_assert!(false, "read {:?}, prost {:?}", read, decoded),
+            }
+        }
+    }
+
+    fn config_of(state: NeighborState) -> NeighborConfiguration {
+        state.configuration.unwrap_or_default()
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The engine applies goal-state messages, one at a time or, when they
 //! arrive faster than it applies them, a group at a time:
 //!
-//! 1. every resource is parsed and checked against the desired state, in
-//!    dependency order (creates and updates from VPCs down to DHCP entries,
-//!    then deletes from the bottom up), honouring revision numbers;
+//! 1. every resource, already checked on its own as its message was read
+//!    ([`crate::goalstate::batch`]), is checked against the desired state,
+//!    in dependency order (creates and updates from VPCs down to DHCP
+//!    entries, then deletes from the bottom up), honouring revision numbers;
 //! 2. the ports it changed are plumbed, concurrently; a port the kernel
 //!    refuses is rolled back (FAILURE: not applied, nothing half-made);
 //! 3. the datapath is programmed (only the endpoints, when only neighbors
@@ -726,7 +727,6 @@ impl Engine {
     }
 }
 
-/// Whether a status says its operation changed the desired state.
 /// The statuses of the operations the messages applied.
 fn applied_statuses(runs: &mut [Run]) -> impl Iterator<Item = &mut GoalStateOperationStatus> {
     runs.iter_mut()
@@ -734,6 +734,7 @@ fn applied_statuses(runs: &mut [Run]) -> impl Iterator<Item = &mut GoalStateOper
         .filter(|status| applied(status))
 }
 
+/// Whether a status says its operation changed the desired state.
 fn applied(status: &GoalStateOperationStatus) -> bool {
     let changing = [
         OperationType::Create,

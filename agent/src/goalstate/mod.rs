@@ -4,6 +4,6 @@
 pub mod batch;
 mod service;
 pub mod validate;
-mod wire;
+pub mod wire;
 
 pub use service::{GoalStateRoutes, GoalStateService};

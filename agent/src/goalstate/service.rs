@@ -35,9 +35,9 @@ use crate::{
 /// Replies a stream may have in flight before the agent waits for the
 /// controller to read them.
 const STREAM_REPLY_BACKLOG: usize = 16;
-/// Resources of a stream read and decoded ahead of the engine (about a
-/// kilobyte each once decoded): the most one group applies at once, besides
-/// the message that started it. Enough to keep the engine busy; more only
+/// Resources of a stream read and checked ahead of the engine (about half a
+/// kilobyte each): the most one group applies at once, besides the message
+/// that started it. Enough to keep the engine busy; more only
 /// costs memory (a group of neighbors costs no pass over the whole
 /// datapath).
 const STREAM_READ_AHEAD: u32 = 100_000;

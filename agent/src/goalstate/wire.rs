@@ -5,9 +5,10 @@
 //! map (SipHash, and rehashing moved 300-byte values), then its configuration
 //! was encoded again for the desired state to keep; that was a third of what
 //! the agent spent on a push. Here the message is walked at the protobuf wire
-//! level: each neighbor state's configuration is kept as it came, and decoded
-//! on its own, so a configuration that does not decode is refused alone.
-//! Every other field goes to prost as before.
+//! level: each neighbor state's configuration is kept as it came and read in
+//! place, its strings borrowed ([`NeighborConfigurationRef`]), so that
+//! checking it copies only what the desired state keeps, and one that does
+//! not decode is refused alone. Every other field goes to prost as before.
 //!
 //! What a map means on the wire is kept: an entry without a key has the key
 //! "", one without a value has the default value, and of entries with the

@@ -86,10 +86,10 @@ pub struct DatapathModel {
     /// are dropped (`no-underlay`), and the underlay's programs let
     /// everything through.
     pub underlay: Option<UnderlaySpec>,
-    /// Other hosts, with the MAC of the next hop towards each where it is
-    /// known. The host of every remote endpoint is known whether listed here
-    /// or not (without a MAC); list a host to give its MAC, or to accept
-    /// VXLAN from it before it has endpoints here.
+    /// The MAC of the next hop towards other hosts, where it is known. The
+    /// hosts are those of the remote endpoints, whether listed here or not
+    /// (without a MAC); an address listed here that has no endpoints is not
+    /// a host: VXLAN is not accepted from it.
     pub hosts: Vec<HostSpec>,
 }
 
@@ -239,8 +239,8 @@ pub(super) struct Entries {
     pub underlay: UnderlayInfo,
     pub vnis: BTreeMap<u32, u32>,
     pub hosts: BTreeMap<u32, HostInfo>,
-    /// Those of `hosts` the model lists ([`DatapathModel::hosts`]); the
-    /// others are there for remote endpoints.
+    /// What the model lists of other hosts ([`DatapathModel::hosts`]):
+    /// their next hops' MACs, for those of `hosts` that have them.
     pub listed_hosts: BTreeMap<u32, HostInfo>,
 }
 
@@ -360,20 +360,23 @@ impl Entries {
     }
 }
 
-/// The HOSTS entries: the listed hosts, and the hosts of remote endpoints
-/// (without a MAC) unless listed.
+/// The HOSTS entries: the hosts of remote endpoints, each as listed (with
+/// its next hop's MAC) or without a MAC if not listed.
 pub(super) fn hosts_of(
     listed: &BTreeMap<u32, HostInfo>,
     endpoints: &[(EndpointKey, Endpoint)],
 ) -> BTreeMap<u32, HostInfo> {
-    let mut hosts = listed.clone();
+    let mut hosts = BTreeMap::new();
     // Runs of endpoints on one host are common: skip repeats without a
     // lookup.
     let mut last = None;
     for (_, endpoint) in endpoints {
-        if endpoint.location == location::REMOTE && last != Some(endpoint.remote_host) {
-            last = Some(endpoint.remote_host);
-            hosts.entry(endpoint.remote_host).or_default();
+        let host = endpoint.remote_host;
+        if endpoint.location == location::REMOTE && last != Some(host) {
+            last = Some(host);
+            hosts
+                .entry(host)
+                .or_insert_with(|| listed.get(&host).copied().unwrap_or_default());
         }
     }
     hosts

@@ -476,10 +476,10 @@ impl Datapath {
     /// maps, so that a neighbour of the underlay changing costs a syscall
     /// whatever the number of endpoints. Only hosts the maps have are
     /// touched: a host is known (VXLAN accepted from it) because the model
-    /// says so, never because it is a neighbour. What the last sync wrote is
-    /// kept up to date, so the next sync sees these entries as they are; its
-    /// model must give the same MACs (or it writes them back). Returns how
-    /// many entries were written.
+    /// has endpoints on it, never because it is a neighbour. What the last
+    /// sync wrote is kept up to date, so the next sync sees these entries as
+    /// they are; its model must give the same MACs (or it writes them back).
+    /// Returns how many entries were written.
     pub fn set_host_macs(&mut self, hosts: &[HostSpec]) -> Result<usize, DatapathError> {
         let mut written = 0;
         for host in hosts {

@@ -466,6 +466,11 @@ fn endpoint_changes_leave_the_maps_as_a_full_sync_would() {
         .retain(|e| matches!(e.location, Location::Local { .. }));
     let remote = remote_endpoints(1000, 10);
     model.endpoints.extend(remote[..600].iter().copied());
+    // Next-hop MACs for the first two hosts.
+    let (host2, host3) = (ip("198.18.0.2"), ip("198.18.0.3"));
+    model.hosts = [(host2, mac(0x22)), (host3, mac(0x33))]
+        .map(|(ip, mac)| HostSpec { ip, mac: Some(mac) })
+        .to_vec();
     datapath.sync(&model).unwrap();
 
     // 400 new ones (on 4 new hosts), 100 gone (their host 198.18.0.2 with
@@ -485,6 +490,11 @@ fn endpoint_changes_leave_the_maps_as_a_full_sync_would() {
     let stats = datapath.sync_endpoints(&write, &remove).unwrap().unwrap();
     assert_eq!(stats.endpoints, changes(450, 100, 0));
     assert_eq!(stats.hosts, changes(5, 1, 5));
+    // 198.18.0.2 went with its last endpoint, its MAC notwithstanding;
+    // 198.18.0.3 kept its MAC.
+    let hosts = datapath.hosts().unwrap();
+    let host = |ip| hosts.iter().find(|host| host.ip == ip).map(|host| host.mac);
+    assert_eq!((host(host2), host(host3)), (None, Some(Some(mac(0x33)))));
 
     model
         .endpoints

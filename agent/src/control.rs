@@ -69,10 +69,11 @@ impl ControlService {
 }
 
 /// Entries sorted by id, for stable listings.
-fn sorted<R: Resource>(table: &Table<R>) -> Vec<&Entry<R>> {
+/// A table's entries by id, in id order.
+fn sorted<R: Resource>(table: &Table<R>) -> Vec<(&String, &Entry<R>)> {
     let mut entries: Vec<(&String, &Entry<R>)> = table.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    entries.into_iter().map(|(_, entry)| entry).collect()
+    entries
 }
 
 fn count(n: usize) -> u32 {
@@ -228,13 +229,14 @@ impl ControlService {
 fn neighbor_ids(state: &AgentState) -> HashMap<(u32, Ipv4Addr), String> {
     let desired = &state.desired;
     let mut ids = HashMap::new();
-    for neighbor in desired.neighbors.specs() {
+    for (id, entry) in desired.neighbors.iter() {
+        let neighbor = &entry.spec;
         let Some(vpc) = desired.vpcs.get(&neighbor.vpc_id) else {
             continue;
         };
         for fixed in &neighbor.fixed_ips {
             ids.entry((vpc.spec.vni.get(), fixed.ip))
-                .or_insert_with(|| neighbor.id.clone());
+                .or_insert_with(|| id.clone());
         }
     }
     ids
@@ -362,7 +364,7 @@ impl AgentControl for ControlService {
         let vpcs = self.read(|state| {
             sorted(&state.desired.vpcs)
                 .into_iter()
-                .map(|entry| api::Vpc {
+                .map(|(_, entry)| api::Vpc {
                     id: entry.spec.id.clone(),
                     revision: entry.revision(),
                     name: entry.spec.name.clone(),
@@ -382,7 +384,7 @@ impl AgentControl for ControlService {
         let subnets = self.read(|state| {
             sorted(&state.desired.subnets)
                 .into_iter()
-                .map(|entry| {
+                .map(|(_, entry)| {
                     let subnet = &entry.spec;
                     api::Subnet {
                         id: subnet.id.clone(),
@@ -412,7 +414,7 @@ impl AgentControl for ControlService {
         let ports = self.read(|state| {
             sorted(&state.desired.ports)
                 .into_iter()
-                .map(|entry| port_view(state, entry, self.port_mtu))
+                .map(|(_, entry)| port_view(state, entry, self.port_mtu))
                 .collect()
         });
         Ok(Response::new(api::PortList { ports }))
@@ -425,12 +427,12 @@ impl AgentControl for ControlService {
         let neighbors = self.read(|state| {
             sorted(&state.desired.neighbors)
                 .into_iter()
-                .map(|entry| {
+                .map(|(id, entry)| {
                     let neighbor = &entry.spec;
                     api::Neighbor {
-                        id: neighbor.id.clone(),
+                        id: id.clone(),
                         revision: entry.revision(),
-                        vpc_id: neighbor.vpc_id.clone(),
+                        vpc_id: neighbor.vpc_id.to_string(),
                         name: neighbor.name.clone(),
                         mac_address: neighbor.mac.to_string(),
                         host_ip_address: neighbor.host_ip.to_string(),
@@ -438,7 +440,7 @@ impl AgentControl for ControlService {
                             .fixed_ips
                             .iter()
                             .map(|f| api::NeighborIp {
-                                subnet_id: f.subnet_id.clone(),
+                                subnet_id: f.subnet_id.to_string(),
                                 ip_address: f.ip.to_string(),
                                 l3: f.l3,
                             })
@@ -458,7 +460,7 @@ impl AgentControl for ControlService {
             ($state:ident, $table:ident, $ty:ident) => {
                 sorted(&$state.desired.$table)
                     .into_iter()
-                    .map(|entry| schema::$ty {
+                    .map(|(_, entry)| schema::$ty {
                         operation_type: entry.operation as i32,
                         configuration: Some(entry.config()),
                     })

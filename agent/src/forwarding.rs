@@ -261,9 +261,8 @@ mod tests {
         Vni::try_from(7).unwrap()
     }
 
-    fn neighbor(id: &str, ip: [u8; 4], host: u8) -> Neighbor {
+    fn neighbor(ip: [u8; 4], host: u8) -> Neighbor {
         Neighbor {
-            id: id.into(),
             vpc_id: VPC.into(),
             name: String::new(),
             mac: Mac([0xfa, 0x16, 0x3e, 0, ip[2], ip[3]]),
@@ -278,7 +277,7 @@ mod tests {
         }
     }
 
-    fn state(neighbors: &[Neighbor]) -> AgentState {
+    fn state(neighbors: &[(&str, Neighbor)]) -> AgentState {
         let mut state = AgentState::default();
         let vpc = Vpc {
             id: VPC.into(),
@@ -292,16 +291,16 @@ mod tests {
             VPC.into(),
             Entry::new(vpc, OperationType::Create, 0, Box::default()),
         );
-        for neighbor in neighbors {
-            upsert(desired, neighbor.clone());
+        for (id, neighbor) in neighbors {
+            upsert(desired, id, neighbor.clone());
         }
         desired.commit();
         state
     }
 
-    fn upsert(desired: &mut DesiredState, neighbor: Neighbor) {
+    fn upsert(desired: &mut DesiredState, id: &str, neighbor: Neighbor) {
         desired.neighbors.upsert(
-            neighbor.id.clone(),
+            id.into(),
             Entry::new(neighbor, OperationType::Create, 0, Box::default()),
         );
     }
@@ -321,9 +320,9 @@ mod tests {
 
     #[test]
     fn neighbor_transactions_become_endpoint_changes_unless_contended() {
-        let a = neighbor("a", [10, 0, 0, 2], 1);
-        let b = neighbor("b", [10, 0, 0, 3], 1);
-        let mut state = state(&[a.clone(), b.clone()]);
+        let a = neighbor([10, 0, 0, 2], 1);
+        let b = neighbor([10, 0, 0, 3], 1);
+        let mut state = state(&[("a", a.clone()), ("b", b)]);
         let mut claims = Claims::default();
         assert_eq!(model(&state, &mut claims).endpoints.len(), 2);
         let ip = |last| Ipv4Addr::new(10, 0, 0, last);
@@ -331,12 +330,13 @@ mod tests {
         // A moves to another host, C comes: both written.
         upsert(
             &mut state.desired,
+            "a",
             Neighbor {
                 host_ip: Ipv4Addr::new(198, 18, 0, 9),
-                ..a.clone()
+                ..a
             },
         );
-        upsert(&mut state.desired, neighbor("c", [10, 0, 0, 4], 2));
+        upsert(&mut state.desired, "c", neighbor([10, 0, 0, 4], 2));
         assert_eq!(
             delta(&mut state, &mut claims),
             Some((vec![ip(2), ip(4)], vec![]))
@@ -349,7 +349,7 @@ mod tests {
         state.desired.commit();
 
         // D claims C's address: which one the datapath says takes the model.
-        upsert(&mut state.desired, neighbor("d", [10, 0, 0, 4], 3));
+        upsert(&mut state.desired, "d", neighbor([10, 0, 0, 4], 3));
         assert_eq!(delta(&mut state, &mut claims), None);
         state.desired.commit();
         model(&state, &mut claims);
@@ -362,7 +362,7 @@ mod tests {
 
         // A local port's address: the port wins, nothing written or removed.
         claims.local.insert((vni(), ip(9)));
-        upsert(&mut state.desired, neighbor("e", [10, 0, 0, 9], 1));
+        upsert(&mut state.desired, "e", neighbor([10, 0, 0, 9], 1));
         assert_eq!(delta(&mut state, &mut claims), Some((vec![], vec![])));
         state.desired.commit();
         state.desired.neighbors.remove("e");

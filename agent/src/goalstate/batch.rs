@@ -6,7 +6,7 @@ use alcor_proto::schema::{GoalState, GoalStateV2, OperationType};
 use prost::Message;
 
 use super::{
-    validate::{Check, check_id, check_neighbor},
+    validate::{Check, SharedIds, check_id, check_neighbor},
     wire::{self, NeighborConfigurationRef, WireError},
 };
 use crate::model::*;
@@ -66,12 +66,13 @@ impl<R: Check> Received<R> for Decoded<R::Config> {
 
 /// A neighbor's configuration read in place from the bytes it came in,
 /// which the desired state keeps as they are.
-struct NeighborAsReceived<'a> {
+struct NeighborAsReceived<'a, 'b> {
     config: NeighborConfigurationRef<'a>,
     encoded: &'a [u8],
+    ids: &'b mut SharedIds<'a>,
 }
 
-impl Received<Neighbor> for NeighborAsReceived<'_> {
+impl Received<Neighbor> for NeighborAsReceived<'_, '_> {
     fn id(&self) -> &str {
         self.config.id
     }
@@ -81,17 +82,25 @@ impl Received<Neighbor> for NeighborAsReceived<'_> {
     }
 
     fn into_upsert(self) -> (Result<Neighbor, String>, Box<[u8]>) {
-        (check_neighbor(&self.config), self.encoded.into())
+        (check_neighbor(&self.config, self.ids), self.encoded.into())
     }
 }
 
 impl Op<Neighbor> {
     /// A V2 map entry of a neighbor state as it came (see [`wire`]).
-    fn from_encoded(key: &str, operation: i32, config: Option<&[u8]>) -> Op<Neighbor> {
+    fn from_encoded<'a>(
+        key: &str,
+        operation: i32,
+        config: Option<&'a [u8]>,
+        ids: &mut SharedIds<'a>,
+    ) -> Op<Neighbor> {
         let received = config
             .map(|encoded| {
-                NeighborConfigurationRef::read(encoded)
-                    .map(|config| NeighborAsReceived { config, encoded })
+                NeighborConfigurationRef::read(encoded).map(|config| NeighborAsReceived {
+                    config,
+                    encoded,
+                    ids,
+                })
             })
             .transpose();
         match received {
@@ -183,11 +192,12 @@ impl Batch {
     pub fn from_encoded_v2(message: &[u8]) -> Result<Batch, WireError> {
         let (others, neighbors) = wire::read_v2(message)?;
         let mut batch = Batch::from(others);
+        let mut ids = SharedIds::default();
         batch.neighbors = neighbors
             .iter()
             .map(|neighbor| {
                 let config = neighbor.configuration.as_deref();
-                Op::from_encoded(neighbor.key, neighbor.operation, config)
+                Op::from_encoded(neighbor.key, neighbor.operation, config, &mut ids)
             })
             .collect();
         Ok(batch)

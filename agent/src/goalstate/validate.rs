@@ -2,7 +2,7 @@
 //! checked against the desired state it would join. An error is the reason an
 //! operator reads in the resource's INVALID_ARG status.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
 use alcor_proto::schema::{
     self, DestinationType, EtherType, GatewayType, NeighborType, NetworkType, OperationType,
@@ -218,7 +218,7 @@ impl Validate for Vpc {
     fn referenced_by(id: &str, state: &DesiredState) -> Option<String> {
         used_by::<Subnet>(state, |s| s.vpc_id == id)
             .or_else(|| used_by::<Port>(state, |p| p.vpc_id == id))
-            .or_else(|| used_by::<Neighbor>(state, |n| n.vpc_id == id))
+            .or_else(|| used_by::<Neighbor>(state, |n| *n.vpc_id == *id))
             .or_else(|| used_by::<SecurityGroup>(state, |g| g.vpc_id == id))
     }
 }
@@ -304,7 +304,7 @@ impl Validate for Subnet {
     fn referenced_by(id: &str, state: &DesiredState) -> Option<String> {
         used_by::<Port>(state, |p| p.fixed_ips.iter().any(|f| f.subnet_id == id))
             .or_else(|| {
-                used_by::<Neighbor>(state, |n| n.fixed_ips.iter().any(|f| f.subnet_id == id))
+                used_by::<Neighbor>(state, |n| n.fixed_ips.iter().any(|f| *f.subnet_id == *id))
             })
             .or_else(|| used_by::<DhcpEntry>(state, |d| d.subnet_id == id))
             .or_else(|| {
@@ -415,12 +415,29 @@ impl Check for Neighbor {
     type Checked = Neighbor;
 
     fn check(config: schema::NeighborConfiguration) -> Result<Neighbor, String> {
-        check_neighbor(&NeighborConfigurationRef::from(&config))
+        check_neighbor(
+            &NeighborConfigurationRef::from(&config),
+            &mut SharedIds::default(),
+        )
+    }
+}
+
+/// The ids of the VPCs and subnets the neighbors of a message name, each
+/// kept once: ten thousand neighbors of a message usually name one VPC.
+#[derive(Default)]
+pub struct SharedIds<'a>(HashMap<&'a str, Arc<str>>);
+
+impl<'a> SharedIds<'a> {
+    fn get(&mut self, id: &'a str) -> Arc<str> {
+        self.0.entry(id).or_insert_with(|| Arc::from(id)).clone()
     }
 }
 
 /// [`Check`]s a neighbor's configuration, decoded or read in place.
-pub fn check_neighbor(config: &NeighborConfigurationRef) -> Result<Neighbor, String> {
+pub fn check_neighbor<'a>(
+    config: &NeighborConfigurationRef<'a>,
+    ids: &mut SharedIds<'a>,
+) -> Result<Neighbor, String> {
     check_text("name", config.name)?;
     let mac = Mac::parse_unicast(config.mac_address)?;
     let host_mac = match config.host_mac_address {
@@ -437,13 +454,12 @@ pub fn check_neighbor(config: &NeighborConfigurationRef) -> Result<Neighbor, Str
             Ok(NeighborIp {
                 l3: kind == NeighborType::L3,
                 ip: parse_ipv4(fixed.ip_address, "neighbor IP")?,
-                subnet_id: fixed.subnet_id.to_string(),
+                subnet_id: ids.get(fixed.subnet_id),
             })
         })
         .collect::<Result<_, String>>()?;
     Ok(Neighbor {
-        id: config.id.to_string(),
-        vpc_id: config.vpc_id.to_string(),
+        vpc_id: ids.get(config.vpc_id),
         name: config.name.to_string(),
         mac,
         host_ip,

@@ -5,6 +5,7 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net};
@@ -135,10 +136,12 @@ pub struct AddressPair {
     pub mac: Mac,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A VM port on another host. A million of them may be desired: its id is
+/// the key of its table, and the VPC and subnet ids it names are shared by
+/// all the neighbors of a message that name them.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Neighbor {
-    pub id: String,
-    pub vpc_id: String,
+    pub vpc_id: Arc<str>,
     pub name: String,
     pub mac: Mac,
     pub host_ip: Ipv4Addr,
@@ -147,11 +150,11 @@ pub struct Neighbor {
     pub allowed_address_pairs: Vec<AddressPair>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NeighborIp {
     /// L3 neighbors are reached through the router (another subnet).
     pub l3: bool,
-    pub subnet_id: String,
+    pub subnet_id: Arc<str>,
     pub ip: Ipv4Addr,
 }
 

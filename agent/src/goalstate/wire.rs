@@ -67,16 +67,14 @@ pub struct NeighborEntry<'a> {
 pub fn read_v2(message: &[u8]) -> Result<(GoalStateV2, Vec<NeighborEntry<'_>>), WireError> {
     let mut others = Vec::new();
     let mut neighbors = Vec::new();
-    let mut rest = message;
-    while !rest.is_empty() {
-        let start = rest;
-        let (field, value) = next_field(&mut rest, 0)?;
+    fields(message, |field, value, raw| {
         match (field, value) {
             (NEIGHBOR_STATES, Value::Bytes(entry)) => neighbors.push(neighbor_entry(entry)?),
-            (NEIGHBOR_STATES, _) => return Err(wire_type_error(field, start)),
-            _ => others.extend_from_slice(&start[..start.len() - rest.len()]),
+            (NEIGHBOR_STATES, _) => return Err(wire_type_error(field, raw)),
+            _ => others.extend_from_slice(raw),
         }
-    }
+        Ok(())
+    })?;
     // Stable: of entries with one key, the last one given stays last.
     neighbors.sort_by(|a: &NeighborEntry, b| a.key.cmp(b.key));
     let mut unique: Vec<NeighborEntry> = Vec::with_capacity(neighbors.len());
@@ -95,27 +93,22 @@ fn neighbor_entry(entry: &[u8]) -> Result<NeighborEntry<'_>, WireError> {
         operation: 0,
         configuration: None,
     };
-    let mut rest = entry;
-    while !rest.is_empty() {
-        let start = rest;
-        match next_field(&mut rest, 0)? {
-            (ENTRY_KEY, Value::Bytes(key)) => {
-                neighbor.key = utf8(key)?;
-            }
+    fields(entry, |field, value, raw| {
+        match (field, value) {
+            (ENTRY_KEY, Value::Bytes(key)) => neighbor.key = utf8(key)?,
             (ENTRY_VALUE, Value::Bytes(state)) => neighbor_state(state, &mut neighbor)?,
-            (field @ (ENTRY_KEY | ENTRY_VALUE), _) => return Err(wire_type_error(field, start)),
+            (ENTRY_KEY | ENTRY_VALUE, _) => return Err(wire_type_error(field, raw)),
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(neighbor)
 }
 
 /// Merges one encoding of a `NeighborState` into `neighbor`.
 fn neighbor_state<'a>(state: &'a [u8], neighbor: &mut NeighborEntry<'a>) -> Result<(), WireError> {
-    let mut rest = state;
-    while !rest.is_empty() {
-        let start = rest;
-        match next_field(&mut rest, 0)? {
+    fields(state, |field, value, raw| {
+        match (field, value) {
             // An enum is an int32: the varint's low 32 bits.
             (OPERATION_TYPE, Value::Varint(value)) => neighbor.operation = value as i32,
             (CONFIGURATION, Value::Bytes(config)) => {
@@ -124,13 +117,11 @@ fn neighbor_state<'a>(state: &'a [u8], neighbor: &mut NeighborEntry<'a>) -> Resu
                     Some(earlier) => Cow::Owned([earlier.as_ref(), config].concat()),
                 });
             }
-            (field @ (OPERATION_TYPE | CONFIGURATION), _) => {
-                return Err(wire_type_error(field, start));
-            }
+            (OPERATION_TYPE | CONFIGURATION, _) => return Err(wire_type_error(field, raw)),
             _ => {}
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A `NeighborConfiguration` read in place: its strings borrowed from the
@@ -168,10 +159,8 @@ impl<'a> NeighborConfigurationRef<'a> {
     /// again replace (scalars) or append (repeated).
     pub fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
         let mut config = NeighborConfigurationRef::default();
-        let mut rest = encoded;
-        while !rest.is_empty() {
-            let start = rest;
-            match next_field(&mut rest, 0)? {
+        fields(encoded, |field, value, raw| {
+            match (field, value) {
                 // uint32 and enum (int32) fields: the varint's low 32 bits.
                 (1, Value::Varint(value)) => config.revision_number = value as u32,
                 (4, Value::Varint(_)) => {} // update_type
@@ -188,10 +177,11 @@ impl<'a> NeighborConfigurationRef<'a> {
                 (11, Value::Bytes(pair)) => {
                     config.allow_address_pairs.push(AddressPairRef::read(pair)?);
                 }
-                (field @ 1..=11, _) => return Err(wire_type_error(field, start)),
+                (1..=11, _) => return Err(wire_type_error(field, raw)),
                 _ => {}
             }
-        }
+            Ok(())
+        })?;
         Ok(config)
     }
 }
@@ -199,10 +189,8 @@ impl<'a> NeighborConfigurationRef<'a> {
 impl<'a> FixedIpRef<'a> {
     fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
         let mut fixed_ip = FixedIpRef::default();
-        let mut rest = encoded;
-        while !rest.is_empty() {
-            let start = rest;
-            match next_field(&mut rest, 0)? {
+        fields(encoded, |field, value, raw| {
+            match (field, value) {
                 (1, Value::Varint(value)) => fixed_ip.neighbor_type = value as i32,
                 (5, Value::Varint(_)) => {} // tunnel_id
                 (2, Value::Bytes(text)) => fixed_ip.subnet_id = utf8(text)?,
@@ -210,10 +198,11 @@ impl<'a> FixedIpRef<'a> {
                 (4, Value::Bytes(arion_group)) => {
                     utf8(arion_group)?;
                 }
-                (field @ 1..=5, _) => return Err(wire_type_error(field, start)),
+                (1..=5, _) => return Err(wire_type_error(field, raw)),
                 _ => {}
             }
-        }
+            Ok(())
+        })?;
         Ok(fixed_ip)
     }
 }
@@ -221,16 +210,15 @@ impl<'a> FixedIpRef<'a> {
 impl<'a> AddressPairRef<'a> {
     fn read(encoded: &'a [u8]) -> Result<Self, WireError> {
         let mut pair = AddressPairRef::default();
-        let mut rest = encoded;
-        while !rest.is_empty() {
-            let start = rest;
-            match next_field(&mut rest, 0)? {
+        fields(encoded, |field, value, raw| {
+            match (field, value) {
                 (1, Value::Bytes(text)) => pair.ip_address = utf8(text)?,
                 (2, Value::Bytes(text)) => pair.mac_address = utf8(text)?,
-                (field @ 1..=2, _) => return Err(wire_type_error(field, start)),
+                (1..=2, _) => return Err(wire_type_error(field, raw)),
                 _ => {}
             }
-        }
+            Ok(())
+        })?;
         Ok(pair)
     }
 }
@@ -277,8 +265,25 @@ enum Value<'a> {
     Other,
 }
 
-fn wire_type_error(field: u32, start: &[u8]) -> WireError {
-    let mut key = start;
+/// Calls `read` with each field of `encoded`, in order: its number, its
+/// value and its encoding.
+fn fields<'a>(
+    encoded: &'a [u8],
+    mut read: impl FnMut(u32, Value<'a>, &'a [u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut rest = encoded;
+    while !rest.is_empty() {
+        let start = rest;
+        let (field, value) = next_field(&mut rest, 0)?;
+        read(field, value, &start[..start.len() - rest.len()])?;
+    }
+    Ok(())
+}
+
+/// The error for field `field`, encoded as `raw`, whose wire type is not
+/// its own.
+fn wire_type_error(field: u32, raw: &[u8]) -> WireError {
+    let mut key = raw;
     let wire_type = varint(&mut key).map_or(0, |key| (key & 7) as u8);
     WireError::WireType { field, wire_type }
 }

@@ -4,6 +4,7 @@
 
 use std::{io::Read, io::Write, time::Duration};
 
+use alcor_proto::control::ListRequest;
 use alcor_proto::schema::{
     GoalStateOperationReply, GoalStateV2, NetworkType, OperationStatus, OperationType, PortState,
     UpdateType,
@@ -265,6 +266,51 @@ async fn a_message_of_tens_of_mib_is_handled_and_one_over_the_limit_refused() {
         .unwrap()
         .into_inner();
     assert_status(&reply, "vpc2", OperationStatus::Success, "");
+
+    // The same on a stream: the messages before it are answered (30 MiB
+    // is within the limit there too), then the stream ends with the
+    // refusal.
+    let mut oversized_vpc = vpc("vpc-huge-2", 10, "10.10.0.0/16");
+    oversized_vpc.configuration.as_mut().unwrap().name = "z".repeat(30 << 20);
+    let mut too_big = vpc("vpc-too-big", 9, "10.9.0.0/16");
+    too_big.configuration.as_mut().unwrap().name = "y".repeat(70 << 20);
+    let messages = [
+        v2(vec![vpc("vpc3", 300, "10.3.0.0/16")], vec![], vec![]),
+        v2(vec![oversized_vpc], vec![], vec![]),
+        v2(vec![too_big], vec![], vec![]),
+    ];
+    let mut replies = client
+        .push_goal_states_stream(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().expect("a reply to vpc3");
+    assert_status(&reply, "vpc3", OperationStatus::Success, "");
+    let reply = replies
+        .message()
+        .await
+        .unwrap()
+        .expect("a reply to vpc-huge-2");
+    assert_status(
+        &reply,
+        "vpc-huge-2",
+        OperationStatus::InvalidArg,
+        "more than 255",
+    );
+    let error = replies
+        .message()
+        .await
+        .expect_err("a 70 MiB message must be refused");
+    assert_eq!(error.code(), tonic::Code::OutOfRange, "{error}");
+    let vpcs = h.agent.control().await.list_vpcs(ListRequest {}).await;
+    let ids: Vec<_> = vpcs
+        .unwrap()
+        .into_inner()
+        .vpcs
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, ["vpc1", "vpc2", "vpc3"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,11 @@
 //! - Then what the client's option 55 lists, in its order (RFC 2132 §9.8),
 //!   each only if it fits; without option 55, every option the subnet has
 //!   but 249, in code order. 249 goes only to clients that list it.
+//! - The interface MTU (26) whenever it is below Ethernet's 1500, listed or
+//!   not (RFC 2131 §4.3.1 lets a server add options): busybox udhcpc, the
+//!   client of CirrOS, Alpine and many small images, does not ask for it, and
+//!   a guest left at 1500 loses every full-size frame once encapsulated. Room
+//!   for it is kept, as for the echoes.
 //! - Then the client identifier (RFC 6842) and relay agent information
 //!   (RFC 3046) are echoed.
 //! - The message never exceeds the client's option 57 (at least 576, and
@@ -91,12 +96,14 @@ pub fn encode(reply: &Reply<'_>, request: &Request, max_message_size: usize, fra
     if reply.with_lease_time {
         options.add_option(&DhcpOption::AddressLeaseTime(subnet.lease_time));
     }
-    // Room for the echoes, which come last.
-    let reserved = echoes
-        .iter()
-        .map(Vec::len)
-        .sum::<usize>()
-        .min(options.room());
+    let unasked_mtu = subnet
+        .options
+        .get(code::INTERFACE_MTU)
+        .filter(|encoded| below_ethernet_mtu(encoded));
+    // Room for the echoes, which come last, and for the MTU.
+    let reserved = (echoes.iter().map(Vec::len).sum::<usize>()
+        + unasked_mtu.map_or(0, <[u8]>::len))
+    .min(options.room());
     options.end -= reserved;
 
     if let Some(message) = reply.message {
@@ -131,6 +138,11 @@ pub fn encode(reply: &Reply<'_>, request: &Request, max_message_size: usize, fra
     }
 
     options.end += reserved;
+    if reply.message.is_none()
+        && let Some(mtu) = unasked_mtu
+    {
+        options.add(code::INTERFACE_MTU, mtu);
+    }
     for echo in &echoes {
         if let Some(&code) = echo.first() {
             options.add(code, echo);
@@ -156,6 +168,11 @@ fn default_codes(reply: &Reply<'_>) -> Vec<u8> {
         .collect();
     codes.sort_unstable();
     codes
+}
+
+/// Whether an encoded option 26 says less than Ethernet's 1500.
+fn below_ethernet_mtu(encoded: &[u8]) -> bool {
+    matches!(encoded, [_, 2, high, low] if u16::from_be_bytes([*high, *low]) < 1500)
 }
 
 fn raw(code: u8, value: Vec<u8>) -> DhcpOption {
@@ -338,7 +355,7 @@ mod tests {
             RequestBuilder::discover(CLIENT_MAC)
                 .option(code::PARAMETER_LIST, &[121, 6, 3, 1, 44, 3, 53]),
         );
-        assert_eq!(option_codes(&bytes), [53, 54, 51, 121, 6, 3, 1]);
+        assert_eq!(option_codes(&bytes), [53, 54, 51, 121, 6, 3, 1, 26]);
     }
 
     #[test]
@@ -352,7 +369,7 @@ mod tests {
             &view,
             RequestBuilder::discover(CLIENT_MAC).option(code::PARAMETER_LIST, &[1, 249]),
         );
-        assert_eq!(option_codes(&bytes), [53, 54, 51, 1, 249]);
+        assert_eq!(option_codes(&bytes), [53, 54, 51, 1, 249, 26]);
     }
 
     #[test]
@@ -376,7 +393,7 @@ mod tests {
             RequestBuilder::discover(CLIENT_MAC).option(code::PARAMETER_LIST, &[1]),
         );
         assert_eq!(bytes.len(), MIN_MESSAGE);
-        let end = 240 + 3 + 6 + 6 + 6;
+        let end = 240 + 3 + 6 + 6 + 6 + 4;
         assert_eq!(bytes[end], code::END);
         assert!(bytes[end + 1..].iter().all(|b| *b == code::PAD));
     }
@@ -425,7 +442,7 @@ mod tests {
                 .option(code::MAX_MESSAGE_SIZE, &576u16.to_be_bytes()),
         );
         assert!(small.len() <= 576 - 28, "{} bytes", small.len());
-        assert_eq!(option_codes(&small), [53, 54, 51, 42, 1, 3, 82]);
+        assert_eq!(option_codes(&small), [53, 54, 51, 42, 1, 3, 26, 82]);
 
         let big = reply_bytes(
             &view,
@@ -433,7 +450,7 @@ mod tests {
                 .clone()
                 .option(code::MAX_MESSAGE_SIZE, &1500u16.to_be_bytes()),
         );
-        assert_eq!(option_codes(&big), [53, 54, 51, 42, 41, 1, 3, 82]);
+        assert_eq!(option_codes(&big), [53, 54, 51, 42, 41, 1, 3, 26, 82]);
 
         // A limit below 576 counts as 576; without option 57, 576 too.
         let tiny = reply_bytes(
@@ -459,7 +476,7 @@ mod tests {
                 .option(code::MAX_MESSAGE_SIZE, &1500u16.to_be_bytes()),
         );
         assert!(bytes.len() <= 600 - 28, "{} bytes", bytes.len());
-        assert_eq!(option_codes(&bytes), [53, 54, 51, 42]);
+        assert_eq!(option_codes(&bytes), [53, 54, 51, 42, 26]);
     }
 
     #[test]
@@ -487,6 +504,69 @@ mod tests {
                 .ciaddr(A1_IP)
                 .option(code::PARAMETER_LIST, &[1, 51, 58, 59, 6]),
         );
-        assert_eq!(option_codes(&bytes), [53, 54, 1, 6]);
+        assert_eq!(option_codes(&bytes), [53, 54, 1, 6, 26]);
+    }
+
+    /// busybox udhcpc's default request list (subnet, router, DNS, hostname,
+    /// domain, broadcast, NTP, and 119 and 121 on newer builds) has no 26.
+    const UDHCPC_DEFAULT_LIST: &[u8] = &[1, 3, 6, 12, 15, 28, 42];
+
+    fn mtu_in(message: &[u8]) -> Option<u16> {
+        let message = v4::Message::decode(&mut dhcproto::Decoder::new(message)).unwrap();
+        match message.opts().get(v4::OptionCode::InterfaceMtu)? {
+            DhcpOption::InterfaceMtu(mtu) => Some(*mtu),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mtu_goes_unasked_to_clients_that_do_not_list_it() {
+        let view = fixture_view();
+        let request =
+            RequestBuilder::discover(CLIENT_MAC).option(code::PARAMETER_LIST, UDHCPC_DEFAULT_LIST);
+        let bytes = reply_bytes(&view, request.clone());
+        assert_eq!(option_codes(&bytes), [53, 54, 51, 1, 3, 6, 12, 15, 28, 26]);
+        assert_eq!(mtu_in(&bytes), Some(1450));
+        // In the ACK too.
+        let ack = reply_bytes(
+            &view,
+            RequestBuilder::request(CLIENT_MAC)
+                .address_option(code::REQUESTED_ADDRESS, A1_IP)
+                .option(code::PARAMETER_LIST, UDHCPC_DEFAULT_LIST),
+        );
+        assert_eq!(mtu_in(&ack), Some(1450));
+    }
+
+    #[test]
+    fn an_unasked_mtu_keeps_its_room_when_the_size_limit_is_reached() {
+        let view = view_with_big_options(1450);
+        // 42 and 41 would fill 576 bytes; the MTU still goes, within it.
+        let bytes = reply_bytes(
+            &view,
+            RequestBuilder::discover(CLIENT_MAC).option(code::PARAMETER_LIST, &[42, 41, 1, 3]),
+        );
+        assert!(bytes.len() <= 576 - 28, "{} bytes", bytes.len());
+        assert_eq!(mtu_in(&bytes), Some(1450));
+    }
+
+    #[test]
+    fn an_ethernet_sized_mtu_is_sent_only_when_asked_for() {
+        let view = view_with(
+            &Fixture::new(),
+            &DhcpSettings {
+                port_mtu: 1500,
+                ..DhcpSettings::default()
+            },
+        );
+        let request = RequestBuilder::discover(CLIENT_MAC);
+        let unasked = reply_bytes(
+            &view,
+            request
+                .clone()
+                .option(code::PARAMETER_LIST, UDHCPC_DEFAULT_LIST),
+        );
+        assert_eq!(mtu_in(&unasked), None);
+        let asked = reply_bytes(&view, request.option(code::PARAMETER_LIST, &[26]));
+        assert_eq!(mtu_in(&asked), Some(1500));
     }
 }

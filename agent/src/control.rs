@@ -164,6 +164,7 @@ fn next_hop_word(next_hop: dp::NextHop) -> &'static str {
     match next_hop {
         dp::NextHop::Neighbor => "neighbor",
         dp::NextHop::Mac => "mac",
+        dp::NextHop::VxlanDevice => "vxlan-device",
     }
 }
 
@@ -733,7 +734,7 @@ impl AgentControl for ControlService {
             view.device = underlay.device.clone();
             view.xdp_configured = underlay.xdp.as_str().into();
             view.vxlan_device = underlay.vxlan_device.clone();
-            view.vxlan_ifindex = underlay.vxlan_ifindex;
+            view.vxlan_ifindex = underlay.spec.vxlan_ifindex;
         }
         let hosts = hosts
             .into_iter()
@@ -757,6 +758,8 @@ impl AgentControl for ControlService {
                 .map(|(reason, count)| (reason.name().to_string(), count))
                 .collect(),
             dropped: stats.drops.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
+            device_encap_packets: stats.device_encap_packets,
+            device_decap_packets: stats.device_decap_packets,
         }))
     }
 
@@ -765,9 +768,12 @@ impl AgentControl for ControlService {
         request: Request<api::TraceRequest>,
     ) -> Result<Response<api::TraceReply>, Status> {
         let request = request.into_inner();
-        let underlay_device = self.underlay.as_ref().map_or("", |u| u.device.as_str());
-        let setup =
-            self.read(|state| trace::Setup::new(state, &request.port_id, underlay_device))?;
+        let tunnel = trace::Tunnel {
+            underlay_device: self.underlay.as_ref().map(|u| u.device.clone()),
+            vxlan_device: self.underlay.as_ref().map(|u| u.vxlan_device.clone()),
+            port_mtu: self.port_mtu,
+        };
+        let setup = self.read(|state| trace::Setup::new(state, &request.port_id, tunnel))?;
         let probe = trace::Probe::new(&setup, &request).map_err(Status::invalid_argument)?;
         let datapath = self.datapath.clone();
         // BPF_PROG_TEST_RUN looks the device up in the calling thread's
@@ -854,14 +860,20 @@ mod trace {
         /// The underlay device's name, where encapsulated frames leave;
         /// empty without one.
         pub underlay_device: String,
+        /// The agent's VXLAN device's name; empty without an underlay.
+        pub vxlan_device: String,
+        pub port_mtu: u32,
+    }
+
+    /// What a trace says of this host's tunnel endpoint.
+    pub struct Tunnel {
+        pub underlay_device: Option<String>,
+        pub vxlan_device: Option<String>,
+        pub port_mtu: u32,
     }
 
     impl Setup {
-        pub fn new(
-            state: &AgentState,
-            port_id: &str,
-            underlay_device: &str,
-        ) -> Result<Setup, Status> {
+        pub fn new(state: &AgentState, port_id: &str, tunnel: Tunnel) -> Result<Setup, Status> {
             if port_id.is_empty() {
                 return Err(Status::invalid_argument("which port sends? (port_id)"));
             }
@@ -915,7 +927,9 @@ mod trace {
                     .filter(|endpoint| endpoint.vni == vni)
                     .collect(),
                 ports: ports_by_ifindex(state),
-                underlay_device: underlay_device.into(),
+                underlay_device: tunnel.underlay_device.unwrap_or_default(),
+                vxlan_device: tunnel.vxlan_device.unwrap_or_default(),
+                port_mtu: tunnel.port_mtu,
             })
         }
 
@@ -990,6 +1004,10 @@ mod trace {
         pub src_port: u16,
         pub dst_port: u16,
         pub ttl: u8,
+        /// The IPv4 packet's total length; `None`: the protocol's usual.
+        pub length: Option<u16>,
+        /// DF clear.
+        pub fragmentable: bool,
     }
 
     /// The source port of TCP and UDP probes unless given: the first of the
@@ -1059,6 +1077,21 @@ mod trace {
                 0 => DEFAULT_TTL,
                 ttl => u8::try_from(ttl).map_err(|_| format!("invalid TTL {ttl}: 1 to 255"))?,
             };
+            let length = match (request.length, protocol) {
+                (0, _) => None,
+                (_, Protocol::Arp) => return Err("ARP has no IPv4 length to set".into()),
+                (length, _) => {
+                    let least = 20 + frames::least_l4_len(protocol.number());
+                    Some(
+                        u16::try_from(length)
+                            .ok()
+                            .filter(|&length| usize::from(length) >= least)
+                            .ok_or_else(|| {
+                                format!("invalid length {length}: {least} to 65535 bytes")
+                            })?,
+                    )
+                }
+            };
             Ok(Probe {
                 protocol,
                 src_mac,
@@ -1068,45 +1101,63 @@ mod trace {
                 src_port,
                 dst_port,
                 ttl,
+                length,
+                fragmentable: request.fragmentable,
             })
         }
 
-        /// The packet in words: `ICMP echo 10.0.1.10 -> 10.0.2.20`.
+        /// The packet in words: `ICMP echo 10.0.1.10 -> 10.0.2.20`, with
+        /// its length and DF if set.
         pub fn words(&self) -> String {
             let (src, dst) = (self.src_ip, self.dst_ip);
             let (sport, dport) = (self.src_port, self.dst_port);
-            match self.protocol {
+            let packet = match self.protocol {
                 Protocol::Icmp => format!("ICMP echo {src} -> {dst}"),
                 Protocol::Tcp => format!("TCP SYN {src}:{sport} -> {dst}:{dport}"),
                 Protocol::Udp => format!("UDP {src}:{sport} -> {dst}:{dport}"),
-                Protocol::Arp => format!("ARP request: who has {dst}? tell {src}"),
+                Protocol::Arp => return format!("ARP request: who has {dst}? tell {src}"),
+            };
+            let df = if self.fragmentable { "" } else { ", DF" };
+            match self.length {
+                Some(length) => format!("{packet} ({length} bytes{df})"),
+                None if self.fragmentable => format!("{packet} (DF clear)"),
+                None => packet,
             }
         }
 
         /// The frame, sent to `dst_mac`.
         pub fn frame(&self, dst_mac: Mac) -> Vec<u8> {
             let (src, dst) = (self.src_ip, self.dst_ip);
-            let (protocol, payload) = match self.protocol {
+            let l4_len = self.length.map(|length| usize::from(length) - 20);
+            let payload = match self.protocol {
                 Protocol::Arp => return frames::arp_request(self.src_mac, dst_mac, src, dst),
-                Protocol::Icmp => (frames::IPPROTO_ICMP, frames::icmp_echo()),
-                Protocol::Tcp => (
-                    frames::IPPROTO_TCP,
-                    frames::tcp_syn(src, dst, self.src_port, self.dst_port),
-                ),
-                Protocol::Udp => (
-                    frames::IPPROTO_UDP,
-                    frames::udp(src, dst, self.src_port, self.dst_port),
-                ),
+                Protocol::Icmp => frames::icmp_echo(l4_len),
+                Protocol::Tcp => frames::tcp_syn(src, dst, self.src_port, self.dst_port, l4_len),
+                Protocol::Udp => frames::udp(src, dst, self.src_port, self.dst_port, l4_len),
             };
             frames::ipv4(
                 self.src_mac,
                 dst_mac,
-                src,
-                dst,
-                self.ttl,
-                protocol,
+                frames::Addresses { src, dst },
+                frames::Ipv4Fields {
+                    ttl: self.ttl,
+                    protocol: self.protocol.number(),
+                    dont_fragment: !self.fragmentable,
+                },
                 &payload,
             )
+        }
+    }
+
+    impl Protocol {
+        /// The IP protocol number (ARP has none: 0).
+        fn number(self) -> u8 {
+            match self {
+                Self::Icmp => frames::IPPROTO_ICMP,
+                Self::Tcp => frames::IPPROTO_TCP,
+                Self::Udp => frames::IPPROTO_UDP,
+                Self::Arp => 0,
+            }
         }
     }
 
@@ -1390,6 +1441,22 @@ mod trace {
                 probe.ttl,
                 setup.router_words(from, setup.subnet_of(dst))
             ),
+            DropReason::TooBig => {
+                // A trace spends none of the rate limit and sends no ICMP
+                // error: only a missing gateway leaves it unanswered.
+                let why = if from.is_none_or(|subnet| subnet.gateway.is_none()) {
+                    format!("the sender's subnet {from_words} has no gateway to answer from")
+                } else {
+                    "the port's ICMP rate limit was reached, or the packet is an ICMP error or a \
+                     later fragment"
+                        .into()
+                };
+                format!(
+                    "the packet is bigger than the port MTU ({}) and may not be fragmented (DF), \
+                     but no ICMP fragmentation needed goes back: {why}",
+                    setup.port_mtu
+                )
+            }
             DropReason::NoUnderlay => {
                 let host = match setup.endpoint(dst).map(|e| e.location) {
                     Some(Location::Remote { host }) => host.to_string(),
@@ -1455,6 +1522,58 @@ mod trace {
         explanation: String,
         next_hop: api::NextHop,
         encapsulation: Option<api::Encapsulation>,
+    }
+
+    /// A device by its name, else by its ifindex.
+    fn named(name: &str, ifindex: u32) -> String {
+        if name.is_empty() {
+            format!("device {ifindex}")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// `routed via router r1 (10.0.1.0/24 -> 10.0.2.0/24), then ` if routed.
+    fn routed_words(
+        setup: &Setup,
+        from: Option<&SubnetSpec>,
+        to: Option<&SubnetSpec>,
+        routed: bool,
+    ) -> String {
+        if !routed {
+            return String::new();
+        }
+        let subnets = match (from, to) {
+            (Some(from), Some(to)) => format!(" ({} -> {})", from.cidr, to.cidr),
+            _ => String::new(),
+        };
+        format!(
+            "routed via {}{subnets}, then ",
+            setup.router_words(from, to)
+        )
+    }
+
+    /// The next hop of a frame to `host` out of `device`.
+    fn tunnel_hop(
+        device: &str,
+        ifindex: u32,
+        host: Ipv4Addr,
+        routed: bool,
+        from: Option<&SubnetSpec>,
+    ) -> api::NextHop {
+        api::NextHop {
+            kind: "tunnel".into(),
+            device: device.into(),
+            ifindex,
+            routed,
+            router_id: if routed {
+                from.and_then(|s| s.router.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            remote_host: host.to_string(),
+            ..Default::default()
+        }
     }
 
     fn explain(setup: &Setup, probe: &Probe, outcome: &Outcome) -> Explained {
@@ -1540,47 +1659,21 @@ mod trace {
                 routed,
             } => {
                 explained.verdict = api::TraceVerdict::Encapsulated;
-                let routed_words = if routed {
-                    let subnets = match (from, to) {
-                        (Some(from), Some(to)) => format!(" ({} -> {})", from.cidr, to.cidr),
-                        _ => String::new(),
-                    };
-                    format!(
-                        "routed via {}{subnets}, then ",
-                        setup.router_words(from, to)
-                    )
-                } else {
-                    String::new()
-                };
-                let device = if setup.underlay_device.is_empty() {
-                    format!("device {underlay}")
-                } else {
-                    setup.underlay_device.clone()
-                };
+                let device = named(&setup.underlay_device, underlay);
                 let how = match next_hop {
                     NextHop::Neighbor => {
                         "the kernel resolves the next hop and its MAC (route and neighbour table)"
                     }
                     NextHop::Mac => "outer MACs written by the datapath",
+                    NextHop::VxlanDevice => "the kernel's VXLAN device writes the outer headers",
                 };
                 explained.explanation = format!(
-                    "{} lives on host {host}: {routed_words}encapsulated in VXLAN (VNI {vni}) to \
-                     it, out of the underlay device {device}; {how}",
-                    probe.dst_ip
+                    "{} lives on host {host}: {}encapsulated in VXLAN (VNI {vni}) to it, out of \
+                     the underlay device {device}; {how}",
+                    probe.dst_ip,
+                    routed_words(setup, from, to, routed),
                 );
-                explained.next_hop = api::NextHop {
-                    kind: "tunnel".into(),
-                    device: device.clone(),
-                    ifindex: underlay,
-                    routed,
-                    router_id: if routed {
-                        from.and_then(|s| s.router.clone()).unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                    remote_host: host.to_string(),
-                    ..Default::default()
-                };
+                explained.next_hop = tunnel_hop(&device, underlay, host, routed, from);
                 explained.encapsulation =
                     frames::encapsulation(&outcome.result.output).map(|mut outer| {
                         outer.next_hop = next_hop_word(next_hop).into();
@@ -1593,6 +1686,25 @@ mod trace {
                         outer.underlay_ifindex = underlay;
                         outer
                     });
+            }
+            Verdict::Fragmented {
+                host,
+                device: ifindex,
+                routed,
+            } => {
+                explained.verdict = api::TraceVerdict::Encapsulated;
+                let device = named(&setup.vxlan_device, ifindex);
+                explained.explanation = format!(
+                    "{} lives on host {host}: {}the packet is bigger than the port MTU ({}) and \
+                     may be fragmented (DF clear), so it goes through the VXLAN device {device}: \
+                     the kernel encapsulates it (VNI {}) and fragments the outer packet, and \
+                     host {host} reassembles it before delivery",
+                    probe.dst_ip,
+                    routed_words(setup, from, to, routed),
+                    setup.port_mtu,
+                    setup.vni,
+                );
+                explained.next_hop = tunnel_hop(&device, ifindex, host, routed, from);
             }
             Verdict::Answered(answer) => {
                 explained.verdict = api::TraceVerdict::Answered;
@@ -1630,6 +1742,31 @@ mod trace {
                         );
                         explained.next_hop.router_id =
                             from.and_then(|s| s.router.clone()).unwrap_or_default();
+                    }
+                    Answer::FragNeeded => {
+                        explained.answer = "frag-needed";
+                        let gateway = from
+                            .and_then(|s| s.gateway)
+                            .map(|g| format!(" {}", g.ip))
+                            .unwrap_or_default();
+                        let next_hop = match setup.endpoint(probe.dst_ip).map(|e| e.location) {
+                            Some(Location::Remote { host }) => {
+                                format!("the tunnel to host {host}")
+                            }
+                            _ => setup.router_words(from, to),
+                        };
+                        explained.explanation = format!(
+                            "in place: the packet is bigger than the port MTU ({mtu}) of \
+                             {next_hop} and may not be fragmented (DF), so it is dropped \
+                             (counted as {}) and the gateway{gateway} sends ICMP fragmentation \
+                             needed back with next-hop MTU {mtu}: the VM's path MTU discovery \
+                             then sends smaller packets (at most {burst} such answers at once, \
+                             then {rate} a second, per port; a trace spends none)",
+                            DropReason::FragNeeded.name(),
+                            mtu = setup.port_mtu,
+                            burst = alcor_ebpf_common::ICMP_ERRORS_BURST,
+                            rate = 1_000_000_000 / alcor_ebpf_common::ICMP_ERROR_INTERVAL_NS,
+                        );
                     }
                 }
             }
@@ -1737,15 +1874,27 @@ mod frames {
         addresses + u32::from(protocol) + len as u32
     }
 
-    /// An IPv4 packet in an Ethernet frame: no options, don't fragment,
-    /// checksum computed.
+    /// The addresses of an IPv4 packet.
+    #[derive(Clone, Copy)]
+    pub struct Addresses {
+        pub src: Ipv4Addr,
+        pub dst: Ipv4Addr,
+    }
+
+    /// The IPv4 header fields a probe chooses.
+    #[derive(Clone, Copy)]
+    pub struct Ipv4Fields {
+        pub ttl: u8,
+        pub protocol: u8,
+        pub dont_fragment: bool,
+    }
+
+    /// An IPv4 packet in an Ethernet frame: no options, checksum computed.
     pub fn ipv4(
         src_mac: Mac,
         dst_mac: Mac,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        ttl: u8,
-        protocol: u8,
+        Addresses { src, dst }: Addresses,
+        fields: Ipv4Fields,
         payload: &[u8],
     ) -> Vec<u8> {
         let mut frame = ethernet(dst_mac, src_mac, ETHERTYPE_IPV4);
@@ -1754,9 +1903,10 @@ mod frames {
         header[0] = 0x45;
         header[2..4].copy_from_slice(&total.to_be_bytes());
         header[4..6].copy_from_slice(&0x7a11u16.to_be_bytes());
-        header[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-        header[8] = ttl;
-        header[9] = protocol;
+        let flags: u16 = if fields.dont_fragment { 0x4000 } else { 0 };
+        header[6..8].copy_from_slice(&flags.to_be_bytes());
+        header[8] = fields.ttl;
+        header[9] = fields.protocol;
         header[12..16].copy_from_slice(&src.octets());
         header[16..20].copy_from_slice(&dst.octets());
         let check = checksum(&header, 0);
@@ -1766,18 +1916,40 @@ mod frames {
         frame
     }
 
-    /// An ICMP echo request as `ping` sends it: 56 bytes of data.
-    pub fn icmp_echo() -> Vec<u8> {
-        let mut icmp = vec![8, 0, 0, 0, 0xa1, 0xc0, 0, 1];
-        icmp.extend((0..56u8).map(|n| 0x10 + n));
+    /// The shortest header of IP protocol `protocol` a probe sends.
+    pub fn least_l4_len(protocol: u8) -> usize {
+        match protocol {
+            IPPROTO_TCP => 20,
+            _ => 8,
+        }
+    }
+
+    /// `header` followed by data up to `len` bytes in all (none if
+    /// shorter), a counting pattern as ping's.
+    fn padded(mut header: Vec<u8>, len: usize) -> Vec<u8> {
+        let data = len.saturating_sub(header.len());
+        header.extend((0..data).map(|n| 0x10u8.wrapping_add(n as u8)));
+        header
+    }
+
+    /// An ICMP echo request as `ping` sends it: 56 bytes of data, or `len`
+    /// bytes in all.
+    pub fn icmp_echo(len: Option<usize>) -> Vec<u8> {
+        let mut icmp = padded(vec![8, 0, 0, 0, 0xa1, 0xc0, 0, 1], len.unwrap_or(64));
         let check = checksum(&icmp, 0);
         icmp[2..4].copy_from_slice(&check.to_be_bytes());
         icmp
     }
 
-    /// A TCP SYN without options.
-    pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-        let mut tcp = vec![0u8; 20];
+    /// A TCP SYN without options, with data up to `len` bytes in all.
+    pub fn tcp_syn(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        len: Option<usize>,
+    ) -> Vec<u8> {
+        let mut tcp = padded(vec![0u8; 20], len.unwrap_or(20));
         tcp[0..2].copy_from_slice(&sport.to_be_bytes());
         tcp[2..4].copy_from_slice(&dport.to_be_bytes());
         tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
@@ -1789,16 +1961,29 @@ mod frames {
         tcp
     }
 
-    /// A UDP datagram with a few bytes of data.
-    pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    /// A UDP datagram with a few bytes of data, or `len` bytes in all.
+    pub fn udp(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        len: Option<usize>,
+    ) -> Vec<u8> {
         let data = b"alcor trace";
-        let len = 8 + data.len();
-        let mut udp = Vec::with_capacity(len);
+        let mut udp = Vec::with_capacity(8 + data.len());
         udp.extend_from_slice(&sport.to_be_bytes());
         udp.extend_from_slice(&dport.to_be_bytes());
-        udp.extend_from_slice(&(len as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&[0; 4]);
         udp.extend_from_slice(data);
+        let mut udp = match len {
+            Some(len) => {
+                udp.truncate(8);
+                padded(udp, len)
+            }
+            None => udp,
+        };
+        let len = udp.len();
+        udp[4..6].copy_from_slice(&(len as u16).to_be_bytes());
         let check = match checksum(&udp, pseudo_header(src, dst, IPPROTO_UDP, len)) {
             // 0 means "no checksum" in UDP: all ones stands for it.
             0 => 0xffff,
@@ -2036,6 +2221,8 @@ mod tests {
             ],
             ports: [(7, "web-1".to_string()), (8, "db-1".to_string())].into(),
             underlay_device: String::new(),
+            vxlan_device: String::new(),
+            port_mtu: 1450,
         }
     }
 
@@ -2089,25 +2276,46 @@ mod tests {
     fn frames_have_right_checksums_and_read_back() {
         let (src, dst) = (ip("10.0.1.10"), ip("10.0.2.20"));
         for (protocol, payload, words) in [
-            (frames::IPPROTO_ICMP, frames::icmp_echo(), "echo request"),
+            (
+                frames::IPPROTO_ICMP,
+                frames::icmp_echo(None),
+                "echo request",
+            ),
+            (
+                frames::IPPROTO_ICMP,
+                frames::icmp_echo(Some(1480)),
+                "echo request",
+            ),
             (
                 frames::IPPROTO_TCP,
-                frames::tcp_syn(src, dst, 49152, 80),
+                frames::tcp_syn(src, dst, 49152, 80, None),
+                "SYN 49152 -> 80",
+            ),
+            (
+                frames::IPPROTO_TCP,
+                frames::tcp_syn(src, dst, 49152, 80, Some(1480)),
                 "SYN 49152 -> 80",
             ),
             (
                 frames::IPPROTO_UDP,
-                frames::udp(src, dst, 49152, 53),
+                frames::udp(src, dst, 49152, 53, None),
+                "49152 -> 53",
+            ),
+            (
+                frames::IPPROTO_UDP,
+                frames::udp(src, dst, 49152, 53, Some(1480)),
                 "49152 -> 53",
             ),
         ] {
             let frame = frames::ipv4(
                 mac("fa:16:3e:00:00:0a"),
                 mac("fa:16:3e:ff:ff:01"),
-                src,
-                dst,
-                64,
-                protocol,
+                frames::Addresses { src, dst },
+                frames::Ipv4Fields {
+                    ttl: 64,
+                    protocol,
+                    dont_fragment: true,
+                },
                 &payload,
             );
             let headers = frames::headers(&frame);
@@ -2124,16 +2332,26 @@ mod tests {
             assert_eq!(ipv4.total_length as usize, frame.len() - 14);
         }
         // The transport checksums: the sum over what they cover is all ones.
-        let tcp = frames::tcp_syn(src, dst, 49152, 80);
-        let udp = frames::udp(src, dst, 49152, 53);
+        let tcp = frames::tcp_syn(src, dst, 49152, 80, None);
+        let udp = frames::udp(src, dst, 49152, 53, None);
         for (protocol, segment) in [(frames::IPPROTO_TCP, &tcp), (frames::IPPROTO_UDP, &udp)] {
             let pseudo = frames::pseudo_header(src, dst, protocol, segment.len());
             assert_eq!(frames::checksum(segment, pseudo), 0, "protocol {protocol}");
         }
-        assert_eq!(frames::checksum(&frames::icmp_echo(), 0), 0);
-        let icmp = frames::icmp_echo();
+        assert_eq!(frames::checksum(&frames::icmp_echo(None), 0), 0);
+        let icmp = frames::icmp_echo(None);
         assert_eq!(icmp.len(), 64, "as ping sends it: 8 + 56 bytes");
-        let frame = frames::ipv4(Mac([2; 6]), Mac([4; 6]), src, dst, 64, 1, &icmp);
+        let frame = frames::ipv4(
+            Mac([2; 6]),
+            Mac([4; 6]),
+            frames::Addresses { src, dst },
+            frames::Ipv4Fields {
+                ttl: 64,
+                protocol: 1,
+                dont_fragment: true,
+            },
+            &icmp,
+        );
         assert_eq!(frame.len(), 98);
     }
 
@@ -2284,10 +2502,15 @@ mod tests {
         frames::ipv4(
             mac("02:00:00:00:00:01"),
             mac("02:00:00:00:00:02"),
-            ip("198.18.0.1"),
-            ip("198.18.0.2"),
-            64,
-            frames::IPPROTO_UDP,
+            frames::Addresses {
+                src: ip("198.18.0.1"),
+                dst: ip("198.18.0.2"),
+            },
+            frames::Ipv4Fields {
+                ttl: 64,
+                protocol: frames::IPPROTO_UDP,
+                dont_fragment: true,
+            },
             &udp,
         )
     }
@@ -2296,11 +2519,16 @@ mod tests {
         frames::ipv4(
             mac(src_mac),
             mac(dst_mac),
-            ip(src),
-            ip(dst),
-            ttl,
-            frames::IPPROTO_ICMP,
-            &frames::icmp_echo(),
+            frames::Addresses {
+                src: ip(src),
+                dst: ip(dst),
+            },
+            frames::Ipv4Fields {
+                ttl,
+                protocol: frames::IPPROTO_ICMP,
+                dont_fragment: true,
+            },
+            &frames::icmp_echo(None),
         )
     }
 

@@ -214,6 +214,18 @@ impl Collector for UnderlayCollector {
                 "Bytes (inner frames) decapsulated and delivered",
                 stats.decap_bytes,
             ),
+            (
+                "underlay_device_encap_packets",
+                "Of the packets encapsulated, those sent through the VXLAN device to be \
+                 fragmented (too big for the underlay, DF clear)",
+                stats.device_encap_packets,
+            ),
+            (
+                "underlay_device_decap_packets",
+                "Of the packets decapsulated, those the VXLAN device decapsulated \
+                 (reassembled outer fragments, GSO packets for taps)",
+                stats.device_decap_packets,
+            ),
         ] {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;

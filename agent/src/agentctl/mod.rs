@@ -99,7 +99,8 @@ const TRACE_EXAMPLES: &str = "Examples:
   agentctl trace web-1 --dst 10.0.1.30                 to a VM on another host: the outer headers
   agentctl trace web-1 --dst 10.0.1.1 --proto arp      ARP for the gateway
   agentctl trace web-1 --dst 10.0.1.20 --proto tcp --dport 443 --src 10.9.9.9
-                                                       would a forged source pass?";
+                                                       would a forged source pass?
+  agentctl trace web-1 --dst 10.0.1.30 --size 1500     a VM at MTU 1500: ICMP back?";
 
 #[derive(Debug, Subcommand)]
 enum DpCommand {
@@ -173,6 +174,14 @@ struct TraceArgs {
     /// IP time to live [default: 64]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     ttl: Option<u8>,
+    /// The IPv4 packet's length in bytes, headers included (the data is
+    /// padded): e.g. 1500 to see what a VM at MTU 1500 meets [default: the
+    /// protocol's usual]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(28..))]
+    size: Option<u16>,
+    /// Send with the "don't fragment" bit clear [default: set, as Linux does]
+    #[arg(long)]
+    fragmentable: bool,
     /// Also print the frame sent and the frame out of the program as hex
     #[arg(long)]
     hex: bool,
@@ -197,6 +206,8 @@ impl TraceArgs {
             dst_port: self.dport.map_or(0, u32::from),
             src_port: self.sport.map_or(0, u32::from),
             ttl: self.ttl.map_or(0, u32::from),
+            length: self.size.map_or(0, u32::from),
+            fragmentable: self.fragmentable,
         }
     }
 }

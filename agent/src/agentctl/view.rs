@@ -733,6 +733,14 @@ fn device_words(name: &str, ifindex: u32) -> String {
     }
 }
 
+/// `, 3 of them fragmented by the VXLAN device`, if any.
+fn through_device(packets: u64, verb: &str) -> String {
+    if packets == 0 {
+        return String::new();
+    }
+    format!(", {packets} of them {verb} the VXLAN device")
+}
+
 impl Human for DpTunnels {
     fn human(&self) -> String {
         let underlay = self.underlay.clone().unwrap_or_default();
@@ -778,11 +786,21 @@ impl Human for DpTunnels {
             ("vnis served", or_dash(&vnis.join(", "))),
             (
                 "encapsulated",
-                format!("{} packets, {} bytes", self.encap_packets, self.encap_bytes),
+                format!(
+                    "{} packets, {} bytes{}",
+                    self.encap_packets,
+                    self.encap_bytes,
+                    through_device(self.device_encap_packets, "fragmented by")
+                ),
             ),
             (
                 "decapsulated",
-                format!("{} packets, {} bytes", self.decap_packets, self.decap_bytes),
+                format!(
+                    "{} packets, {} bytes{}",
+                    self.decap_packets,
+                    self.decap_bytes,
+                    through_device(self.device_decap_packets, "by")
+                ),
             ),
         ] {
             about.row([key.to_string(), value]);

@@ -215,6 +215,8 @@ enum Hook {
     ToVm,
     /// Ingress of the underlay device: VXLAN from other hosts.
     FromUnderlay,
+    /// Ingress of the agent's VXLAN device: what the kernel decapsulated.
+    FromVxlanDevice,
 }
 
 impl Hook {
@@ -226,12 +228,13 @@ impl Hook {
             Self::FromVm => programs::PORT_FROM_VM,
             Self::ToVm => programs::PORT_TO_VM,
             Self::FromUnderlay => programs::UNDERLAY_IN,
+            Self::FromVxlanDevice => programs::VXLAN_IN,
         }
     }
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromVm | Self::FromUnderlay => TcAttachType::Ingress,
+            Self::FromVm | Self::FromUnderlay | Self::FromVxlanDevice => TcAttachType::Ingress,
             Self::ToVm => TcAttachType::Egress,
         }
     }
@@ -388,6 +391,18 @@ impl Datapath {
         let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
         let new_qdisc = add_clsact(ifindex, &ifname)?;
         self.attach_hook(ifindex, &ifname, Hook::FromUnderlay, new_qdisc)
+    }
+
+    /// Attaches `vxlan_in` to the ingress of the agent's VXLAN device (a tc
+    /// filter, swapped in place when attached again): what the kernel
+    /// decapsulates there (reassembled outer fragments, GSO packets
+    /// `underlay_in` leaves to it for taps) is delivered to its port with
+    /// the checks `underlay_in` makes. The device must be the one the
+    /// model's underlay names.
+    pub fn attach_vxlan(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
+        let new_qdisc = add_clsact(ifindex, &ifname)?;
+        self.attach_hook(ifindex, &ifname, Hook::FromVxlanDevice, new_qdisc)
     }
 
     /// Removes `underlay_in` from the device, if there. VXLAN then goes to

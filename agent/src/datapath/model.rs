@@ -52,6 +52,7 @@ use crate::model::{AddressPair, GatewayAddress, Mac, Vni};
 ///     mac: "02:00:c6:12:00:01".parse().unwrap(),
 ///     mtu: 1500,
 ///     gateway_mac: None,
+///     vxlan_ifindex: 3,
 /// });
 /// model.endpoints.push(EndpointSpec {
 ///     vni,
@@ -91,6 +92,10 @@ pub struct DatapathModel {
     /// (without a MAC); an address listed here that has no endpoints is not
     /// a host: VXLAN is not accepted from it.
     pub hosts: Vec<HostSpec>,
+    /// The ports' MTU (the underlay's minus 50): a bigger packet to another
+    /// host or through a router gets ICMP "fragmentation needed" if it may
+    /// not be fragmented. 0: not checked.
+    pub port_mtu: u32,
 }
 
 /// This host's tunnel endpoint: where VXLAN leaves and arrives.
@@ -110,8 +115,7 @@ pub struct UnderlaySpec {
     /// The underlay device's MAC (outer source MAC when the program writes
     /// the outer MACs itself).
     pub mac: Mac,
-    /// The underlay device's MTU: frames that do not fit once encapsulated
-    /// are dropped (`too-big`); ports get this minus 50. 0: not checked.
+    /// The underlay device's MTU; ports get this minus 50.
     pub mtu: u32,
     /// The MAC of the underlay's gateway, if hosts are reached through one
     /// (a routed underlay): the outer destination MAC for every host without
@@ -119,6 +123,10 @@ pub struct UnderlaySpec {
     /// the kernel routes each frame and resolves the next hop's MAC itself
     /// (`bpf_redirect_neigh`).
     pub gateway_mac: Option<Mac>,
+    /// The agent's VXLAN device (external mode), 0 if none: packets too
+    /// big for the underlay that may be fragmented leave through it, and
+    /// `vxlan_in` on its ingress delivers what it decapsulates.
+    pub vxlan_ifindex: u32,
 }
 
 /// Another host of the underlay.
@@ -303,6 +311,7 @@ impl Entries {
                 redirect: port.redirect as u8,
                 _pad: 0,
                 subnet,
+                mtu: model.port_mtu,
             };
             if entries.ports.contains_key(&port.ifindex) {
                 conflicts.push(format!(
@@ -429,6 +438,7 @@ fn underlay_info(underlay: &UnderlaySpec) -> UnderlayInfo {
         } else {
             0
         },
+        vxlan_ifindex: underlay.vxlan_ifindex,
     }
 }
 

@@ -622,6 +622,12 @@ impl Datapath {
             sum.encap_bytes = sum.encap_bytes.wrapping_add(cpu.encap_bytes);
             sum.decap_packets = sum.decap_packets.wrapping_add(cpu.decap_packets);
             sum.decap_bytes = sum.decap_bytes.wrapping_add(cpu.decap_bytes);
+            sum.device_encap_packets = sum
+                .device_encap_packets
+                .wrapping_add(cpu.device_encap_packets);
+            sum.device_decap_packets = sum
+                .device_decap_packets
+                .wrapping_add(cpu.device_decap_packets);
             for (total, add) in sum.drops.iter_mut().zip(cpu.drops) {
                 *total = total.wrapping_add(add);
             }

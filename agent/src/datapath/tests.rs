@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alcor_ebpf_common::programs::{PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP};
+use alcor_ebpf_common::programs::{PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP, VXLAN_IN};
 use aya::programs::{LinkOrder, TestRun, TestRunOptions};
 use futures::TryStreamExt;
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
@@ -126,7 +126,10 @@ fn every_program_passes_the_verifier() {
         })
         .collect();
     names.sort_unstable();
-    assert_eq!(names, [PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP]);
+    assert_eq!(
+        names,
+        [PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP, VXLAN_IN]
+    );
 }
 
 #[test]
@@ -240,7 +243,7 @@ impl Netlink {
             .traffic_filter(ifindex.try_into().unwrap())
             .get();
         let request = match hook {
-            Hook::FromVm | Hook::FromUnderlay => request.ingress(),
+            Hook::FromVm | Hook::FromUnderlay | Hook::FromVxlanDevice => request.ingress(),
             Hook::ToVm => request.egress(),
         };
         let messages: Vec<_> = self
@@ -363,7 +366,7 @@ fn add(counters: &mut PortCounters, hook: Hook, len: usize, count: usize) {
     let (packets, bytes) = match hook {
         Hook::FromVm => (&mut counters.rx_packets, &mut counters.rx_bytes),
         Hook::ToVm => (&mut counters.tx_packets, &mut counters.tx_bytes),
-        Hook::FromUnderlay => unreachable!("not a port hook"),
+        Hook::FromUnderlay | Hook::FromVxlanDevice => unreachable!("not a port hook"),
     };
     *packets += count as u64;
     *bytes += (len * count) as u64;

@@ -42,6 +42,16 @@ pub enum Verdict {
         /// Routed between subnets first (inner MACs rewritten, TTL - 1).
         routed: bool,
     },
+    /// To an endpoint on another host, too big for the underlay once
+    /// encapsulated and with DF clear: handed to the agent's VXLAN device
+    /// with a tunnel key, whose kernel path encapsulates it and fragments
+    /// the outer packet (the output frame is the inner one).
+    Fragmented {
+        host: Ipv4Addr,
+        /// The VXLAN device.
+        device: u32,
+        routed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +72,9 @@ pub enum Answer {
     /// ICMP time exceeded from the gateway (the original is dropped and
     /// counted as `ttl-exceeded`).
     TimeExceeded,
+    /// ICMP fragmentation needed from the gateway, with the port MTU (the
+    /// original is dropped and counted as `frag-needed`).
+    FragNeeded,
 }
 
 /// The outcome of [`Datapath::trace`].
@@ -116,6 +129,23 @@ impl fmt::Display for Verdict {
                 "TTL exceeded: answered with ICMP time exceeded from the gateway, original \
                  dropped"
             ),
+            Self::Answered(Answer::FragNeeded) => write!(
+                f,
+                "too big for the port MTU with DF set: answered with ICMP fragmentation needed \
+                 from the gateway, original dropped"
+            ),
+            Self::Fragmented {
+                host,
+                device,
+                routed,
+            } => {
+                let routed = if *routed { "routed, then " } else { "" };
+                write!(
+                    f,
+                    "too big for the underlay with DF clear: {routed}handed to VXLAN device \
+                     {device} for host {host}, which fragments the outer packet"
+                )
+            }
             Self::Encapsulated {
                 host,
                 vni,
@@ -130,7 +160,7 @@ impl fmt::Display for Verdict {
                 };
                 let next_hop = match next_hop {
                     NextHop::Mac => "outer MACs written by the datapath",
-                    NextHop::Neighbor => {
+                    NextHop::Neighbor | NextHop::VxlanDevice => {
                         "next hop and its MAC resolved by the kernel (route, neighbour table)"
                     }
                 };
@@ -149,6 +179,13 @@ impl fmt::Display for Verdict {
 pub enum UnderlayVerdict {
     /// Not VXLAN for this host: to the host stack, untouched.
     Pass,
+    /// A GSO packet for tap `ifindex`: to the host stack, for the agent's
+    /// VXLAN device to decapsulate (it clears the tunnel GSO marks a tap
+    /// refuses) and `vxlan_in` to deliver.
+    ToVxlanDevice {
+        ifindex: u32,
+        vni: u32,
+    },
     Drop(UnderlayDropReason),
     /// Decapsulated and delivered to a local port.
     Deliver {
@@ -162,6 +199,11 @@ impl fmt::Display for UnderlayVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Pass => write!(f, "passed to the host stack: not VXLAN for this host"),
+            Self::ToVxlanDevice { ifindex, vni } => write!(
+                f,
+                "a GSO packet (VNI {vni}) for tap port {ifindex}: passed to the VXLAN device to \
+                 decapsulate, so that the tap takes it whole"
+            ),
             Self::Drop(reason) => {
                 write!(f, "dropped ({}): {}", reason.name(), reason.description())
             }
@@ -327,6 +369,13 @@ fn underlay_verdict(cb: [u32; 5], return_value: u32) -> Option<UnderlayVerdict> 
         return None;
     }
     let (verdict, expected) = match action {
+        trace::ACTION_PASS if detail == trace::PASS_VXLAN_DEVICE => (
+            UnderlayVerdict::ToVxlanDevice {
+                ifindex: target,
+                vni: extra,
+            },
+            0,
+        ),
         trace::ACTION_PASS => (UnderlayVerdict::Pass, 0),
         trace::ACTION_DROP => (
             UnderlayVerdict::Drop(UnderlayDropReason::from_u32(detail)?),
@@ -368,22 +417,37 @@ fn verdict(cb: [u32; 5], return_value: u32, output: &[u8]) -> Option<Verdict> {
             trace::ANSWER_ARP => Answer::Arp,
             trace::ANSWER_ECHO => Answer::EchoReply,
             trace::ANSWER_TIME_EXCEEDED => Answer::TimeExceeded,
+            trace::ANSWER_FRAG_NEEDED => Answer::FragNeeded,
             _ => return None,
         }),
-        trace::ACTION_ENCAP => Verdict::Encapsulated {
-            host: from_net_u32(extra),
-            vni: vxlan_vni(output)?,
-            underlay: target,
-            next_hop: NextHop::from_u8(u8::try_from(detail & 0xff).ok()?)?,
-            routed: detail & trace::REDIRECT_ROUTED != 0,
-        },
+        trace::ACTION_ENCAP => {
+            let host = from_net_u32(extra);
+            let routed = detail & trace::REDIRECT_ROUTED != 0;
+            match NextHop::from_u8(u8::try_from(detail & 0xff).ok()?)? {
+                NextHop::VxlanDevice => Verdict::Fragmented {
+                    host,
+                    device: target,
+                    routed,
+                },
+                next_hop => Verdict::Encapsulated {
+                    host,
+                    vni: vxlan_vni(output)?,
+                    underlay: target,
+                    next_hop,
+                    routed,
+                },
+            }
+        }
         _ => return None,
     };
     // The record and the return code must agree: tc's OK, SHOT, REDIRECT.
     let expected = match verdict {
         Verdict::Pass(_) => 0,
         Verdict::Drop(_) => 2,
-        Verdict::Redirect { .. } | Verdict::Answered(_) | Verdict::Encapsulated { .. } => 7,
+        Verdict::Redirect { .. }
+        | Verdict::Answered(_)
+        | Verdict::Encapsulated { .. }
+        | Verdict::Fragmented { .. } => 7,
     };
     (return_value == expected).then_some(verdict)
 }

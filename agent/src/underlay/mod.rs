@@ -72,9 +72,8 @@ pub struct Underlay {
     pub spec: UnderlaySpec,
     /// The XDP mode asked for; what runs is [`Datapath::xdp_mode`].
     pub xdp: UnderlayXdp,
-    /// The agent's VXLAN device and its ifindex.
+    /// The agent's VXLAN device (its ifindex is the spec's).
     pub vxlan_device: String,
-    pub vxlan_ifindex: u32,
 }
 
 /// The MTU of the ports: the underlay's minus VXLAN's headers (1450
@@ -99,7 +98,7 @@ impl Underlay {
                 .map_err(UnderlayError::Vxlan)?;
             return Ok(None);
         };
-        let spec = resolve(handle, &device, config.underlay_ip, config.underlay_xdp).await?;
+        let mut spec = resolve(handle, &device, config.underlay_ip, config.underlay_xdp).await?;
         {
             let mut datapath = lock(datapath);
             release_previous(&mut datapath, Some(spec.ifindex))?;
@@ -121,12 +120,21 @@ impl Underlay {
             ifindex = vxlan_ifindex,
             "VXLAN device {verb}"
         );
+        lock(datapath)
+            .attach_vxlan(vxlan_ifindex)
+            .map_err(|source| UnderlayError::Datapath {
+                what: format!(
+                    "attaching the datapath to VXLAN device {}",
+                    config.vxlan_dev
+                ),
+                source,
+            })?;
+        spec.vxlan_ifindex = vxlan_ifindex;
         Ok(Some(Underlay {
             device,
             spec,
             xdp: config.underlay_xdp,
             vxlan_device: config.vxlan_dev.clone(),
-            vxlan_ifindex,
         }))
     }
 }
@@ -198,6 +206,8 @@ pub async fn resolve(
         mac,
         mtu,
         gateway_mac: None,
+        // Known once the device is made.
+        vxlan_ifindex: 0,
     })
 }
 
@@ -290,10 +300,10 @@ mod tests {
                 mac: crate::model::Mac([2, 0, 0, 0, 0, 1]),
                 mtu: 9000,
                 gateway_mac: None,
+                vxlan_ifindex: 3,
             },
             xdp: UnderlayXdp::Native,
             vxlan_device: "alcor-vxlan".into(),
-            vxlan_ifindex: 3,
         };
         assert_eq!(port_mtu(Some(&underlay)), 8950);
     }

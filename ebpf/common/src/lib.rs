@@ -21,6 +21,10 @@ pub mod programs {
     /// XDP on the underlay device: early drop of VXLAN for VNIs not served
     /// here or from hosts not known here.
     pub const UNDERLAY_XDP: &str = "underlay_xdp";
+    /// tc ingress of the agent's VXLAN device: what the kernel decapsulated
+    /// (reassembled outer fragments, GSO packets for taps) is delivered to
+    /// its port.
+    pub const VXLAN_IN: &str = "vxlan_in";
 }
 
 /// Names of the maps in the datapath object; pinned maps are pinned under
@@ -85,6 +89,10 @@ pub const VXLAN_SPORT_MIN: u16 = 49152;
 pub const VXLAN_SPORT_MAX: u16 = 65535;
 /// TTL of the outer IPv4 header.
 pub const VXLAN_TTL: u8 = 64;
+/// ICMP "fragmentation needed" a port may be sent at once...
+pub const ICMP_ERRORS_BURST: u64 = 10;
+/// ...then one per this many nanoseconds.
+pub const ICMP_ERROR_INTERVAL_NS: u64 = 10_000_000;
 /// Most subnets over all VPCs served here.
 pub const MAX_SUBNETS: u32 = 65536;
 
@@ -177,14 +185,19 @@ pub enum DropReason {
     NoUnderlay = 16,
     /// A kernel helper failed while rewriting or answering the frame.
     HelperFailed = 17,
-    /// To another host, but too big for the underlay once encapsulated (the
-    /// VM's MTU is more than the underlay's minus 50).
+    /// Too big for the next hop (the underlay once encapsulated, or a
+    /// routed destination's port) with DF set, and not answered: the port's
+    /// ICMP rate limit was reached, the sender's subnet has no gateway to
+    /// answer from, or the packet is itself an ICMP error.
     TooBig = 18,
+    /// Too big for the next hop with DF set: answered with ICMP
+    /// "fragmentation needed" from the gateway, next-hop MTU = the port's.
+    FragNeeded = 19,
 }
 
 impl DropReason {
     /// Number of reasons: the length of [`PortStats::drops`].
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
 
     /// Every reason, in value order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -207,6 +220,7 @@ impl DropReason {
         Self::NoUnderlay,
         Self::HelperFailed,
         Self::TooBig,
+        Self::FragNeeded,
     ];
 
     /// The reason with this value, if any.
@@ -240,6 +254,7 @@ impl DropReason {
             Self::NoUnderlay => "no-underlay",
             Self::HelperFailed => "helper-failed",
             Self::TooBig => "too-big",
+            Self::FragNeeded => "frag-needed",
         }
     }
 
@@ -293,8 +308,14 @@ impl DropReason {
             }
             Self::HelperFailed => "a kernel helper failed while rewriting or answering the frame",
             Self::TooBig => {
-                "the frame is too big for the underlay once encapsulated in VXLAN: the VM's MTU \
-                 must be the underlay's minus 50"
+                "the packet is bigger than the port MTU (the underlay's minus 50) and may not be \
+                 fragmented (DF); no ICMP went back: the port's ICMP rate limit was reached, its \
+                 subnet has no gateway, or the packet is an ICMP error itself"
+            }
+            Self::FragNeeded => {
+                "the packet is bigger than the port MTU (the underlay's minus 50) and may not be \
+                 fragmented (DF): the gateway answered with ICMP fragmentation needed, so the \
+                 VM's path MTU discovery sends smaller packets"
             }
         }
     }
@@ -316,6 +337,10 @@ pub struct PortInfo {
     pub _pad: u8,
     /// The subnet of `ip`; `flags` 0 if none.
     pub subnet: SubnetInfo,
+    /// The port's MTU (the underlay's minus VXLAN's 50 bytes): the largest
+    /// IPv4 packet (or GSO segment) that may leave through the tunnel or be
+    /// routed; 0: not checked.
+    pub mtu: u32,
 }
 
 /// How frames reach a local port's VM.
@@ -452,6 +477,11 @@ pub struct UnderlayInfo {
     pub gateway_mac: [u8; 6],
     /// [`UNDERLAY_GATEWAY_MAC`].
     pub flags: u32,
+    /// The agent's VXLAN device (external mode), 0 if none: packets too big
+    /// for the underlay that may be fragmented leave through it
+    /// ([`NextHop::VxlanDevice`]), and what it decapsulates is delivered by
+    /// `vxlan_in`.
+    pub vxlan_ifindex: u32,
 }
 
 /// [`UnderlayInfo::flags`]: `gateway_mac` is valid.
@@ -485,6 +515,10 @@ pub enum NextHop {
     /// `bpf_redirect` with the outer MACs written by the program: the
     /// host's MAC from [`maps::HOSTS`], else the underlay gateway's.
     Mac = 2,
+    /// `bpf_skb_set_tunnel_key` and `bpf_redirect` to the agent's VXLAN
+    /// device, whose kernel path fragments the outer packet: for packets
+    /// too big for the underlay that the VM lets be fragmented (DF clear).
+    VxlanDevice = 3,
 }
 
 impl NextHop {
@@ -492,6 +526,7 @@ impl NextHop {
         match value {
             1 => Some(Self::Neighbor),
             2 => Some(Self::Mac),
+            3 => Some(Self::VxlanDevice),
             _ => None,
         }
     }
@@ -607,6 +642,13 @@ pub struct UnderlayStats {
     pub encap_bytes: u64,
     pub decap_packets: u64,
     pub decap_bytes: u64,
+    /// Of the encapsulated packets, those sent through the agent's VXLAN
+    /// device ([`NextHop::VxlanDevice`]: fragmented outside).
+    pub device_encap_packets: u64,
+    /// Of the decapsulated packets, those the kernel's VXLAN device
+    /// decapsulated (`vxlan_in`): reassembled outer fragments, and GSO
+    /// packets for taps.
+    pub device_decap_packets: u64,
     pub drops: [u64; UnderlayDropReason::COUNT],
 }
 
@@ -632,11 +674,17 @@ pub mod trace {
     pub const PASS_NOT_PROGRAMMED: u32 = 1;
     /// [`Record::detail`] of a pass: DHCP, for the agent's responder.
     pub const PASS_DHCP: u32 = 2;
+    /// [`Record::detail`] of `underlay_in`'s pass: a GSO packet for a tap,
+    /// left to the kernel's VXLAN device to decapsulate (it clears the
+    /// tunnel GSO marks a tap refuses); [`Record::ifindex`] is the tap,
+    /// [`Record::extra`] the VNI.
+    pub const PASS_VXLAN_DEVICE: u32 = 3;
 
     /// [`Record::detail`] of an answer.
     pub const ANSWER_ARP: u32 = 1;
     pub const ANSWER_ECHO: u32 = 2;
     pub const ANSWER_TIME_EXCEEDED: u32 = 3;
+    pub const ANSWER_FRAG_NEEDED: u32 = 4;
 
     /// Encapsulated in VXLAN and sent to the underlay device
     /// ([`Record::ifindex`]) for the host [`Record::extra`] (its IPv4 in

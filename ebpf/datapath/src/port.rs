@@ -20,7 +20,15 @@
 //!    (rewritten if routed: routing happens on the sending host, as DVR
 //!    does) is encapsulated in VXLAN and sent to the underlay
 //!    ([`crate::tunnel`]);
-//! 8. everything else is dropped and counted by [`DropReason`].
+//! 8. a packet bigger than the port MTU ([`PortInfo::mtu`]) that would be
+//!    encapsulated or routed: with DF set, the gateway answers ICMP
+//!    "fragmentation needed" (next-hop MTU = the port's), at most
+//!    [`ICMP_ERRORS_BURST`] at once and one per [`ICMP_ERROR_INTERVAL_NS`]
+//!    per port, so that the VM's path MTU discovery converges instead of
+//!    its TCP stalling; with DF clear, it goes to another host through the
+//!    kernel's VXLAN device, which fragments the outer packet (as the
+//!    kernel's own VXLAN path does), and to a local port as it is;
+//! 9. everything else is dropped and counted by [`DropReason`].
 //!
 //! Every key carries the VNI (the port's, from [`PORTS`]), so VPCs with
 //! overlapping addresses never see each other.
@@ -35,18 +43,19 @@
 use core::mem::size_of;
 
 use alcor_ebpf_common::{
-    DropReason, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PORTS, MAX_SOURCES, MAX_SUBNETS,
-    NO_PREALLOC, NextHop, PortInfo, PortStats, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY,
-    SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo, SubnetKey, location, trace,
+    DropReason, Endpoint, EndpointKey, ICMP_ERROR_INTERVAL_NS, ICMP_ERRORS_BURST, MAX_ENDPOINTS,
+    MAX_PORTS, MAX_SOURCES, MAX_SUBNETS, NO_PREALLOC, NextHop, PortInfo, PortStats, Redirect,
+    SOURCE_ALLOWED, SOURCE_MAC_ONLY, SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo,
+    SubnetKey, location, trace,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::{
-        bpf_csum_diff, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail,
-        bpf_skb_load_bytes, bpf_skb_pull_data,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 
@@ -80,6 +89,13 @@ static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0)
 #[map]
 static SCRATCH: PerCpuArray<IcmpErrorScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Port ifindex → when its next ICMP error is due (ns, `bpf_ktime_get_ns`):
+/// the state of its rate limit (GCRA). Not pinned: a restarted agent
+/// starts every port with a full burst. LRU: entries of deleted ports age
+/// out by themselves.
+#[map]
+static ICMP_ERRORS_DUE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PORTS, 0);
+
 /// Zeroes for a port's first counters: inserted from here rather than from
 /// the stack, which has no room for them.
 static ZERO_STATS: PortStats = PortStats {
@@ -103,10 +119,15 @@ pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
+/// IPv4 flags: don't fragment.
+const IP_DF: u16 = 0x4000;
 /// TTL of the packets the gateway sends (echo replies, ICMP errors).
 const GATEWAY_TTL: u8 = 64;
 /// The longest IPv4 header (with options).
@@ -208,7 +229,7 @@ struct IcmpErrorHeaders {
     icmp_type: u8,
     icmp_code: u8,
     icmp_check: [u8; 2],
-    unused: [u8; 4],
+    rest: [u8; 4],
 }
 
 /// [`SCRATCH`]'s value.
@@ -250,7 +271,7 @@ pub fn port_from_vm(ctx: TcContext) -> i32 {
     // SAFETY: the context is the kernel's `__sk_buff`, valid for the whole run.
     let (ifindex, mark) = unsafe { ((*skb).ifindex, (*skb).mark) };
     let len = u64::from(ctx.len());
-    let decision = decide(&ctx, ifindex);
+    let decision = decide(&ctx, ifindex, mark == trace::MARK);
     if mark == trace::MARK {
         record(&ctx, ifindex, decision);
     } else {
@@ -312,6 +333,7 @@ fn account(ifindex: u32, len: u64, decision: Decision) {
         let reason = match decision {
             Decision::Drop(reason) => reason,
             Decision::Answer(trace::ANSWER_TIME_EXCEEDED) => DropReason::TtlExceeded,
+            Decision::Answer(trace::ANSWER_FRAG_NEEDED) => DropReason::FragNeeded,
             _ => return,
         };
         if let Some(drops) = stats.drops.get_mut(reason as usize) {
@@ -329,8 +351,8 @@ fn account(ifindex: u32, len: u64, decision: Decision) {
             stats.traffic.tx_bytes += len;
         });
     }
-    if encap {
-        tunnel::count_encap(len);
+    if let Decision::Encap { next_hop, .. } = decision {
+        tunnel::count_encap(len, next_hop);
     }
 }
 
@@ -420,8 +442,17 @@ pub(crate) fn ip4(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
 }
 
+/// The sending port, as the decision's helpers need it.
+#[derive(Clone, Copy)]
+struct Sender {
+    ifindex: u32,
+    info: PortInfo,
+    /// A trace run: spends nothing (no rate-limit tokens).
+    tracing: bool,
+}
+
 #[inline(always)]
-fn decide(ctx: &TcContext, ifindex: u32) -> Decision {
+fn decide(ctx: &TcContext, ifindex: u32, tracing: bool) -> Decision {
     // SAFETY: a map value, valid during the run; user space replaces values
     // whole (copied here at once).
     let Some(port) = (unsafe { PORTS.get(ifindex) }) else {
@@ -442,7 +473,15 @@ fn decide(ctx: &TcContext, ifindex: u32) -> Decision {
         return Decision::Drop(DropReason::SpoofedMac);
     }
     match u16::from_be_bytes(eth.proto) {
-        ETH_P_IP => ipv4(ctx, ifindex, &port, &eth),
+        ETH_P_IP => ipv4(
+            ctx,
+            &Sender {
+                ifindex,
+                info: port,
+                tracing,
+            },
+            &eth,
+        ),
         ETH_P_ARP => arp(ctx, ifindex, &port, &eth),
         ETH_P_IPV6 => Decision::Drop(DropReason::Ipv6),
         _ => Decision::Drop(DropReason::OtherEthertype),
@@ -565,7 +604,8 @@ fn arp(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decision
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decision {
+fn ipv4(ctx: &TcContext, sender: &Sender, eth: &EthHdr) -> Decision {
+    let (ifindex, port) = (sender.ifindex, &sender.info);
     let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return Decision::Drop(DropReason::Malformed);
     };
@@ -607,7 +647,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decisio
         if dst == subnet.gateway_ip {
             return gateway(ctx, &subnet, eth, &ip, hlen, tot_len);
         }
-        return route(ctx, port.vni, &subnet, eth, &ip, hlen, tot_len);
+        return route(ctx, sender, &subnet, eth, &ip, hlen, tot_len);
     }
     // Same subnet: straight to the destination's port, untouched.
     if !in_subnet(&subnet, dst) {
@@ -621,9 +661,106 @@ fn ipv4(ctx: &TcContext, ifindex: u32, port: &PortInfo, eth: &EthHdr) -> Decisio
     }
     if target.location == location::REMOTE {
         // The frame goes as the VM sent it.
-        return tunnel::encapsulate(ctx, port.vni, target.remote_host, eth, false);
+        return match oversized(ctx, port, &ip, hlen) {
+            None => tunnel::encapsulate(ctx, port.vni, target.remote_host, eth, false),
+            Some(Fragmenting::Forbidden) => {
+                frag_needed(ctx, sender, &subnet, eth, &ip, hlen, tot_len)
+            }
+            Some(Fragmenting::Allowed) => {
+                tunnel::through_device(ctx, port.vni, target.remote_host, false)
+            }
+        };
     }
     deliver(&target, false)
+}
+
+/// What the sender of a packet too big for the next hop lets be done.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fragmenting {
+    /// DF set: an ICMP "fragmentation needed" goes back.
+    Forbidden,
+    Allowed,
+}
+
+/// Whether the packet (each segment of a GSO packet) is bigger than the
+/// port MTU, and if so whether it may be fragmented. `None`: it fits.
+#[inline(always)]
+fn oversized(ctx: &TcContext, port: &PortInfo, ip: &Ipv4Hdr, hlen: usize) -> Option<Fragmenting> {
+    if port.mtu == 0 {
+        return None;
+    }
+    // SAFETY: the context is the kernel's `__sk_buff`, valid for the run.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let len = if gso_size == 0 {
+        u32::from(u16::from_be_bytes(ip.tot_len))
+    } else {
+        // A segment: the headers, then `gso_size` bytes of payload.
+        let l4 = match ip.proto {
+            // The data offset, in the high nibble of byte 12.
+            IPPROTO_TCP => ctx
+                .load::<u8>(ETH_LEN + hlen + 12)
+                .map_or(20, |offset| u32::from(offset >> 4) * 4),
+            IPPROTO_UDP => 8,
+            _ => 0,
+        };
+        hlen as u32 + l4 + gso_size
+    };
+    if len <= port.mtu {
+        return None;
+    }
+    if u16::from_be_bytes(ip.frag) & IP_DF != 0 {
+        Some(Fragmenting::Forbidden)
+    } else {
+        Some(Fragmenting::Allowed)
+    }
+}
+
+/// Answers a packet too big for the next hop, DF set, with ICMP
+/// "fragmentation needed" from the sender's gateway (RFC 1191: next-hop
+/// MTU = the port's), within the port's rate limit; drops it either way.
+#[inline(always)]
+fn frag_needed(
+    ctx: &TcContext,
+    sender: &Sender,
+    from: &SubnetInfo,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+) -> Decision {
+    if from.flags & SUBNET_HAS_GATEWAY == 0
+        || !answerable(ctx, ip, hlen)
+        || !(sender.tracing || icmp_error_allowed(sender.ifindex))
+    {
+        return Decision::Drop(DropReason::TooBig);
+    }
+    let mtu = (sender.info.mtu.min(0xffff) as u16).to_be_bytes();
+    let error = IcmpError {
+        kind: [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED],
+        rest: [0, 0, mtu[0], mtu[1]],
+        answer: trace::ANSWER_FRAG_NEEDED,
+    };
+    icmp_error(ctx, from, eth, ip, hlen, tot_len, &error)
+}
+
+/// Whether an ICMP error may go back to the port now, spending one if so:
+/// a generic cell rate algorithm, which needs one timestamp per port.
+/// Two CPUs may both spend the last one: the limit is a rate, not a count.
+#[inline(always)]
+fn icmp_error_allowed(ifindex: u32) -> bool {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value, copied at once.
+    let due = unsafe { ICMP_ERRORS_DUE.get(&ifindex) }
+        .copied()
+        .unwrap_or(0)
+        .max(now);
+    if due - now >= ICMP_ERRORS_BURST * ICMP_ERROR_INTERVAL_NS {
+        return false;
+    }
+    ICMP_ERRORS_DUE
+        .insert(&ifindex, &(due + ICMP_ERROR_INTERVAL_NS), 0)
+        .is_ok()
 }
 
 /// To a local endpoint's port.
@@ -715,13 +852,14 @@ fn gateway(
 #[inline(always)]
 fn route(
     ctx: &TcContext,
-    vni: u32,
+    sender: &Sender,
     from: &SubnetInfo,
     eth: &EthHdr,
     ip: &Ipv4Hdr,
     hlen: usize,
     tot_len: usize,
 ) -> Decision {
+    let vni = sender.info.vni;
     let dst = ip4(ip.dst);
     let Some(target) = endpoint(vni, dst) else {
         return Decision::Drop(DropReason::UnknownDestination);
@@ -738,6 +876,11 @@ fn route(
     if ip.ttl <= 1 {
         return time_exceeded(ctx, from, eth, ip, hlen, tot_len);
     }
+    // After the TTL, as routers check (RFC 1812 5.2.1, Linux's ip_forward).
+    let fragmenting = oversized(ctx, &sender.info, ip, hlen);
+    if fragmenting == Some(Fragmenting::Forbidden) {
+        return frag_needed(ctx, sender, from, eth, ip, hlen, tot_len);
+    }
     let ttl = ip.ttl - 1;
     let old = u16::from_be_bytes([ip.ttl, ip.proto]);
     let new = u16::from_be_bytes([ttl, ip.proto]);
@@ -746,7 +889,7 @@ fn route(
         src: to.gateway_mac,
         proto: eth.proto,
     };
-    if target.location == location::REMOTE {
+    if target.location == location::REMOTE && fragmenting.is_none() {
         // Routed here, as a router next to the VM would: the TTL and
         // checksum now, the MACs in the inner header the encapsulation
         // writes.
@@ -773,12 +916,17 @@ fn route(
     if ctx.store(0, &rewritten, 0).is_err() {
         return Decision::Drop(DropReason::HelperFailed);
     }
+    if target.location == location::REMOTE {
+        // Too big, DF clear: the kernel's VXLAN device fragments it.
+        return tunnel::through_device(ctx, vni, target.remote_host, true);
+    }
+    // A local port takes it as it is, even if too big for its MTU: nothing
+    // is lost by trying.
     deliver(&target, true)
 }
 
 /// Answers a packet whose TTL ran out at the router with ICMP time exceeded
-/// from the sender's gateway, quoting its IP header and first 8 bytes
-/// (RFC 792), and drops it.
+/// from the sender's gateway, and drops it.
 #[inline(always)]
 fn time_exceeded(
     ctx: &TcContext,
@@ -788,19 +936,54 @@ fn time_exceeded(
     hlen: usize,
     tot_len: usize,
 ) -> Decision {
-    // RFC 1812 4.3.2.7: no ICMP error about a later fragment or about an
-    // ICMP error.
-    if u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+    if !answerable(ctx, ip, hlen) {
         return Decision::Drop(DropReason::TtlExceeded);
     }
-    if ip.proto == IPPROTO_ICMP {
-        match header::<L4Start>(ctx, ETH_LEN + hlen) {
-            Some(icmp) if matches!(icmp.a[0], 3 | 4 | 5 | 11 | 12) => {
-                return Decision::Drop(DropReason::TtlExceeded);
-            }
-            _ => {}
-        }
+    let error = IcmpError {
+        kind: [ICMP_TIME_EXCEEDED, 0],
+        rest: [0; 4],
+        answer: trace::ANSWER_TIME_EXCEEDED,
+    };
+    icmp_error(ctx, from, eth, ip, hlen, tot_len, &error)
+}
+
+/// RFC 1812 4.3.2.7: no ICMP error about a later fragment or about an ICMP
+/// error.
+#[inline(always)]
+fn answerable(ctx: &TcContext, ip: &Ipv4Hdr, hlen: usize) -> bool {
+    if u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+        return false;
     }
+    ip.proto != IPPROTO_ICMP
+        || !matches!(
+            header::<L4Start>(ctx, ETH_LEN + hlen),
+            Some(icmp) if matches!(icmp.a[0], 3 | 4 | 5 | 11 | 12)
+        )
+}
+
+/// An ICMP error to send back.
+struct IcmpError {
+    /// Type and code.
+    kind: [u8; 2],
+    /// The 4 bytes after the checksum (the next-hop MTU of "fragmentation
+    /// needed" in the last two).
+    rest: [u8; 4],
+    /// The answer, as traced.
+    answer: u32,
+}
+
+/// Turns the packet into `error` from the sender's gateway back to the
+/// sender, quoting its IP header and first 8 bytes (RFC 792).
+#[inline(always)]
+fn icmp_error(
+    ctx: &TcContext,
+    from: &SubnetInfo,
+    eth: &EthHdr,
+    ip: &Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+    error: &IcmpError,
+) -> Decision {
     if ETH_LEN + tot_len > ctx.len() as usize {
         return Decision::Drop(DropReason::Malformed);
     }
@@ -861,10 +1044,10 @@ fn time_exceeded(
             src: from.gateway_ip.to_ne_bytes(),
             dst: ip.src,
         },
-        icmp_type: ICMP_TIME_EXCEEDED,
-        icmp_code: 0,
+        icmp_type: error.kind[0],
+        icmp_code: error.kind[1],
         icmp_check: [0; 2],
-        unused: [0; 4],
+        rest: error.rest,
     };
     // SAFETY (both): bpf_csum_diff reads `to_size` bytes of the buffer it is
     // given (a multiple of 4 within it); `from` is empty.
@@ -887,12 +1070,15 @@ fn time_exceeded(
         )
     };
     scratch.headers.ip.check = (!fold(ip_sum as u32)).to_ne_bytes();
-    // The ICMP header adds its type and code word to the quote's sum.
-    let type_code = u32::from(u16::from_ne_bytes([ICMP_TIME_EXCEEDED, 0]));
-    let icmp_sum = u32::from(fold(quote_sum as u32)) + type_code;
+    // The ICMP header adds its words to the quote's sum.
+    let word = |bytes: [u8; 2]| u32::from(u16::from_ne_bytes(bytes));
+    let icmp_sum = u32::from(fold(quote_sum as u32))
+        + word(error.kind)
+        + word([error.rest[0], error.rest[1]])
+        + word([error.rest[2], error.rest[3]]);
     scratch.headers.icmp_check = (!fold(icmp_sum)).to_ne_bytes();
     if ctx.store(0, &scratch.headers, 0).is_err() {
         return Decision::Drop(DropReason::HelperFailed);
     }
-    Decision::Answer(trace::ANSWER_TIME_EXCEEDED)
+    Decision::Answer(error.answer)
 }

@@ -23,6 +23,13 @@
 //! underlay's gateway), the outer MACs are written here and the frame goes
 //! out with `bpf_redirect`; else `bpf_redirect_neigh` lets the kernel route
 //! it and fill in the MACs from its neighbour table.
+//!
+//! Neither fragments: the port program sends here only what fits the
+//! underlay once encapsulated. A bigger packet that may be fragmented goes
+//! through the agent's VXLAN device instead ([`through_device`]): the
+//! kernel encapsulates it from the tunnel key set here and fragments the
+//! outer packet; the other host reassembles it and its `vxlan_in`
+//! delivers it.
 
 use alcor_ebpf_common::{
     DropReason, HOST_MAC, NextHop, UNDERLAY_GATEWAY_MAC, UnderlayInfo, VXLAN_OVERHEAD, VXLAN_PORT,
@@ -31,10 +38,9 @@ use alcor_ebpf_common::{
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
+        BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key,
     },
-    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_get_prandom_u32},
+    helpers::{bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
 
@@ -83,9 +89,6 @@ const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
     | ((ETH_LEN as u64) << 56);
 
-/// `bpf_check_mtu`'s verdict for a GSO packet whose segments fit.
-const MTU_CHK_RET_SUCCESS: i64 = 0;
-
 /// Encapsulates the frame in VXLAN with `vni` for `host` (its underlay
 /// IPv4, network order), with `inner` as the inner Ethernet header (the
 /// frame's own, or its rewrite if routed), and decides how it leaves.
@@ -104,14 +107,6 @@ pub(crate) fn encapsulate(
         return Decision::Drop(DropReason::NoUnderlay);
     }
     let skb = ctx.skb.skb;
-    // SAFETY: the context is the kernel's `__sk_buff`, valid for the run.
-    let gso_size = unsafe { (*skb).gso_size };
-    let len = ctx.len();
-    // A frame (not GSO) that will not fit the underlay: the VM's MTU is
-    // wrong. Dropped here, rather than by the underlay device unseen.
-    if gso_size == 0 && underlay.mtu != 0 && len + VXLAN_OVERHEAD > underlay.mtu + ETH_LEN as u32 {
-        return Decision::Drop(DropReason::TooBig);
-    }
     // SAFETY: plain helper call on this program's skb.
     let hash = unsafe { bpf_get_hash_recalc(skb) };
     if ctx
@@ -157,27 +152,48 @@ pub(crate) fn encapsulate(
     if ctx.store(0, &headers, 0).is_err() {
         return Decision::Drop(DropReason::HelperFailed);
     }
-    // A GSO packet: do its segments, outer headers included, fit?
-    if gso_size != 0 {
-        let mut mtu_len = 0u32;
-        // SAFETY: plain helper call; `mtu_len` is ours for its duration.
-        let fits = unsafe {
-            bpf_check_mtu(
-                skb.cast(),
-                underlay.ifindex,
-                &mut mtu_len,
-                0,
-                u64::from(BPF_MTU_CHK_SEGS),
-            )
-        };
-        if fits != MTU_CHK_RET_SUCCESS {
-            return Decision::Drop(DropReason::TooBig);
-        }
-    }
     Decision::Encap {
         ifindex: underlay.ifindex,
         host,
         next_hop,
+        routed,
+    }
+}
+
+/// Sends the frame (its Ethernet header already the inner one) to `host`
+/// in VXLAN with `vni` through the agent's VXLAN device: the kernel builds
+/// the outer headers from the tunnel key, DF clear, and fragments the outer
+/// packet where the underlay needs it.
+#[inline(always)]
+pub(crate) fn through_device(ctx: &TcContext, vni: u32, host: u32, routed: bool) -> Decision {
+    let Some(underlay) = UNDERLAY.get(0).copied() else {
+        return Decision::Drop(DropReason::NoUnderlay);
+    };
+    if underlay.ip == 0 || underlay.ifindex == 0 {
+        return Decision::Drop(DropReason::NoUnderlay);
+    }
+    if underlay.vxlan_ifindex == 0 {
+        return Decision::Drop(DropReason::TooBig);
+    }
+    // SAFETY: all zeroes is a valid key (plain integers and unions of them).
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = vni;
+    // The key's addresses are in host order; ours in network order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(host);
+    // The source the other host knows this one by, whatever the route says.
+    key.__bindgen_anon_3.local_ipv4 = u32::from_be(underlay.ip);
+    key.tunnel_ttl = VXLAN_TTL;
+    // SAFETY: plain helper call; the key is ours, of the size given.
+    let set = unsafe {
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if set != 0 {
+        return Decision::Drop(DropReason::HelperFailed);
+    }
+    Decision::Encap {
+        ifindex: underlay.vxlan_ifindex,
+        host,
+        next_hop: NextHop::VxlanDevice,
         routed,
     }
 }
@@ -226,11 +242,14 @@ fn ipv4_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
 
 /// Counts an encapsulated frame of `len` bytes in the host's tunnel stats.
 #[inline(always)]
-pub(crate) fn count_encap(len: u64) {
+pub(crate) fn count_encap(len: u64, next_hop: NextHop) {
     if let Some(stats) = UNDERLAY_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a per-CPU array.
         let stats = unsafe { &mut *stats };
         stats.encap_packets += 1;
         stats.encap_bytes += len;
+        if next_hop == NextHop::VxlanDevice {
+            stats.device_encap_packets += 1;
+        }
     }
 }

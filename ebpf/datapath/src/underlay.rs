@@ -17,6 +17,13 @@
 //! unknown hosts before the kernel allocates anything for it; everything
 //! else passes.
 //!
+//! [`vxlan_in`] (tc ingress of the agent's VXLAN device) delivers what the
+//! kernel's VXLAN receive path decapsulated, with the same checks: outer
+//! fragments, which the host stack reassembled (from a host sending a
+//! packet too big for the underlay through its VXLAN device, or fragmented
+//! by a router of the underlay), and GSO packets for taps, which
+//! `underlay_in` leaves to it (see below).
+//!
 //! Decapsulation: `bpf_skb_adjust_room(-(outer IPv4 + UDP + VXLAN + inner
 //! Ethernet), BPF_ADJ_ROOM_MAC, FIXED_GSO)` removes the headers after the
 //! outer Ethernet header, whose place the inner one then takes; the GSO
@@ -24,7 +31,12 @@
 //! kernels that know `BPF_F_ADJ_ROOM_DECAP_L4_UDP` the kernel also forgets
 //! that it was a tunnel packet; on older ones (6.18) it stays marked
 //! (`SKB_GSO_UDP_TUNNEL`, `skb->encapsulation`), which a veth delivery
-//! ignores but a tap does not (see the tap tests).
+//! ignores but a tap does not: the kernel would segment it in software
+//! before the tap, and a guest with TSO would get MSS-sized packets. No
+//! helper of 6.18 clears those marks; the kernel's own VXLAN receive path
+//! does (`iptunnel_pull_offloads`). So a GSO packet for a tap passes to the
+//! host stack, whose VXLAN device decapsulates it and hands it to
+//! [`vxlan_in`], and the guest gets it whole.
 //!
 //! The outer UDP checksum (0 from our hosts) covered nothing the inner
 //! packet needs, so one level of "checksum verified" is dropped, as the
@@ -38,11 +50,11 @@ use aya_ebpf::{
     bindings::{
         BPF_CSUM_LEVEL_DEC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
         TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_hdr_start_off::BPF_HDR_START_MAC,
-        xdp_action,
+        bpf_tunnel_key, xdp_action,
     },
     helpers::{
         bpf_csum_level, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
-        bpf_skb_load_bytes_relative, bpf_skb_pull_data,
+        bpf_skb_get_tunnel_key, bpf_skb_load_bytes_relative, bpf_skb_pull_data,
     },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
@@ -81,11 +93,17 @@ const BPF_F_ADJ_ROOM_DECAP_L4_UDP: u64 = 1 << 10;
 const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
 const EINVAL: i64 = 22;
 
-/// What [`underlay_in`] does with a frame.
+/// What [`underlay_in`] and [`vxlan_in`] do with a frame.
 #[derive(Clone, Copy)]
 enum Decap {
     /// Not VXLAN for us: to the host stack, untouched.
     Pass,
+    /// A GSO packet for the tap `ifindex`: to the host stack, for the
+    /// kernel's VXLAN device to decapsulate.
+    ToDevice {
+        ifindex: u32,
+        vni: u32,
+    },
     Drop(UnderlayDropReason),
     /// Decapsulated and delivered to a local port.
     Deliver {
@@ -108,8 +126,33 @@ pub fn underlay_in(ctx: TcContext) -> i32 {
     } else {
         account(decision);
     }
+    act(decision)
+}
+
+/// tc ingress of the agent's VXLAN device: frames the kernel decapsulated,
+/// delivered to their port if the tunnel and the frame pass the checks
+/// `underlay_in` makes, dropped and counted otherwise.
+#[classifier]
+pub fn vxlan_in(ctx: TcContext) -> i32 {
+    // SAFETY: the context is the kernel's `__sk_buff`, valid for the run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    let decision = decapsulated(&ctx);
+    if mark == trace::MARK {
+        record(&ctx, decision);
+    } else {
+        account(decision);
+        if let (Decap::Deliver { .. }, Some(stats)) = (decision, UNDERLAY_STATS.get_ptr_mut(0)) {
+            // SAFETY: this CPU's slot of a per-CPU array.
+            unsafe { (*stats).device_decap_packets += 1 };
+        }
+    }
+    act(decision)
+}
+
+#[inline(always)]
+fn act(decision: Decap) -> i32 {
     match decision {
-        Decap::Pass => TC_ACT_OK,
+        Decap::Pass | Decap::ToDevice { .. } => TC_ACT_OK,
         Decap::Drop(_) => TC_ACT_SHOT,
         // SAFETY (both): plain helper calls; they return TC_ACT_REDIRECT.
         Decap::Deliver {
@@ -121,12 +164,94 @@ pub fn underlay_in(ctx: TcContext) -> i32 {
     }
 }
 
+/// Where [`vxlan_in`] sends a frame the kernel decapsulated.
+#[inline(always)]
+fn decapsulated(ctx: &TcContext) -> Decap {
+    // SAFETY: all zeroes is a valid key (plain integers and unions of them).
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: plain helper call; the key is ours, of the size given.
+    let got = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if got != 0 {
+        return Decap::Drop(UnderlayDropReason::Malformed);
+    }
+    // The key's address is in host order; the maps' in network order.
+    // SAFETY: the kernel filled in the IPv4 member (an IPv6 tunnel fails
+    // the host check).
+    let host = u32::from_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
+    if let Err(reason) = known_tunnel(key.tunnel_id, host) {
+        return Decap::Drop(reason);
+    }
+    let wanted = (ETH_LEN + 20).min(ctx.len() as usize);
+    if ctx.data() + wanted > ctx.data_end() {
+        // SAFETY: plain helper call; packet pointers are taken afterwards.
+        unsafe { bpf_skb_pull_data(ctx.skb.skb, wanted as u32) };
+    }
+    match local_target(ctx, key.tunnel_id, 0) {
+        Ok((ifindex, redirect)) => Decap::Deliver {
+            ifindex,
+            redirect,
+            vni: key.tunnel_id,
+            len: ctx.len(),
+        },
+        Err(reason) => Decap::Drop(reason),
+    }
+}
+
+/// Whether VXLAN with `vni` from `host` (network order) is accepted here.
+#[inline(always)]
+fn known_tunnel(vni: u32, host: u32) -> Result<(), UnderlayDropReason> {
+    // SAFETY (both): map values, only tested for presence.
+    if unsafe { VNIS.get(vni) }.is_none() {
+        return Err(UnderlayDropReason::UnknownVni);
+    }
+    if unsafe { HOSTS.get(host) }.is_none() {
+        return Err(UnderlayDropReason::UnknownHost);
+    }
+    Ok(())
+}
+
+/// The local port the inner frame at `offset` is for, and how it is
+/// delivered there.
+#[inline(always)]
+fn local_target(
+    ctx: &TcContext,
+    vni: u32,
+    offset: usize,
+) -> Result<(u32, Redirect), UnderlayDropReason> {
+    let inner = header::<EthHdr>(ctx, offset).ok_or(UnderlayDropReason::Malformed)?;
+    match u16::from_be_bytes(inner.proto) {
+        ETH_P_IP => {}
+        ETH_P_ARP => return Err(UnderlayDropReason::TunneledArp),
+        _ => return Err(UnderlayDropReason::InnerNotIpv4),
+    }
+    let inner_ip = header::<Ipv4Hdr>(ctx, offset + ETH_LEN).ok_or(UnderlayDropReason::Malformed)?;
+    let key = EndpointKey {
+        vni,
+        ip: ip4(inner_ip.dst),
+    };
+    // SAFETY: a map value, copied at once.
+    let target = (unsafe { ENDPOINTS.get(key) })
+        .copied()
+        .ok_or(UnderlayDropReason::UnknownDestination)?;
+    let redirect = match target.location {
+        location::LOCAL_PEER => Redirect::Peer,
+        location::LOCAL_EGRESS => Redirect::Egress,
+        _ => return Err(UnderlayDropReason::UnknownDestination),
+    };
+    if target.mac != inner.dst {
+        return Err(UnderlayDropReason::WrongDestinationMac);
+    }
+    Ok((target.ifindex, redirect))
+}
+
 #[inline(always)]
 fn decapsulate(ctx: &TcContext) -> Decap {
     let Some(underlay) = UNDERLAY.get(0) else {
         return Decap::Pass;
     };
-    let local_ip = underlay.ip;
+    let (local_ip, vxlan_ifindex) = (underlay.ip, underlay.vxlan_ifindex);
     if local_ip == 0 {
         return Decap::Pass;
     }
@@ -170,40 +295,22 @@ fn decapsulate(ctx: &TcContext) -> Decap {
         return Decap::Drop(UnderlayDropReason::Malformed);
     }
     let vni = u32::from_be_bytes([0, vxlan.vni[0], vxlan.vni[1], vxlan.vni[2]]);
-    // SAFETY (both): map values, only tested for presence.
-    if unsafe { VNIS.get(vni) }.is_none() {
-        return Decap::Drop(UnderlayDropReason::UnknownVni);
+    if let Err(reason) = known_tunnel(vni, ip4(ip.src)) {
+        return Decap::Drop(reason);
     }
-    if unsafe { HOSTS.get(ip4(ip.src)) }.is_none() {
-        return Decap::Drop(UnderlayDropReason::UnknownHost);
+    let (ifindex, redirect) = match local_target(ctx, vni, outer + 8) {
+        Ok(target) => target,
+        Err(reason) => return Decap::Drop(reason),
+    };
+    // SAFETY: the context is the kernel's `__sk_buff`.
+    if redirect == Redirect::Egress && vxlan_ifindex != 0 && unsafe { (*ctx.skb.skb).gso_size } != 0
+    {
+        return Decap::ToDevice { ifindex, vni };
     }
-    let Some(inner) = header::<EthHdr>(ctx, outer + 8) else {
-        return Decap::Drop(UnderlayDropReason::Malformed);
+    let inner = match header::<EthHdr>(ctx, outer + 8) {
+        Some(inner) => inner,
+        None => return Decap::Drop(UnderlayDropReason::Malformed),
     };
-    match u16::from_be_bytes(inner.proto) {
-        ETH_P_IP => {}
-        ETH_P_ARP => return Decap::Drop(UnderlayDropReason::TunneledArp),
-        _ => return Decap::Drop(UnderlayDropReason::InnerNotIpv4),
-    }
-    let Some(inner_ip) = header::<Ipv4Hdr>(ctx, outer + 8 + ETH_LEN) else {
-        return Decap::Drop(UnderlayDropReason::Malformed);
-    };
-    let key = EndpointKey {
-        vni,
-        ip: ip4(inner_ip.dst),
-    };
-    // SAFETY: a map value, copied at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(key) }).copied() else {
-        return Decap::Drop(UnderlayDropReason::UnknownDestination);
-    };
-    let redirect = match target.location {
-        location::LOCAL_PEER => Redirect::Peer,
-        location::LOCAL_EGRESS => Redirect::Egress,
-        _ => return Decap::Drop(UnderlayDropReason::UnknownDestination),
-    };
-    if target.mac != inner.dst {
-        return Decap::Drop(UnderlayDropReason::WrongDestinationMac);
-    }
     // Everything between the outer Ethernet header and the inner IPv4
     // header goes; the inner Ethernet header is written where the outer
     // one was.
@@ -222,7 +329,7 @@ fn decapsulate(ctx: &TcContext) -> Decap {
     // SAFETY: plain helper call.
     unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_DEC)) };
     Decap::Deliver {
-        ifindex: target.ifindex,
+        ifindex,
         redirect,
         vni,
         len: ctx.len(),
@@ -283,7 +390,7 @@ fn account(decision: Decap) {
     // SAFETY: this CPU's slot of a per-CPU array.
     let stats = unsafe { &mut *stats };
     match decision {
-        Decap::Pass => {}
+        Decap::Pass | Decap::ToDevice { .. } => {}
         Decap::Drop(reason) => {
             if let Some(drops) = stats.drops.get_mut(reason as usize) {
                 *drops += 1;
@@ -318,6 +425,9 @@ fn account(decision: Decap) {
 fn record(ctx: &TcContext, decision: Decap) {
     let record = match decision {
         Decap::Pass => (trace::ACTION_PASS, 0, 0, 0),
+        Decap::ToDevice { ifindex, vni } => {
+            (trace::ACTION_PASS, trace::PASS_VXLAN_DEVICE, ifindex, vni)
+        }
         Decap::Drop(reason) => (trace::ACTION_DROP, reason as u32, 0, 0),
         Decap::Deliver {
             ifindex,

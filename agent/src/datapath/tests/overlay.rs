@@ -1,7 +1,8 @@
 //! Hosts on a fabric: a fabric namespace with a bridge as the underlay
 //! (198.18.0.0/15), each host a namespace with a veth to the bridge (its
-//! underlay device), its own datapath (programs attached and maps synced by
-//! hand, no agent) and VMs (namespaces with a veth each, MTU 1450 for an
+//! underlay device), a VXLAN device in external mode as the agent makes
+//! one, its own datapath (programs attached and maps synced by hand, no
+//! agent) and VMs (namespaces with a veth each, MTU 1450 for an
 //! underlay MTU of 1500). Real ping and TCP between VMs on different hosts,
 //! in a subnet and routed; what the fabric carries (captured there); and
 //! spoofed VXLAN, dropped by tc and by XDP. Every namespace is held by a
@@ -30,8 +31,10 @@ use super::{
 };
 use crate::model::Mac;
 
-/// The underlay device of each host, and the bridge of the fabric.
+/// The underlay device of each host, its VXLAN device, and the bridge of
+/// the fabric.
 const UNDERLAY: &str = "underlay";
+const VXLAN: &str = "vxlan0";
 const BRIDGE: &str = "br0";
 const UNDERLAY_MTU: u32 = 1500;
 const VM_MTU: u32 = UNDERLAY_MTU - 50;
@@ -111,6 +114,8 @@ pub(super) struct HostVm {
 pub(super) struct Host {
     pub ns: Vm,
     pub underlay: u32,
+    /// The VXLAN device (external mode, UDP 4789), `vxlan_in` attached.
+    pub vxlan: u32,
     pub ip: Ipv4Addr,
     pub mac: Mac,
     pub datapath: Datapath,
@@ -137,17 +142,33 @@ impl Host {
         });
         ns.run("ip", &["addr", "add", &format!("{ip}/15"), "dev", UNDERLAY]);
         ns.run("ip", &["link", "set", UNDERLAY, "up"]);
+        ns.run(
+            "ip",
+            &[
+                "link", "add", VXLAN, "type", "vxlan", "external", "dstport", "4789",
+            ],
+        );
+        ns.run("ip", &["link", "set", VXLAN, "up"]);
+        let vxlan = within(&ns, || {
+            let name = std::ffi::CString::new(VXLAN).unwrap();
+            // SAFETY: a NUL-terminated name.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        });
+        assert_ne!(vxlan, 0, "{VXLAN} was just made");
         fabric
             .ns
             .run("ip", &["link", "set", &peer, "master", BRIDGE, "up"]);
-        Host {
+        let mut host = Host {
             ns,
             underlay,
+            vxlan,
             ip,
             mac,
             datapath,
             _pins: pins,
-        }
+        };
+        host.with(|datapath| datapath.attach_vxlan(vxlan).unwrap());
+        host
     }
 
     /// Runs `f` with the host's datapath on a thread in its namespace.
@@ -193,6 +214,7 @@ impl Host {
             mac: self.mac,
             mtu: UNDERLAY_MTU,
             gateway_mac: None,
+            vxlan_ifindex: self.vxlan,
         }
     }
 
@@ -231,6 +253,7 @@ pub(super) fn host_model(
         ],
         underlay: Some(host.underlay_spec()),
         hosts: Vec::new(),
+        port_mtu: VM_MTU,
     }
 }
 

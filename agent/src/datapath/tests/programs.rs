@@ -601,7 +601,7 @@ fn trace_errors_are_reported() {
 
 /// Runs `frame` through `port_from_vm` as real traffic of port `ifindex`
 /// (no trace mark): it counts.
-fn run_for_real(datapath: &mut Datapath, ifindex: u32, frame: &[u8]) -> u32 {
+pub(super) fn run_for_real(datapath: &mut Datapath, ifindex: u32, frame: &[u8]) -> u32 {
     let mut ctx = [0u8; 256];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     let mut output = vec![0; frame.len() + 256];

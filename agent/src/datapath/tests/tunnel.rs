@@ -15,7 +15,7 @@ use super::{
     Netlink, PinDir, in_new_netns,
     packets::{self, *},
     privileged,
-    programs::{GW1_MAC, GW2_MAC, VNI1, VNI2, ip, mac, port, subnet, vni},
+    programs::{GW1_MAC, GW2_MAC, VNI1, VNI2, ip, mac, port, run_for_real, subnet, vni},
 };
 use crate::model::Mac;
 
@@ -86,8 +86,10 @@ impl Fixture {
                 mac: UNDERLAY_MAC,
                 mtu: 1500,
                 gateway_mac: None,
+                vxlan_ifindex: 0,
             }),
             hosts: Vec::new(),
+            port_mtu: 1450,
         };
         let mut datapath = Datapath::open(&pins.0).unwrap();
         datapath.sync(&model).unwrap();
@@ -467,27 +469,159 @@ fn routed_remote_traffic_is_rewritten_then_encapsulated() {
     });
 }
 
+/// A UDP packet from A of `len` bytes of IPv4 (DF as `ip` says).
+fn sized(ip: Ipv4, len: usize) -> Vec<u8> {
+    ip.packet(&packets::udp(1, 2, &counting(len - 28)))
+}
+
+/// The ICMP "fragmentation needed" (next-hop MTU 1450) that subnet 1's
+/// gateway sends A about `original`: its IP header and 8 bytes quoted.
+fn frag_needed_for(original: &[u8]) -> Vec<u8> {
+    let error = Ipv4 {
+        src: ip("10.0.1.1"),
+        dst: ip("10.0.1.10"),
+        ttl: 64,
+        proto: ICMP,
+        tos: 0xc0,
+        id: 0,
+        frag: 0,
+    };
+    let mtu = 1450u16.to_be_bytes();
+    ether(
+        A_MAC,
+        GW1_MAC,
+        ETH_P_IP,
+        &error.packet(&icmp(3, 4, [0, 0, mtu[0], mtu[1]], &original[..28])),
+    )
+}
+
 #[test]
-fn frames_too_big_for_the_underlay_are_dropped() {
+fn packets_too_big_for_the_tunnel_with_df_get_fragmentation_needed() {
     with_fixture(|f| {
         // 1450 bytes of IPv4 fit a 1500-byte underlay once encapsulated;
         // 1451 do not.
-        for (len, fits) in [(1450, true), (1451, false)] {
-            let frame = from_a(
-                R50_MAC,
-                to("10.0.1.50"),
-                &packets::udp(1, 2, &vec![0; len - 28]),
-            );
-            let verdict = f.trace(f.a, &frame).verdict;
-            if fits {
-                assert!(
-                    matches!(verdict, Verdict::Encapsulated { .. }),
-                    "{verdict:?}"
-                );
-            } else {
-                assert_eq!(verdict, Verdict::Drop(DropReason::TooBig));
-            }
+        let fits = from_a(R50_MAC, to("10.0.1.50"), &sized(to("10.0.1.50"), 1450)[20..]);
+        assert!(matches!(
+            f.trace(f.a, &fits).verdict,
+            Verdict::Encapsulated { .. }
+        ));
+        let original = sized(to("10.0.1.50"), 1451);
+        let result = f.trace(f.a, &ether(R50_MAC, A_MAC, ETH_P_IP, &original));
+        assert_eq!(result.verdict, Verdict::Answered(Answer::FragNeeded));
+        assert_eq!(result.output, frag_needed_for(&original));
+        assert_eq!(checksum(&result.output[14..34]), 0, "IPv4 header checksum");
+        assert_eq!(checksum(&result.output[34..]), 0, "ICMP checksum");
+
+        // Routed to another host, and routed to a local port of the other
+        // subnet: the same, the quote as sent (TTL not yet decremented).
+        for dst in ["10.0.2.60", "10.0.2.20"] {
+            let original = sized(to(dst), 1451);
+            let result = f.trace(f.a, &ether(GW1_MAC, A_MAC, ETH_P_IP, &original));
+            assert_eq!(result.verdict, Verdict::Answered(Answer::FragNeeded), "{dst}");
+            assert_eq!(result.output, frag_needed_for(&original), "{dst}");
         }
+
+        // No ICMP error about an ICMP error.
+        let mut error = to("10.0.1.50");
+        error.proto = ICMP;
+        let packet = error.packet(&icmp(3, 3, [0; 4], &counting(1451 - 28)));
+        let frame = ether(R50_MAC, A_MAC, ETH_P_IP, &packet);
+        assert_eq!(
+            f.trace(f.a, &frame).verdict,
+            Verdict::Drop(DropReason::TooBig)
+        );
+    });
+}
+
+#[test]
+fn too_big_packets_that_may_be_fragmented_go_through_the_vxlan_device() {
+    with_fixture(|mut f| {
+        let mut fragmentable = to("10.0.1.50");
+        fragmentable.frag = 0;
+        let frame = ether(R50_MAC, A_MAC, ETH_P_IP, &sized(fragmentable, 1451));
+        // Without a VXLAN device, nothing can fragment them.
+        assert_eq!(
+            f.trace(f.a, &frame).verdict,
+            Verdict::Drop(DropReason::TooBig)
+        );
+        let device = Netlink::new().add_veth("vx", "vx-peer", None).0;
+        if let Some(underlay) = f.model.underlay.as_mut() {
+            underlay.vxlan_ifindex = device;
+        }
+        f.sync();
+        let result = f.trace(f.a, &frame);
+        assert_eq!(
+            result.verdict,
+            Verdict::Fragmented {
+                host: HOST2,
+                device,
+                routed: false
+            }
+        );
+        assert_eq!(result.output, frame, "the kernel encapsulates it");
+
+        // Routed first: MACs rewritten, TTL - 1, then the device.
+        let mut routed = to("10.0.2.60");
+        routed.frag = 0;
+        let original = sized(routed, 1451);
+        let result = f.trace(f.a, &ether(GW1_MAC, A_MAC, ETH_P_IP, &original));
+        assert_eq!(
+            result.verdict,
+            Verdict::Fragmented {
+                host: HOST2,
+                device,
+                routed: true
+            }
+        );
+        let rewritten = Ipv4 { ttl: 63, ..routed };
+        assert_eq!(
+            result.output,
+            ether(R60_MAC, GW2_MAC, ETH_P_IP, &sized(rewritten, 1451))
+        );
+
+        // To a local port, routed: delivered as it is.
+        let mut local = to("10.0.2.20");
+        local.frag = 0;
+        let frame = ether(GW1_MAC, A_MAC, ETH_P_IP, &sized(local, 1451));
+        assert_eq!(
+            f.trace(f.a, &frame).verdict,
+            Verdict::Redirect {
+                ifindex: f.c,
+                redirect: Redirect::Egress,
+                routed: true
+            }
+        );
+    });
+}
+
+#[test]
+fn fragmentation_needed_is_rate_limited_per_port_and_counted() {
+    use alcor_ebpf_common::{ICMP_ERROR_INTERVAL_NS, ICMP_ERRORS_BURST};
+    with_fixture(|mut f| {
+        let frame = ether(R50_MAC, A_MAC, ETH_P_IP, &sized(to("10.0.1.50"), 1451));
+        const SENT: u64 = 200;
+        let start = std::time::Instant::now();
+        let answered = (0..SENT)
+            .filter(|_| run_for_real(&mut f.datapath, f.a, &frame) == 7)
+            .count() as u64;
+        let elapsed = start.elapsed().as_nanos() as u64;
+        // The burst, then one per interval: whatever the machine's speed.
+        let allowed = ICMP_ERRORS_BURST + elapsed / ICMP_ERROR_INTERVAL_NS + 1;
+        assert!(
+            (ICMP_ERRORS_BURST..=allowed).contains(&answered),
+            "{answered} of {SENT} answered in {elapsed} ns"
+        );
+        let drops = f.datapath.port_stats(f.a).unwrap().drops;
+        assert_eq!(drops[DropReason::FragNeeded as usize], answered);
+        assert_eq!(drops[DropReason::TooBig as usize], SENT - answered);
+        // Another port has its own allowance (routed to the other host).
+        let from_c = ether(
+            GW2_MAC,
+            C_MAC,
+            ETH_P_IP,
+            &sized(Ipv4::new(ip("10.0.2.20"), ip("10.0.1.50"), UDP), 1451),
+        );
+        assert_eq!(run_for_real(&mut f.datapath, f.c, &from_c), 7);
     });
 }
 

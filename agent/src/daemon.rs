@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // every sync.
     let state: SharedState = Arc::new(RwLock::new(AgentState {
         underlay: underlay.as_ref().map(|underlay| underlay.spec),
+        port_mtu,
         host_macs,
         ..AgentState::default()
     }));

@@ -129,6 +129,8 @@ pub struct AgentState {
     pub messages_applied: u64,
     /// This host's tunnel endpoint, set once at start (`--underlay-dev`).
     pub underlay: Option<crate::datapath::UnderlaySpec>,
+    /// The ports' MTU, set once at start (the underlay's minus 50).
+    pub port_mtu: u32,
     /// The MACs of the underlay device's neighbours, the other hosts' among
     /// them, kept as the kernel's neighbour table says
     /// ([`crate::underlay::neighbours`]).

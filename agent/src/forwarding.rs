@@ -141,6 +141,7 @@ pub fn model(state: &AgentState, claims: &mut Claims) -> DatapathModel {
     let desired = &state.desired;
     let mut model = DatapathModel {
         underlay: state.underlay,
+        port_mtu: state.port_mtu,
         ..DatapathModel::default()
     };
 

@@ -34,6 +34,14 @@ impl Netns {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
+    /// `/etc/netns/NAME`: `ip netns exec` bind-mounts each file in it over
+    /// the one of the same name in /etc, for the command it runs. What a
+    /// stock client script writes to /etc (resolv.conf) lands there, not in
+    /// the machine's. Removed with the namespace.
+    pub fn etc_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
+    }
+
     /// Runs a command in the namespace and returns its stdout; fails on a
     /// non-zero exit.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -92,6 +100,9 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        // Files `ip netns exec` mounts over /etc in it (see
+        // `dhcp::udhcpc_stock`).
+        let _ = std::fs::remove_dir_all(self.etc_dir());
     }
 }
 

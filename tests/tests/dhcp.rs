@@ -398,19 +398,7 @@ fn udhcpc_args(script: &Path) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .chain([script.display().to_string()])
-        .chain(
-            [
-                "-O",
-                "mtu",
-                "-O",
-                "staticroutes",
-                "-O",
-                "ntpsrv",
-                "-O",
-                "search",
-            ]
-            .map(String::from),
-        )
+        .chain(["-O", "staticroutes", "-O", "ntpsrv", "-O", "search"].map(String::from))
         .collect()
 }
 

@@ -128,7 +128,13 @@ fn every_program_passes_the_verifier() {
     names.sort_unstable();
     assert_eq!(
         names,
-        [PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP, VXLAN_IN]
+        [
+            PORT_FROM_VM,
+            PORT_TO_VM,
+            UNDERLAY_IN,
+            UNDERLAY_XDP,
+            VXLAN_IN
+        ]
     );
 }
 

@@ -70,6 +70,15 @@ pub struct Plumber {
     mtu: u32,
 }
 
+/// The MTU of a veth's host side: the most a veth takes (64 KiB). A veth
+/// drops a frame bigger than its peer's MTU before any program sees it, so
+/// that a VM ignoring its MTU (static address, MTU 1500) would lose its
+/// big frames unseen; taken by the host side, they reach the port program,
+/// which answers them with ICMP "fragmentation needed" (or sends them to
+/// be fragmented). Nothing is sent out of the host side but to the VM,
+/// whose own `eth0` keeps the port MTU.
+const HOST_SIDE_MTU: u32 = 65535;
+
 /// Who owns the port device called by a port's name.
 enum Owner {
     /// Created by the agent for this port, with this spec.
@@ -219,7 +228,7 @@ impl Plumber {
             Binding::Netns(netns) => netns.as_str(),
             _ => "",
         };
-        let spec = format!("{netns}\0{}\0{}", plan.mac, self.mtu);
+        let spec = format!("{netns}\0{}\0{}\0{HOST_SIDE_MTU}", plan.mac, self.mtu);
         format!("{ALIAS_PREFIX}{}:{:016x}", plan.id, fnv1a(spec.as_bytes()))
     }
 
@@ -238,7 +247,7 @@ impl Plumber {
             )
         })?;
         let host_side = LinkUnspec::new_with_name(&plan.device)
-            .mtu(self.mtu)
+            .mtu(HOST_SIDE_MTU)
             .build();
         let vm_side = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(VM_DEVICE)

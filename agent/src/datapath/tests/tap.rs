@@ -293,7 +293,10 @@ fn tap_ports_get_decapsulated_tcp_as_ordinary_frames() {
         let port = h2.datapath.port_stats(c.port).unwrap();
         assert!(port.tunnel.decap_bytes > LEN as u64, "{guest:?}: {port:?}");
         let through_device = h2.stats().device_decap_packets;
-        assert!(through_device > 0, "{guest:?}: no GSO packet through the VXLAN device");
+        assert!(
+            through_device > 0,
+            "{guest:?}: no GSO packet through the VXLAN device"
+        );
         // A tap whose reader falls behind drops from its queue, as a busy
         // guest's would; one that refused tunnel-marked GSO packets would
         // drop every large one, and the transfer would stall.

@@ -500,7 +500,11 @@ fn packets_too_big_for_the_tunnel_with_df_get_fragmentation_needed() {
     with_fixture(|f| {
         // 1450 bytes of IPv4 fit a 1500-byte underlay once encapsulated;
         // 1451 do not.
-        let fits = from_a(R50_MAC, to("10.0.1.50"), &sized(to("10.0.1.50"), 1450)[20..]);
+        let fits = from_a(
+            R50_MAC,
+            to("10.0.1.50"),
+            &sized(to("10.0.1.50"), 1450)[20..],
+        );
         assert!(matches!(
             f.trace(f.a, &fits).verdict,
             Verdict::Encapsulated { .. }
@@ -517,7 +521,11 @@ fn packets_too_big_for_the_tunnel_with_df_get_fragmentation_needed() {
         for dst in ["10.0.2.60", "10.0.2.20"] {
             let original = sized(to(dst), 1451);
             let result = f.trace(f.a, &ether(GW1_MAC, A_MAC, ETH_P_IP, &original));
-            assert_eq!(result.verdict, Verdict::Answered(Answer::FragNeeded), "{dst}");
+            assert_eq!(
+                result.verdict,
+                Verdict::Answered(Answer::FragNeeded),
+                "{dst}"
+            );
             assert_eq!(result.output, frag_needed_for(&original), "{dst}");
         }
 

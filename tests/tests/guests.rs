@@ -1,0 +1,513 @@
+//! Guests as they really are, on two hosts over a fabric of ordinary
+//! 1500-byte frames (so that the VMs' MTU is 1450), a real agent on each:
+//!
+//! - stock busybox udhcpc (its default request list, which has no MTU, and
+//!   Debian's default script) gets MTU 1450, and TCP flows across hosts
+//!   both ways;
+//! - a guest left at MTU 1500 without DHCP (a static address) still moves
+//!   TCP across hosts, in its subnet and routed: its too-big segments get
+//!   ICMP "fragmentation needed" from the gateway, its path MTU discovery
+//!   settles on 1450; the port counts them, and `agentctl trace` explains
+//!   it;
+//! - a too-big packet that may be fragmented (DF clear) arrives whole: the
+//!   VXLAN device of the sending host fragments the outer packet, the
+//!   other host reassembles it and its `vxlan_in` delivers it;
+//! - a flood of oversized DF frames gets no more ICMP errors than the
+//!   port's rate limit allows.
+//!
+//! The cases share one topology (see `alcor_tests::suite`) and run in this
+//! order. IPv6 is off in the VMs.
+
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use alcor_proto::{control::PortPhase, schema::GoalState};
+use alcor_tests::{
+    Agent, Netns,
+    agent::json_count as count,
+    cases,
+    dhcp::{output_within, udhcpc_stock},
+    goalstate::*,
+    suite::{self, CaseFn},
+    topology::Topology,
+    traffic::{self, Iperf3Server},
+    unique_prefix, wait_for,
+};
+use serde_json::Value;
+
+/// (host, underlay address) of the hosts.
+const HOSTS: &[(&str, &str)] = &[("h1", "198.18.0.1/24"), ("h2", "198.18.0.2/24")];
+const VPC: (&str, u32) = ("vpc1", 100);
+const SN1_GATEWAY_MAC: &str = "fa:16:3e:00:00:01";
+const SN2_GATEWAY_MAC: &str = "fa:16:3e:00:00:02";
+/// The VMs' MTU: the fabric's 1500 minus VXLAN's 50.
+const PORT_MTU: u64 = 1450;
+/// Bounds every ping and iperf3 run.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// How a VM gets its address.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Addressing {
+    /// Stock udhcpc.
+    Dhcp,
+    /// Static, MTU 1500: a guest that ignores what DHCP would say.
+    Static1500,
+}
+
+/// (name, host, subnet, IP, MAC, addressing) of each VM.
+const VMS: &[(&str, &str, &str, &str, &str, Addressing)] = &[
+    (
+        "a",
+        "h1",
+        "sn1",
+        "10.0.1.10",
+        "fa:16:3e:00:71:0a",
+        Addressing::Dhcp,
+    ),
+    (
+        "b",
+        "h2",
+        "sn1",
+        "10.0.1.20",
+        "fa:16:3e:00:71:0b",
+        Addressing::Dhcp,
+    ),
+    (
+        "s",
+        "h1",
+        "sn1",
+        "10.0.1.11",
+        "fa:16:3e:00:71:11",
+        Addressing::Static1500,
+    ),
+    (
+        "t",
+        "h2",
+        "sn1",
+        "10.0.1.21",
+        "fa:16:3e:00:71:21",
+        Addressing::Static1500,
+    ),
+    (
+        "u",
+        "h2",
+        "sn2",
+        "10.0.2.30",
+        "fa:16:3e:00:71:30",
+        Addressing::Static1500,
+    ),
+];
+
+const CASES: &[(&str, CaseFn<Lab>)] = &cases![
+    stock_udhcpc_gets_mtu_1450_and_tcp_flows_across_hosts_both_ways,
+    too_big_packets_that_may_be_fragmented_arrive_whole_across_hosts,
+    a_guest_at_mtu_1500_learns_the_path_mtu_and_tcp_flows_across_hosts_and_routed,
+    agentctl_trace_explains_what_a_guest_at_mtu_1500_meets,
+    a_flood_of_oversized_frames_gets_no_more_icmp_than_the_rate_limit,
+];
+
+fn main() -> ExitCode {
+    suite::run("guests", Lab::start, CASES)
+}
+
+struct Vm {
+    name: &'static str,
+    host: &'static str,
+    subnet_id: &'static str,
+    ip: &'static str,
+    mac: &'static str,
+    addressing: Addressing,
+    netns: Netns,
+}
+
+impl Vm {
+    fn port_id(&self) -> String {
+        format!("port-{}", self.name)
+    }
+
+    fn gateway(&self) -> &'static str {
+        match self.subnet_id {
+            "sn2" => "10.0.2.1",
+            _ => "10.0.1.1",
+        }
+    }
+
+    fn mtu(&self) -> u64 {
+        self.netns
+            .exec("cat", &["/sys/class/net/eth0/mtu"])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Two hosts with an agent each and the VMs, addressed.
+struct Lab {
+    // Dropped in this order: the agents, the VMs, the hosts and fabric.
+    agents: BTreeMap<&'static str, Agent>,
+    vms: Vec<Vm>,
+    topology: Topology,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let prefix = unique_prefix("gu");
+        let mut topology = Topology::new(&prefix).unwrap();
+        for (name, address) in HOSTS {
+            topology.add_host(name, address).unwrap();
+        }
+        let vms = VMS
+            .iter()
+            .map(|&(name, host, subnet_id, ip, mac, addressing)| {
+                let netns = Netns::new(format!("{prefix}-{name}")).unwrap();
+                traffic::disable_ipv6(&netns).unwrap();
+                Vm {
+                    name,
+                    host,
+                    subnet_id,
+                    ip,
+                    mac,
+                    addressing,
+                    netns,
+                }
+            })
+            .collect();
+        let agents = futures::future::join_all(HOSTS.iter().map(|(name, _)| {
+            let host = topology.host(name);
+            let mut options = host.agent_options();
+            options.args.push("--insecure".into());
+            async move { (*name, Agent::start(host.netns(), options).await) }
+        }))
+        .await
+        .into_iter()
+        .collect();
+        let lab = Lab {
+            agents,
+            vms,
+            topology,
+        };
+        for (host, _) in HOSTS {
+            lab.push(host).await;
+        }
+        lab.address();
+        lab
+    }
+
+    fn vm(&self, name: &str) -> &Vm {
+        self.vms
+            .iter()
+            .find(|vm| vm.name == name)
+            .unwrap_or_else(|| panic!("no VM {name}"))
+    }
+
+    /// The goal state of `host`: the VPC, its subnets joined by router r1,
+    /// the host's ports and DHCP entries, and the other host's VMs as
+    /// neighbors (L3 where this host has no VM in their subnet).
+    fn goal_state(&self, host: &str) -> GoalState {
+        let local: Vec<&Vm> = self.vms.iter().filter(|vm| vm.host == host).collect();
+        let mut message = v1(
+            vec![vpc(VPC.0, VPC.1, "10.0.0.0/16")],
+            vec![
+                with_gateway_mac(
+                    subnet("sn1", VPC.0, "10.0.1.0/24", "10.0.1.1"),
+                    SN1_GATEWAY_MAC,
+                ),
+                with_gateway_mac(
+                    subnet("sn2", VPC.0, "10.0.2.0/24", "10.0.2.1"),
+                    SN2_GATEWAY_MAC,
+                ),
+            ],
+            local
+                .iter()
+                .map(|vm| {
+                    netns_port(
+                        &vm.port_id(),
+                        VPC.0,
+                        vm.subnet_id,
+                        vm.ip,
+                        vm.mac,
+                        vm.netns.name(),
+                    )
+                })
+                .collect(),
+        );
+        message.router_states = vec![router_joining("r1", &["sn1", "sn2"])];
+        message.dhcp_states = local
+            .iter()
+            .map(|vm| {
+                let id = format!("dhcp-{}", vm.name);
+                dhcp_entry(&id, vm.subnet_id, vm.mac, vm.ip, &format!("vm-{}", vm.name))
+            })
+            .collect();
+        let host_ip = |host: &str| self.topology.host(host).underlay_ip().to_string();
+        message.neighbor_states = self
+            .vms
+            .iter()
+            .filter(|vm| vm.host != host)
+            .map(|vm| {
+                let state = neighbor(
+                    &format!("neighbor-{}", vm.name),
+                    VPC.0,
+                    vm.subnet_id,
+                    vm.ip,
+                    vm.mac,
+                    &host_ip(vm.host),
+                );
+                if local.iter().any(|l| l.subnet_id == vm.subnet_id) {
+                    state
+                } else {
+                    l3(state)
+                }
+            })
+            .collect();
+        message
+    }
+
+    /// Pushes `host`'s goal state and waits until its ports are ready.
+    async fn push(&self, host: &str) {
+        let agent = &self.agents[host];
+        let reply = agent.push(self.goal_state(host)).await;
+        assert!(
+            reply
+                .operation_statuses
+                .iter()
+                .all(|s| s.operation_status == 0),
+            "{host}: {reply:#?}"
+        );
+        let expected = self.vms.iter().filter(|vm| vm.host == host).count();
+        wait_for(
+            &format!("every port of {host} ready"),
+            Duration::from_secs(10),
+            async || {
+                let ports = agent.ports().await;
+                (ports.len() == expected
+                    && ports.iter().all(|p| p.phase == PortPhase::Ready as i32))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// DHCP VMs run stock udhcpc with eth0 at 1500 (the MTU can only come
+    /// from the agent); static ones get their address and MTU 1500.
+    fn address(&self) {
+        std::thread::scope(|scope| {
+            for vm in &self.vms {
+                scope.spawn(move || {
+                    vm.netns
+                        .exec("ip", &["link", "set", "eth0", "mtu", "1500"])
+                        .unwrap();
+                    match vm.addressing {
+                        Addressing::Dhcp => assert!(
+                            udhcpc_stock(&vm.netns, 10).unwrap(),
+                            "VM {} got no lease from the agent of {}",
+                            vm.name,
+                            vm.host
+                        ),
+                        Addressing::Static1500 => traffic::configure(
+                            &vm.netns,
+                            &format!("{}/24", vm.ip),
+                            Some(vm.gateway()),
+                        )
+                        .unwrap(),
+                    }
+                });
+            }
+        });
+    }
+
+    /// The datapath counters of `vm`'s port.
+    fn port_counters(&self, vm: &Vm) -> Value {
+        let mut reply = self.agents[vm.host].agentctl_json(&["dp", "counters", &vm.port_id()]);
+        reply["ports"][0].take()
+    }
+
+    fn dropped(&self, vm: &Vm, reason: &str) -> u64 {
+        count(&self.port_counters(vm)["drops"][reason])
+    }
+
+    /// A host-wide tunnel counter (`agentctl dp tunnels`).
+    fn tunnels(&self, host: &str, counter: &str) -> u64 {
+        count(&self.agents[host].agentctl_json(&["dp", "tunnels"])[counter])
+    }
+}
+
+/// Bytes TCP moves from `client` to `server` (`-R`: the other way) in an
+/// iperf3 run of 2 s.
+fn tcp_bytes(client: &Vm, server: &Vm, port: u16, reverse: bool) -> u64 {
+    let _server = Iperf3Server::start(&server.netns, server.ip, port, true).unwrap();
+    let mut args = vec!["-t", "2"];
+    if reverse {
+        args.push("-R");
+    }
+    let report = traffic::iperf3(&client.netns, server.ip, port, &args, LIMIT)
+        .unwrap_or_else(|e| panic!("iperf3 {} -> {}: {e:#}", client.name, server.name));
+    traffic::tcp_received_bytes(&report)
+}
+
+/// A real flow, not a few segments before a stall: 2 s of TCP between
+/// namespaces moves hundreds of megabytes; a black hole moves less than a
+/// window.
+const FLOWING: u64 = 16 << 20;
+
+async fn stock_udhcpc_gets_mtu_1450_and_tcp_flows_across_hosts_both_ways(lab: &mut Lab) {
+    let (a, b) = (lab.vm("a"), lab.vm("b"));
+    for vm in [a, b] {
+        assert_eq!(vm.mtu(), PORT_MTU, "{}: option 26, sent unasked", vm.name);
+        let address = vm
+            .netns
+            .exec("ip", &["-4", "-o", "addr", "show", "eth0"])
+            .unwrap();
+        assert!(address.contains(&format!("{}/24", vm.ip)), "{address}");
+        // The stock script wrote the namespace's resolv.conf, not ours.
+        assert!(vm.netns.etc_dir().join("resolv.conf").exists());
+    }
+    for reverse in [false, true] {
+        let moved = tcp_bytes(a, b, 5201, reverse);
+        assert!(
+            moved >= FLOWING,
+            "a <-> b (reverse {reverse}): {moved} bytes"
+        );
+    }
+    assert_eq!(lab.dropped(a, "too-big"), 0);
+    assert_eq!(lab.dropped(a, "frag-needed"), 0);
+}
+
+async fn too_big_packets_that_may_be_fragmented_arrive_whole_across_hosts(lab: &mut Lab) {
+    let (s, t) = (lab.vm("s"), lab.vm("t"));
+    // No path MTU learned yet: a 1500-byte ping with DF clear leaves s
+    // whole, and so does t's reply.
+    s.netns.exec("ip", &["route", "flush", "cache"]).unwrap();
+    t.netns.exec("ip", &["route", "flush", "cache"]).unwrap();
+    let sent_before = lab.tunnels("h1", "device_encap_packets");
+    let received_before = lab.tunnels("h2", "device_decap_packets");
+    let ping = traffic::ping(
+        &s.netns,
+        t.ip,
+        &[
+            "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1472",
+        ],
+        LIMIT,
+    )
+    .unwrap();
+    assert!(ping.all_answered(), "{}", ping.summary);
+    assert!(lab.tunnels("h1", "device_encap_packets") - sent_before >= 3);
+    assert!(lab.tunnels("h2", "device_decap_packets") - received_before >= 3);
+    // Neither side was told to make its packets smaller.
+    assert_eq!(lab.dropped(s, "frag-needed"), 0);
+}
+
+async fn a_guest_at_mtu_1500_learns_the_path_mtu_and_tcp_flows_across_hosts_and_routed(
+    lab: &mut Lab,
+) {
+    let (s, t, u) = (lab.vm("s"), lab.vm("t"), lab.vm("u"));
+    assert_eq!(s.mtu(), 1500);
+    let answered_before = lab.dropped(s, "frag-needed");
+    // In the subnet, both ways (each side at 1500 learns it), and routed.
+    for (server, reverse, port) in [(t, false, 5202), (t, true, 5203), (u, false, 5204)] {
+        let moved = tcp_bytes(s, server, port, reverse);
+        assert!(
+            moved >= FLOWING,
+            "s -> {} (reverse {reverse}): {moved} bytes",
+            server.name
+        );
+    }
+    assert!(lab.dropped(s, "frag-needed") > answered_before);
+    // What s's kernel learnt from the gateway's ICMP.
+    for dst in [t.ip, u.ip] {
+        let route = s.netns.exec("ip", &["route", "get", dst]).unwrap();
+        assert!(route.contains("mtu 1450"), "{route}");
+    }
+}
+
+async fn agentctl_trace_explains_what_a_guest_at_mtu_1500_meets(lab: &mut Lab) {
+    let s = lab.vm("s");
+    let agent = &lab.agents["h1"];
+    let port = s.port_id();
+    let trace = |extra: &[&str]| {
+        let mut args = vec![
+            "trace",
+            port.as_str(),
+            "--dst",
+            "10.0.1.21",
+            "--size",
+            "1500",
+        ];
+        args.extend_from_slice(extra);
+        agent.agentctl_json(&args)
+    };
+    let df = trace(&[]);
+    assert_eq!(df["verdict"], "TRACE_VERDICT_ANSWERED", "{df}");
+    assert_eq!(df["answer"], "frag-needed", "{df}");
+    let explanation = df["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("fragmentation needed") && explanation.contains("1450"),
+        "{explanation}"
+    );
+    let fragmentable = trace(&["--fragmentable"]);
+    assert_eq!(
+        fragmentable["verdict"], "TRACE_VERDICT_ENCAPSULATED",
+        "{fragmentable}"
+    );
+    assert_eq!(
+        fragmentable["next_hop"]["device"], "alcor-vxlan",
+        "{fragmentable}"
+    );
+    // At 1450 it fits, and is encapsulated as usual.
+    let fits = agent.agentctl_json(&["trace", &port, "--dst", "10.0.1.21", "--size", "1450"]);
+    assert_eq!(fits["verdict"], "TRACE_VERDICT_ENCAPSULATED", "{fits}");
+    // And in words.
+    let text = agent.agentctl(&["trace", &port, "--dst", "10.0.1.21", "--size", "1500"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("frag"), "{text}");
+}
+
+async fn a_flood_of_oversized_frames_gets_no_more_icmp_than_the_rate_limit(lab: &mut Lab) {
+    let s = lab.vm("s");
+    let answered_before = lab.dropped(s, "frag-needed");
+    let unanswered_before = lab.dropped(s, "too-big");
+    // 1500-byte UDP datagrams with DF (hping3 builds its own IP headers:
+    // no path MTU applies), as fast as it can, for a second.
+    // Nor the path MTU learnt before: hping3 gives up on EMSGSIZE.
+    s.netns.exec("ip", &["route", "flush", "cache"]).unwrap();
+    let start = Instant::now();
+    let hping3 = output_within(
+        Duration::from_secs(1),
+        "ip",
+        &[
+            "netns",
+            "exec",
+            s.netns.name(),
+            "hping3",
+            "--udp",
+            "-p",
+            "9",
+            "-d",
+            "1472",
+            "-y",
+            "--flood",
+            "10.0.1.21",
+        ],
+    )
+    .unwrap();
+    let elapsed = start.elapsed();
+    let answered = lab.dropped(s, "frag-needed") - answered_before;
+    let unanswered = lab.dropped(s, "too-big") - unanswered_before;
+    // A burst of 10, then 100 a second; a little slack for the counters'
+    // reading and the clock.
+    let allowed = 10 + elapsed.as_millis() as u64 / 10 + 10;
+    eprintln!("flood of {elapsed:?}: {answered} answered, {unanswered} not");
+    assert!(
+        answered <= allowed,
+        "{answered} ICMP errors in {elapsed:?} (at most {allowed})"
+    );
+    assert!(
+        unanswered >= 1000,
+        "the flood was not one: {unanswered} unanswered; hping3 said {}",
+        String::from_utf8_lossy(&hping3.stderr)
+    );
+}

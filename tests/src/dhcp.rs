@@ -211,8 +211,9 @@ pub fn output_within(limit: Duration, program: &str, args: &[&str]) -> anyhow::R
 }
 
 /// udhcpc's arguments: foreground, `tries` DISCOVERs a second apart, our
-/// script, and the options beyond its defaults that the tests look at. Not
-/// the MTU: the agent sends it unasked, as it must for stock clients.
+/// script, and the options beyond its defaults that the tests look at. The
+/// MTU among them, as images that want a jumbo MTU ask for it: the agent
+/// sends it unasked only below 1500 (see [`udhcpc_stock`]).
 pub fn udhcpc_args(script: &Path, tries: u32) -> Vec<String> {
     let mut args: Vec<String> = [
         "-i",
@@ -227,7 +228,7 @@ pub fn udhcpc_args(script: &Path, tries: u32) -> Vec<String> {
     .map(String::from)
     .to_vec();
     args.push(script.display().to_string());
-    for option in ["staticroutes", "ntpsrv", "search"] {
+    for option in ["mtu", "staticroutes", "ntpsrv", "search"] {
         args.extend(["-O".to_string(), option.to_string()]);
     }
     args

@@ -43,6 +43,9 @@ use crate::{
 pub const BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// Bounds a command of [`Guest::run`].
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+/// How long past a command's limit the guest may take to report that it
+/// killed it, before the host gives up waiting.
+const REPORT_GRACE: Duration = Duration::from_secs(10);
 /// udhcpc's defaults: 3 DISCOVERs 3 s apart, then it gives up (`-n`).
 const UDHCPC_LIMIT: Duration = Duration::from_secs(30);
 
@@ -211,8 +214,10 @@ impl Guest {
         self.run_within(command, COMMAND_LIMIT)
     }
 
-    /// [`Guest::run`] within `limit`. A command that overruns it goes on
-    /// in the guest; later commands run after it ends.
+    /// [`Guest::run`] within `limit`: the guest kills a command that
+    /// overruns it (SIGKILL, status 137), so that the shell is free for the
+    /// next one. Fails if the guest does not answer within `limit` and a
+    /// grace; later commands then run once that one has ended.
     pub fn run_within(&mut self, command: &str, limit: Duration) -> anyhow::Result<(i32, String)> {
         ensure!(
             command.len() <= MAX_COMMAND
@@ -224,8 +229,11 @@ impl Guest {
         self.commands += 1;
         let n = self.commands;
         // `sh -c`: a syntax error ends that shell, not the one reading.
+        // busybox's timeout execs the command, whose status it keeps.
         let line = format!(
-            "echo '{MARK}'begin-{n}; sh -c '{}' </dev/null 2>&1; echo '{MARK}'end-{n} $?\n",
+            "echo '{MARK}'begin-{n}; timeout -s KILL {} sh -c '{}' </dev/null 2>&1; \
+             echo '{MARK}'end-{n} $?\n",
+            limit.as_secs_f64().ceil().max(1.0),
             command.replace('\'', r"'\''")
         );
         self.shell
@@ -233,7 +241,8 @@ impl Guest {
             .context("writing to the guest's shell")?;
         let begin = format!("{MARK}begin-{n}\n");
         let end = format!("{MARK}end-{n} ");
-        self.read_until(Instant::now() + limit, &format!("`{command}`"), |bytes| {
+        let deadline = Instant::now() + limit + REPORT_GRACE;
+        self.read_until(deadline, &format!("`{command}`"), |bytes| {
             let start = find(bytes, begin.as_bytes())? + begin.len();
             let stop = start + find(&bytes[start..], end.as_bytes())?;
             let status_at = stop + end.len();
@@ -295,7 +304,9 @@ impl Guest {
 
     /// One TCP test of iperf3 for `duration`, the guest being the client of
     /// an iperf3 server at `server`:`port` (in another namespace, say a
-    /// [`crate::traffic::Iperf3Server`]); `direction` says who sends.
+    /// [`crate::traffic::Iperf3Server`]); `direction` says who sends. Give
+    /// each run a server of its own (`one_off`): once, under load, a test
+    /// hung after a reverse test on the same server.
     pub fn iperf3(
         &mut self,
         server: Ipv4Addr,
@@ -311,7 +322,7 @@ impl Guest {
             "iperf3 -J -i 0 --connect-timeout 3000 -c {server} -p {port} -t {}{reverse}",
             duration.as_secs().max(1)
         );
-        let (status, output) = self.run_within(&command, duration + Duration::from_secs(20))?;
+        let (status, output) = self.run_within(&command, duration + Duration::from_secs(15))?;
         let report = parse_iperf3(output.as_bytes(), status == 0)?;
         Ok(Transfer {
             bytes: tcp_received_bytes(&report),
@@ -341,7 +352,13 @@ impl Guest {
                 return Ok(value);
             }
             let now = Instant::now();
-            ensure!(now < deadline, "timed out waiting for {what}");
+            if now >= deadline {
+                let tail = &self.unread[self.unread.len().saturating_sub(2000)..];
+                bail!(
+                    "timed out waiting for {what}; the guest printed:\n{}",
+                    String::from_utf8_lossy(tail)
+                );
+            }
             if let Some(status) = self.qemu.0.try_wait()? {
                 bail!("QEMU exited ({status}) while waiting for {what}");
             }

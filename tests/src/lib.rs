@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod dhcp;
 pub mod goalstate;
+pub mod guest;
 pub mod netns;
 pub mod suite;
 pub mod topology;

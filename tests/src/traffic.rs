@@ -321,7 +321,7 @@ impl Drop for Iperf3Client {
     }
 }
 
-fn parse_iperf3(stdout: &[u8], success: bool) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn parse_iperf3(stdout: &[u8], success: bool) -> anyhow::Result<serde_json::Value> {
     let report: serde_json::Value = serde_json::from_slice(stdout).with_context(|| {
         format!(
             "iperf3 printed no JSON report: {}",

@@ -40,6 +40,19 @@ pub const PACKAGES: &[&str] = &[
     // `bench datapath-local`: trafgen sends small UDP packets from a packet
     // ring, so that the path rather than the sender's sockets is measured.
     "netsniff-ng",
+    // A real guest (tests/src/guest.rs): QEMU under TCG boots Debian's own
+    // kernel, with the virtio-net modules of /lib/modules, from an
+    // initramfs the harness builds around busybox (static: it needs no
+    // libraries in the guest). busybox-static replaces the dynamic busybox
+    // that udhcpc's package pulled in. The kernel's package brings
+    // initramfs-tools and udev (and the systemd they match), which build an
+    // initrd for /boot that nothing boots. QEMU 7.2 evicts a newer
+    // qemu-utils if the machine has one from backports. xz unpacks the
+    // kernel once, so that each guest boots it uncompressed.
+    "qemu-system-x86",
+    "linux-image-amd64",
+    "busybox-static",
+    "xz-utils",
 ];
 
 /// Daemons those packages install and enable for boot: dhcpcd would

@@ -1543,14 +1543,27 @@ mod trace {
         if !routed {
             return String::new();
         }
-        let subnets = match (from, to) {
+        format!(
+            "routed via {}{}, then ",
+            setup.router_words(from, to),
+            subnets_words(from, to)
+        )
+    }
+
+    /// ` (10.0.1.0/24 -> 10.0.2.0/24)`, if both subnets are known.
+    fn subnets_words(from: Option<&SubnetSpec>, to: Option<&SubnetSpec>) -> String {
+        match (from, to) {
             (Some(from), Some(to)) => format!(" ({} -> {})", from.cidr, to.cidr),
             _ => String::new(),
-        };
-        format!(
-            "routed via {}{subnets}, then ",
-            setup.router_words(from, to)
-        )
+        }
+    }
+
+    /// ` 10.0.1.1`: the address of the subnet's gateway, if it has one.
+    fn gateway_words(subnet: Option<&SubnetSpec>) -> String {
+        subnet
+            .and_then(|s| s.gateway)
+            .map(|g| format!(" {}", g.ip))
+            .unwrap_or_default()
     }
 
     /// The next hop of a frame to `host` out of `device`.
@@ -1623,13 +1636,10 @@ mod trace {
                 let how = delivery_words(redirect);
                 explained.explanation = if routed {
                     explained.verdict = api::TraceVerdict::Routed;
-                    let subnets = match (from, to) {
-                        (Some(from), Some(to)) => format!(" ({} -> {})", from.cidr, to.cidr),
-                        _ => String::new(),
-                    };
                     format!(
-                        "to {target} via {}{subnets}, {how}",
-                        setup.router_words(from, to)
+                        "to {target} via {}{}, {how}",
+                        setup.router_words(from, to),
+                        subnets_words(from, to)
                     )
                 } else {
                     explained.verdict = api::TraceVerdict::Delivered;
@@ -1730,10 +1740,7 @@ mod trace {
                     }
                     Answer::TimeExceeded => {
                         explained.answer = "time-exceeded";
-                        let gateway = from
-                            .and_then(|s| s.gateway)
-                            .map(|g| format!(" {}", g.ip))
-                            .unwrap_or_default();
+                        let gateway = gateway_words(from);
                         explained.explanation = format!(
                             "in place: the TTL ran out at {}, so the packet is dropped (counted \
                              as {}) and the gateway{gateway} sends ICMP time exceeded back",
@@ -1745,10 +1752,7 @@ mod trace {
                     }
                     Answer::FragNeeded => {
                         explained.answer = "frag-needed";
-                        let gateway = from
-                            .and_then(|s| s.gateway)
-                            .map(|g| format!(" {}", g.ip))
-                            .unwrap_or_default();
+                        let gateway = gateway_words(from);
                         let next_hop = match setup.endpoint(probe.dst_ip).map(|e| e.location) {
                             Some(Location::Remote { host }) => {
                                 format!("the tunnel to host {host}")

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod dhcp;
 pub mod goalstate;
 pub mod guest;
+pub mod lab;
 pub mod netns;
 pub mod suite;
 pub mod topology;

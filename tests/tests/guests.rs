@@ -32,12 +32,13 @@ use std::{
 
 use alcor_proto::{control::PortPhase, schema::GoalState};
 use alcor_tests::{
-    Agent, Netns,
+    Agent,
     agent::json_count as count,
     cases,
     dhcp::{output_within, udhcpc_stock},
     goalstate::*,
     guest::{Direction, Guest},
+    lab::{self, Vm},
     suite::{self, CaseFn},
     topology::Topology,
     traffic::{self, Iperf3Server},
@@ -55,58 +56,17 @@ const PORT_MTU: u64 = 1450;
 /// Bounds every ping and iperf3 run.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// How a VM gets its address.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Addressing {
-    /// Stock udhcpc.
-    Dhcp,
-    /// Static, MTU 1500: a guest that ignores what DHCP would say.
-    Static1500,
-}
-
-/// (name, host, subnet, IP, MAC, addressing) of each VM.
-const VMS: &[(&str, &str, &str, &str, &str, Addressing)] = &[
-    (
-        "a",
-        "h1",
-        "sn1",
-        "10.0.1.10",
-        "fa:16:3e:00:71:0a",
-        Addressing::Dhcp,
-    ),
-    (
-        "b",
-        "h2",
-        "sn1",
-        "10.0.1.20",
-        "fa:16:3e:00:71:0b",
-        Addressing::Dhcp,
-    ),
-    (
-        "s",
-        "h1",
-        "sn1",
-        "10.0.1.11",
-        "fa:16:3e:00:71:11",
-        Addressing::Static1500,
-    ),
-    (
-        "t",
-        "h2",
-        "sn1",
-        "10.0.1.21",
-        "fa:16:3e:00:71:21",
-        Addressing::Static1500,
-    ),
-    (
-        "u",
-        "h2",
-        "sn2",
-        "10.0.2.30",
-        "fa:16:3e:00:71:30",
-        Addressing::Static1500,
-    ),
+/// (name, host, VPC, subnet, IP, MAC) of each VM.
+const VMS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("a", "h1", "vpc1", "sn1", "10.0.1.10", "fa:16:3e:00:71:0a"),
+    ("b", "h2", "vpc1", "sn1", "10.0.1.20", "fa:16:3e:00:71:0b"),
+    ("s", "h1", "vpc1", "sn1", "10.0.1.11", "fa:16:3e:00:71:11"),
+    ("t", "h2", "vpc1", "sn1", "10.0.1.21", "fa:16:3e:00:71:21"),
+    ("u", "h2", "vpc1", "sn2", "10.0.2.30", "fa:16:3e:00:71:30"),
 ];
+/// The VMs that run stock udhcpc; the others have a static address and
+/// MTU 1500, as a guest that ignores DHCP would.
+const DHCP_VMS: &[&str] = &["a", "b"];
 
 const CASES: &[(&str, CaseFn<Lab>)] = &cases![
     stock_udhcpc_gets_mtu_1450_and_tcp_flows_across_hosts_both_ways,
@@ -125,36 +85,14 @@ fn main() -> ExitCode {
     suite::run("guests", Lab::start, CASES)
 }
 
-struct Vm {
-    name: &'static str,
-    host: &'static str,
-    subnet_id: &'static str,
-    ip: &'static str,
-    mac: &'static str,
-    addressing: Addressing,
-    netns: Netns,
-}
-
-impl Vm {
-    fn port_id(&self) -> String {
-        format!("port-{}", self.name)
-    }
-
-    fn gateway(&self) -> &'static str {
-        match self.subnet_id {
-            "sn2" => "10.0.2.1",
-            _ => "10.0.1.1",
-        }
-    }
-
-    fn mtu(&self) -> u64 {
-        self.netns
-            .exec("cat", &["/sys/class/net/eth0/mtu"])
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
+/// The MTU of `vm`'s eth0.
+fn mtu(vm: &Vm) -> u64 {
+    vm.netns
+        .exec("cat", &["/sys/class/net/eth0/mtu"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Two hosts with an agent each and the VMs, addressed.
@@ -174,33 +112,12 @@ impl Lab {
         }
         let vms = VMS
             .iter()
-            .map(|&(name, host, subnet_id, ip, mac, addressing)| {
-                let netns = Netns::new(format!("{prefix}-{name}")).unwrap();
-                traffic::disable_ipv6(&netns).unwrap();
-                Vm {
-                    name,
-                    host,
-                    subnet_id,
-                    ip,
-                    mac,
-                    addressing,
-                    netns,
-                }
-            })
+            .map(|&vm| Vm::new(&prefix, vm).unwrap())
             .collect();
-        let agents = futures::future::join_all(HOSTS.iter().map(|(name, _)| {
-            let host = topology.host(name);
-            let mut options = host.agent_options();
-            options.args.push("--insecure".into());
-            // A veth underlay: native XDP on it would make the fabric
-            // segment every GSO packet before it (see the README), and no
-            // large packet would reach a guest from another host.
-            options.args.extend(["--underlay-xdp".into(), "off".into()]);
-            async move { (*name, Agent::start(host.netns(), options).await) }
-        }))
-        .await
-        .into_iter()
-        .collect();
+        // A veth underlay: native XDP on it would make the fabric segment
+        // every GSO packet before it (see the README), and no large packet
+        // would reach a guest from another host.
+        let agents = lab::start_agents(&topology, &["h1", "h2"], &["--underlay-xdp", "off"]).await;
         let lab = Lab {
             agents,
             vms,
@@ -214,10 +131,7 @@ impl Lab {
     }
 
     fn vm(&self, name: &str) -> &Vm {
-        self.vms
-            .iter()
-            .find(|vm| vm.name == name)
-            .unwrap_or_else(|| panic!("no VM {name}"))
+        lab::find(&self.vms, name)
     }
 
     /// The goal state of `host`: the VPC, its subnets joined by router r1,
@@ -225,8 +139,7 @@ impl Lab {
     /// neighbors (L3 where this host has no VM in their subnet); with
     /// `qemu`, the QEMU guest's tap port on h1 too.
     fn goal_state(&self, host: &str, qemu: bool) -> GoalState {
-        let local: Vec<&Vm> = self.vms.iter().filter(|vm| vm.host == host).collect();
-        let mut message = v1(
+        let mut network = v1(
             vec![vpc(VPC.0, VPC.1, "10.0.0.0/16")],
             vec![
                 with_gateway_mac(
@@ -238,91 +151,37 @@ impl Lab {
                     SN2_GATEWAY_MAC,
                 ),
             ],
-            local
-                .iter()
-                .map(|vm| {
-                    netns_port(
-                        &vm.port_id(),
-                        VPC.0,
-                        vm.subnet_id,
-                        vm.ip,
-                        vm.mac,
-                        vm.netns.name(),
-                    )
-                })
-                .collect(),
+            vec![],
         );
-        message.router_states = vec![router_joining("r1", &["sn1", "sn2"])];
-        message.dhcp_states = local
-            .iter()
-            .map(|vm| {
-                let id = format!("dhcp-{}", vm.name);
-                dhcp_entry(&id, vm.subnet_id, vm.mac, vm.ip, &format!("vm-{}", vm.name))
-            })
-            .collect();
-        let host_ip = |host: &str| self.topology.host(host).underlay_ip().to_string();
+        network.router_states = vec![router_joining("r1", &["sn1", "sn2"])];
         let (qemu_port, qemu_ip, qemu_mac) = QEMU;
         if qemu && host == "h1" {
-            message
+            network
                 .port_states
                 .push(tap_port(qemu_port, VPC.0, "sn1", qemu_ip, qemu_mac));
-            message
+            network
                 .dhcp_states
                 .push(dhcp_entry("dhcp-qemu", "sn1", qemu_mac, qemu_ip, "vm-qemu"));
         }
         if qemu && host == "h2" {
-            message.neighbor_states.push(neighbor(
+            let h1 = self.topology.host("h1").underlay_ip().to_string();
+            network.neighbor_states.push(neighbor(
                 "neighbor-qemu",
                 VPC.0,
                 "sn1",
                 qemu_ip,
                 qemu_mac,
-                &host_ip("h1"),
+                &h1,
             ));
         }
-        message
-            .neighbor_states
-            .extend(self.vms.iter().filter(|vm| vm.host != host).map(|vm| {
-                let state = neighbor(
-                    &format!("neighbor-{}", vm.name),
-                    VPC.0,
-                    vm.subnet_id,
-                    vm.ip,
-                    vm.mac,
-                    &host_ip(vm.host),
-                );
-                if local.iter().any(|l| l.subnet_id == vm.subnet_id) {
-                    state
-                } else {
-                    l3(state)
-                }
-            }));
-        message
+        lab::goal_state_for(host, network, &self.vms, &self.topology)
     }
 
     /// Pushes `host`'s goal state and waits until its ports are ready.
     async fn push(&self, host: &str) {
-        let agent = &self.agents[host];
-        let reply = agent.push(self.goal_state(host, false)).await;
-        assert!(
-            reply
-                .operation_statuses
-                .iter()
-                .all(|s| s.operation_status == 0),
-            "{host}: {reply:#?}"
-        );
-        let expected = self.vms.iter().filter(|vm| vm.host == host).count();
-        wait_for(
-            &format!("every port of {host} ready"),
-            Duration::from_secs(10),
-            async || {
-                let ports = agent.ports().await;
-                (ports.len() == expected
-                    && ports.iter().all(|p| p.phase == PortPhase::Ready as i32))
-                .then_some(())
-            },
-        )
-        .await;
+        let ports = self.vms.iter().filter(|vm| vm.host == host).count();
+        let message = self.goal_state(host, false);
+        lab::push_until_ready(&self.agents[host], host, message, ports).await;
     }
 
     /// DHCP VMs run stock udhcpc with eth0 at 1500 (the MTU can only come
@@ -334,19 +193,17 @@ impl Lab {
                     vm.netns
                         .exec("ip", &["link", "set", "eth0", "mtu", "1500"])
                         .unwrap();
-                    match vm.addressing {
-                        Addressing::Dhcp => assert!(
+                    if DHCP_VMS.contains(&vm.name) {
+                        assert!(
                             udhcpc_stock(&vm.netns, 10).unwrap(),
                             "VM {} got no lease from the agent of {}",
                             vm.name,
                             vm.host
-                        ),
-                        Addressing::Static1500 => traffic::configure(
-                            &vm.netns,
-                            &format!("{}/24", vm.ip),
-                            Some(vm.gateway()),
-                        )
-                        .unwrap(),
+                        );
+                    } else {
+                        let gateway = vm.gateway().to_string();
+                        traffic::configure(&vm.netns, &format!("{}/24", vm.ip), Some(&gateway))
+                            .unwrap();
                     }
                 });
             }
@@ -390,7 +247,7 @@ const FLOWING: u64 = 16 << 20;
 async fn stock_udhcpc_gets_mtu_1450_and_tcp_flows_across_hosts_both_ways(lab: &mut Lab) {
     let (a, b) = (lab.vm("a"), lab.vm("b"));
     for vm in [a, b] {
-        assert_eq!(vm.mtu(), PORT_MTU, "{}: option 26, sent unasked", vm.name);
+        assert_eq!(mtu(vm), PORT_MTU, "{}: option 26, sent unasked", vm.name);
         let address = vm
             .netns
             .exec("ip", &["-4", "-o", "addr", "show", "eth0"])
@@ -438,7 +295,7 @@ async fn a_guest_at_mtu_1500_learns_the_path_mtu_and_tcp_flows_across_hosts_and_
     lab: &mut Lab,
 ) {
     let (s, t, u) = (lab.vm("s"), lab.vm("t"), lab.vm("u"));
-    assert_eq!(s.mtu(), 1500);
+    assert_eq!(mtu(s), 1500);
     let answered_before = lab.dropped(s, "frag-needed");
     // In the subnet, both ways (each side at 1500 learns it), and routed.
     for (server, reverse, port) in [(t, false, 5202), (t, true, 5203), (u, false, 5204)] {

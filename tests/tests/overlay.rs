@@ -37,16 +37,14 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, process::ExitCode, time::Duration};
 
-use alcor_proto::{
-    control::PortPhase,
-    schema::{GoalState, NeighborState, OperationStatus, OperationType},
-};
+use alcor_proto::schema::{GoalState, NeighborState, OperationType};
 use alcor_tests::{
     Agent, Netns,
     agent::json_count as count,
     cases,
     dhcp::{ClientDir, Eth0, UDHCPC_SCRIPT, udhcpc_once},
     goalstate::*,
+    lab::{self, Vm},
     suite::{self, CaseFn},
     topology::{Topology, UNDERLAY_DEV},
     traffic::{self, Capture, Iperf3Server, PingRun, Vxlan},
@@ -124,54 +122,6 @@ fn main() -> ExitCode {
     suite::run("overlay", Lab::start, CASES)
 }
 
-/// A VM: its namespace, and the port its host's agent plugs into it.
-struct Vm {
-    name: &'static str,
-    host: &'static str,
-    vpc_id: &'static str,
-    subnet_id: &'static str,
-    ip: &'static str,
-    mac: &'static str,
-    netns: Netns,
-}
-
-impl Vm {
-    fn port_id(&self) -> String {
-        format!("port-{}", self.name)
-    }
-
-    fn gateway(&self) -> &'static str {
-        match self.subnet_id {
-            "sn2" => "10.0.2.1",
-            _ => "10.0.1.1",
-        }
-    }
-
-    fn ipv4(&self) -> Ipv4Addr {
-        self.ip.parse().expect("an IPv4 address")
-    }
-
-    fn mac_bytes(&self) -> [u8; 6] {
-        traffic::mac_bytes(self.mac).expect("a MAC")
-    }
-
-    /// `count` pings to `target`, 50 ms apart, each given a second.
-    fn ping(&self, target: &str, count: u32, args: &[&str]) -> traffic::Ping {
-        let count = count.to_string();
-        let mut full = vec!["-c", &count, "-i", "0.05", "-W", "1"];
-        full.extend_from_slice(args);
-        traffic::ping(&self.netns, target, &full, LIMIT)
-            .unwrap_or_else(|e| panic!("ping {target} from {}: {e:#}", self.name))
-    }
-
-    /// The MAC `eth0` resolved `ip` to, if any.
-    fn neighbour_mac(&self, ip: &str) -> Option<String> {
-        traffic::neighbour(&self.netns, ip)
-            .unwrap()
-            .and_then(|(_, mac)| mac)
-    }
-}
-
 /// Three hosts with an agent each, a rogue namespace on the fabric, the
 /// VMs with their DHCP leases.
 struct Lab {
@@ -195,30 +145,10 @@ impl Lab {
         }
         let vms: Vec<Vm> = VMS
             .iter()
-            .map(|&(name, host, vpc_id, subnet_id, ip, mac)| {
-                let netns = Netns::new(format!("{prefix}-{name}")).unwrap();
-                traffic::disable_ipv6(&netns).unwrap();
-                Vm {
-                    name,
-                    host,
-                    vpc_id,
-                    subnet_id,
-                    ip,
-                    mac,
-                    netns,
-                }
-            })
+            .map(|&vm| Vm::new(&prefix, vm).unwrap())
             .collect();
-        let agents = futures::future::join_all(HOSTS.iter().map(|(name, _)| {
-            let host = topology.host(name);
-            let mut options = host.agent_options();
-            // Goal state comes from the test, inside the host's namespace.
-            options.args.push("--insecure".into());
-            async move { (*name, Agent::start(host.netns(), options).await) }
-        }))
-        .await
-        .into_iter()
-        .collect();
+        let hosts: Vec<_> = HOSTS.iter().map(|(name, _)| *name).collect();
+        let agents = lab::start_agents(&topology, &hosts, &[]).await;
         let lab = Lab {
             agents,
             vms,
@@ -238,32 +168,16 @@ impl Lab {
     }
 
     fn vm(&self, name: &str) -> &Vm {
-        self.vms
-            .iter()
-            .find(|vm| vm.name == name)
-            .unwrap_or_else(|| panic!("no VM {name}"))
+        lab::find(&self.vms, name)
     }
 
     fn underlay_ip(&self, host: &str) -> Ipv4Addr {
         self.topology.host(host).underlay_ip()
     }
 
-    /// The neighbor record of `vm` that other hosts get; L3 on `host` when
-    /// no VM of `host` is in its subnet.
+    /// The neighbor record of `vm` that `host` gets.
     fn neighbor(&self, vm: &Vm, host: &str) -> NeighborState {
-        let routed = !self
-            .vms
-            .iter()
-            .any(|local| local.host == host && local.subnet_id == vm.subnet_id);
-        let neighbor = neighbor(
-            &format!("neighbor-{}", vm.name),
-            vm.vpc_id,
-            vm.subnet_id,
-            vm.ip,
-            vm.mac,
-            &self.underlay_ip(vm.host).to_string(),
-        );
-        if routed { l3(neighbor) } else { neighbor }
+        lab::neighbor_of(vm, host, &self.vms, &self.topology)
     }
 
     /// What the controller pushes to `host`: both VPCs (same CIDR), VPC 1's
@@ -271,8 +185,7 @@ impl Lab {
     /// DHCP entries, and the other hosts' VMs in the VPCs the host has VMs
     /// in as neighbors.
     fn goal_state(&self, host: &str) -> GoalState {
-        let local: Vec<&Vm> = self.vms.iter().filter(|vm| vm.host == host).collect();
-        let mut message = v1(
+        let mut network = v1(
             vec![
                 vpc(VPC1.0, VPC1.1, "10.0.0.0/16"),
                 vpc(VPC2.0, VPC2.1, "10.0.0.0/16"),
@@ -288,61 +201,17 @@ impl Lab {
                 ),
                 subnet("vpc2-sn1", VPC2.0, "10.0.1.0/24", "10.0.1.1"),
             ],
-            local
-                .iter()
-                .map(|vm| {
-                    netns_port(
-                        &vm.port_id(),
-                        vm.vpc_id,
-                        vm.subnet_id,
-                        vm.ip,
-                        vm.mac,
-                        vm.netns.name(),
-                    )
-                })
-                .collect(),
+            vec![],
         );
-        message.router_states = vec![router_joining("r1", &["sn1", "sn2"])];
-        message.dhcp_states = local
-            .iter()
-            .map(|vm| {
-                let id = format!("dhcp-{}", vm.name);
-                dhcp_entry(&id, vm.subnet_id, vm.mac, vm.ip, &format!("vm-{}", vm.name))
-            })
-            .collect();
-        message.neighbor_states = self
-            .vms
-            .iter()
-            .filter(|vm| vm.host != host && local.iter().any(|l| l.vpc_id == vm.vpc_id))
-            .map(|vm| self.neighbor(vm, host))
-            .collect();
-        message
+        network.router_states = vec![router_joining("r1", &["sn1", "sn2"])];
+        lab::goal_state_for(host, network, &self.vms, &self.topology)
     }
 
     /// Pushes `message` to `host`'s agent; everything must succeed, and
     /// every port of the host be ready.
     async fn push(&self, host: &str, message: GoalState) {
-        let agent = self.agent(host);
-        let reply = agent.push(message).await;
-        assert!(
-            reply
-                .operation_statuses
-                .iter()
-                .all(|s| s.operation_status == OperationStatus::Success as i32),
-            "{host}: {reply:#?}"
-        );
-        let expected = self.vms.iter().filter(|vm| vm.host == host).count();
-        wait_for(
-            &format!("every port of {host} ready"),
-            Duration::from_secs(10),
-            async || {
-                let ports = agent.ports().await;
-                (ports.len() == expected
-                    && ports.iter().all(|p| p.phase == PortPhase::Ready as i32))
-                .then_some(())
-            },
-        )
-        .await;
+        let ports = self.vms.iter().filter(|vm| vm.host == host).count();
+        lab::push_until_ready(self.agent(host), host, message, ports).await;
     }
 
     /// Pushes neighbor `vm` to `host` with `operation`, at the next
@@ -607,7 +476,7 @@ async fn routed_across_subnets_and_hosts_one_hop_both_ways(lab: &mut Lab) {
             SN1_GATEWAY_MAC
         };
         assert_eq!(
-            from.neighbour_mac(from.gateway()).as_deref(),
+            from.neighbour_mac(&from.gateway().to_string()).as_deref(),
             Some(gateway_mac)
         );
     }

@@ -112,6 +112,35 @@ pub fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
     message
 }
 
+/// The ICMP error (`kind`, `code`, `rest`) a gateway (`gateway_mac`,
+/// `gateway_ip`) sends back to the sender of `original` (an IPv4 packet
+/// from `to_mac`), quoting its IP header and 8 bytes, as the port program
+/// writes it: TOS 0xc0, TTL 64, no identification.
+pub fn icmp_error_frame(
+    (gateway_mac, gateway_ip): (Mac, Ipv4Addr),
+    to_mac: Mac,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    original: &[u8],
+) -> Vec<u8> {
+    let to_ip = Ipv4Addr::from(<[u8; 4]>::try_from(&original[12..16]).unwrap());
+    let error = Ipv4 {
+        src: gateway_ip,
+        dst: to_ip,
+        ttl: 64,
+        proto: ICMP,
+        tos: 0xc0,
+        id: 0,
+        frag: 0,
+    };
+    let quote = &original[..original.len().min(28)];
+    ether(
+        to_mac,
+        gateway_mac,
+        ETH_P_IP,
+        &error.packet(&icmp(kind, code, rest, quote)),
+    )
+}
+
 /// An ICMP echo request (identifier 0x0042, sequence 7) with `data`.
 pub fn echo_request(data: &[u8]) -> Vec<u8> {
     icmp(8, 0, [0, 0x42, 0, 7], data)

@@ -440,21 +440,9 @@ fn ttl_running_out_at_the_router_is_answered_with_time_exceeded() {
         let result = f.trace(f.a, &frame);
         assert_eq!(result.verdict, Verdict::Answered(Answer::TimeExceeded));
         // From the sender's gateway: its IP header and 8 bytes quoted.
-        let error = Ipv4 {
-            src: ip("10.0.1.1"),
-            dst: ip("10.0.1.10"),
-            ttl: 64,
-            proto: ICMP,
-            tos: 0xc0,
-            id: 0,
-            frag: 0,
-        };
-        let expected = ether(
-            A_MAC,
-            GW1_MAC,
-            ETH_P_IP,
-            &error.packet(&icmp(11, 0, [0; 4], &original[..28])),
-        );
+        let gateway = (GW1_MAC, ip("10.0.1.1"));
+        let time_exceeded = (11, 0, [0; 4]);
+        let expected = icmp_error_frame(gateway, A_MAC, time_exceeded, &original);
         assert_eq!(result.output, expected);
         assert_eq!(checksum(&result.output[14..34]), 0, "IPv4 header checksum");
         assert_eq!(checksum(&result.output[34..]), 0, "ICMP checksum");
@@ -464,12 +452,7 @@ fn ttl_running_out_at_the_router_is_answered_with_time_exceeded() {
         let frame = ether(GW1_MAC, A_MAC, ETH_P_IP, &short);
         let result = f.trace(f.a, &frame);
         assert_eq!(result.verdict, Verdict::Answered(Answer::TimeExceeded));
-        let expected = ether(
-            A_MAC,
-            GW1_MAC,
-            ETH_P_IP,
-            &error.packet(&icmp(11, 0, [0; 4], &short)),
-        );
+        let expected = icmp_error_frame(gateway, A_MAC, time_exceeded, &short);
         assert_eq!(result.output, expected);
 
         // No ICMP error about an ICMP error.

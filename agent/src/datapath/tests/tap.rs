@@ -298,11 +298,12 @@ fn tap_ports_get_decapsulated_tcp_as_ordinary_frames() {
             "{guest:?}: no GSO packet through the VXLAN device"
         );
         // A tap whose reader falls behind drops from its queue, as a busy
-        // guest's would; one that refused tunnel-marked GSO packets would
-        // drop every large one, and the transfer would stall.
+        // guest's would (a few of some hundred 64 KB packets on a loaded
+        // machine); one that refused tunnel-marked GSO packets would drop
+        // every large one, and the transfer would stall.
         let dropped = tx_dropped(&h2, "tap-c");
         assert!(
-            dropped * 100 <= delivered.frames as u64,
+            dropped * 10 <= delivered.frames as u64,
             "{guest:?}: {dropped} dropped by the tap, {} delivered",
             delivered.frames
         );

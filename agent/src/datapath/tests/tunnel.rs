@@ -477,22 +477,9 @@ fn sized(ip: Ipv4, len: usize) -> Vec<u8> {
 /// The ICMP "fragmentation needed" (next-hop MTU 1450) that subnet 1's
 /// gateway sends A about `original`: its IP header and 8 bytes quoted.
 fn frag_needed_for(original: &[u8]) -> Vec<u8> {
-    let error = Ipv4 {
-        src: ip("10.0.1.1"),
-        dst: ip("10.0.1.10"),
-        ttl: 64,
-        proto: ICMP,
-        tos: 0xc0,
-        id: 0,
-        frag: 0,
-    };
-    let mtu = 1450u16.to_be_bytes();
-    ether(
-        A_MAC,
-        GW1_MAC,
-        ETH_P_IP,
-        &error.packet(&icmp(3, 4, [0, 0, mtu[0], mtu[1]], &original[..28])),
-    )
+    let [high, low] = 1450u16.to_be_bytes();
+    let frag_needed = (3, 4, [0, 0, high, low]);
+    icmp_error_frame((GW1_MAC, ip("10.0.1.1")), A_MAC, frag_needed, original)
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod dhcp;
 pub mod goalstate;
 pub mod netns;
 pub mod suite;
+pub mod tap;
 pub mod topology;
 pub mod traffic;
 

@@ -12,6 +12,7 @@ pub mod guest;
 pub mod lab;
 pub mod netns;
 pub mod suite;
+pub mod tap;
 pub mod topology;
 pub mod traffic;
 

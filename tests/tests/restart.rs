@@ -9,12 +9,12 @@ use std::time::Duration;
 use alcor_agent::model::device_name;
 use alcor_proto::{
     control::{ListRequest, Port, PortPhase},
-    schema::{GoalState, OperationStatus},
+    schema::GoalState,
 };
 use alcor_tests::{
     Agent, AgentOptions, Netns,
     goalstate::*,
-    privileged,
+    lab, privileged,
     tap::TapVm,
     topology::Topology,
     traffic::{self, PingRun},
@@ -242,22 +242,9 @@ fn round_network(topology: &Topology, vms: &[Netns], host: &str) -> GoalState {
 }
 
 /// Pushes `host`'s goal state and waits until all its ports are ready.
-async fn push_round_network(agent: &Agent, message: GoalState) {
-    let expected = message.port_states.len();
-    let reply = agent.push(message).await;
-    assert!(
-        reply
-            .operation_statuses
-            .iter()
-            .all(|s| s.operation_status == OperationStatus::Success as i32),
-        "{reply:?}"
-    );
-    wait_for("every port ready", Duration::from_secs(10), async || {
-        let ports = agent.ports().await;
-        (ports.len() == expected && ports.iter().all(|p| p.phase == PortPhase::Ready as i32))
-            .then_some(())
-    })
-    .await;
+async fn push_round_network(agent: &Agent, host: &str, message: GoalState) {
+    let ports = message.port_states.len();
+    lab::push_until_ready(agent, host, message, ports).await;
 }
 
 /// The hitless restart, 20 times over, for hypervisor taps (devices made
@@ -308,7 +295,7 @@ async fn twenty_kill_9_restarts_under_100_pps_pings_lose_nothing_on_tap_and_netn
         // Goal state comes from the test, inside the host's namespace.
         options.args.push("--insecure".into());
         let agent = Agent::start(host.netns(), options).await;
-        push_round_network(&agent, round_network(&topology, &vms, name)).await;
+        push_round_network(&agent, name, round_network(&topology, &vms, name)).await;
         agents.push((name, agent));
     }
     for ((_, _, _, ip, _), netns) in ROUND_VMS.iter().zip(&vms) {
@@ -346,7 +333,8 @@ async fn twenty_kill_9_restarts_under_100_pps_pings_lose_nothing_on_tap_and_netn
     let mut lost = Vec::new();
     for round in 1..=ROUNDS {
         let count = COUNT.to_string();
-        let args = ["-q", "-c", &count, "-i", "0.01", "-W", "1", "-w", "30"];
+        // Exactly COUNT each (no -w, which would send until COUNT came back).
+        let args = ["-q", "-c", &count, "-i", "0.01", "-W", "1"];
         let mut pings: Vec<PingRun> = ROUND_PINGS
             .iter()
             .map(|&(from, to)| {
@@ -358,7 +346,7 @@ async fn twenty_kill_9_restarts_under_100_pps_pings_lose_nothing_on_tap_and_netn
         agent.kill();
         agent.restart().await;
         // It adopted what exists; the controller pushes the same state again.
-        push_round_network(agent, round_network(&topology, &vms, RESTARTED)).await;
+        push_round_network(agent, RESTARTED, round_network(&topology, &vms, RESTARTED)).await;
         for ping in &mut pings {
             assert!(
                 ping.is_running(),
@@ -367,9 +355,14 @@ async fn twenty_kill_9_restarts_under_100_pps_pings_lose_nothing_on_tap_and_netn
         }
         let counts: Vec<u32> = pings
             .into_iter()
-            .map(|ping| {
+            .zip(&pairs)
+            .map(|(ping, pair)| {
                 let ping = ping.finish().unwrap();
-                assert_eq!(ping.transmitted, COUNT, "round {round}: {}", ping.summary);
+                assert_eq!(
+                    ping.transmitted, COUNT,
+                    "round {round}, {pair}: {}",
+                    ping.summary
+                );
                 ping.lost()
             })
             .collect();

@@ -26,7 +26,7 @@ use anyhow::{Context, anyhow, ensure};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::{setup, util};
+use crate::setup;
 
 const TAG: &str = "xbench";
 const PORTS: usize = 1000;
@@ -43,8 +43,7 @@ const SUBNET: (&str, &str, &str) = ("subnet-bench", "10.1.0.0/16", "10.1.0.1");
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
-    println!("bench goalstate: building alcor-agent (release)");
-    util::build_agent(true)?;
+    super::release_agent("goalstate")?;
     super::in_namespaces(TAG, bench)
 }
 

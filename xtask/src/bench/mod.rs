@@ -10,7 +10,10 @@ mod neighbors;
 mod vm_traffic;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use alcor_proto::schema::{GoalStateOperationReply, OperationStatus};
 use alcor_tests::{Agent, topology::namespaces_with_prefix};
@@ -118,6 +121,41 @@ fn in_namespaces(
     outcome
 }
 
+/// Makes the binaries in `ALCOR_BIN_DIR` the ones the benchmark runs when
+/// it is set (another commit's release build, to compare before and after
+/// in one sitting); otherwise builds this workspace's release agent and
+/// points `ALCOR_BIN_DIR` at it.
+fn release_agent(benchmark: &str) -> anyhow::Result<()> {
+    if let Some(dir) = std::env::var_os("ALCOR_BIN_DIR") {
+        let agent = Path::new(&dir).join("alcor-agent");
+        ensure!(agent.is_file(), "ALCOR_BIN_DIR: no {}", agent.display());
+        println!(
+            "bench {benchmark}: running {} (ALCOR_BIN_DIR)",
+            agent.display()
+        );
+        return Ok(());
+    }
+    println!("bench {benchmark}: building alcor-agent (release)");
+    util::build_agent(true)?;
+    Ok(())
+}
+
+/// The machine's load average over 1, 5 and 15 minutes, printed and kept
+/// with a benchmark's figures: other work moves them.
+fn load_average() -> Vec<String> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The middle value (the upper one of an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The agent's peak resident memory (VmHWM), KiB.
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
@@ -193,4 +231,16 @@ fn check_reply(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_take_the_middle_round() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 }

@@ -30,7 +30,7 @@ use alcor_tests::{
 use anyhow::{Context, anyhow, ensure};
 use serde_json::json;
 
-use crate::{setup, util};
+use crate::setup;
 
 const TAG: &str = "xnbr";
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
@@ -46,8 +46,7 @@ const SUBNET: (&str, &str, &str) = ("subnet-nbr", "10.0.0.0/8", "10.0.0.1");
 
 pub fn run(_quick: bool) -> anyhow::Result<()> {
     setup::run()?;
-    println!("bench neighbors: building alcor-agent (release)");
-    util::build_agent(true)?;
+    super::release_agent("neighbors")?;
     super::in_namespaces(TAG, bench)
 }
 

@@ -39,7 +39,8 @@ use alcor_tests::{
 use anyhow::{Context, ensure};
 use serde_json::json;
 
-use crate::{setup, util};
+use super::median;
+use crate::setup;
 
 /// VM MTU in every variant: what the agent gives ports on a 1500-byte
 /// underlay (1500 − 50 bytes of VXLAN).
@@ -75,15 +76,14 @@ impl Plan {
     }
 }
 
-/// Installs and checks the tools, builds the release agent.
+/// Installs and checks the tools, builds the release agent (see
+/// [`super::release_agent`]).
 pub fn prepare(benchmark: &str) -> anyhow::Result<()> {
     setup::run()?;
     for (program, package) in [("iperf3", "iperf3"), ("trafgen", "netsniff-ng")] {
         alcor_tests::dhcp::require(program, package)?;
     }
-    println!("bench {benchmark}: building alcor-agent (release)");
-    util::build_agent(true)?;
-    Ok(())
+    super::release_agent(benchmark)
 }
 
 /// Pushes `goal_state` to `agent`, which must accept all of it, waits
@@ -360,11 +360,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Metric indices into a round's values.
 pub const TCP1: usize = 0;
 pub const TCP4: usize = 1;
@@ -558,9 +553,7 @@ impl Report<'_> {
             })
             .collect();
 
-        // How busy the machine was: other work moves the figures.
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        let load = super::load_average();
         println!("\n{}", self.heading);
         println!(
             "(load average of the machine at the end: {} over 1, 5 and 15 minutes)\n",
@@ -676,11 +669,5 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.0), 1.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert!(percentile(&[], 50.0).is_nan());
-    }
-
-    #[test]
-    fn medians_take_the_middle_round() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![5.0]), 5.0);
     }
 }

@@ -20,13 +20,21 @@
 //!   100, on `underlay0`, no learning) and a Linux bridge joining it to the
 //!   VM's veth, with static forwarding entries: the other VM's MAC (in the
 //!   bridge and in the VXLAN device, to the other host) and the all-zeros
-//!   entry for broadcasts (ARP).
+//!   entry for broadcasts (ARP);
+//! - **ours, guests at MTU 1500**: as ours without XDP, but both VMs'
+//!   `eth0` set to 1500 once plugged, as a guest that ignores what DHCP
+//!   says would have it: its full-size segments do not fit in the tunnel,
+//!   and TCP flows only if the gateway tells it so (ICMP "fragmentation
+//!   needed") and it learns the path MTU. Measured in TCP with one stream
+//!   only, beside ours without XDP, as a ratio to it.
 //!
 //! Metrics and alternation: see [`super::vm_traffic`]. Three rounds, each
-//! with three fresh topologies, variants alternating (A B C C B A); the
-//! median of each metric over the rounds is reported with the ratios of
-//! both of ours to the kernel's, and the issue's targets are checked for
-//! both.
+//! with four fresh topologies. Every metric alternates the first three
+//! variants (A B C C B A); the median of each metric over the rounds is
+//! reported with the ratios of both of ours to the kernel's, and the
+//! issue's targets are checked for both. Then one TCP stream alternates
+//! ours without XDP and the guests at 1500 (N M M N): medians, the bytes
+//! moved, and the ratio 1500 / 1450.
 
 use alcor_tests::{
     Agent, Netns, goalstate,
@@ -36,6 +44,7 @@ use alcor_tests::{
 use anyhow::{Context, ensure};
 use serde_json::json;
 
+use super::median;
 use super::vm_traffic::{
     self, IPERF3_ETH0, IPERF3_RECEIVED, Measured, PING_AVG, Plan, Ratio, Report, TCP1, TCP4,
     TRAFGEN_ETH0, Target, VM_MTU, VmPair,
@@ -43,8 +52,8 @@ use super::vm_traffic::{
 
 const TAG: &str = "xdpo";
 /// Every variant runs each metric twice a round; with TCP runs of 3 s
-/// (after 1 s of slow start) and UDP runs of 2 s, 3 rounds take 4 to 5
-/// minutes.
+/// (after 1 s of slow start) and UDP runs of 2 s, 3 rounds take 5 to 6
+/// minutes (the guests at 1500 about a minute of it).
 const PLAN: Plan = Plan {
     rounds: 3,
     tcp_seconds: 3,
@@ -81,9 +90,12 @@ enum Variant {
     OursXdp,
     OursNoXdp,
     Kernel,
+    /// Measured apart, in TCP only.
+    OursGuests1500,
 }
 
 impl Variant {
+    /// The variants of the main table, measured in every metric.
     const ALL: [Variant; 3] = [Variant::OursXdp, Variant::OursNoXdp, Variant::Kernel];
 
     fn name(self) -> &'static str {
@@ -91,6 +103,7 @@ impl Variant {
             Variant::OursXdp => "ours, XDP native",
             Variant::OursNoXdp => "ours, no XDP",
             Variant::Kernel => "kernel VXLAN + bridge",
+            Variant::OursGuests1500 => "ours, guests at MTU 1500",
         }
     }
 
@@ -99,6 +112,7 @@ impl Variant {
             Variant::OursXdp => "x",
             Variant::OursNoXdp => "n",
             Variant::Kernel => "k",
+            Variant::OursGuests1500 => "m",
         }
     }
 
@@ -106,8 +120,17 @@ impl Variant {
     fn xdp(self) -> Option<&'static str> {
         match self {
             Variant::OursXdp => Some("native"),
-            Variant::OursNoXdp => Some("off"),
+            Variant::OursNoXdp | Variant::OursGuests1500 => Some("off"),
             Variant::Kernel => None,
+        }
+    }
+
+    /// The MTU the VMs' `eth0` ends at: the agent's, or one it was not
+    /// told.
+    fn guest_mtu(self) -> u32 {
+        match self {
+            Variant::OursGuests1500 => 1500,
+            _ => VM_MTU,
         }
     }
 }
@@ -170,6 +193,10 @@ impl Overlay {
             None => overlay.plug_kernel()?,
         }
         for (vm, spec) in [(&overlay.a, &A), (&overlay.b, &B)] {
+            if variant.guest_mtu() != VM_MTU {
+                let mtu = variant.guest_mtu().to_string();
+                vm.exec("ip", &["link", "set", "eth0", "mtu", &mtu])?;
+            }
             traffic::configure(vm, &format!("{}/24", spec.ip), None)?;
         }
         overlay.vms().check_reachable()?;
@@ -295,18 +322,30 @@ impl Overlay {
 async fn bench(prefix: &str, plan: &Plan) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut rounds = Vec::new();
+    let mut guests_1500_rounds = Vec::new();
     for round in 1..=plan.rounds {
         println!(
-            "round {round} of {}: building the three topologies",
+            "round {round} of {}: building the four topologies",
             plan.rounds
         );
         let mut overlays = Vec::new();
         for variant in Variant::ALL {
             overlays.push(Overlay::build(prefix, variant, round).await?);
         }
+        let guests_1500 = Overlay::build(prefix, Variant::OursGuests1500, round).await?;
         rounds.push(vm_traffic::measure_round(&overlays, plan, round)?);
+        let no_xdp = overlays
+            .iter()
+            .find(|overlay| overlay.variant == Variant::OursNoXdp)
+            .context("no variant without XDP")?;
+        guests_1500_rounds.push(vm_traffic::measure_tcp1_round(
+            &[no_xdp, &guests_1500],
+            plan,
+            round,
+        )?);
     }
     println!("{} rounds in {:.0?}", rounds.len(), started.elapsed());
+    let (guests_1500_table, guests_1500_json) = guests_1500(plan, &guests_1500_rounds);
     let kernel = Variant::ALL.len() - 1;
     let ratios = [
         Ratio {
@@ -355,7 +394,50 @@ async fn bench(prefix: &str, plan: &Plan) -> anyhow::Result<()> {
                      early drop in native mode, and without) vs the kernel's VXLAN device \
                      and a Linux bridge per host with static forwarding entries",
             "underlay_mtu": UNDERLAY_MTU,
+            "agent": alcor_tests::agent::bin("alcor-agent"),
+            "guests_at_mtu_1500": guests_1500_json,
         }),
     }
-    .print(plan, &rounds)
+    .print(plan, &rounds)?;
+    println!("\n{guests_1500_table}");
+    Ok(())
+}
+
+/// The table and JSON of the guests at MTU 1500 against those at
+/// [`VM_MTU`], from each round's [Gbit/s, bytes] of either.
+fn guests_1500(plan: &Plan, rounds: &[Vec<[f64; 2]>]) -> (String, serde_json::Value) {
+    let median_of =
+        |variant: usize, value: usize| median(rounds.iter().map(|r| r[variant][value]).collect());
+    let [gbps_1450, gbps_1500] = [0, 1].map(|variant| median_of(variant, 0));
+    let [bytes_1450, bytes_1500] = [0, 1].map(|variant| median_of(variant, 1));
+    let ratio = median(rounds.iter().map(|r| r[1][0] / r[0][0]).collect());
+    let table = format!(
+        "ours without XDP, the VMs' eth0 left at MTU 1500 against {VM_MTU} (the agent's): TCP 1 \
+         stream, VM A → VM B, {} s a run, the two alternating; medians of {} rounds, the ratio \
+         the median of each round's\n\n\
+         | metric | guests at {VM_MTU} | guests at 1500 | 1500/{VM_MTU} |\n\
+         |---|---:|---:|---:|\n\
+         | TCP 1 stream, Gbit/s | {gbps_1450:.2} | {gbps_1500:.2} | {ratio:.2}× |\n\
+         | MB received in a run | {:.0} | {:.0} | |",
+        plan.tcp_seconds,
+        rounds.len(),
+        bytes_1450 / 1e6,
+        bytes_1500 / 1e6,
+    );
+    let run =
+        |[gbps, bytes]: [f64; 2]| json!({ "tcp_1_stream_gbps": gbps, "bytes_received": bytes });
+    let document = json!({
+        "what": "ours without XDP, both VMs' eth0 at MTU 1500 (static addresses, no DHCP) \
+                 against the agent's MTU: iperf3 TCP 1 stream A -> B, alternating",
+        "median": {
+            VM_MTU.to_string(): run([gbps_1450, bytes_1450]),
+            "1500": run([gbps_1500, bytes_1500]),
+        },
+        "ratio_1500_to_1450_tcp_1_stream": ratio,
+        "rounds": rounds
+            .iter()
+            .map(|r| json!({ VM_MTU.to_string(): run(r[0]), "1500": run(r[1]) }))
+            .collect::<Vec<_>>(),
+    });
+    (table, document)
 }

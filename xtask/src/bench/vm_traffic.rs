@@ -175,6 +175,14 @@ pub trait Measured {
     fn vms(&self) -> VmPair<'_>;
 }
 
+/// So that variants owned apart can be measured together, in a slice of
+/// references.
+impl<T: Measured> Measured for &T {
+    fn vms(&self) -> VmPair<'_> {
+        (**self).vms()
+    }
+}
+
 impl VmPair<'_> {
     /// A reaches B (and the answers come back) before anything is measured.
     pub fn check_reachable(&self) -> anyhow::Result<()> {
@@ -218,8 +226,10 @@ impl VmPair<'_> {
         ])
     }
 
-    /// iperf3 TCP with `streams` streams: Gbit/s received.
-    fn tcp(&self, plan: &Plan, streams: u32) -> anyhow::Result<f64> {
+    /// iperf3 TCP with `streams` streams: [Gbit/s, bytes] received. A
+    /// stalled connection is a result too (0 bytes), as long as iperf3
+    /// itself ends well.
+    fn tcp(&self, plan: &Plan, streams: u32) -> anyhow::Result<[f64; 2]> {
         let _server = Iperf3Server::start(self.b, self.b_ip, 5201, true)?;
         let report = traffic::iperf3(
             self.a,
@@ -236,7 +246,10 @@ impl VmPair<'_> {
             RUN_LIMIT,
         )
         .with_context(|| format!("{}: TCP with {streams} streams", self.variant))?;
-        Ok(traffic::tcp_received_bps(&report) / 1e9)
+        Ok([
+            traffic::tcp_received_bps(&report) / 1e9,
+            traffic::tcp_received_bytes(&report) as f64,
+        ])
     }
 
     /// [`UDP_CLIENTS`] iperf3 clients sending 64-byte datagrams as fast as
@@ -434,29 +447,39 @@ const METRICS: [Metric; 10] = [
     metric("ping_p99_us", "ping RTT p99, µs", 1.0, 1, false),
 ];
 
-/// Runs one group of metrics on every variant in `order` and back (A B C
-/// C B A, so that a drift in what else the machine does weighs on all
-/// alike) and stores the mean of each variant's two runs at `indices`.
+/// Runs `measure` on every variant in `order` and back (A B C C B A, so
+/// that a drift in what else the machine does weighs on all alike): the
+/// mean of each variant's two runs, indexed as `variants`.
 fn both_ways<T: Measured, const N: usize>(
     variants: &[T],
     order: &[usize],
-    values: &mut [Values],
-    indices: [usize; N],
     measure: impl Fn(&VmPair) -> anyhow::Result<[f64; N]>,
-) -> anyhow::Result<()> {
-    let mut sums = vec![[0.0; N]; variants.len()];
+) -> anyhow::Result<Vec<[f64; N]>> {
+    let mut means = vec![[0.0; N]; variants.len()];
     for &i in order.iter().chain(order.iter().rev()) {
         ensure!(!super::interrupted(), "interrupted");
-        for (sum, value) in sums[i].iter_mut().zip(measure(&variants[i].vms())?) {
-            *sum += value / 2.0;
+        for (mean, value) in means[i].iter_mut().zip(measure(&variants[i].vms())?) {
+            *mean += value / 2.0;
         }
     }
-    for (variant_values, sum) in values.iter_mut().zip(sums) {
-        for (index, value) in indices.into_iter().zip(sum) {
+    Ok(means)
+}
+
+/// Stores each variant's `means` at `indices` of its values.
+fn store<const N: usize>(values: &mut [Values], indices: [usize; N], means: Vec<[f64; N]>) {
+    for (variant_values, mean) in values.iter_mut().zip(means) {
+        for (index, value) in indices.into_iter().zip(mean) {
             variant_values[index] = value;
         }
     }
-    Ok(())
+}
+
+/// `0..count` rotated so that round `round` (from 1) starts with another
+/// variant than the round before.
+fn rotated(count: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    order.rotate_left((round - 1) % count);
+    order
 }
 
 /// Round `round` (from 1) of every metric on `variants`, alternating, the
@@ -466,19 +489,19 @@ pub fn measure_round<T: Measured>(
     plan: &Plan,
     round: usize,
 ) -> anyhow::Result<Vec<Values>> {
-    let mut order: Vec<usize> = (0..variants.len()).collect();
-    order.rotate_left((round - 1) % variants.len());
+    let order = rotated(variants.len(), round);
     let mut values = vec![[0.0; METRICS.len()]; variants.len()];
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let v = &mut values;
-        let ping = |p: &VmPair| p.ping(plan);
-        both_ways(variants, &order, v, [PING_AVG, PING_P50, PING_P99], ping)?;
-        both_ways(variants, &order, v, [TCP1], |p| Ok([p.tcp(plan, 1)?]))?;
-        both_ways(variants, &order, v, [TCP4], |p| Ok([p.tcp(plan, 4)?]))?;
-        let indices = [IPERF3_SENT, IPERF3_RECEIVED, IPERF3_ETH0];
-        both_ways(variants, &order, v, indices, |p| p.udp_iperf3(plan))?;
-        let indices = [TRAFGEN_SENT, TRAFGEN_ETH0];
-        both_ways(variants, &order, v, indices, |p| p.udp_trafgen(plan))?;
+        let ping = both_ways(variants, &order, |p| p.ping(plan))?;
+        store(v, [PING_AVG, PING_P50, PING_P99], ping);
+        let tcp = |streams| both_ways(variants, &order, move |p| Ok([p.tcp(plan, streams)?[0]]));
+        store(v, [TCP1], tcp(1)?);
+        store(v, [TCP4], tcp(4)?);
+        let udp = both_ways(variants, &order, |p| p.udp_iperf3(plan))?;
+        store(v, [IPERF3_SENT, IPERF3_RECEIVED, IPERF3_ETH0], udp);
+        let trafgen = both_ways(variants, &order, |p| p.udp_trafgen(plan))?;
+        store(v, [TRAFGEN_SENT, TRAFGEN_ETH0], trafgen);
         Ok(())
     })?;
     for (variant, m) in variants.iter().zip(&values) {
@@ -495,6 +518,26 @@ pub fn measure_round<T: Measured>(
         );
     }
     Ok(values)
+}
+
+/// Round `round` (from 1) of TCP with one stream alone, on `variants`
+/// alternating as in [`measure_round`]: each variant's [Gbit/s, bytes]
+/// received, the means of its two runs; prints them.
+pub fn measure_tcp1_round<T: Measured>(
+    variants: &[T],
+    plan: &Plan,
+    round: usize,
+) -> anyhow::Result<Vec<[f64; 2]>> {
+    let order = rotated(variants.len(), round);
+    let means = tokio::task::block_in_place(|| both_ways(variants, &order, |p| p.tcp(plan, 1)))?;
+    for (variant, [gbps, bytes]) in variants.iter().zip(&means) {
+        println!(
+            "  {:<14} TCP {gbps:5.2} Gbit/s, {:.0} MB received",
+            variant.vms().variant,
+            bytes / 1e6
+        );
+    }
+    Ok(means)
 }
 
 /// A ratio of the table: `ours` / `peer`, indices into the variants.

@@ -6,6 +6,7 @@ mod datapath;
 mod datapath_local;
 mod dhcp;
 mod goalstate;
+mod guest;
 mod neighbors;
 mod vm_traffic;
 mod wire;
@@ -54,6 +55,14 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
          ping RTT through our eBPF VXLAN overlay, with and without XDP early drop, vs the \
          kernel's VXLAN device and a bridge per host",
         datapath::run,
+        true,
+    ),
+    (
+        "guest",
+        "a real guest (QEMU, virtio-net with TSO) on a hypervisor tap: iperf3 TCP to it \
+         from a VM on its host and from one on another host, Gbit/s and the size of the \
+         packets its tap delivers, other host / same host",
+        guest::run,
         true,
     ),
     (

@@ -98,11 +98,21 @@ pub async fn plug(agent: &Agent, goal_state: GoalState, vms: &[&Netns]) -> anyho
             .all(|s| s.operation_status == OperationStatus::Success as i32),
         "goal state refused: {reply:?}"
     );
+    ports_ready(agent, vms.len()).await?;
+    for vm in vms {
+        let mtu = vm.link("eth0")?.context("eth0")?["mtu"].clone();
+        ensure!(mtu == VM_MTU, "the agent gave eth0 MTU {mtu}");
+    }
+    Ok(())
+}
+
+/// Waits (10 s at most) until `agent` has `count` ports, all ready.
+pub async fn ports_ready(agent: &Agent, count: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ports = agent.ports().await;
-        if ports.len() == vms.len() && ports.iter().all(|p| p.phase == PortPhase::Ready as i32) {
-            break;
+        if ports.len() == count && ports.iter().all(|p| p.phase == PortPhase::Ready as i32) {
+            return Ok(());
         }
         ensure!(
             Instant::now() < deadline,
@@ -110,11 +120,6 @@ pub async fn plug(agent: &Agent, goal_state: GoalState, vms: &[&Netns]) -> anyho
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for vm in vms {
-        let mtu = vm.link("eth0")?.context("eth0")?["mtu"].clone();
-        ensure!(mtu == VM_MTU, "the agent gave eth0 MTU {mtu}");
-    }
-    Ok(())
 }
 
 /// The kernel's own plumbing of a VM: a veth `device` in `host` whose peer

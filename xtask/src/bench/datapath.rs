@@ -26,7 +26,8 @@
 //!   says would have it: its full-size segments do not fit in the tunnel,
 //!   and TCP flows only if the gateway tells it so (ICMP "fragmentation
 //!   needed") and it learns the path MTU. Measured in TCP with one stream
-//!   only, beside ours without XDP, as a ratio to it.
+//!   only, beside ours without XDP, as a ratio to it; what VM A learnt is
+//!   read back from its route cache.
 //!
 //! Metrics and alternation: see [`super::vm_traffic`]. Three rounds, each
 //! with four fresh topologies. Every metric alternates the first three
@@ -52,7 +53,7 @@ use super::vm_traffic::{
 
 const TAG: &str = "xdpo";
 /// Every variant runs each metric twice a round; with TCP runs of 3 s
-/// (after 1 s of slow start) and UDP runs of 2 s, 3 rounds take 5 to 6
+/// (after 1 s of slow start) and UDP runs of 2 s, 3 rounds take about 5
 /// minutes (the guests at 1500 about a minute of it).
 const PLAN: Plan = Plan {
     rounds: 3,
@@ -221,6 +222,16 @@ impl Overlay {
         Ok(overlay)
     }
 
+    /// The path MTU to B that VM A's kernel learnt (from ICMP
+    /// "fragmentation needed"), if it learnt one.
+    fn learnt_path_mtu(&self) -> anyhow::Result<Option<u32>> {
+        // "10.0.1.11 dev eth0 src 10.0.1.10 uid 0", then on a line of its
+        // own "cache expires 598sec mtu 1450" once it learnt one.
+        let route = self.a.exec("ip", &["route", "get", B.ip])?;
+        let mut words = route.split_whitespace().skip_while(|word| *word != "mtu");
+        Ok(words.nth(1).and_then(|mtu| mtu.parse().ok()))
+    }
+
     /// Each VM with its host, and the other host's underlay address and
     /// VM.
     fn sides(&self) -> [(&Host, &Netns, &'static VmSpec, String, &'static VmSpec); 2] {
@@ -338,11 +349,11 @@ async fn bench(prefix: &str, plan: &Plan) -> anyhow::Result<()> {
             .iter()
             .find(|overlay| overlay.variant == Variant::OursNoXdp)
             .context("no variant without XDP")?;
-        guests_1500_rounds.push(vm_traffic::measure_tcp1_round(
-            &[no_xdp, &guests_1500],
-            plan,
-            round,
-        )?);
+        let tcp = vm_traffic::measure_tcp1_round(&[no_xdp, &guests_1500], plan, round)?;
+        let learnt = guests_1500.learnt_path_mtu()?;
+        let round = Guests1500Round { tcp, learnt };
+        println!("  VM A at 1500 learnt the path MTU {}", round.learnt_text());
+        guests_1500_rounds.push(round);
     }
     println!("{} rounds in {:.0?}", rounds.len(), started.elapsed());
     let (guests_1500_table, guests_1500_json) = guests_1500(plan, &guests_1500_rounds);
@@ -403,14 +414,30 @@ async fn bench(prefix: &str, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A round of the guests at MTU 1500 against those at [`VM_MTU`].
+struct Guests1500Round {
+    /// [Gbit/s, bytes] at [`VM_MTU`], then at 1500.
+    tcp: Vec<[f64; 2]>,
+    /// The path MTU VM A at 1500 learnt for B.
+    learnt: Option<u32>,
+}
+
+impl Guests1500Round {
+    fn learnt_text(&self) -> String {
+        self.learnt.map_or("none".into(), |mtu| mtu.to_string())
+    }
+}
+
 /// The table and JSON of the guests at MTU 1500 against those at
-/// [`VM_MTU`], from each round's [Gbit/s, bytes] of either.
-fn guests_1500(plan: &Plan, rounds: &[Vec<[f64; 2]>]) -> (String, serde_json::Value) {
-    let median_of =
-        |variant: usize, value: usize| median(rounds.iter().map(|r| r[variant][value]).collect());
+/// [`VM_MTU`].
+fn guests_1500(plan: &Plan, rounds: &[Guests1500Round]) -> (String, serde_json::Value) {
+    let median_of = |variant: usize, value: usize| {
+        median(rounds.iter().map(|r| r.tcp[variant][value]).collect())
+    };
     let [gbps_1450, gbps_1500] = [0, 1].map(|variant| median_of(variant, 0));
     let [bytes_1450, bytes_1500] = [0, 1].map(|variant| median_of(variant, 1));
-    let ratio = median(rounds.iter().map(|r| r[1][0] / r[0][0]).collect());
+    let ratio = median(rounds.iter().map(|r| r.tcp[1][0] / r.tcp[0][0]).collect());
+    let learnt: Vec<String> = rounds.iter().map(Guests1500Round::learnt_text).collect();
     let table = format!(
         "ours without XDP, the VMs' eth0 left at MTU 1500 against {VM_MTU} (the agent's): TCP 1 \
          stream, VM A → VM B, {} s a run, the two alternating; medians of {} rounds, the ratio \
@@ -418,11 +445,13 @@ fn guests_1500(plan: &Plan, rounds: &[Vec<[f64; 2]>]) -> (String, serde_json::Va
          | metric | guests at {VM_MTU} | guests at 1500 | 1500/{VM_MTU} |\n\
          |---|---:|---:|---:|\n\
          | TCP 1 stream, Gbit/s | {gbps_1450:.2} | {gbps_1500:.2} | {ratio:.2}× |\n\
-         | MB received in a run | {:.0} | {:.0} | |",
+         | MB received in a run | {:.0} | {:.0} | |\n\
+         | path MTU VM A learnt for B, each round | – | {} | |",
         plan.tcp_seconds,
         rounds.len(),
         bytes_1450 / 1e6,
         bytes_1500 / 1e6,
+        learnt.join(", "),
     );
     let run =
         |[gbps, bytes]: [f64; 2]| json!({ "tcp_1_stream_gbps": gbps, "bytes_received": bytes });
@@ -436,7 +465,11 @@ fn guests_1500(plan: &Plan, rounds: &[Vec<[f64; 2]>]) -> (String, serde_json::Va
         "ratio_1500_to_1450_tcp_1_stream": ratio,
         "rounds": rounds
             .iter()
-            .map(|r| json!({ VM_MTU.to_string(): run(r[0]), "1500": run(r[1]) }))
+            .map(|r| json!({
+                VM_MTU.to_string(): run(r.tcp[0]),
+                "1500": run(r.tcp[1]),
+                "path_mtu_learnt": r.learnt,
+            }))
             .collect::<Vec<_>>(),
     });
     (table, document)

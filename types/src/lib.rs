@@ -1,9 +1,11 @@
-//! Network value types parsed once at the API boundary.
+//! Network value types parsed once at the API boundary, shared by the agent
+//! and the controller: a [`Mac`], a [`Vni`], IPv4 networks that must be
+//! networks.
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use ipnet::Ipv4Net;
-use serde::{Serialize, Serializer};
+pub use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,9 +75,22 @@ impl Serialize for Mac {
     }
 }
 
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <&str>::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
 /// A VXLAN network identifier: 24 bits, 0 excluded.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
 pub struct Vni(u32);
+
+impl<'de> Deserialize<'de> for Vni {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vni::try_from(u64::deserialize(deserializer)?).map_err(de::Error::custom)
+    }
+}
 
 impl Vni {
     pub const MAX: u32 = (1 << 24) - 1;

@@ -1,0 +1,4 @@
+//! Alcor-in-Rust's controller: a Neutron-compatible API over a store, with
+//! address allocation that holds across controller instances.
+
+pub mod store;

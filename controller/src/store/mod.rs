@@ -1,0 +1,210 @@
+//! Where the controller keeps everything: a key-value store with
+//! transactions that commit only if what they read is unchanged
+//! (compare-and-swap), the way etcd's are. Two implementations share this
+//! trait and one test suite: [`embedded`] (one file, one controller) and
+//! `etcd` (several controllers).
+//!
+//! Every committed transaction gets the next store revision; every key
+//! remembers the revision that last wrote it (its `mod_revision`). A
+//! writer reads, decides, and commits with [`Compare`]s on what it read:
+//! if another writer got there first, the commit reports a conflict and
+//! nothing of it is applied.
+
+pub mod embedded;
+
+use futures::future::BoxFuture;
+
+/// A key and its value as last written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The revision of the transaction that last wrote it.
+    pub mod_revision: u64,
+}
+
+/// A condition a transaction commits under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists and was last written at this revision (it is as read).
+    Unchanged { key: String, mod_revision: u64 },
+}
+
+/// A write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Deleting a key that does not exist is not an error.
+    Delete {
+        key: String,
+    },
+}
+
+/// Writes that apply together, if every compare holds, or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn require_absent(&mut self, key: impl Into<String>) -> &mut Self {
+        self.compares.push(Compare::Absent(key.into()));
+        self
+    }
+
+    pub fn require_unchanged(&mut self, entry: &Entry) -> &mut Self {
+        self.compares.push(Compare::Unchanged {
+            key: entry.key.clone(),
+            mod_revision: entry.mod_revision,
+        });
+        self
+    }
+
+    pub fn put(&mut self, key: impl Into<String>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::Delete { key: key.into() });
+        self
+    }
+}
+
+/// What became of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied, as the store's revision `revision`.
+    Committed { revision: u64 },
+    /// A compare did not hold: nothing was written.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store failed: {0}")]
+    Backend(String),
+}
+
+/// The store, shared by every request handler.
+pub trait Store: Send + Sync + 'static {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
+
+    /// Every key that starts with `prefix`, in key order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
+
+    fn commit(&self, txn: Txn) -> BoxFuture<'_, Result<Outcome, StoreError>>;
+}
+
+/// The test suite every store passes: the guarantees the controller's
+/// logic relies on.
+#[cfg(test)]
+pub(crate) mod suite {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(entry: &Entry) -> &str {
+        &entry.key
+    }
+
+    pub async fn puts_and_gets(store: &dyn Store) {
+        assert_eq!(store.get("/a").await.unwrap(), None);
+        let mut txn = Txn::default();
+        txn.put("/a", b"1".to_vec()).put("/b/x", b"2".to_vec());
+        let Outcome::Committed { revision } = store.commit(txn).await.unwrap() else {
+            panic!("an unconditional transaction conflicted");
+        };
+        let a = store.get("/a").await.unwrap().unwrap();
+        assert_eq!((a.value.as_slice(), a.mod_revision), (&b"1"[..], revision));
+        let mut txn = Txn::default();
+        txn.put("/b/y", b"3".to_vec()).put("/c", b"4".to_vec());
+        let Outcome::Committed { revision: next } = store.commit(txn).await.unwrap() else {
+            panic!("conflict");
+        };
+        assert!(next > revision, "revisions grow");
+        let listed = store.list("/b/").await.unwrap();
+        assert_eq!(listed.iter().map(key).collect::<Vec<_>>(), ["/b/x", "/b/y"]);
+        assert_eq!(listed[1].mod_revision, next);
+        let mut txn = Txn::default();
+        txn.delete("/b/x").delete("/nothing");
+        store.commit(txn).await.unwrap();
+        assert_eq!(store.list("/b/").await.unwrap().len(), 1);
+    }
+
+    pub async fn compares_decide_all_or_nothing(store: &dyn Store) {
+        let mut txn = Txn::default();
+        txn.put("/k", b"v1".to_vec());
+        store.commit(txn).await.unwrap();
+        let read = store.get("/k").await.unwrap().unwrap();
+
+        // Absent fails on an existing key: nothing of it is written.
+        let mut txn = Txn::default();
+        txn.require_absent("/k").put("/other", b"x".to_vec());
+        assert_eq!(store.commit(txn).await.unwrap(), Outcome::Conflict);
+        assert_eq!(store.get("/other").await.unwrap(), None);
+
+        // Unchanged holds for what was read, once.
+        let mut first = Txn::default();
+        first.require_unchanged(&read).put("/k", b"v2".to_vec());
+        let mut second = Txn::default();
+        second.require_unchanged(&read).put("/k", b"v3".to_vec());
+        assert!(matches!(
+            store.commit(first).await.unwrap(),
+            Outcome::Committed { .. }
+        ));
+        assert_eq!(store.commit(second).await.unwrap(), Outcome::Conflict);
+        assert_eq!(store.get("/k").await.unwrap().unwrap().value, b"v2");
+
+        // Unchanged fails on a deleted key.
+        let read = store.get("/k").await.unwrap().unwrap();
+        let mut txn = Txn::default();
+        txn.delete("/k");
+        store.commit(txn).await.unwrap();
+        let mut txn = Txn::default();
+        txn.require_unchanged(&read).put("/k", b"back".to_vec());
+        assert_eq!(store.commit(txn).await.unwrap(), Outcome::Conflict);
+    }
+
+    /// Many writers race to create the same keys: each key is created by
+    /// exactly one of them.
+    pub async fn racing_creates_have_one_winner(store: Arc<dyn Store>) {
+        const WRITERS: usize = 16;
+        const KEYS: usize = 50;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut won = 0;
+                    for n in 0..KEYS {
+                        let mut txn = Txn::default();
+                        let key = format!("/race/{n:03}");
+                        txn.require_absent(&key)
+                            .put(&key, writer.to_string().into_bytes());
+                        if matches!(store.commit(txn).await.unwrap(), Outcome::Committed { .. }) {
+                            won += 1;
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            won += task.await.unwrap();
+        }
+        assert_eq!(won, KEYS);
+        assert_eq!(store.list("/race/").await.unwrap().len(), KEYS);
+    }
+}

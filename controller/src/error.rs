@@ -23,6 +23,12 @@ impl ApiError {
         }
     }
 
+    /// The same error under another of Neutron's type names.
+    pub fn with_kind(mut self, kind: &'static str) -> ApiError {
+        self.kind = kind;
+        self
+    }
+
     /// 400: the request is malformed or a value is invalid.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "HTTPBadRequest", message)

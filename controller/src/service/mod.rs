@@ -1,0 +1,221 @@
+//! What the API's requests do to the store: read, decide with the model
+//! and the allocator, commit with compares on everything the decision
+//! rests on, and start again from the reads when another writer got there
+//! first. Nothing here is HTTP.
+//!
+//! Keys, all under `/alcor/`:
+//! - `{kind}/{id}`: a resource (`network/…`, `subnet/…`, `port/…`);
+//! - `vni/{vni}`: the network that has the VNI;
+//! - `ip/{subnet}/{address}`: the port that has the address;
+//! - `mac/{network}/{mac}`: the port of the network that has the MAC;
+//! - `network-port/{network}/{port}`: the ports of a network.
+//!
+//! Deleting a network or subnet marks it `deleting` first (a commit that
+//! every writer joining it compares against), then checks that nothing
+//! uses it, then deletes it: a port created meanwhile either committed
+//! before the mark, and is seen, or fails its compare.
+
+pub mod networks;
+pub mod ports;
+pub mod subnets;
+
+use std::{collections::HashMap, ops::RangeInclusive, sync::Arc};
+
+use alcor_types::Mac;
+use futures::future::BoxFuture;
+
+use crate::{
+    allocate::AddressBook,
+    error::{ApiError, ApiResult},
+    model::Resource,
+    store::{Entry, Outcome, Store, Txn},
+};
+
+/// How many times a request starts again after losing a race before it
+/// gives up (503): enough for heavy contention, bounded.
+const ATTEMPTS: usize = 100;
+
+/// Choices the operator makes for every resource.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The first three bytes of every allocated MAC.
+    pub mac_prefix: [u8; 3],
+    /// Where network VNIs come from.
+    pub vni_range: RangeInclusive<u32>,
+    /// The MTU of networks that do not ask for less: the underlay's minus
+    /// VXLAN's 50 bytes.
+    pub mtu: u32,
+    /// The project of resources created without one.
+    pub default_project: String,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            mac_prefix: [0xfa, 0x16, 0x3e],
+            vni_range: 1..=16_777_215,
+            mtu: 1450,
+            default_project: "admin".into(),
+        }
+    }
+}
+
+/// The controller's state: the store, the policy, the address books.
+pub struct Controller {
+    store: Arc<dyn Store>,
+    policy: Policy,
+    /// By subnet id, with the subnet revision its pools are from.
+    books: std::sync::Mutex<HashMap<String, (u64, AddressBook)>>,
+}
+
+pub fn resource_key(kind: &str, id: &str) -> String {
+    format!("/alcor/{kind}/{id}")
+}
+
+pub fn resource_prefix(kind: &str) -> String {
+    format!("/alcor/{kind}/")
+}
+
+fn encode<R: Resource>(resource: &R) -> Vec<u8> {
+    // Plain data: serialising to a vector cannot fail.
+    serde_json::to_vec(resource).unwrap_or_default()
+}
+
+fn decode<R: Resource>(entry: &Entry) -> ApiResult<R> {
+    serde_json::from_slice(&entry.value).map_err(|e| {
+        ApiError::new(
+            500,
+            "HTTPInternalServerError",
+            format!("{} is damaged in the store: {e}", entry.key),
+        )
+    })
+}
+
+/// What one try of a request came to.
+enum Try<T> {
+    Done(T),
+    /// Lost a race: read again and decide again.
+    Again,
+}
+
+/// Runs `attempt` until it is done, at most [`ATTEMPTS`] times. (A
+/// closure returning a boxed future rather than an async closure: the
+/// futures of axum's handlers must be `Send`, which async closures that
+/// borrow cannot yet promise.)
+async fn retrying<'a, T>(
+    mut attempt: impl FnMut() -> BoxFuture<'a, ApiResult<Try<T>>>,
+) -> ApiResult<T> {
+    for _ in 0..ATTEMPTS {
+        if let Try::Done(value) = attempt().await? {
+            return Ok(value);
+        }
+    }
+    Err(ApiError::new(
+        503,
+        "ServiceUnavailable",
+        "Too many concurrent changes to the same resources; try again.",
+    ))
+}
+
+/// Refuses a change to a resource whose revision is not the one the
+/// client's `If-Match` names.
+fn check_revision(meta: &crate::model::Meta, if_match: Option<u64>) -> ApiResult<()> {
+    match if_match {
+        Some(expected) if expected != meta.revision_number => Err(ApiError::new(
+            412,
+            "RevisionNumberConstraintFailed",
+            format!(
+                "Constrained to {expected}, but current revision is {}",
+                meta.revision_number
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>, policy: Policy) -> Controller {
+        Controller {
+            store,
+            policy,
+            books: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The resource and its entry, if it exists.
+    async fn find<R: Resource>(&self, id: &str) -> ApiResult<Option<(R, Entry)>> {
+        let Some(entry) = self.store.get(&resource_key(R::KIND, id)).await? else {
+            return Ok(None);
+        };
+        Ok(Some((decode(&entry)?, entry)))
+    }
+
+    /// The resource and its entry; 404 if it does not exist.
+    async fn load<R: Resource>(&self, id: &str) -> ApiResult<(R, Entry)> {
+        self.find(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(R::KIND, id))
+    }
+
+    /// One resource, as stored.
+    pub async fn show<R: Resource>(&self, id: &str) -> ApiResult<R> {
+        Ok(self.load::<R>(id).await?.0)
+    }
+
+    /// Every resource of a kind, in id order.
+    pub async fn list<R: Resource>(&self) -> ApiResult<Vec<R>> {
+        self.store
+            .list(&resource_prefix(R::KIND))
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Commits; `Again` if a compare failed.
+    async fn commit(&self, txn: Txn) -> ApiResult<Try<()>> {
+        Ok(match self.store.commit(txn).await? {
+            Outcome::Committed { .. } => Try::Done(()),
+            Outcome::Conflict => Try::Again,
+        })
+    }
+
+    /// A MAC under the policy's prefix, at random: 16 million of them, so
+    /// a collision in a network is rare and only costs a retry.
+    fn random_mac(&self) -> Mac {
+        let [a, b, c] = self.policy.mac_prefix;
+        let [_, d, e, f] = rand::random::<u32>().to_be_bytes();
+        Mac([a, b, c, d, e, f])
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::embedded::Embedded;
+
+    /// A controller over a fresh embedded store (dropped with the dir).
+    pub fn controller() -> (tempfile::TempDir, Controller) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("store.redb")).unwrap();
+        (dir, Controller::new(Arc::new(store), Policy::default()))
+    }
+
+    /// Everything in the store, keys and values, to check that a refused
+    /// request left it as it was. (Not the revisions: a network that a
+    /// delete marked, found in use and unmarked is as it was, but was
+    /// written twice.)
+    pub async fn snapshot(controller: &Controller) -> Vec<(String, Vec<u8>)> {
+        let entries = controller.store.list("/").await.unwrap();
+        entries
+            .into_iter()
+            .map(|entry| (entry.key, entry.value))
+            .collect()
+    }
+}

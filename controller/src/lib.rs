@@ -2,6 +2,7 @@
 //! address allocation that holds across controller instances.
 
 pub mod allocate;
+pub mod api;
 pub mod body;
 pub mod error;
 pub mod model;

@@ -4,7 +4,10 @@
 pub mod allocate;
 pub mod api;
 pub mod body;
+pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod service;
 pub mod store;

@@ -246,7 +246,10 @@ mod tests {
             (vec!["a", "b"], Some("b"))
         );
         let second = query("limit=2&marker=b").apply(views());
-        assert_eq!((ids(&second), second.next_marker.as_deref()), (vec!["c"], None));
+        assert_eq!(
+            (ids(&second), second.next_marker.as_deref()),
+            (vec!["c"], None)
+        );
         assert_eq!(
             query("limit=2&name=web").next_link("/v2.0/networks", "a"),
             "/v2.0/networks?name=web&limit=2&marker=a"

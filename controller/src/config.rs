@@ -283,6 +283,15 @@ mod tests {
         }
     }
 
+    /// The example shipped beside the systemd unit is a valid config.
+    #[test]
+    fn the_example_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/controller.toml");
+        let file = read_file(Path::new(path)).unwrap();
+        assert_eq!(file.listen.unwrap().to_string(), "0.0.0.0:9696");
+        assert_eq!(file.max_mtu, Some(1450));
+    }
+
     #[test]
     fn a_token_comes_from_its_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Test harness: topologies of network namespaces, agents running inside
-//! them, and gRPC clients that connect from inside a namespace.
+//! them, gRPC clients that connect from inside a namespace, and the real
+//! `openstack` CLI.
 //!
 //! Network safety: nothing is configured in the root namespace; every
 //! namespace name starts with a per-test unique prefix and is deleted when
@@ -11,6 +12,7 @@ pub mod goalstate;
 pub mod guest;
 pub mod lab;
 pub mod netns;
+pub mod openstack;
 pub mod suite;
 pub mod tap;
 pub mod topology;

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what tests, demo and benchmarks need (Debian packages, the
-    /// eBPF toolchain) and mount bpffs. Idempotent.
+    /// eBPF toolchain, the openstack CLI) and mount bpffs. Idempotent.
     Setup,
     /// Build the eBPF datapath.
     BuildEbpf,

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: what the tests, the demo and the benchmarks need on
 //! this machine. Idempotent, and quick when everything is there.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, bail};
 
@@ -53,7 +53,20 @@ pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "busybox-static",
     "xz-utils",
+    // The controller's tests drive the real `openstack` CLI, installed from
+    // PyPI into a virtualenv of Debian's python3 (see OPENSTACK_CLI).
+    "python3-venv",
 ];
+
+/// What `pip` installs in the virtualenv at
+/// `alcor_tests::openstack::venv_dir()`; it resolves the other
+/// dependencies. openstacksdk is pinned too: it builds the requests that
+/// tests/openstack-cli-requests.md records.
+const OPENSTACK_CLI: &[&str] = &["python-openstackclient==10.5.0", "openstacksdk==4.22.0"];
+
+/// Debian's interpreter, not whichever `python3` comes first in PATH: it
+/// is there on every Debian 12 machine once python3-venv is.
+const PYTHON: &str = "/usr/bin/python3";
 
 /// Daemons those packages install and enable for boot: dhcpcd would
 /// configure every interface of the root namespace, Kea would serve DHCP
@@ -68,6 +81,7 @@ pub fn run() -> anyhow::Result<()> {
     quiet_daemons()?;
     ebpf::ensure_toolchain()?;
     mount_bpffs()?;
+    install_openstack_cli()?;
     Ok(())
 }
 
@@ -259,4 +273,58 @@ fn mount_bpffs() -> anyhow::Result<()> {
     }
     println!("setup: mounting bpffs at /sys/fs/bpf");
     run_status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// The virtualenv with the `openstack` CLI. A file in it records what was
+/// installed, and where (a virtualenv's scripts name its absolute path):
+/// when either changes, the virtualenv is made anew.
+fn install_openstack_cli() -> anyhow::Result<()> {
+    let venv = alcor_tests::openstack::venv_dir();
+    let stamp = venv.join("alcor-installed");
+    let wanted = format!("{}\n{}\n", OPENSTACK_CLI.join("\n"), venv.display());
+    let openstack = venv.join("bin/openstack");
+    if openstack.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        println!("setup: openstack CLI present ({})", openstack.display());
+        return Ok(());
+    }
+    println!(
+        "setup: installing {} in {}",
+        OPENSTACK_CLI.join(" "),
+        venv.display()
+    );
+    let started = Instant::now();
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    run_status(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))
+        .context("making the virtualenv (Debian's python3-venv)")?;
+    run_status(
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--no-input",
+                "--disable-pip-version-check",
+            ])
+            .args(OPENSTACK_CLI),
+    )
+    .context("installing the openstack CLI from PyPI")?;
+    let version = Command::new(&openstack)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", openstack.display()))?;
+    if !version.status.success() {
+        bail!(
+            "{} --version failed: {}",
+            openstack.display(),
+            String::from_utf8_lossy(&version.stderr)
+        );
+    }
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    println!(
+        "setup: {} installed in {:.0?}",
+        String::from_utf8_lossy(&version.stdout).trim(),
+        started.elapsed()
+    );
+    Ok(())
 }

@@ -126,8 +126,8 @@ impl IntoResponse for ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(versions))
-        .route("/v2.0", get(index))
-        .route("/v2.0/", get(index))
+        .route("/v2.0", get(version))
+        .route("/v2.0/", get(version))
         .route("/v2.0/extensions", get(extensions))
         .route("/v2.0/extensions/{alias}", get(extension))
         .route("/openapi.json", get(openapi))
@@ -138,9 +138,13 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Refuses requests without the token (when one is configured) before
-/// anything is read or written.
+/// anything is read or written. Version discovery is open, as Neutron's is:
+/// the CLI asks for it without a token.
 async fn authenticate(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if let Auth::Token(token) = &app.auth {
+    let discovery = matches!(request.uri().path(), "/" | "/v2.0" | "/v2.0/");
+    if let Auth::Token(token) = &app.auth
+        && !discovery
+    {
         let given = request
             .headers()
             .get("x-auth-token")
@@ -166,27 +170,22 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-async fn versions(headers: HeaderMap) -> Json<Value> {
-    Json(json!({"versions": [{
+fn version_view(headers: &HeaderMap) -> Value {
+    json!({
         "id": "v2.0",
         "status": "CURRENT",
-        "links": [{"href": format!("{}/v2.0/", base_url(&headers)), "rel": "self"}],
-    }]}))
+        "links": [{"href": format!("{}/v2.0/", base_url(headers)), "rel": "self"}],
+    })
 }
 
-async fn index(headers: HeaderMap) -> Json<Value> {
-    let base = base_url(&headers);
-    let resources: Vec<Value> = resources::COLLECTIONS
-        .iter()
-        .map(|(name, collection)| {
-            json!({
-                "name": name,
-                "collection": collection,
-                "links": [{"href": format!("{base}/v2.0/{collection}"), "rel": "self"}],
-            })
-        })
-        .collect();
-    Json(json!({ "resources": resources }))
+async fn versions(headers: HeaderMap) -> Json<Value> {
+    Json(json!({"versions": [version_view(&headers)]}))
+}
+
+/// `GET /v2.0`: the version document openstacksdk's discovery reads
+/// (Neutron's own list of resources there makes the CLI fail).
+async fn version(headers: HeaderMap) -> Json<Value> {
+    Json(json!({"version": version_view(&headers)}))
 }
 
 fn extension_view((alias, name, description): &(&str, &str, &str)) -> Value {

@@ -70,6 +70,8 @@ async fn discovery_and_extensions() {
     let (status, body) = client.call("GET", "/", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["versions"][0]["id"], "v2.0");
+    let (_, body) = client.call("GET", "/v2.0", None).await;
+    assert_eq!(body["version"]["status"], "CURRENT");
     let (_, body) = client.call("GET", "/v2.0/extensions", None).await;
     assert!(
         body["extensions"]
@@ -312,6 +314,9 @@ async fn a_token_guards_everything() {
         before,
         "nothing written without the token"
     );
+    // Discovery needs none: the CLI asks before it sends its token.
+    let discovery = Request::builder().uri("/v2.0").body(Body::empty()).unwrap();
+    assert_eq!(client.send(discovery).await.0, StatusCode::OK);
     let (status, _) = client.send(request(Some("s3cret"))).await;
     assert_eq!(status, StatusCode::CREATED);
 }

@@ -1,0 +1,135 @@
+//! A real `alcor-controller` process for end-to-end tests: on a free
+//! loopback port, over an embedded store in a temporary directory or over
+//! etcd, killed (and its store removed) when dropped.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::agent::bin;
+
+/// Where a controller keeps its state.
+#[derive(Clone, Debug)]
+pub enum StoreKind {
+    /// An embedded store in the controller's own temporary directory.
+    Embedded,
+    /// etcd at these client URLs.
+    Etcd(Vec<String>),
+}
+
+pub struct Controller {
+    listen: SocketAddr,
+    store: String,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// A loopback port nobody listens on now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Controller {
+    /// Starts a controller over `store` with `args` besides, and waits
+    /// (bounded) until its API answers.
+    pub fn start(store: StoreKind, args: &[&str]) -> anyhow::Result<Controller> {
+        let dir = tempfile::Builder::new()
+            .prefix("alcor-controller-")
+            .tempdir()?;
+        let store = match store {
+            StoreKind::Embedded => format!("file:{}", dir.path().join("store.redb").display()),
+            StoreKind::Etcd(urls) => format!("etcd:{}", urls.join(",")),
+        };
+        let mut controller = Controller {
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            store,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            dir,
+            child: None,
+        };
+        controller.spawn()?;
+        Ok(controller)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.log_path())?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let child = Command::new(bin("alcor-controller"))
+            .args(["--listen", &self.listen.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--store", &self.store])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting alcor-controller")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(self.listen).is_err() {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "alcor-controller exited at once ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "alcor-controller does not listen after 15 s:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The API's root: `http://127.0.0.1:PORT/v2.0`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/v2.0", self.listen)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("controller.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Killed and started again on the same port and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

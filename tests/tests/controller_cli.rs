@@ -1,0 +1,236 @@
+//! The controller driven by the unmodified `openstack` CLI, as an operator
+//! drives Neutron: networks, subnets and ports created, listed, shown,
+//! changed and deleted by name; Neutron's errors where the request cannot
+//! be done (a taken address, a network still in use), the CLI printing
+//! their messages; a token required when one is configured. Each test runs
+//! one controller process over an embedded store.
+
+use alcor_tests::{
+    controller::{Controller, StoreKind},
+    openstack::{self, Cli},
+};
+use serde_json::Value;
+
+/// A controller and the CLI aimed at it.
+fn lab(test: &str) -> Option<(Controller, Cli)> {
+    if !openstack::available(test) {
+        return None;
+    }
+    let controller = Controller::start(StoreKind::Embedded, &[]).unwrap();
+    let cli = Cli::new(&controller.endpoint()).unwrap();
+    Some((controller, cli))
+}
+
+/// `openstack ARGS -f json`, which must succeed.
+fn json(cli: &Cli, controller: &Controller, args: &[&str]) -> Value {
+    cli.json(args)
+        .unwrap_or_else(|e| panic!("openstack {}: {e:#}\n{}", args.join(" "), controller.log()))
+}
+
+/// `openstack ARGS`, which must fail; its stderr.
+fn refused(cli: &Cli, args: &[&str]) -> String {
+    let output = cli.run(args).unwrap();
+    assert!(
+        !output.success(),
+        "openstack {} succeeded: {}",
+        args.join(" "),
+        output.stdout
+    );
+    output.stderr
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["Name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn the_openstack_cli_drives_networks_subnets_and_ports() {
+    let Some((controller, cli)) = lab("the_openstack_cli_drives_networks_subnets_and_ports") else {
+        return;
+    };
+    let run = |args: &[&str]| json(&cli, &controller, args);
+
+    let network = run(&["network", "create", "demo"]);
+    assert_eq!(network["name"], "demo");
+    assert_eq!(network["mtu"], 1450);
+    assert!(
+        network["provider:segmentation_id"].as_u64().unwrap() > 0,
+        "{network}"
+    );
+    run(&["network", "create", "--mtu", "1400", "other"]);
+    assert_eq!(names(&run(&["network", "list"])), ["demo", "other"]);
+    assert_eq!(run(&["network", "show", "other"])["mtu"], 1400);
+
+    let subnet = run(&[
+        "subnet",
+        "create",
+        "--network",
+        "demo",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "--allocation-pool",
+        "start=10.0.0.10,end=10.0.0.100",
+        "--dns-nameserver",
+        "10.0.0.53",
+        "--host-route",
+        "destination=192.168.0.0/24,gateway=10.0.0.254",
+        "sn1",
+    ]);
+    assert_eq!(subnet["gateway_ip"], "10.0.0.1");
+    assert_eq!(
+        subnet["allocation_pools"][0]["start"], "10.0.0.10",
+        "{subnet}"
+    );
+    assert_eq!(subnet["dns_nameservers"][0], "10.0.0.53");
+    assert_eq!(subnet["host_routes"][0]["nexthop"], "10.0.0.254");
+    let bare = run(&[
+        "subnet",
+        "create",
+        "--network",
+        "other",
+        "--subnet-range",
+        "10.1.0.0/24",
+        "--gateway",
+        "none",
+        "--no-dhcp",
+        "sn2",
+    ]);
+    assert_eq!(
+        (bare["gateway_ip"].clone(), bare["enable_dhcp"].clone()),
+        (Value::Null, Value::Bool(false))
+    );
+    assert_eq!(names(&run(&["subnet", "list"])), ["sn1", "sn2"]);
+
+    let port = run(&[
+        "port",
+        "create",
+        "--network",
+        "demo",
+        "--fixed-ip",
+        "subnet=sn1,ip-address=10.0.0.20",
+        "--mac-address",
+        "fa:16:3e:00:00:20",
+        "--host",
+        "h1",
+        "--binding-profile",
+        "netns=vm1",
+        "--allowed-address",
+        "ip-address=10.0.0.200",
+        "p1",
+    ]);
+    assert_eq!(port["fixed_ips"][0]["ip_address"], "10.0.0.20", "{port}");
+    assert_eq!(port["mac_address"], "fa:16:3e:00:00:20");
+    assert_eq!(port["binding_host_id"], "h1", "{port}");
+    assert_eq!(port["binding_profile"]["netns"], "vm1", "{port}");
+    assert_eq!(port["status"], "DOWN");
+    let auto = run(&["port", "create", "--network", "demo", "p2"]);
+    let address = auto["fixed_ips"][0]["ip_address"].as_str().unwrap();
+    let octet: u8 = address.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((10..=100).contains(&octet), "{address} outside the pool");
+    assert_eq!(
+        names(&run(&["port", "list", "--network", "demo"])),
+        ["p1", "p2"]
+    );
+    assert_eq!(
+        run(&["port", "list", "--host", "h1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let renamed = cli.run(&["port", "set", "--name", "p1b", "p1"]).unwrap();
+    assert!(renamed.success(), "{}", renamed.stderr);
+    assert_eq!(run(&["port", "show", "p1b"])["revision_number"], 2);
+
+    // What cannot be done, in Neutron's words.
+    let taken = refused(
+        &cli,
+        &[
+            "port",
+            "create",
+            "--network",
+            "demo",
+            "--fixed-ip",
+            "ip-address=10.0.0.20",
+            "p3",
+        ],
+    );
+    assert!(taken.contains("10.0.0.20 already allocated"), "{taken}");
+    let mac = refused(
+        &cli,
+        &[
+            "port",
+            "create",
+            "--network",
+            "demo",
+            "--mac-address",
+            "fa:16:3e:00:00:20",
+            "p3",
+        ],
+    );
+    assert!(
+        mac.contains("mac address fa:16:3e:00:00:20 is in use"),
+        "{mac}"
+    );
+    let in_use = refused(&cli, &["network", "delete", "demo"]);
+    assert!(in_use.contains("one or more ports"), "{in_use}");
+    let missing = refused(&cli, &["network", "show", "nope"]);
+    assert!(missing.contains("No Network found for nope"), "{missing}");
+
+    for args in [
+        &["port", "delete", "p1b", "p2"][..],
+        &["subnet", "delete", "sn1"],
+        &["network", "delete", "demo", "other"],
+    ] {
+        let output = cli.run(args).unwrap();
+        assert!(
+            output.success(),
+            "openstack {}: {}",
+            args.join(" "),
+            output.stderr
+        );
+    }
+    assert_eq!(run(&["network", "list"]), Value::Array(vec![]));
+}
+
+#[test]
+fn with_a_token_only_its_holder_gets_in() {
+    if !openstack::available("with_a_token_only_its_holder_gets_in") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let auth = format!("token:{}", token.display());
+    let controller = Controller::start(StoreKind::Embedded, &["--auth", &auth]).unwrap();
+    let endpoint = controller.endpoint();
+    let holder = Cli::with_token(&endpoint, "s3cret").unwrap();
+    let created = holder.json(&["network", "create", "private"]).unwrap();
+    assert_eq!(created["name"], "private");
+    for cli in [
+        Cli::with_token(&endpoint, "guess").unwrap(),
+        Cli::new(&endpoint).unwrap(),
+    ] {
+        let output = cli.run(&["network", "list"]).unwrap();
+        assert!(
+            !output.success(),
+            "listed without the token: {}",
+            output.stdout
+        );
+        let output = cli.run(&["network", "create", "intruder"]).unwrap();
+        assert!(!output.success());
+    }
+    let listed = holder.json(&["network", "list"]).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "nothing written without the token"
+    );
+}

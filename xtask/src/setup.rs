@@ -53,6 +53,16 @@ pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "busybox-static",
     "xz-utils",
+    // The controller's etcd store: its tests and the end-to-end tests run a
+    // real etcd on loopback (tests/src/etcd.rs); etcdctl's `check perf` is
+    // etcd's own put rate, the denominator of the controller's benchmark.
+    "etcd-server",
+    "etcd-client",
+    // etcd-client's build script compiles etcd's .proto files with protoc
+    // (no crate of that chain ships one), and they import protobuf's
+    // well-known types, which come with libprotobuf-dev.
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// Daemons those packages install and enable for boot: dhcpcd would
@@ -60,8 +70,10 @@ pub const PACKAGES: &[&str] = &[
 /// there. Tests and benchmarks run their own instances inside namespaces;
 /// the system's stay disabled and stopped.
 ///
-/// iperf3's package enables a server on port 5201 when debconf says so.
-const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables", "iperf3"];
+/// iperf3's package enables a server on port 5201 when debconf says so;
+/// etcd-server's, a member on ports 2379 and 2380 with its data in
+/// /var/lib/etcd.
+const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables", "iperf3", "etcd"];
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod dhcp;
+pub mod etcd;
 pub mod goalstate;
 pub mod guest;
 pub mod lab;

@@ -2,7 +2,7 @@
 //! transactions that commit only if what they read is unchanged
 //! (compare-and-swap), the way etcd's are. Two implementations share this
 //! trait and one test suite: [`embedded`] (one file, one controller) and
-//! `etcd` (several controllers).
+//! [`etcd`] (several controllers).
 //!
 //! Every committed transaction gets the next store revision; every key
 //! remembers the revision that last wrote it (its `mod_revision`). A
@@ -11,6 +11,7 @@
 //! nothing of it is applied.
 
 pub mod embedded;
+pub mod etcd;
 
 use futures::future::BoxFuture;
 

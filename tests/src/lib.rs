@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod controller;
 pub mod dhcp;
+pub mod etcd;
 pub mod goalstate;
 pub mod guest;
 pub mod lab;

@@ -56,6 +56,16 @@ pub const PACKAGES: &[&str] = &[
     // The controller's tests drive the real `openstack` CLI, installed from
     // PyPI into a virtualenv of Debian's python3 (see OPENSTACK_CLI).
     "python3-venv",
+    // The controller's etcd store: its tests and the end-to-end tests run a
+    // real etcd on loopback (tests/src/etcd.rs); etcdctl's `check perf` is
+    // etcd's own put rate, the denominator of the controller's benchmark.
+    "etcd-server",
+    "etcd-client",
+    // etcd-client's build script compiles etcd's .proto files with protoc
+    // (no crate of that chain ships one), and they import protobuf's
+    // well-known types, which come with libprotobuf-dev.
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// What `pip` installs in the virtualenv at
@@ -73,8 +83,10 @@ const PYTHON: &str = "/usr/bin/python3";
 /// there. Tests and benchmarks run their own instances inside namespaces;
 /// the system's stay disabled and stopped.
 ///
-/// iperf3's package enables a server on port 5201 when debconf says so.
-const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables", "iperf3"];
+/// iperf3's package enables a server on port 5201 when debconf says so;
+/// etcd-server's, a member on ports 2379 and 2380 with its data in
+/// /var/lib/etcd.
+const DAEMONS: &[&str] = &["dhcpcd", "kea-dhcp4-server", "nftables", "iperf3", "etcd"];
 
 pub fn run() -> anyhow::Result<()> {
     install_packages()?;

@@ -2,7 +2,7 @@
 //! transactions that commit only if what they read is unchanged
 //! (compare-and-swap), the way etcd's are. Two implementations share this
 //! trait and one test suite: [`embedded`] (one file, one controller) and
-//! `etcd` (several controllers).
+//! [`etcd`] (several controllers).
 //!
 //! Every committed transaction gets the next store revision; every key
 //! remembers the revision that last wrote it (its `mod_revision`). A
@@ -11,6 +11,7 @@
 //! nothing of it is applied.
 
 pub mod embedded;
+pub mod etcd;
 
 use futures::future::BoxFuture;
 
@@ -141,6 +142,19 @@ pub(crate) mod suite {
         txn.delete("/b/x").delete("/nothing");
         store.commit(txn).await.unwrap();
         assert_eq!(store.list("/b/").await.unwrap().len(), 1);
+
+        // Writes apply in order: a key is left as its last write left it.
+        let mut txn = Txn::default();
+        txn.put("/d", b"1".to_vec())
+            .put("/d", b"2".to_vec())
+            .put("/e", b"1".to_vec())
+            .delete("/e")
+            .delete("/c")
+            .put("/c", b"5".to_vec());
+        store.commit(txn).await.unwrap();
+        assert_eq!(store.get("/d").await.unwrap().unwrap().value, b"2");
+        assert_eq!(store.get("/e").await.unwrap(), None);
+        assert_eq!(store.get("/c").await.unwrap().unwrap().value, b"5");
     }
 
     pub async fn compares_decide_all_or_nothing(store: &dyn Store) {
@@ -175,6 +189,18 @@ pub(crate) mod suite {
         let mut txn = Txn::default();
         txn.require_unchanged(&read).put("/k", b"back".to_vec());
         assert_eq!(store.commit(txn).await.unwrap(), Outcome::Conflict);
+
+        // No key was ever written at revision 0, present or absent.
+        for key in ["/k", "/other", "/b/y"] {
+            let mut txn = Txn::default();
+            txn.require_unchanged(&Entry {
+                key: key.into(),
+                value: vec![],
+                mod_revision: 0,
+            })
+            .put("/zero", vec![]);
+            assert_eq!(store.commit(txn).await.unwrap(), Outcome::Conflict, "{key}");
+        }
     }
 
     /// Many writers race to create the same keys: each key is created by

@@ -10,7 +10,7 @@ use crate::{
     config::{Config, StoreSpec},
     metrics::{self, Metrics},
     service::Controller,
-    store::{Store, embedded::Embedded},
+    store::{Store, embedded::Embedded, etcd::Etcd},
 };
 
 pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
@@ -22,10 +22,7 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
             }
             Ok(Arc::new(Embedded::open(path)?))
         }
-        StoreSpec::Etcd(urls) => anyhow::bail!(
-            "the etcd store ({}) is not available in this build",
-            urls.join(",")
-        ),
+        StoreSpec::Etcd(urls) => Ok(Arc::new(Etcd::connect(urls).await?)),
     }
 }
 

@@ -2,24 +2,16 @@
 //! drives Neutron: networks, subnets and ports created, listed, shown,
 //! changed and deleted by name; Neutron's errors where the request cannot
 //! be done (a taken address, a network still in use), the CLI printing
-//! their messages; a token required when one is configured. Each test runs
-//! one controller process over an embedded store.
+//! their messages; a token required when one is configured. The same
+//! commands run against a controller over its embedded store and one over
+//! a real etcd.
 
 use alcor_tests::{
     controller::{Controller, StoreKind},
+    etcd::{self, EtcdServer},
     openstack::{self, Cli},
 };
 use serde_json::Value;
-
-/// A controller and the CLI aimed at it.
-fn lab(test: &str) -> Option<(Controller, Cli)> {
-    if !openstack::available(test) {
-        return None;
-    }
-    let controller = Controller::start(StoreKind::Embedded, &[]).unwrap();
-    let cli = Cli::new(&controller.endpoint()).unwrap();
-    Some((controller, cli))
-}
 
 /// `openstack ARGS -f json`, which must succeed.
 fn json(cli: &Cli, controller: &Controller, args: &[&str]) -> Value {
@@ -51,10 +43,26 @@ fn names(list: &Value) -> Vec<&str> {
 }
 
 #[test]
-fn the_openstack_cli_drives_networks_subnets_and_ports() {
-    let Some((controller, cli)) = lab("the_openstack_cli_drives_networks_subnets_and_ports") else {
-        return;
-    };
+fn the_openstack_cli_drives_networks_subnets_and_ports_on_the_embedded_store() {
+    if openstack::available(
+        "the_openstack_cli_drives_networks_subnets_and_ports_on_the_embedded_store",
+    ) {
+        networks_subnets_and_ports(StoreKind::Embedded);
+    }
+}
+
+#[test]
+fn the_openstack_cli_drives_networks_subnets_and_ports_on_etcd() {
+    let test = "the_openstack_cli_drives_networks_subnets_and_ports_on_etcd";
+    if openstack::available(test) && etcd::available(test) {
+        let etcd = EtcdServer::start().unwrap();
+        networks_subnets_and_ports(StoreKind::Etcd(vec![etcd.client_url()]));
+    }
+}
+
+fn networks_subnets_and_ports(store: StoreKind) {
+    let controller = Controller::start(store, &[]).unwrap();
+    let cli = Cli::new(&controller.endpoint()).unwrap();
     let run = |args: &[&str]| json(&cli, &controller, args);
 
     let network = run(&["network", "create", "demo"]);

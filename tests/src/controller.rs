@@ -128,6 +128,46 @@ impl Controller {
     }
 }
 
+/// One HTTP/1.1 request to the API at `listen`, on a connection of its
+/// own (`Connection: close`): the status and the JSON body (`null` if
+/// none). Enough for tests that send many requests from many threads; the
+/// CLI is the client that matters, this one only counts.
+pub fn request(
+    listen: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&listen, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {listen}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {listen}\r\nX-Auth-Token: notused\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("a response without headers: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let body = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?
+    };
+    Ok((status, body))
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();

@@ -69,6 +69,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ),
     ("port-security", "Port Security", "Provides port security"),
     (
+        "network-ip-availability",
+        "Network IP Availability",
+        "Provides IP availability data for each network and subnet.",
+    ),
+    (
         "network-mtu",
         "Network MTU",
         "Provides MTU attribute for a network resource.",

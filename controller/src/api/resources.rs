@@ -46,6 +46,14 @@ pub fn routes() -> Router<Arc<App>> {
             "/v2.0/subnets/{id}",
             get(show::<Subnet>).put(update_subnet).delete(delete_subnet),
         )
+        .route(
+            "/v2.0/network-ip-availabilities",
+            get(list_ip_availabilities),
+        )
+        .route(
+            "/v2.0/network-ip-availabilities/{id}",
+            get(show_ip_availability),
+        )
         .route("/v2.0/ports", get(list_ports).post(create_ports))
         .route(
             "/v2.0/ports/{id}",
@@ -173,6 +181,59 @@ async fn delete_subnet(
         .delete_subnet(&id, if_match(&headers)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Neutron's `network-ip-availability`: per network and subnet, the pool
+/// addresses there are and those given out.
+async fn ip_availability(app: &App, network: &Network) -> ApiResult<Value> {
+    let mut subnets = Vec::new();
+    let (mut used, mut total) = (0, 0);
+    for id in &network.subnets {
+        let subnet = app.controller.show::<Subnet>(id).await?;
+        let (subnet_used, subnet_total) = app.controller.ip_availability(&subnet).await?;
+        used += subnet_used;
+        total += subnet_total;
+        subnets.push(json!({
+            "subnet_id": subnet.meta.id,
+            "subnet_name": subnet.meta.name,
+            "cidr": subnet.cidr.to_string(),
+            "ip_version": 4,
+            "used_ips": subnet_used,
+            "total_ips": subnet_total,
+        }));
+    }
+    Ok(json!({
+        "network_id": network.meta.id,
+        "network_name": network.meta.name,
+        "project_id": network.meta.project_id,
+        "tenant_id": network.meta.project_id,
+        "used_ips": used,
+        "total_ips": total,
+        "subnet_ip_availability": subnets,
+    }))
+}
+
+async fn list_ip_availabilities(
+    State(app): State<Arc<App>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let query = ListQuery::parse(raw.as_deref())?;
+    let mut views = Vec::new();
+    for network in app.controller.networks().await? {
+        views.push(ip_availability(&app, &network).await?);
+    }
+    let page = query.apply(views);
+    Ok(Json(json!({ "network_ip_availabilities": page.items })))
+}
+
+async fn show_ip_availability(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let network = app.controller.show::<Network>(&id).await?;
+    Ok(Json(
+        json!({ "network_ip_availability": ip_availability(&app, &network).await? }),
+    ))
 }
 
 async fn list_ports(

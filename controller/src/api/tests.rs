@@ -280,6 +280,11 @@ async fn ports_in_bulk_are_all_or_nothing_and_taken_addresses_are_409() {
         .call("GET", "/v2.0/ports?fixed_ips=ip_address%3D10.1.0.50", None)
         .await;
     assert_eq!(listed["ports"][0]["name"], "b");
+    let uri = format!("/v2.0/network-ip-availabilities/{net}");
+    let (_, availability) = client.call("GET", &uri, None).await;
+    let availability = &availability["network_ip_availability"];
+    assert_eq!(availability["used_ips"], 2, "{availability}");
+    assert_eq!(availability["total_ips"], 253, "{availability}");
     let (status, body) = client
         .call("DELETE", &format!("/v2.0/networks/{net}"), None)
         .await;

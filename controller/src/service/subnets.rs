@@ -8,7 +8,7 @@ use crate::{
     error::{ApiError, ApiResult},
     model::{
         Meta, Network, Resource, Subnet,
-        subnet::{SubnetCreate, SubnetUpdate},
+        subnet::{Pool, SubnetCreate, SubnetUpdate},
     },
     store::Txn,
 };
@@ -165,6 +165,15 @@ impl Controller {
             })
         })
         .await
+    }
+
+    /// How many of the subnet's pool addresses are given out (to ports,
+    /// router interfaces, floating IPs) and how many there are: Neutron's
+    /// network IP availability, counted from the store.
+    pub async fn ip_availability(&self, subnet: &Subnet) -> ApiResult<(u64, u64)> {
+        let total = subnet.allocation_pools.iter().map(Pool::size).sum();
+        let used = self.store.list(&ips_prefix(&subnet.meta.id)).await?.len() as u64;
+        Ok((used, total))
     }
 
     /// Subnets as the API lists them (not those being deleted).

@@ -2,6 +2,7 @@
 //! our system and its peers in the same run, print a table with ratios and
 //! write JSON under target/bench/. Timed assertions belong here, not in tests.
 
+mod api;
 mod datapath;
 mod datapath_local;
 mod dhcp;
@@ -28,6 +29,14 @@ type Bench = fn(quick: bool) -> anyhow::Result<()>;
 
 /// (name, what it measures, how to run it, whether it has a quick mode)
 const BENCHES: &[(&str, &str, Bench, bool)] = &[
+    (
+        "api",
+        "port creates/s through the Neutron API (50 clients, an IP and a MAC each) as the \
+         store grows to 1M ports (embedded) and 100k (etcd), with p50/p99 latency; etcd's own \
+         put rate measured beside",
+        api::run,
+        true,
+    ),
     (
         "goalstate",
         "1,000 netns-bound ports on one agent: one V2 message, and 1,000 pipelined \

@@ -1,15 +1,21 @@
 //! The resources the controller keeps, as stored (typed, validated), and
 //! as Neutron shows them (`view`). Pure: no store, no HTTP.
 
+pub mod floating_ip;
 pub mod network;
 pub mod port;
+pub mod router;
+pub mod security_group;
 pub mod subnet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use floating_ip::FloatingIp;
 pub use network::Network;
 pub use port::Port;
+pub use router::Router;
+pub use security_group::SecurityGroup;
 pub use subnet::Subnet;
 
 /// What every Neutron resource has.

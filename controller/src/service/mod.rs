@@ -8,15 +8,24 @@
 //! - `vni/{vni}`: the network that has the VNI;
 //! - `ip/{subnet}/{address}`: the port that has the address;
 //! - `mac/{network}/{mac}`: the port of the network that has the MAC;
-//! - `network-port/{network}/{port}`: the ports of a network.
+//! - `network-port/{network}/{port}`: the ports of a network;
+//! - `sg-port/{group}/{port}`: the ports that use a security group;
+//! - `sg-rule/{rule}`: the security group that has the rule;
+//! - `default-security-group/{project}`: the project's default group;
+//! - `port-fip/{port}`, `router-fip/{router}`: the floating IPs
+//!   associated with a port, and reaching their port through a router
+//!   (a list of ids, one key each, so that a compare covers them all).
 //!
-//! Deleting a network or subnet marks it `deleting` first (a commit that
-//! every writer joining it compares against), then checks that nothing
-//! uses it, then deletes it: a port created meanwhile either committed
-//! before the mark, and is seen, or fails its compare.
+//! Deleting a network, subnet or security group marks it `deleting` first
+//! (a commit that every writer joining it compares against), then checks
+//! that nothing uses it, then deletes it: a port created meanwhile either
+//! committed before the mark, and is seen, or fails its compare.
 
+pub mod floating_ips;
 pub mod networks;
 pub mod ports;
+pub mod routers;
+pub mod security_groups;
 pub mod subnets;
 
 use std::{collections::HashMap, ops::RangeInclusive, sync::Arc};
@@ -81,7 +90,7 @@ fn encode<R: Resource>(resource: &R) -> Vec<u8> {
     serde_json::to_vec(resource).unwrap_or_default()
 }
 
-fn decode<R: Resource>(entry: &Entry) -> ApiResult<R> {
+fn decode<T: serde::de::DeserializeOwned>(entry: &Entry) -> ApiResult<T> {
     serde_json::from_slice(&entry.value).map_err(|e| {
         ApiError::new(
             500,
@@ -176,6 +185,33 @@ impl Controller {
             .collect()
     }
 
+    /// Sets or clears a resource's `deleting` mark (`flag` says where it
+    /// is): the first and, if the resource turns out to be in use, the
+    /// last step of a delete.
+    async fn mark<R: Resource>(
+        &self,
+        id: &str,
+        if_match: Option<u64>,
+        flag: fn(&mut R) -> &mut bool,
+        deleting: bool,
+    ) -> ApiResult<()> {
+        retrying(|| {
+            Box::pin(async move {
+                let (mut resource, entry) = self.load::<R>(id).await?;
+                check_revision(resource.meta(), if_match)?;
+                if *flag(&mut resource) == deleting {
+                    return Ok(Try::Done(()));
+                }
+                *flag(&mut resource) = deleting;
+                let mut txn = Txn::default();
+                txn.require_unchanged(&entry)
+                    .put(entry.key.clone(), encode(&resource));
+                self.commit(txn).await
+            })
+        })
+        .await
+    }
+
     /// Commits; `Again` if a compare failed.
     async fn commit(&self, txn: Txn) -> ApiResult<Try<()>> {
         Ok(match self.store.commit(txn).await? {
@@ -216,6 +252,23 @@ pub(crate) mod testing {
         entries
             .into_iter()
             .map(|entry| (entry.key, entry.value))
+            .collect()
+    }
+
+    /// The keys in the store but those of security groups (a project's
+    /// default group stays once made): what a test that deletes all it
+    /// made expects to be empty.
+    pub async fn leftovers(controller: &Controller) -> Vec<String> {
+        let groups = [
+            "/alcor/security_group/",
+            "/alcor/sg-rule/",
+            "/alcor/default-security-group/",
+        ];
+        snapshot(controller)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !groups.iter().any(|prefix| key.starts_with(prefix)))
             .collect()
     }
 }

@@ -145,10 +145,22 @@ impl Controller {
 
     /// Deletes a network without ports, and its subnets.
     pub async fn delete_network(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark_network(id, if_match, true).await?;
+        self.mark(
+            id,
+            if_match,
+            |network: &mut Network| &mut network.deleting,
+            true,
+        )
+        .await?;
         let ports = self.store.list(&ports_prefix(id)).await?;
         if !ports.is_empty() {
-            self.mark_network(id, None, false).await?;
+            self.mark(
+                id,
+                None,
+                |network: &mut Network| &mut network.deleting,
+                false,
+            )
+            .await?;
             return Err(ApiError::conflict(
                 "NetworkInUse",
                 format!(
@@ -169,25 +181,6 @@ impl Controller {
                         txn.require_unchanged(&subnet).delete(subnet.key.clone());
                     }
                 }
-                self.commit(txn).await
-            })
-        })
-        .await
-    }
-
-    /// Sets or clears the network's `deleting` mark.
-    async fn mark_network(&self, id: &str, if_match: Option<u64>, deleting: bool) -> ApiResult<()> {
-        retrying(|| {
-            Box::pin(async move {
-                let (mut network, entry) = self.load::<Network>(id).await?;
-                check_revision(&network.meta, if_match)?;
-                if network.deleting == deleting {
-                    return Ok(Try::Done(()));
-                }
-                network.deleting = deleting;
-                let mut txn = Txn::default();
-                txn.require_unchanged(&entry)
-                    .put(entry.key.clone(), encode(&network));
                 self.commit(txn).await
             })
         })

@@ -114,9 +114,16 @@ impl Controller {
 
     /// Deletes a subnet none of whose addresses a port has.
     pub async fn delete_subnet(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark_subnet(id, if_match, true).await?;
+        self.mark(
+            id,
+            if_match,
+            |subnet: &mut Subnet| &mut subnet.deleting,
+            true,
+        )
+        .await?;
         if !self.store.list(&ips_prefix(id)).await?.is_empty() {
-            self.mark_subnet(id, None, false).await?;
+            self.mark(id, None, |subnet: &mut Subnet| &mut subnet.deleting, false)
+                .await?;
             return Err(ApiError::conflict(
                 "SubnetInUse",
                 format!(
@@ -143,25 +150,6 @@ impl Controller {
                     self.forget_book(id);
                 }
                 Ok(done)
-            })
-        })
-        .await
-    }
-
-    /// Sets or clears the subnet's `deleting` mark.
-    async fn mark_subnet(&self, id: &str, if_match: Option<u64>, deleting: bool) -> ApiResult<()> {
-        retrying(|| {
-            Box::pin(async move {
-                let (mut subnet, entry) = self.load::<Subnet>(id).await?;
-                check_revision(&subnet.meta, if_match)?;
-                if subnet.deleting == deleting {
-                    return Ok(Try::Done(()));
-                }
-                subnet.deleting = deleting;
-                let mut txn = Txn::default();
-                txn.require_unchanged(&entry)
-                    .put(entry.key.clone(), encode(&subnet));
-                self.commit(txn).await
             })
         })
         .await

@@ -418,3 +418,347 @@ impl Controller {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        body::resource,
+        model::{
+            Network, Subnet,
+            router::{InterfaceRequest, RouterCreate, RouterUpdate},
+        },
+        service::testing::*,
+    };
+
+    fn create(body: Value) -> FloatingIpCreate {
+        FloatingIpCreate::parse(resource(&json!({ "floatingip": body }), "floatingip").unwrap())
+            .unwrap()
+    }
+
+    fn update(body: Value) -> FloatingIpUpdate {
+        FloatingIpUpdate::parse(resource(&json!({ "floatingip": body }), "floatingip").unwrap())
+            .unwrap()
+    }
+
+    /// An external network, an internal one, a router between them and a
+    /// VM's port inside.
+    struct Lab {
+        external: Network,
+        public: Subnet,
+        inside: Subnet,
+        router: Router,
+        vm: Port,
+    }
+
+    async fn lab(controller: &Controller) -> Lab {
+        let (external, public) = network_with_subnet(
+            controller,
+            json!({"router:external": true}),
+            "203.0.113.0/29",
+        )
+        .await;
+        let (internal, inside) = network_with_subnet(controller, json!({}), "10.0.0.0/24").await;
+        let router = RouterCreate::parse(
+            resource(
+                &json!({"router": {"external_gateway_info": {"network_id": external.meta.id}}}),
+                "router",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let router = controller.create_router(router).await.unwrap();
+        controller
+            .add_router_interface(
+                &router.meta.id,
+                &InterfaceRequest::Subnet(inside.meta.id.clone()),
+            )
+            .await
+            .unwrap();
+        let vm = controller
+            .create_ports(&[port(json!({"network_id": internal.meta.id}))])
+            .await
+            .unwrap()
+            .remove(0);
+        Lab {
+            router: controller.show(&router.meta.id).await.unwrap(),
+            external,
+            public,
+            inside,
+            vm,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_floating_ip_reaches_its_port_through_a_router() {
+        let (_dir, controller) = controller();
+        let lab = lab(&controller).await;
+        let ext = lab.external.meta.id.clone();
+        let fip = controller
+            .create_floating_ip(create(
+                json!({"floating_network_id": ext, "port_id": lab.vm.meta.id}),
+            ))
+            .await
+            .unwrap();
+        let association = fip.association.clone().unwrap();
+        assert_eq!(association.router_id, lab.router.meta.id);
+        assert_eq!(association.fixed_ip_address, lab.vm.fixed_ips[0].ip_address);
+        assert!(lab.public.cidr.contains(&fip.floating_ip_address));
+        let held = controller
+            .show::<Port>(&fip.floating_port_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            (held.device_owner.as_str(), held.device_id.as_str()),
+            (FLOATING_IP_OWNER, fip.meta.id.as_str())
+        );
+
+        let before = snapshot(&controller).await;
+        let cases = [
+            (
+                json!({"floating_network_id": lab.inside.network_id}),
+                400,
+                "BadRequest",
+            ),
+            (
+                json!({"floating_network_id": "nope"}),
+                404,
+                "NetworkNotFound",
+            ),
+            (
+                json!({"floating_network_id": ext, "floating_ip_address": fip.floating_ip_address.to_string()}),
+                409,
+                "IpAddressAlreadyAllocated",
+            ),
+            (
+                json!({"floating_network_id": ext, "port_id": lab.vm.meta.id}),
+                409,
+                "FloatingIPPortAlreadyAssociated",
+            ),
+            (
+                json!({"floating_network_id": ext, "port_id": lab.vm.meta.id, "fixed_ip_address": "10.0.0.99"}),
+                400,
+                "BadRequest",
+            ),
+            (
+                json!({"floating_network_id": ext, "port_id": "nope"}),
+                404,
+                "PortNotFound",
+            ),
+        ];
+        for (body, status, kind) in cases {
+            let error = controller
+                .create_floating_ip(create(body.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (error.status, error.kind),
+                (status, kind),
+                "{body}: {error}"
+            );
+        }
+        // A port no router reaches from the external network.
+        let (alone, _) = network_with_subnet(&controller, json!({}), "10.9.0.0/24").await;
+        let stray = controller
+            .create_ports(&[port(json!({"network_id": alone.meta.id}))])
+            .await
+            .unwrap();
+        let before_stray = snapshot(&controller).await;
+        let error = controller
+            .create_floating_ip(create(
+                json!({"floating_network_id": ext, "port_id": stray[0].meta.id}),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (404, "ExternalGatewayForFloatingIPNotFound")
+        );
+        assert_eq!(snapshot(&controller).await, before_stray);
+        controller
+            .delete_port(&stray[0].meta.id, None)
+            .await
+            .unwrap();
+        controller
+            .delete_network(&alone.meta.id, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            snapshot(&controller).await,
+            before,
+            "refused: nothing written"
+        );
+
+        // The router's interface and gateway stay while the floating IP needs them.
+        let error = controller
+            .remove_router_interface(
+                &lab.router.meta.id,
+                &InterfaceRequest::Subnet(lab.inside.meta.id.clone()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (409, "RouterInterfaceInUseByFloatingIP")
+        );
+        let clear = RouterUpdate::parse(
+            resource(
+                &json!({"router": {"external_gateway_info": null}}),
+                "router",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let error = controller
+            .update_router(&lab.router.meta.id, clear, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (409, "RouterExternalGatewayInUseByFloatingIp")
+        );
+        let error = controller
+            .delete_port(&fip.floating_port_id, None)
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "L3PortInUse"));
+        assert_eq!(snapshot(&controller).await, before);
+
+        // Off and on again; then the port goes, and the floating IP stays, on nothing.
+        let off = controller
+            .update_floating_ip(&fip.meta.id, update(json!({"port_id": null})), None)
+            .await
+            .unwrap();
+        assert_eq!(off.association, None);
+        assert!(
+            controller
+                .store
+                .get(&router_fips_key(&lab.router.meta.id))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let on = controller
+            .update_floating_ip(
+                &fip.meta.id,
+                update(json!({"port_id": lab.vm.meta.id})),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(on.association, fip.association);
+        controller.delete_port(&lab.vm.meta.id, None).await.unwrap();
+        let orphan = controller.show::<FloatingIp>(&fip.meta.id).await.unwrap();
+        assert_eq!(orphan.association, None);
+        assert_eq!(orphan.view()["port_id"], Value::Null);
+
+        // Deleting it gives the address back; then everything can go.
+        let allocated = controller.allocated(&lab.public.meta.id).await.unwrap();
+        controller
+            .delete_floating_ip(&fip.meta.id, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            controller.allocated(&lab.public.meta.id).await.unwrap(),
+            allocated - 1
+        );
+        controller
+            .remove_router_interface(
+                &lab.router.meta.id,
+                &InterfaceRequest::Subnet(lab.inside.meta.id.clone()),
+            )
+            .await
+            .unwrap();
+        controller
+            .delete_router(&lab.router.meta.id, None)
+            .await
+            .unwrap();
+        for network in controller.list::<Network>().await.unwrap() {
+            controller
+                .delete_network(&network.meta.id, None)
+                .await
+                .unwrap();
+        }
+        let left = leftovers(&controller).await;
+        assert!(left.is_empty(), "left: {left:?}");
+    }
+
+    /// Several floating IPs associated with one port at once: one gets
+    /// it; and deleting the port while they try leaves no association to
+    /// a port that is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_associations_keep_one_per_fixed_ip() {
+        let (_dir, controller) = controller();
+        let controller = Arc::new(controller);
+        let lab = lab(&controller).await;
+        let mut fips = Vec::new();
+        for _ in 0..4 {
+            let fip = controller
+                .create_floating_ip(create(json!({"floating_network_id": lab.external.meta.id})))
+                .await
+                .unwrap();
+            fips.push(fip.meta.id);
+        }
+        let tasks: Vec<_> = fips
+            .iter()
+            .map(|id| {
+                let (controller, id, port) =
+                    (controller.clone(), id.clone(), lab.vm.meta.id.clone());
+                tokio::spawn(async move {
+                    controller
+                        .update_floating_ip(&id, update(json!({"port_id": port})), None)
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(error) => assert_eq!(error.kind, "FloatingIPPortAlreadyAssociated"),
+            }
+        }
+        assert_eq!(won, 1);
+
+        // Now the port goes while the others try again.
+        let tasks: Vec<_> = fips
+            .iter()
+            .map(|id| {
+                let (controller, id, port) =
+                    (controller.clone(), id.clone(), lab.vm.meta.id.clone());
+                tokio::spawn(async move {
+                    let _ = controller
+                        .update_floating_ip(&id, update(json!({"port_id": port})), None)
+                        .await;
+                })
+            })
+            .collect();
+        controller.delete_port(&lab.vm.meta.id, None).await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for fip in controller.list::<FloatingIp>().await.unwrap() {
+            assert_eq!(fip.association, None, "associated with a port that is gone");
+        }
+        assert!(
+            controller
+                .store
+                .list("/alcor/port-fip/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            controller
+                .store
+                .list("/alcor/router-fip/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

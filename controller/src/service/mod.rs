@@ -233,8 +233,41 @@ impl Controller {
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use serde_json::{Value, json};
+
     use super::*;
-    use crate::store::embedded::Embedded;
+    use crate::{
+        body::resource,
+        model::{Network, Subnet, network::NetworkCreate, port::PortCreate, subnet::SubnetCreate},
+        store::embedded::Embedded,
+    };
+
+    /// A network (attributes `network`) with a subnet of `cidr`.
+    pub async fn network_with_subnet(
+        controller: &Controller,
+        network: Value,
+        cidr: &str,
+    ) -> (Network, Subnet) {
+        let create =
+            NetworkCreate::parse(resource(&json!({ "network": network }), "network").unwrap())
+                .unwrap();
+        let network = controller.create_network(create).await.unwrap();
+        let create = SubnetCreate::parse(
+            resource(
+                &json!({"subnet": {"network_id": network.meta.id, "cidr": cidr}}),
+                "subnet",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let subnet = controller.create_subnet(create).await.unwrap();
+        (controller.show(&network.meta.id).await.unwrap(), subnet)
+    }
+
+    /// A port create of these attributes.
+    pub fn port(body: Value) -> PortCreate {
+        PortCreate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
+    }
 
     /// A controller over a fresh embedded store (dropped with the dir).
     pub fn controller() -> (tempfile::TempDir, Controller) {

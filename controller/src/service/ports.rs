@@ -645,39 +645,15 @@ fn exhausted(network: &Network) -> ApiError {
 mod tests {
     use std::sync::Arc;
 
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::{
-        body::resource,
-        model::{network::NetworkCreate, subnet::SubnetCreate},
-        service::testing::*,
-    };
-
-    async fn network_with_subnet(controller: &Controller, cidr: &str) -> (Network, Subnet) {
-        let create =
-            NetworkCreate::parse(resource(&json!({"network": {}}), "network").unwrap()).unwrap();
-        let network = controller.create_network(create).await.unwrap();
-        let create = SubnetCreate::parse(
-            resource(
-                &json!({"subnet": {"network_id": network.meta.id, "cidr": cidr}}),
-                "subnet",
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let subnet = controller.create_subnet(create).await.unwrap();
-        (controller.show(&network.meta.id).await.unwrap(), subnet)
-    }
-
-    fn port(body: Value) -> PortCreate {
-        PortCreate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
-    }
+    use crate::{body::resource, service::testing::*};
 
     #[tokio::test]
     async fn ports_get_distinct_addresses_and_macs_and_give_them_back() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/29").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/29").await;
         let net = network.meta.id.clone();
         let mut ports = Vec::new();
         for _ in 0..5 {
@@ -726,7 +702,7 @@ mod tests {
     #[tokio::test]
     async fn taken_addresses_and_macs_are_409s_and_leave_nothing() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/24").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
         let net = network.meta.id.clone();
         let fixed = json!([{"subnet_id": subnet.meta.id, "ip_address": "10.0.0.7"}]);
         let first = controller
@@ -794,7 +770,7 @@ mod tests {
     #[tokio::test]
     async fn a_fixed_ip_change_releases_the_old_address() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/24").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
         let created = controller
             .create_ports(&[port(
                 json!({"network_id": network.meta.id, "fixed_ips": [{"ip_address": "10.0.0.5"}]}),
@@ -843,7 +819,7 @@ mod tests {
     async fn concurrent_creates_and_deletes_never_share_an_address() {
         let (_dir, controller) = controller();
         let controller = Arc::new(controller);
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/26").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/26").await;
         let tasks: Vec<_> = (0..16)
             .map(|n| {
                 let controller = controller.clone();

@@ -442,3 +442,328 @@ impl Controller {
         Ok(port)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{body::resource, model::Network, service::testing::*};
+
+    fn create(body: Value) -> RouterCreate {
+        RouterCreate::parse(resource(&json!({ "router": body }), "router").unwrap()).unwrap()
+    }
+
+    fn subnet(id: &str) -> InterfaceRequest {
+        InterfaceRequest::Subnet(id.into())
+    }
+
+    #[tokio::test]
+    async fn a_gateway_is_a_port_on_an_external_network() {
+        let (_dir, controller) = controller();
+        let (external, public) = network_with_subnet(
+            &controller,
+            json!({"router:external": true}),
+            "203.0.113.0/28",
+        )
+        .await;
+        let (internal, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let before = snapshot(&controller).await;
+        let error = controller
+            .create_router(create(
+                json!({"external_gateway_info": {"network_id": internal.meta.id}}),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (400, "BadRequest"));
+        assert!(error.message.contains("not an external network"), "{error}");
+        assert_eq!(snapshot(&controller).await, before);
+
+        let router = controller
+            .create_router(create(json!({"name": "r", "external_gateway_info": {
+                "network_id": external.meta.id, "external_fixed_ips": [{"ip_address": "203.0.113.5"}],
+            }})))
+            .await
+            .unwrap();
+        let gateway = router.gateway.clone().unwrap();
+        assert!(gateway.enable_snat);
+        assert_eq!(
+            gateway.external_fixed_ips[0].ip_address.to_string(),
+            "203.0.113.5"
+        );
+        let port = controller.show::<Port>(&gateway.port_id).await.unwrap();
+        assert_eq!(
+            (port.device_owner.as_str(), port.device_id.as_str()),
+            (ROUTER_GATEWAY, router.meta.id.as_str())
+        );
+        assert!(
+            port.security_groups.is_empty(),
+            "a router's port is trusted"
+        );
+        let error = controller
+            .delete_port(&port.meta.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "L3PortInUse"));
+        let error = controller
+            .delete_network(&external.meta.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "NetworkInUse"));
+
+        // SNAT off, then the gateway cleared: its port and address go.
+        let update = |body: Value| {
+            RouterUpdate::parse(resource(&json!({ "router": body }), "router").unwrap()).unwrap()
+        };
+        let snat = json!({"external_gateway_info": {"network_id": external.meta.id, "enable_snat": false}});
+        let updated = controller
+            .update_router(&router.meta.id, update(snat), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            updated
+                .gateway
+                .as_ref()
+                .map(|g| (g.enable_snat, g.port_id.clone())),
+            Some((false, gateway.port_id.clone()))
+        );
+        let cleared = controller
+            .update_router(
+                &router.meta.id,
+                update(json!({"external_gateway_info": {}})),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(cleared.gateway, None);
+        assert_eq!(controller.allocated(&public.meta.id).await.unwrap(), 0);
+        controller
+            .delete_router(&router.meta.id, None)
+            .await
+            .unwrap();
+        for network in [&external, &internal] {
+            controller
+                .delete_network(&network.meta.id, None)
+                .await
+                .unwrap();
+        }
+        let left = leftovers(&controller).await;
+        assert!(left.is_empty(), "left: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn interfaces_come_and_go_and_leave_no_key() {
+        let (_dir, controller) = controller();
+        let (_, inside) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let router = controller
+            .create_router(create(json!({"name": "r"})))
+            .await
+            .unwrap();
+        let id = router.meta.id.as_str();
+        let port = controller
+            .add_router_interface(id, &subnet(&inside.meta.id))
+            .await
+            .unwrap();
+        assert_eq!(port.fixed_ips[0].ip_address, inside.gateway_ip.unwrap());
+        assert_eq!(
+            (port.device_owner.as_str(), port.device_id.as_str()),
+            (ROUTER_INTERFACE, id)
+        );
+        assert_eq!(
+            controller.show::<Router>(id).await.unwrap().interfaces,
+            std::slice::from_ref(&port.meta.id)
+        );
+
+        let before = snapshot(&controller).await;
+        let error = controller
+            .add_router_interface(id, &subnet(&inside.meta.id))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (400, "BadRequest"));
+        assert!(
+            error.message.contains("already has a port on subnet"),
+            "{error}"
+        );
+        let other = controller
+            .create_router(create(json!({"name": "other"})))
+            .await
+            .unwrap();
+        let before_other = snapshot(&controller).await;
+        let error = controller
+            .add_router_interface(&other.meta.id, &subnet(&inside.meta.id))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (409, "IpAddressAlreadyAllocated")
+        );
+        assert_eq!(snapshot(&controller).await, before_other);
+        controller
+            .delete_router(&other.meta.id, None)
+            .await
+            .unwrap();
+        assert_eq!(snapshot(&controller).await, before);
+        for (action, kind) in [
+            (controller.delete_router(id, None).await, "RouterInUse"),
+            (
+                controller.delete_port(&port.meta.id, None).await,
+                "L3PortInUse",
+            ),
+            (
+                controller.delete_subnet(&inside.meta.id, None).await,
+                "SubnetInUse",
+            ),
+        ] {
+            let error = action.unwrap_err();
+            assert_eq!((error.status, error.kind), (409, kind));
+        }
+        assert_eq!(
+            snapshot(&controller).await,
+            before,
+            "refused: nothing written"
+        );
+
+        // A subnet without a gateway, or overlapping one of the router's.
+        let create_subnet = |body: Value| {
+            crate::model::subnet::SubnetCreate::parse(
+                resource(&json!({ "subnet": body }), "subnet").unwrap(),
+            )
+            .unwrap()
+        };
+        let (elsewhere, _) = network_with_subnet(&controller, json!({}), "10.1.0.0/24").await;
+        let bare = controller
+            .create_subnet(create_subnet(
+                json!({"network_id": elsewhere.meta.id, "cidr": "10.2.0.0/24", "gateway_ip": null}),
+            ))
+            .await
+            .unwrap();
+        let (_, overlapping) = network_with_subnet(&controller, json!({}), "10.0.0.0/16").await;
+        let before = snapshot(&controller).await;
+        for (request, words) in [
+            (&bare, "must have a gateway IP"),
+            (&overlapping, "overlaps"),
+        ] {
+            let error = controller
+                .add_router_interface(id, &subnet(&request.meta.id))
+                .await
+                .unwrap_err();
+            assert_eq!((error.status, error.kind), (400, "BadRequest"));
+            assert!(error.message.contains(words), "{error}");
+        }
+        assert_eq!(snapshot(&controller).await, before);
+
+        // A client's port as an interface.
+        let mine = controller
+            .create_ports(&[crate::service::testing::port(
+                json!({"network_id": elsewhere.meta.id}),
+            )])
+            .await
+            .unwrap();
+        let taken = controller
+            .add_router_interface(id, &InterfaceRequest::Port(mine[0].meta.id.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (taken.meta.id.as_str(), taken.device_owner.as_str()),
+            (mine[0].meta.id.as_str(), ROUTER_INTERFACE)
+        );
+        let error = controller
+            .add_router_interface(
+                &controller
+                    .create_router(create(json!({})))
+                    .await
+                    .unwrap()
+                    .meta
+                    .id,
+                &InterfaceRequest::Port(taken.meta.id.clone()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "PortInUse"));
+
+        // Removed by subnet and by port: the ports go.
+        let error = controller
+            .remove_router_interface(id, &subnet(&bare.meta.id))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (404, "RouterInterfaceNotFoundForSubnet")
+        );
+        let error = controller
+            .remove_router_interface(id, &InterfaceRequest::Port("nope".into()))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (404, "RouterInterfaceNotFound"));
+        let removed = controller
+            .remove_router_interface(id, &subnet(&inside.meta.id))
+            .await
+            .unwrap();
+        assert_eq!(removed.meta.id, port.meta.id);
+        controller
+            .remove_router_interface(id, &InterfaceRequest::Port(taken.meta.id.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            controller
+                .show::<Port>(&taken.meta.id)
+                .await
+                .unwrap_err()
+                .status,
+            404
+        );
+        for router in controller.list::<Router>().await.unwrap() {
+            controller
+                .delete_router(&router.meta.id, None)
+                .await
+                .unwrap();
+        }
+        for network in controller.list::<Network>().await.unwrap() {
+            controller
+                .delete_network(&network.meta.id, None)
+                .await
+                .unwrap();
+        }
+        let left = leftovers(&controller).await;
+        assert!(left.is_empty(), "left: {left:?}");
+    }
+
+    /// Routers racing for one subnet: one gets it, the others are told
+    /// its gateway address is taken; one interface port in the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_routers_share_no_subnet() {
+        let (_dir, controller) = controller();
+        let controller = Arc::new(controller);
+        let (_, inside) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let router = controller.create_router(create(json!({}))).await.unwrap();
+            let controller = controller.clone();
+            let request = subnet(&inside.meta.id);
+            tasks.push(tokio::spawn(async move {
+                controller
+                    .add_router_interface(&router.meta.id, &request)
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(error) => assert_eq!(error.kind, "IpAddressAlreadyAllocated"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(controller.list::<Port>().await.unwrap().len(), 1);
+        let with_interfaces = controller
+            .list::<Router>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|router| !router.interfaces.is_empty())
+            .count();
+        assert_eq!(with_interfaces, 1);
+    }
+}

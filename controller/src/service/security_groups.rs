@@ -438,3 +438,391 @@ impl Controller {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        body::resource,
+        model::port::PortCreate,
+        service::{Policy, testing::*},
+    };
+
+    fn group(body: Value) -> SecurityGroupCreate {
+        SecurityGroupCreate::parse(
+            resource(&json!({ "security_group": body }), "security_group").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn rule(group_id: &str, body: Value) -> RuleCreate {
+        let mut body = body;
+        body["security_group_id"] = json!(group_id);
+        RuleCreate::parse(
+            resource(
+                &json!({ "security_group_rule": body }),
+                "security_group_rule",
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// The project's groups named `default`, as stored.
+    async fn default_groups(controller: &Controller, project: &str) -> Vec<SecurityGroup> {
+        let mut groups = controller.list::<SecurityGroup>().await.unwrap();
+        groups.retain(|group| group.is_default() && group.meta.project_id == project);
+        groups
+    }
+
+    /// Two controllers on one store, each with several requests that need
+    /// the project's default group at once: one group is made, and every
+    /// request uses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_instances_make_one_default_group() {
+        let (_dir, first) = controller();
+        let second = Controller::new(first.store.clone(), Policy::default());
+        let (network, _) =
+            network_with_subnet(&first, json!({"tenant_id": "p"}), "10.0.0.0/24").await;
+        let instances = [Arc::new(first), Arc::new(second)];
+        let tasks: Vec<_> = (0..16)
+            .map(|n| {
+                let controller = instances[n % 2].clone();
+                let net = network.meta.id.clone();
+                tokio::spawn(async move {
+                    if n % 4 < 2 {
+                        controller.ensure_default_group("p").await.unwrap()
+                    } else {
+                        let ports = controller
+                            .create_ports(&[port(json!({"network_id": net}))])
+                            .await
+                            .unwrap();
+                        ports[0].security_groups[0].clone()
+                    }
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap());
+        }
+        let groups = default_groups(&instances[0], "p").await;
+        assert_eq!(groups.len(), 1, "one default group");
+        assert!(ids.iter().all(|id| *id == groups[0].meta.id), "{ids:?}");
+        assert_eq!(groups[0].rules.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn ports_take_the_default_group_and_a_group_in_use_stays() {
+        let (_dir, controller) = controller();
+        let (network, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let net = network.meta.id.clone();
+        let create = |body: Value| {
+            let mut body = body;
+            body["network_id"] = json!(net);
+            port(body)
+        };
+        let plain = controller.create_ports(&[create(json!({}))]).await.unwrap();
+        let default = default_groups(&controller, &network.meta.project_id).await;
+        assert_eq!(plain[0].security_groups, [default[0].meta.id.clone()]);
+        let open = controller
+            .create_ports(&[create(json!({"port_security_enabled": false}))])
+            .await
+            .unwrap();
+        assert!(open[0].security_groups.is_empty());
+
+        let before = snapshot(&controller).await;
+        let error = controller
+            .create_ports(&[create(json!({"security_groups": ["nope"]}))])
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
+        assert_eq!(
+            snapshot(&controller).await,
+            before,
+            "refused: nothing written"
+        );
+        let web = controller
+            .create_security_group(group(json!({"name": "web"})))
+            .await
+            .unwrap();
+        let before = snapshot(&controller).await;
+        let error = controller
+            .create_ports(&[create(
+                json!({"security_groups": [web.meta.id], "port_security_enabled": false}),
+            )])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (400, "PortSecurityAndIPRequiredForSecurityGroups")
+        );
+        assert_eq!(
+            snapshot(&controller).await,
+            before,
+            "refused: nothing written"
+        );
+        let twice = controller
+            .create_ports(&[create(
+                json!({"security_groups": [web.meta.id, web.meta.id]}),
+            )])
+            .await
+            .unwrap();
+        assert_eq!(twice[0].security_groups, std::slice::from_ref(&web.meta.id));
+
+        // In use: refused, and the store as it was (the mark undone).
+        let before = snapshot(&controller).await;
+        let error = controller
+            .delete_security_group(&web.meta.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "SecurityGroupInUse"));
+        let error = controller
+            .delete_security_group(&default[0].meta.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (409, "SecurityGroupCannotRemoveDefault")
+        );
+        let update = |body: Value| {
+            PortUpdate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
+        };
+        let error = controller
+            .update_port(
+                &twice[0].meta.id,
+                &update(json!({"port_security_enabled": false})),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.kind),
+            (409, "PortSecurityPortHasSecurityGroup")
+        );
+        assert_eq!(snapshot(&controller).await, before);
+
+        let moved = controller
+            .update_port(
+                &twice[0].meta.id,
+                &update(json!({"security_groups": []})),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(moved.security_groups.is_empty());
+        controller
+            .delete_security_group(&web.meta.id, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            controller
+                .show::<SecurityGroup>(&web.meta.id)
+                .await
+                .unwrap_err()
+                .status,
+            404
+        );
+        for port in [&plain[0], &open[0], &twice[0]] {
+            controller.delete_port(&port.meta.id, None).await.unwrap();
+        }
+        assert!(
+            controller
+                .store
+                .list("/alcor/sg-port/")
+                .await
+                .unwrap()
+                .is_empty(),
+            "no port left in a group"
+        );
+    }
+
+    #[tokio::test]
+    async fn rules_are_unique_and_go_with_their_groups() {
+        let (_dir, controller) = controller();
+        let web = controller
+            .create_security_group(group(json!({"name": "web"})))
+            .await
+            .unwrap();
+        let db = controller
+            .create_security_group(group(json!({"name": "db"})))
+            .await
+            .unwrap();
+        let ssh = json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22});
+        let first = controller
+            .create_rule(rule(&web.meta.id, ssh.clone()))
+            .await
+            .unwrap();
+        assert_eq!(controller.show_rule(&first.meta.id).await.unwrap(), first);
+        let shown = controller
+            .show::<SecurityGroup>(&web.meta.id)
+            .await
+            .unwrap();
+        assert_eq!(shown.rules.len(), 3, "two egress rules and ssh");
+        assert_eq!(shown.meta.revision_number, 2, "a rule changes its group");
+
+        let before = snapshot(&controller).await;
+        let error = controller
+            .create_rule(rule(&web.meta.id, ssh.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (409, "SecurityGroupRuleExists"));
+        assert!(error.message.contains(&first.meta.id), "{error}");
+        let error = controller
+            .create_rule(rule(
+                &web.meta.id,
+                json!({"direction": "ingress", "remote_group_id": "nope"}),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
+        let error = controller
+            .create_rule(rule("nope", ssh.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
+        assert_eq!(snapshot(&controller).await, before);
+
+        // db lets web in: deleting web takes that rule too.
+        let from_web = controller
+            .create_rule(rule(
+                &db.meta.id,
+                json!({"direction": "ingress", "remote_group_id": web.meta.id}),
+            ))
+            .await
+            .unwrap();
+        controller
+            .delete_security_group(&web.meta.id, None)
+            .await
+            .unwrap();
+        let db_now = controller.show::<SecurityGroup>(&db.meta.id).await.unwrap();
+        assert!(
+            db_now
+                .rules
+                .iter()
+                .all(|rule| rule.meta.id != from_web.meta.id)
+        );
+        for gone in [&first, &from_web] {
+            let error = controller.show_rule(&gone.meta.id).await.unwrap_err();
+            assert_eq!(
+                (error.status, error.kind),
+                (404, "SecurityGroupRuleNotFound")
+            );
+        }
+        let egress = db_now.rules[0].meta.id.clone();
+        controller.delete_rule(&egress, None).await.unwrap();
+        assert_eq!(
+            controller
+                .show::<SecurityGroup>(&db.meta.id)
+                .await
+                .unwrap()
+                .rules
+                .len(),
+            1
+        );
+        let listed = controller.rules().await.unwrap();
+        assert!(listed.iter().all(|rule| rule.meta.id != egress));
+    }
+
+    /// The same rule, many times at once: one is made, the others are
+    /// told it exists.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_identical_rules_make_one() {
+        let (_dir, controller) = controller();
+        let controller = Arc::new(controller);
+        let web = controller
+            .create_security_group(group(json!({"name": "web"})))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..12)
+            .map(|n| {
+                let controller = controller.clone();
+                // Numbers and names of one protocol are one rule.
+                let protocol = if n % 2 == 0 { json!("udp") } else { json!(17) };
+                let create = rule(
+                    &web.meta.id,
+                    json!({"direction": "ingress", "protocol": protocol}),
+                );
+                tokio::spawn(async move { controller.create_rule(create).await })
+            })
+            .collect();
+        let mut made = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => made += 1,
+                Err(error) => assert_eq!(error.kind, "SecurityGroupRuleExists"),
+            }
+        }
+        assert_eq!(made, 1);
+        let group = controller
+            .show::<SecurityGroup>(&web.meta.id)
+            .await
+            .unwrap();
+        assert_eq!(group.rules.len(), 3);
+        assert_eq!(
+            controller
+                .store
+                .list("/alcor/sg-rule/")
+                .await
+                .unwrap()
+                .len(),
+            3 + 4
+        );
+    }
+
+    /// Ports joining a group while it is deleted: either the port is made
+    /// and the delete refused, or the group goes and the port is refused;
+    /// never a port in a group that is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_group_never_goes_from_under_a_port() {
+        let (_dir, controller) = controller();
+        let controller = Arc::new(controller);
+        let (network, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        for _ in 0..10 {
+            let web = controller
+                .create_security_group(group(json!({"name": "web"})))
+                .await
+                .unwrap();
+            let create: PortCreate =
+                port(json!({"network_id": network.meta.id, "security_groups": [web.meta.id]}));
+            let creating = {
+                let controller = controller.clone();
+                tokio::spawn(async move { controller.create_ports(&[create]).await })
+            };
+            let deleting = {
+                let controller = controller.clone();
+                let id = web.meta.id.clone();
+                tokio::spawn(async move { controller.delete_security_group(&id, None).await })
+            };
+            let (created, deleted) = (creating.await.unwrap(), deleting.await.unwrap());
+            match (&created, &deleted) {
+                (Ok(ports), Err(error)) => {
+                    assert_eq!(error.kind, "SecurityGroupInUse");
+                    controller
+                        .delete_port(&ports[0].meta.id, None)
+                        .await
+                        .unwrap();
+                    controller
+                        .delete_security_group(&web.meta.id, None)
+                        .await
+                        .unwrap();
+                }
+                (Err(error), Ok(())) => assert_eq!(error.kind, "SecurityGroupNotFound"),
+                other => panic!("both or neither: {other:?}"),
+            }
+        }
+        assert!(controller.list::<Port>().await.unwrap().is_empty());
+        assert!(
+            controller
+                .store
+                .list("/alcor/sg-port/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

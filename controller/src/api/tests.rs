@@ -327,6 +327,21 @@ async fn a_token_guards_everything() {
 }
 
 impl Client {
+    /// Sends a request that must be refused with Neutron's `kind`; the
+    /// error body.
+    async fn refused(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        status: StatusCode,
+        kind: &str,
+    ) -> Value {
+        let (got, answer) = self.call(method, uri, body).await;
+        assert_eq!((got, error_type(&answer)), (status, kind), "{answer}");
+        answer
+    }
+
     /// Creates a resource; the created object (`{"network": {...}}`'s
     /// inside).
     async fn create(&self, collection: &str, kind: &str, body: Value) -> Value {
@@ -408,22 +423,28 @@ async fn routers_and_interfaces_as_the_cli_drives_them() {
     assert_eq!(info["project_id"], info["tenant_id"]);
 
     let before = client.snapshot().await;
-    let (status, body) = client
-        .call("PUT", &add, Some(json!({"subnet_id": inside})))
+    let body = client
+        .refused(
+            "PUT",
+            &add,
+            Some(json!({"subnet_id": inside})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::BAD_REQUEST, "BadRequest")
-    );
     assert_eq!(
         body["NeutronError"]["message"],
         format!("Bad router request: Router already has a port on subnet {inside}.")
     );
-    let (status, body) = client.call("PUT", &add, Some(json!({}))).await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::BAD_REQUEST, "BadRequest")
-    );
+    client
+        .refused(
+            "PUT",
+            &add,
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        )
+        .await;
     let (status, body) = client
         .call("DELETE", &format!("/v2.0/ports/{port_id}"), None)
         .await;
@@ -437,13 +458,15 @@ async fn routers_and_interfaces_as_the_cli_drives_them() {
             "Port {port_id} cannot be deleted directly via the port API: has device owner network:router_interface."
         )
     );
-    let (status, body) = client
-        .call("DELETE", &format!("/v2.0/routers/{router_id}"), None)
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/routers/{router_id}"),
+            None,
+            StatusCode::CONFLICT,
+            "RouterInUse",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::CONFLICT, "RouterInUse")
-    );
     assert_eq!(client.snapshot().await, before, "refused: nothing written");
 
     // What `openstack router show` lists as its interfaces.
@@ -469,20 +492,24 @@ async fn routers_and_interfaces_as_the_cli_drives_them() {
         (status, info["port_id"].as_str()),
         (StatusCode::OK, Some(port_id.as_str()))
     );
-    let (status, body) = client
-        .call("PUT", &remove, Some(json!({"subnet_id": inside})))
+    client
+        .refused(
+            "PUT",
+            &remove,
+            Some(json!({"subnet_id": inside})),
+            StatusCode::NOT_FOUND,
+            "RouterInterfaceNotFoundForSubnet",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "RouterInterfaceNotFoundForSubnet")
-    );
-    let (status, body) = client
-        .call("PUT", &remove, Some(json!({"port_id": port_id})))
+    client
+        .refused(
+            "PUT",
+            &remove,
+            Some(json!({"port_id": port_id})),
+            StatusCode::NOT_FOUND,
+            "RouterInterfaceNotFound",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "RouterInterfaceNotFound")
-    );
     let (status, _) = client
         .call(
             "PUT",
@@ -495,13 +522,15 @@ async fn routers_and_interfaces_as_the_cli_drives_them() {
         .call("DELETE", &format!("/v2.0/routers/{router_id}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = client
-        .call("GET", &format!("/v2.0/routers/{router_id}"), None)
+    client
+        .refused(
+            "GET",
+            &format!("/v2.0/routers/{router_id}"),
+            None,
+            StatusCode::NOT_FOUND,
+            "RouterNotFound",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "RouterNotFound")
-    );
     let (_, ports) = client.call("GET", "/v2.0/ports", None).await;
     assert_eq!(ports["ports"], json!([]), "the router's ports went with it");
 }
@@ -552,25 +581,17 @@ async fn security_groups_as_the_cli_drives_them() {
     );
     assert_eq!(rule["remote_group_id"], Value::Null);
     let before = client.snapshot().await;
-    let (status, body) = client
-        .call(
+    client
+        .refused(
             "POST",
             "/v2.0/security-group-rules",
             Some(json!({"security_group_rule": ssh})),
+            StatusCode::CONFLICT,
+            "SecurityGroupRuleExists",
         )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::CONFLICT, "SecurityGroupRuleExists")
-    );
-    let (status, body) = client
-        .call("POST", "/v2.0/security-group-rules", Some(json!({"security_group_rule": {
-            "security_group_id": web_id, "direction": "ingress", "protocol": "icmp", "port_range_min": 300}})))
-        .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::BAD_REQUEST, "SecurityGroupInvalidIcmpValue")
-    );
+    client.refused("POST", "/v2.0/security-group-rules", Some(json!({"security_group_rule": {
+            "security_group_id": web_id, "direction": "ingress", "protocol": "icmp", "port_range_min": 300}})), StatusCode::BAD_REQUEST, "SecurityGroupInvalidIcmpValue").await;
     assert_eq!(client.snapshot().await, before);
     let (status, shown) = client
         .call(
@@ -606,31 +627,33 @@ async fn security_groups_as_the_cli_drives_them() {
         )
         .await;
     assert_eq!(served["security_groups"], json!([web_id]));
-    let (status, body) = client
-        .call(
+    client
+        .refused(
             "POST",
             "/v2.0/ports",
             Some(json!({"port": {"network_id": network, "security_groups": ["nope"]}})),
+            StatusCode::NOT_FOUND,
+            "SecurityGroupNotFound",
         )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "SecurityGroupNotFound")
-    );
-    let (status, body) = client
-        .call("DELETE", &format!("/v2.0/security-groups/{web_id}"), None)
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/security-groups/{web_id}"),
+            None,
+            StatusCode::CONFLICT,
+            "SecurityGroupInUse",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::CONFLICT, "SecurityGroupInUse")
-    );
-    let (status, body) = client
-        .call("DELETE", &format!("/v2.0/security-groups/{default}"), None)
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/security-groups/{default}"),
+            None,
+            StatusCode::CONFLICT,
+            "SecurityGroupCannotRemoveDefault",
+        )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::CONFLICT, "SecurityGroupCannotRemoveDefault")
-    );
 
     let (status, _) = client
         .call(
@@ -640,17 +663,15 @@ async fn security_groups_as_the_cli_drives_them() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = client
-        .call(
+    client
+        .refused(
             "GET",
             &format!("/v2.0/security-group-rules/{rule_id}"),
             None,
+            StatusCode::NOT_FOUND,
+            "SecurityGroupRuleNotFound",
         )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "SecurityGroupRuleNotFound")
-    );
     let (status, _) = client
         .call("DELETE", &format!("/v2.0/ports/{}", id(&served)), None)
         .await;
@@ -689,17 +710,15 @@ async fn floating_ips_as_the_cli_drives_them() {
         .await;
     let vm_id = id(&vm);
 
-    let (status, body) = client
-        .call(
+    client
+        .refused(
             "POST",
             "/v2.0/floatingips",
             Some(json!({"floatingip": {"floating_network_id": internal}})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
         )
         .await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::BAD_REQUEST, "BadRequest")
-    );
     let fip = client
         .create(
             "floatingips",
@@ -747,11 +766,15 @@ async fn floating_ips_as_the_cli_drives_them() {
 
     let (status, _) = client.call("DELETE", &uri, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = client.call("GET", &uri, None).await;
-    assert_eq!(
-        (status, error_type(&body)),
-        (StatusCode::NOT_FOUND, "FloatingIPNotFound")
-    );
+    client
+        .refused(
+            "GET",
+            &uri,
+            None,
+            StatusCode::NOT_FOUND,
+            "FloatingIPNotFound",
+        )
+        .await;
     let (_, ports) = client
         .call("GET", &format!("/v2.0/ports?network_id={external}"), None)
         .await;

@@ -48,15 +48,9 @@ impl Resource for FloatingIp {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
-        view.remove("name");
         let association = self.association.as_ref();
-        let Value::Object(rest) = json!({
+        self.meta.unnamed_view_with(json!({
             "floating_network_id": self.floating_network_id,
             "floating_ip_address": self.floating_ip_address.to_string(),
             "port_id": association.map(|a| &a.port_id),
@@ -64,11 +58,7 @@ impl Resource for FloatingIp {
             "router_id": association.map(|a| &a.router_id),
             // Until the datapath enforces it.
             "status": "DOWN",
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 

@@ -54,18 +54,13 @@ impl Resource for Port {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
         let vif_type = if self.binding_host_id.is_empty() {
             "unbound"
         } else {
             "tap"
         };
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "network_id": self.network_id,
             "mac_address": self.mac_address.to_string(),
             "fixed_ips": self.fixed_ips.iter().map(|fixed| json!({
@@ -90,11 +85,7 @@ impl Resource for Port {
             "dns_name": "",
             "dns_assignment": [],
             "propagate_uplink_status": false,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 

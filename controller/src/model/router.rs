@@ -50,12 +50,7 @@ impl Resource for Router {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
         let gateway = self.gateway.as_ref().map(|gateway| {
             json!({
                 "network_id": gateway.network_id,
@@ -65,18 +60,14 @@ impl Resource for Router {
                 })).collect::<Vec<_>>(),
             })
         });
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "admin_state_up": self.admin_state_up,
             "status": "ACTIVE",
             "external_gateway_info": gateway,
             "routes": [],
             "availability_zone_hints": [],
             "availability_zones": [],
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 

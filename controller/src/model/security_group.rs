@@ -83,12 +83,9 @@ impl Ethertype {
     }
 }
 
+/// What a rule lets through.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rule {
-    /// Rules have no name: `meta.name` stays empty and is not shown.
-    #[serde(flatten)]
-    pub meta: Meta,
-    pub security_group_id: String,
+pub struct Traffic {
     pub direction: Direction,
     pub ethertype: Ethertype,
     /// As given: a name in lower case, or a number; `None`: any.
@@ -99,6 +96,16 @@ pub struct Rule {
     pub remote_group_id: Option<String>,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Rules have no name: `meta.name` stays empty and is not shown.
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub security_group_id: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
 impl Resource for Rule {
     const KIND: &'static str = "security_group_rule";
 
@@ -106,36 +113,27 @@ impl Resource for Rule {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
-        view.remove("name");
-        let Value::Object(rest) = json!({
+        let traffic = &self.traffic;
+        self.meta.unnamed_view_with(json!({
             "security_group_id": self.security_group_id,
-            "direction": self.direction.name(),
-            "ethertype": self.ethertype.name(),
-            "protocol": self.protocol,
-            "port_range_min": self.port_range_min,
-            "port_range_max": self.port_range_max,
-            "remote_ip_prefix": self.remote_ip_prefix.map(|prefix| prefix.to_string()),
-            "normalized_cidr": self.remote_ip_prefix.map(|prefix| prefix.trunc().to_string()),
-            "remote_group_id": self.remote_group_id,
+            "direction": traffic.direction.name(),
+            "ethertype": traffic.ethertype.name(),
+            "protocol": traffic.protocol,
+            "port_range_min": traffic.port_range_min,
+            "port_range_max": traffic.port_range_max,
+            "remote_ip_prefix": traffic.remote_ip_prefix.map(|prefix| prefix.to_string()),
+            "normalized_cidr": traffic.remote_ip_prefix.map(|prefix| prefix.trunc().to_string()),
+            "remote_group_id": traffic.remote_group_id,
             "remote_address_group_id": null,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 
-impl Rule {
+impl Traffic {
     /// Whether the two rules let the same traffic through (Neutron's
     /// duplicate): the protocol by number, the prefix by its network.
-    pub fn same_as(&self, other: &Rule) -> bool {
+    pub fn same_as(&self, other: &Traffic) -> bool {
         self.direction == other.direction
             && self.ethertype == other.ethertype
             && self.protocol.as_deref().map(protocol_number)
@@ -175,21 +173,12 @@ impl Resource for SecurityGroup {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "security_group_rules": self.rules.iter().map(Resource::view).collect::<Vec<_>>(),
             "stateful": true,
             "shared": false,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 
@@ -209,13 +198,15 @@ impl SecurityGroup {
                 group.rules.push(Rule {
                     meta: Meta::new(String::new(), String::new(), group.meta.project_id.clone()),
                     security_group_id: id.clone(),
-                    direction,
-                    ethertype,
-                    protocol: None,
-                    port_range_min: None,
-                    port_range_max: None,
-                    remote_ip_prefix: None,
-                    remote_group_id,
+                    traffic: Traffic {
+                        direction,
+                        ethertype,
+                        protocol: None,
+                        port_range_min: None,
+                        port_range_max: None,
+                        remote_ip_prefix: None,
+                        remote_group_id,
+                    },
                 })
             };
             rule(Direction::Egress, None);
@@ -322,13 +313,7 @@ pub struct RuleCreate {
     pub description: String,
     pub project_id: Option<String>,
     pub security_group_id: String,
-    pub direction: Direction,
-    pub ethertype: Ethertype,
-    pub protocol: Option<String>,
-    pub port_range_min: Option<u32>,
-    pub port_range_max: Option<u32>,
-    pub remote_ip_prefix: Option<IpNet>,
-    pub remote_group_id: Option<String>,
+    pub traffic: Traffic,
 }
 
 fn required(attrs: &mut Attrs, name: &str) -> ApiResult<String> {
@@ -433,19 +418,36 @@ impl RuleCreate {
             description: attrs.text("description", MAX_TEXT)?.unwrap_or_default(),
             project_id: super::network::project(&mut attrs)?,
             security_group_id,
-            direction,
-            ethertype,
-            protocol: protocol(&mut attrs)?,
-            port_range_min: port(&mut attrs, "port_range_min")?,
-            port_range_max: port(&mut attrs, "port_range_max")?,
-            remote_ip_prefix,
-            remote_group_id: attrs.string("remote_group_id")?,
+            traffic: Traffic {
+                direction,
+                ethertype,
+                protocol: protocol(&mut attrs)?,
+                port_range_min: port(&mut attrs, "port_range_min")?,
+                port_range_max: port(&mut attrs, "port_range_max")?,
+                remote_ip_prefix,
+                remote_group_id: attrs.string("remote_group_id")?,
+            },
         };
         attrs.finish()?;
-        create.validate()?;
+        create.traffic.validate()?;
         Ok(create)
     }
 
+    /// The rule it makes, of the group's project unless it names one.
+    pub fn rule(&self, group_project: &str) -> Rule {
+        let project = self
+            .project_id
+            .clone()
+            .unwrap_or_else(|| group_project.to_string());
+        Rule {
+            meta: Meta::new(String::new(), self.description.clone(), project),
+            security_group_id: self.security_group_id.clone(),
+            traffic: self.traffic.clone(),
+        }
+    }
+}
+
+impl Traffic {
     /// Neutron's checks of a rule on its own.
     fn validate(&self) -> ApiResult<()> {
         if self.remote_ip_prefix.is_some() && self.remote_group_id.is_some() {
@@ -545,25 +547,6 @@ impl RuleCreate {
             ),
         ))
     }
-
-    /// The rule it makes, of the group's project unless it names one.
-    pub fn rule(&self, group_project: &str) -> Rule {
-        let project = self
-            .project_id
-            .clone()
-            .unwrap_or_else(|| group_project.to_string());
-        Rule {
-            meta: Meta::new(String::new(), self.description.clone(), project),
-            security_group_id: self.security_group_id.clone(),
-            direction: self.direction,
-            ethertype: self.ethertype,
-            protocol: self.protocol.clone(),
-            port_range_min: self.port_range_min,
-            port_range_max: self.port_range_max,
-            remote_ip_prefix: self.remote_ip_prefix,
-            remote_group_id: self.remote_group_id.clone(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -590,20 +573,21 @@ mod tests {
             plain
                 .rules
                 .iter()
-                .all(|rule| rule.direction == Direction::Egress)
+                .all(|rule| rule.traffic.direction == Direction::Egress)
         );
         let default =
             SecurityGroup::new(Meta::new(DEFAULT_GROUP.into(), String::new(), "p".into()));
         let ingress: Vec<&Rule> = default
             .rules
             .iter()
-            .filter(|rule| rule.direction == Direction::Ingress)
+            .filter(|rule| rule.traffic.direction == Direction::Ingress)
             .collect();
         assert_eq!(ingress.len(), 2);
         assert!(
             ingress
                 .iter()
-                .all(|rule| rule.remote_group_id.as_deref() == Some(default.meta.id.as_str()))
+                .all(|rule| rule.traffic.remote_group_id.as_deref()
+                    == Some(default.meta.id.as_str()))
         );
         let view = default.view();
         assert_eq!(view["security_group_rules"].as_array().unwrap().len(), 4);
@@ -616,24 +600,24 @@ mod tests {
         let ssh = rule(json!({"direction": "ingress", "protocol": "TCP",
             "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.0.0.1/8"}))
         .unwrap();
-        assert_eq!(ssh.protocol.as_deref(), Some("tcp"));
-        assert_eq!(ssh.ethertype, Ethertype::IPv4);
+        assert_eq!(ssh.traffic.protocol.as_deref(), Some("tcp"));
+        assert_eq!(ssh.traffic.ethertype, Ethertype::IPv4);
         let view = ssh.rule("p").view();
         assert_eq!(view["normalized_cidr"], "10.0.0.0/8");
         assert_eq!(view["remote_ip_prefix"], "10.0.0.1/8");
         let six = rule(json!({"direction": "ingress", "protocol": 6,
             "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.9.9.9/8"}))
         .unwrap();
-        assert_eq!(six.protocol.as_deref(), Some("6"));
+        assert_eq!(six.traffic.protocol.as_deref(), Some("6"));
         assert!(
-            six.rule("p").same_as(&ssh.rule("p")),
+            six.traffic.same_as(&ssh.traffic),
             "tcp is 6, one /8 is another"
         );
         let ping = rule(json!({"direction": "egress", "protocol": "icmp",
             "port_range_min": 8, "port_range_max": 0, "ethertype": "ipv4"}));
         assert!(ping.is_ok());
         let any = rule(json!({"direction": "egress", "protocol": "any"})).unwrap();
-        assert_eq!(any.protocol, None);
+        assert_eq!(any.traffic.protocol, None);
         let v6 = rule(json!({"direction": "ingress", "ethertype": "IPv6",
             "protocol": "ipv6-icmp", "remote_ip_prefix": "::/0"}));
         assert!(v6.is_ok());

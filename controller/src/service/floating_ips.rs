@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use super::{Controller, Try, check_revision, encode, resource_key, retrying};
+use super::{Controller, Try, check_revision, encode, retrying};
 use crate::{
     error::{ApiError, ApiResult},
     model::{
@@ -334,12 +334,7 @@ impl Controller {
                     );
                 }
                 lists.write(&mut plan.txn);
-                let key = resource_key(FloatingIp::KIND, &fip.meta.id);
-                plan.txn.require_absent(&key).put(key, encode(&fip));
-                if !self.commit_plan(&plan).await? {
-                    return self.diagnose(&plan).await;
-                }
-                Ok(Try::Done(fip))
+                self.commit_created(&mut plan, fip).await
             })
         })
         .await
@@ -551,14 +546,10 @@ mod tests {
             ),
         ];
         for (body, status, kind) in cases {
-            let error = controller
-                .create_floating_ip(create(body.clone()))
-                .await
-                .unwrap_err();
-            assert_eq!(
-                (error.status, error.kind),
-                (status, kind),
-                "{body}: {error}"
+            refused(
+                controller.create_floating_ip(create(body)).await,
+                status,
+                kind,
             );
         }
         // A port no router reaches from the external network.
@@ -568,15 +559,14 @@ mod tests {
             .await
             .unwrap();
         let before_stray = snapshot(&controller).await;
-        let error = controller
-            .create_floating_ip(create(
-                json!({"floating_network_id": ext, "port_id": stray[0].meta.id}),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (404, "ExternalGatewayForFloatingIPNotFound")
+        refused(
+            controller
+                .create_floating_ip(create(
+                    json!({"floating_network_id": ext, "port_id": stray[0].meta.id}),
+                ))
+                .await,
+            404,
+            "ExternalGatewayForFloatingIPNotFound",
         );
         assert_eq!(snapshot(&controller).await, before_stray);
         controller
@@ -594,16 +584,15 @@ mod tests {
         );
 
         // The router's interface and gateway stay while the floating IP needs them.
-        let error = controller
-            .remove_router_interface(
-                &lab.router.meta.id,
-                &InterfaceRequest::Subnet(lab.inside.meta.id.clone()),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (409, "RouterInterfaceInUseByFloatingIP")
+        refused(
+            controller
+                .remove_router_interface(
+                    &lab.router.meta.id,
+                    &InterfaceRequest::Subnet(lab.inside.meta.id.clone()),
+                )
+                .await,
+            409,
+            "RouterInterfaceInUseByFloatingIP",
         );
         let clear = RouterUpdate::parse(
             resource(
@@ -613,19 +602,18 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let error = controller
-            .update_router(&lab.router.meta.id, clear, None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (409, "RouterExternalGatewayInUseByFloatingIp")
+        refused(
+            controller
+                .update_router(&lab.router.meta.id, clear, None)
+                .await,
+            409,
+            "RouterExternalGatewayInUseByFloatingIp",
         );
-        let error = controller
-            .delete_port(&fip.floating_port_id, None)
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "L3PortInUse"));
+        refused(
+            controller.delete_port(&fip.floating_port_id, None).await,
+            409,
+            "L3PortInUse",
+        );
         assert_eq!(snapshot(&controller).await, before);
 
         // Off and on again; then the port goes, and the floating IP stays, on nothing.
@@ -673,18 +661,7 @@ mod tests {
             )
             .await
             .unwrap();
-        controller
-            .delete_router(&lab.router.meta.id, None)
-            .await
-            .unwrap();
-        for network in controller.list::<Network>().await.unwrap() {
-            controller
-                .delete_network(&network.meta.id, None)
-                .await
-                .unwrap();
-        }
-        let left = leftovers(&controller).await;
-        assert!(left.is_empty(), "left: {left:?}");
+        delete_all(&controller).await;
     }
 
     /// Several floating IPs associated with one port at once: one gets
@@ -703,20 +680,20 @@ mod tests {
                 .unwrap();
             fips.push(fip.meta.id);
         }
-        let tasks: Vec<_> = fips
-            .iter()
-            .map(|id| {
-                let (controller, id, port) =
-                    (controller.clone(), id.clone(), lab.vm.meta.id.clone());
-                tokio::spawn(async move {
-                    controller
-                        .update_floating_ip(&id, update(json!({"port_id": port})), None)
-                        .await
+        let associate_all = || -> Vec<_> {
+            fips.iter()
+                .map(|id| {
+                    let (controller, id, port) =
+                        (controller.clone(), id.clone(), lab.vm.meta.id.clone());
+                    tokio::spawn(async move {
+                        let update = update(json!({"port_id": port}));
+                        controller.update_floating_ip(&id, update, None).await
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         let mut won = 0;
-        for task in tasks {
+        for task in associate_all() {
             match task.await.unwrap() {
                 Ok(_) => won += 1,
                 Err(error) => assert_eq!(error.kind, "FloatingIPPortAlreadyAssociated"),
@@ -724,41 +701,21 @@ mod tests {
         }
         assert_eq!(won, 1);
 
-        // Now the port goes while the others try again.
-        let tasks: Vec<_> = fips
-            .iter()
-            .map(|id| {
-                let (controller, id, port) =
-                    (controller.clone(), id.clone(), lab.vm.meta.id.clone());
-                tokio::spawn(async move {
-                    let _ = controller
-                        .update_floating_ip(&id, update(json!({"port_id": port})), None)
-                        .await;
-                })
-            })
-            .collect();
+        // All free again; then they try once more while the port goes.
+        for id in &fips {
+            let free = update(json!({"port_id": null}));
+            controller.update_floating_ip(id, free, None).await.unwrap();
+        }
+        let tasks = associate_all();
         controller.delete_port(&lab.vm.meta.id, None).await.unwrap();
         for task in tasks {
-            task.await.unwrap();
+            // One may get it before the port goes: the delete frees it.
+            let _ = task.await.unwrap();
         }
         for fip in controller.list::<FloatingIp>().await.unwrap() {
             assert_eq!(fip.association, None, "associated with a port that is gone");
         }
-        assert!(
-            controller
-                .store
-                .list("/alcor/port-fip/")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            controller
-                .store
-                .list("/alcor/router-fip/")
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(keys(&controller, "/alcor/port-fip/").await == 0);
+        assert!(keys(&controller, "/alcor/router-fip/").await == 0);
     }
 }

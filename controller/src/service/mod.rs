@@ -185,9 +185,27 @@ impl Controller {
             .collect()
     }
 
-    /// Sets or clears a resource's `deleting` mark (`flag` says where it
-    /// is): the first and, if the resource turns out to be in use, the
-    /// last step of a delete.
+    /// The first step of a delete: marks the resource `deleting` (`flag`
+    /// says where the mark is), then checks that no key is left under
+    /// `users` (those of what uses it); if one is, takes the mark off and
+    /// fails with `in_use`.
+    async fn mark_unused<R: Resource>(
+        &self,
+        id: &str,
+        if_match: Option<u64>,
+        flag: fn(&mut R) -> &mut bool,
+        users: &str,
+        in_use: ApiError,
+    ) -> ApiResult<()> {
+        self.mark(id, if_match, flag, true).await?;
+        if self.store.list(users).await?.is_empty() {
+            return Ok(());
+        }
+        self.mark(id, None, flag, false).await?;
+        Err(in_use)
+    }
+
+    /// Sets or clears a resource's `deleting` mark.
     async fn mark<R: Resource>(
         &self,
         id: &str,
@@ -238,7 +256,9 @@ pub(crate) mod testing {
     use super::*;
     use crate::{
         body::resource,
-        model::{Network, Subnet, network::NetworkCreate, port::PortCreate, subnet::SubnetCreate},
+        model::{
+            Network, Router, Subnet, network::NetworkCreate, port::PortCreate, subnet::SubnetCreate,
+        },
         store::embedded::Embedded,
     };
 
@@ -262,6 +282,14 @@ pub(crate) mod testing {
         .unwrap();
         let subnet = controller.create_subnet(create).await.unwrap();
         (controller.show(&network.meta.id).await.unwrap(), subnet)
+    }
+
+    /// The error a refused request gave, checked to be Neutron's `kind`
+    /// with `status`.
+    pub fn refused<T: std::fmt::Debug>(result: ApiResult<T>, status: u16, kind: &str) -> ApiError {
+        let error = result.expect_err("refused");
+        assert_eq!((error.status, error.kind), (status, kind), "{error}");
+        error
     }
 
     /// A port create of these attributes.
@@ -288,20 +316,38 @@ pub(crate) mod testing {
             .collect()
     }
 
-    /// The keys in the store but those of security groups (a project's
-    /// default group stays once made): what a test that deletes all it
-    /// made expects to be empty.
-    pub async fn leftovers(controller: &Controller) -> Vec<String> {
+    /// How many keys the store has under `prefix`.
+    pub async fn keys(controller: &Controller, prefix: &str) -> usize {
+        controller.store.list(prefix).await.unwrap().len()
+    }
+
+    /// Deletes every router and network (the test has taken away what
+    /// holds them) and checks that the store has nothing left but
+    /// security groups (a project's default group stays once made).
+    pub async fn delete_all(controller: &Controller) {
+        for router in controller.list::<Router>().await.unwrap() {
+            controller
+                .delete_router(&router.meta.id, None)
+                .await
+                .unwrap();
+        }
+        for network in controller.list::<Network>().await.unwrap() {
+            controller
+                .delete_network(&network.meta.id, None)
+                .await
+                .unwrap();
+        }
         let groups = [
             "/alcor/security_group/",
             "/alcor/sg-rule/",
             "/alcor/default-security-group/",
         ];
-        snapshot(controller)
+        let left: Vec<String> = snapshot(controller)
             .await
             .into_iter()
             .map(|(key, _)| key)
             .filter(|key| !groups.iter().any(|prefix| key.starts_with(prefix)))
-            .collect()
+            .collect();
+        assert!(left.is_empty(), "left: {left:?}");
     }
 }

@@ -145,30 +145,16 @@ impl Controller {
 
     /// Deletes a network without ports, and its subnets.
     pub async fn delete_network(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark(
-            id,
-            if_match,
-            |network: &mut Network| &mut network.deleting,
-            true,
-        )
-        .await?;
-        let ports = self.store.list(&ports_prefix(id)).await?;
-        if !ports.is_empty() {
-            self.mark(
-                id,
-                None,
-                |network: &mut Network| &mut network.deleting,
-                false,
-            )
+        let in_use = ApiError::conflict(
+            "NetworkInUse",
+            format!(
+                "Unable to complete operation on network {id}. There are one or more ports still \
+                 in use on the network."
+            ),
+        );
+        let flag: fn(&mut Network) -> &mut bool = |network| &mut network.deleting;
+        self.mark_unused(id, if_match, flag, &ports_prefix(id), in_use)
             .await?;
-            return Err(ApiError::conflict(
-                "NetworkInUse",
-                format!(
-                    "Unable to complete operation on network {id}. There are one or more ports \
-                     still in use on the network."
-                ),
-            ));
-        }
         retrying(|| {
             Box::pin(async move {
                 let (network, entry) = self.load::<Network>(id).await?;

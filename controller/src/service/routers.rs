@@ -9,7 +9,7 @@ use super::{
     Controller, Try, check_revision, encode,
     floating_ips::IdLists,
     ports::{Plan, already_allocated},
-    resource_key, retrying,
+    retrying,
     subnets::ip_key,
 };
 use crate::{
@@ -108,12 +108,7 @@ impl Controller {
                             .await?,
                     );
                 }
-                let key = resource_key(Router::KIND, &router.meta.id);
-                plan.txn.require_absent(&key).put(key, encode(&router));
-                if !self.commit_plan(&plan).await? {
-                    return self.diagnose(&plan).await;
-                }
-                Ok(Try::Done(router))
+                self.commit_created(&mut plan, router).await
             })
         })
         .await
@@ -450,7 +445,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::{body::resource, model::Network, service::testing::*};
+    use crate::{body::resource, service::testing::*};
 
     fn create(body: Value) -> RouterCreate {
         RouterCreate::parse(resource(&json!({ "router": body }), "router").unwrap()).unwrap()
@@ -471,13 +466,15 @@ mod tests {
         .await;
         let (internal, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
         let before = snapshot(&controller).await;
-        let error = controller
-            .create_router(create(
-                json!({"external_gateway_info": {"network_id": internal.meta.id}}),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (400, "BadRequest"));
+        let error = refused(
+            controller
+                .create_router(create(
+                    json!({"external_gateway_info": {"network_id": internal.meta.id}}),
+                ))
+                .await,
+            400,
+            "BadRequest",
+        );
         assert!(error.message.contains("not an external network"), "{error}");
         assert_eq!(snapshot(&controller).await, before);
 
@@ -502,16 +499,16 @@ mod tests {
             port.security_groups.is_empty(),
             "a router's port is trusted"
         );
-        let error = controller
-            .delete_port(&port.meta.id, None)
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "L3PortInUse"));
-        let error = controller
-            .delete_network(&external.meta.id, None)
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "NetworkInUse"));
+        refused(
+            controller.delete_port(&port.meta.id, None).await,
+            409,
+            "L3PortInUse",
+        );
+        refused(
+            controller.delete_network(&external.meta.id, None).await,
+            409,
+            "NetworkInUse",
+        );
 
         // SNAT off, then the gateway cleared: its port and address go.
         let update = |body: Value| {
@@ -539,18 +536,7 @@ mod tests {
             .unwrap();
         assert_eq!(cleared.gateway, None);
         assert_eq!(controller.allocated(&public.meta.id).await.unwrap(), 0);
-        controller
-            .delete_router(&router.meta.id, None)
-            .await
-            .unwrap();
-        for network in [&external, &internal] {
-            controller
-                .delete_network(&network.meta.id, None)
-                .await
-                .unwrap();
-        }
-        let left = leftovers(&controller).await;
-        assert!(left.is_empty(), "left: {left:?}");
+        delete_all(&controller).await;
     }
 
     #[tokio::test]
@@ -577,11 +563,13 @@ mod tests {
         );
 
         let before = snapshot(&controller).await;
-        let error = controller
-            .add_router_interface(id, &subnet(&inside.meta.id))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (400, "BadRequest"));
+        let error = refused(
+            controller
+                .add_router_interface(id, &subnet(&inside.meta.id))
+                .await,
+            400,
+            "BadRequest",
+        );
         assert!(
             error.message.contains("already has a port on subnet"),
             "{error}"
@@ -591,13 +579,12 @@ mod tests {
             .await
             .unwrap();
         let before_other = snapshot(&controller).await;
-        let error = controller
-            .add_router_interface(&other.meta.id, &subnet(&inside.meta.id))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (409, "IpAddressAlreadyAllocated")
+        refused(
+            controller
+                .add_router_interface(&other.meta.id, &subnet(&inside.meta.id))
+                .await,
+            409,
+            "IpAddressAlreadyAllocated",
         );
         assert_eq!(snapshot(&controller).await, before_other);
         controller
@@ -616,8 +603,7 @@ mod tests {
                 "SubnetInUse",
             ),
         ] {
-            let error = action.unwrap_err();
-            assert_eq!((error.status, error.kind), (409, kind));
+            refused(action, 409, kind);
         }
         assert_eq!(
             snapshot(&controller).await,
@@ -645,11 +631,13 @@ mod tests {
             (&bare, "must have a gateway IP"),
             (&overlapping, "overlaps"),
         ] {
-            let error = controller
-                .add_router_interface(id, &subnet(&request.meta.id))
-                .await
-                .unwrap_err();
-            assert_eq!((error.status, error.kind), (400, "BadRequest"));
+            let error = refused(
+                controller
+                    .add_router_interface(id, &subnet(&request.meta.id))
+                    .await,
+                400,
+                "BadRequest",
+            );
             assert!(error.message.contains(words), "{error}");
         }
         assert_eq!(snapshot(&controller).await, before);
@@ -669,34 +657,37 @@ mod tests {
             (taken.meta.id.as_str(), taken.device_owner.as_str()),
             (mine[0].meta.id.as_str(), ROUTER_INTERFACE)
         );
-        let error = controller
-            .add_router_interface(
-                &controller
-                    .create_router(create(json!({})))
-                    .await
-                    .unwrap()
-                    .meta
-                    .id,
-                &InterfaceRequest::Port(taken.meta.id.clone()),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "PortInUse"));
+        refused(
+            controller
+                .add_router_interface(
+                    &controller
+                        .create_router(create(json!({})))
+                        .await
+                        .unwrap()
+                        .meta
+                        .id,
+                    &InterfaceRequest::Port(taken.meta.id.clone()),
+                )
+                .await,
+            409,
+            "PortInUse",
+        );
 
         // Removed by subnet and by port: the ports go.
-        let error = controller
-            .remove_router_interface(id, &subnet(&bare.meta.id))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (404, "RouterInterfaceNotFoundForSubnet")
+        refused(
+            controller
+                .remove_router_interface(id, &subnet(&bare.meta.id))
+                .await,
+            404,
+            "RouterInterfaceNotFoundForSubnet",
         );
-        let error = controller
-            .remove_router_interface(id, &InterfaceRequest::Port("nope".into()))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (404, "RouterInterfaceNotFound"));
+        refused(
+            controller
+                .remove_router_interface(id, &InterfaceRequest::Port("nope".into()))
+                .await,
+            404,
+            "RouterInterfaceNotFound",
+        );
         let removed = controller
             .remove_router_interface(id, &subnet(&inside.meta.id))
             .await
@@ -714,20 +705,7 @@ mod tests {
                 .status,
             404
         );
-        for router in controller.list::<Router>().await.unwrap() {
-            controller
-                .delete_router(&router.meta.id, None)
-                .await
-                .unwrap();
-        }
-        for network in controller.list::<Network>().await.unwrap() {
-            controller
-                .delete_network(&network.meta.id, None)
-                .await
-                .unwrap();
-        }
-        let left = leftovers(&controller).await;
-        assert!(left.is_empty(), "left: {left:?}");
+        delete_all(&controller).await;
     }
 
     /// Routers racing for one subnet: one gets it, the others are told

@@ -26,7 +26,7 @@ use crate::{
             DEFAULT_GROUP, Rule, RuleCreate, SecurityGroupCreate, SecurityGroupUpdate,
         },
     },
-    store::Txn,
+    store::{Entry, Txn},
 };
 
 /// That the port uses the group.
@@ -67,6 +67,14 @@ fn put_group(txn: &mut Txn, group: &SecurityGroup) {
 }
 
 impl Controller {
+    /// The group, unless it is missing or being deleted (404 either way).
+    async fn live_group(&self, id: &str) -> ApiResult<(SecurityGroup, Entry)> {
+        match self.find::<SecurityGroup>(id).await? {
+            Some((group, entry)) if !group.deleting => Ok((group, entry)),
+            _ => Err(ApiError::not_found(SecurityGroup::KIND, id)),
+        }
+    }
+
     /// The groups, each once, in the order given: they must exist and not
     /// be going; the plan compares each.
     pub(super) async fn plan_groups(
@@ -80,12 +88,8 @@ impl Controller {
                 continue;
             }
             if !plan.groups.contains(id) {
-                match self.find::<SecurityGroup>(id).await? {
-                    Some((group, entry)) if !group.deleting => {
-                        plan.txn.require_unchanged(&entry);
-                    }
-                    _ => return Err(ApiError::not_found(SecurityGroup::KIND, id)),
-                }
+                let (_, entry) = self.live_group(id).await?;
+                plan.txn.require_unchanged(&entry);
                 plan.groups.insert(id.clone());
             }
             groups.push(id.clone());
@@ -267,26 +271,11 @@ impl Controller {
                 "Insufficient rights for removing default security group.",
             ));
         }
-        self.mark(
-            id,
-            if_match,
-            |group: &mut SecurityGroup| &mut group.deleting,
-            true,
-        )
-        .await?;
-        if !self.store.list(&group_ports_prefix(id)).await?.is_empty() {
-            self.mark(
-                id,
-                None,
-                |group: &mut SecurityGroup| &mut group.deleting,
-                false,
-            )
+        let in_use =
+            ApiError::conflict("SecurityGroupInUse", format!("Security Group {id} in use."));
+        let flag: fn(&mut SecurityGroup) -> &mut bool = |group| &mut group.deleting;
+        self.mark_unused(id, if_match, flag, &group_ports_prefix(id), in_use)
             .await?;
-            return Err(ApiError::conflict(
-                "SecurityGroupInUse",
-                format!("Security Group {id} in use."),
-            ));
-        }
         retrying(|| {
             Box::pin(async move {
                 let (group, entry) = self.load::<SecurityGroup>(id).await?;
@@ -304,7 +293,7 @@ impl Controller {
                     let (gone, kept): (Vec<Rule>, Vec<Rule>) = other
                         .rules
                         .into_iter()
-                        .partition(|rule| rule.remote_group_id.as_deref() == Some(id));
+                        .partition(|rule| rule.traffic.remote_group_id.as_deref() == Some(id));
                     other.rules = kept;
                     if gone.is_empty() {
                         continue;
@@ -335,34 +324,28 @@ impl Controller {
 
     pub async fn create_rule(&self, create: RuleCreate) -> ApiResult<Rule> {
         let group_id = &create.security_group_id;
-        let (group, _) = match self.find::<SecurityGroup>(group_id).await? {
-            Some(found) if !found.0.deleting => found,
-            _ => return Err(ApiError::not_found(SecurityGroup::KIND, group_id)),
-        };
-        let project = create
-            .project_id
-            .clone()
-            .unwrap_or_else(|| group.meta.project_id.clone());
-        self.ensure_default_group(&project).await?;
+        let (group, _) = self.live_group(group_id).await?;
+        let project = create.project_id.as_deref();
+        self.ensure_default_group(project.unwrap_or(&group.meta.project_id))
+            .await?;
         let create = &create;
         retrying(|| {
             Box::pin(async move {
                 let mut plan = Plan::default();
-                let mut group = match self.find::<SecurityGroup>(group_id).await? {
-                    Some((group, entry)) if !group.deleting => {
-                        plan.txn.require_unchanged(&entry);
-                        plan.groups.insert(group_id.clone());
-                        group
-                    }
-                    _ => return Err(ApiError::not_found(SecurityGroup::KIND, group_id)),
-                };
+                let (mut group, entry) = self.live_group(group_id).await?;
+                plan.txn.require_unchanged(&entry);
+                plan.groups.insert(group_id.clone());
                 // The remote group must be there, and stay until the commit.
-                if let Some(remote) = &create.remote_group_id {
+                if let Some(remote) = &create.traffic.remote_group_id {
                     self.plan_groups(&mut plan, std::slice::from_ref(remote))
                         .await?;
                 }
                 let rule = create.rule(&group.meta.project_id);
-                if let Some(same) = group.rules.iter().find(|other| other.same_as(&rule)) {
+                if let Some(same) = group
+                    .rules
+                    .iter()
+                    .find(|other| other.traffic.same_as(&rule.traffic))
+                {
                     return Err(ApiError::conflict(
                         "SecurityGroupRuleExists",
                         format!(
@@ -536,11 +519,13 @@ mod tests {
         assert!(open[0].security_groups.is_empty());
 
         let before = snapshot(&controller).await;
-        let error = controller
-            .create_ports(&[create(json!({"security_groups": ["nope"]}))])
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
+        refused(
+            controller
+                .create_ports(&[create(json!({"security_groups": ["nope"]}))])
+                .await,
+            404,
+            "SecurityGroupNotFound",
+        );
         assert_eq!(
             snapshot(&controller).await,
             before,
@@ -551,15 +536,14 @@ mod tests {
             .await
             .unwrap();
         let before = snapshot(&controller).await;
-        let error = controller
-            .create_ports(&[create(
-                json!({"security_groups": [web.meta.id], "port_security_enabled": false}),
-            )])
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (400, "PortSecurityAndIPRequiredForSecurityGroups")
+        refused(
+            controller
+                .create_ports(&[create(
+                    json!({"security_groups": [web.meta.id], "port_security_enabled": false}),
+                )])
+                .await,
+            400,
+            "PortSecurityAndIPRequiredForSecurityGroups",
         );
         assert_eq!(
             snapshot(&controller).await,
@@ -576,33 +560,31 @@ mod tests {
 
         // In use: refused, and the store as it was (the mark undone).
         let before = snapshot(&controller).await;
-        let error = controller
-            .delete_security_group(&web.meta.id, None)
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "SecurityGroupInUse"));
-        let error = controller
-            .delete_security_group(&default[0].meta.id, None)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (409, "SecurityGroupCannotRemoveDefault")
+        refused(
+            controller.delete_security_group(&web.meta.id, None).await,
+            409,
+            "SecurityGroupInUse",
+        );
+        refused(
+            controller
+                .delete_security_group(&default[0].meta.id, None)
+                .await,
+            409,
+            "SecurityGroupCannotRemoveDefault",
         );
         let update = |body: Value| {
             PortUpdate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
         };
-        let error = controller
-            .update_port(
-                &twice[0].meta.id,
-                &update(json!({"port_security_enabled": false})),
-                None,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(
-            (error.status, error.kind),
-            (409, "PortSecurityPortHasSecurityGroup")
+        refused(
+            controller
+                .update_port(
+                    &twice[0].meta.id,
+                    &update(json!({"port_security_enabled": false})),
+                    None,
+                )
+                .await,
+            409,
+            "PortSecurityPortHasSecurityGroup",
         );
         assert_eq!(snapshot(&controller).await, before);
 
@@ -631,12 +613,7 @@ mod tests {
             controller.delete_port(&port.meta.id, None).await.unwrap();
         }
         assert!(
-            controller
-                .store
-                .list("/alcor/sg-port/")
-                .await
-                .unwrap()
-                .is_empty(),
+            keys(&controller, "/alcor/sg-port/").await == 0,
             "no port left in a group"
         );
     }
@@ -666,25 +643,29 @@ mod tests {
         assert_eq!(shown.meta.revision_number, 2, "a rule changes its group");
 
         let before = snapshot(&controller).await;
-        let error = controller
-            .create_rule(rule(&web.meta.id, ssh.clone()))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (409, "SecurityGroupRuleExists"));
+        let error = refused(
+            controller
+                .create_rule(rule(&web.meta.id, ssh.clone()))
+                .await,
+            409,
+            "SecurityGroupRuleExists",
+        );
         assert!(error.message.contains(&first.meta.id), "{error}");
-        let error = controller
-            .create_rule(rule(
-                &web.meta.id,
-                json!({"direction": "ingress", "remote_group_id": "nope"}),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
-        let error = controller
-            .create_rule(rule("nope", ssh.clone()))
-            .await
-            .unwrap_err();
-        assert_eq!((error.status, error.kind), (404, "SecurityGroupNotFound"));
+        refused(
+            controller
+                .create_rule(rule(
+                    &web.meta.id,
+                    json!({"direction": "ingress", "remote_group_id": "nope"}),
+                ))
+                .await,
+            404,
+            "SecurityGroupNotFound",
+        );
+        refused(
+            controller.create_rule(rule("nope", ssh.clone())).await,
+            404,
+            "SecurityGroupNotFound",
+        );
         assert_eq!(snapshot(&controller).await, before);
 
         // db lets web in: deleting web takes that rule too.
@@ -707,10 +688,10 @@ mod tests {
                 .all(|rule| rule.meta.id != from_web.meta.id)
         );
         for gone in [&first, &from_web] {
-            let error = controller.show_rule(&gone.meta.id).await.unwrap_err();
-            assert_eq!(
-                (error.status, error.kind),
-                (404, "SecurityGroupRuleNotFound")
+            refused(
+                controller.show_rule(&gone.meta.id).await,
+                404,
+                "SecurityGroupRuleNotFound",
             );
         }
         let egress = db_now.rules[0].meta.id.clone();
@@ -763,15 +744,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(group.rules.len(), 3);
-        assert_eq!(
-            controller
-                .store
-                .list("/alcor/sg-rule/")
-                .await
-                .unwrap()
-                .len(),
-            3 + 4
-        );
+        assert_eq!(keys(&controller, "/alcor/sg-rule/").await, 3 + 4);
     }
 
     /// Ports joining a group while it is deleted: either the port is made
@@ -816,13 +789,6 @@ mod tests {
             }
         }
         assert!(controller.list::<Port>().await.unwrap().is_empty());
-        assert!(
-            controller
-                .store
-                .list("/alcor/sg-port/")
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(keys(&controller, "/alcor/sg-port/").await == 0);
     }
 }

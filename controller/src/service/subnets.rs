@@ -114,24 +114,16 @@ impl Controller {
 
     /// Deletes a subnet none of whose addresses a port has.
     pub async fn delete_subnet(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark(
-            id,
-            if_match,
-            |subnet: &mut Subnet| &mut subnet.deleting,
-            true,
-        )
-        .await?;
-        if !self.store.list(&ips_prefix(id)).await?.is_empty() {
-            self.mark(id, None, |subnet: &mut Subnet| &mut subnet.deleting, false)
-                .await?;
-            return Err(ApiError::conflict(
-                "SubnetInUse",
-                format!(
-                    "Unable to complete operation on subnet {id}: One or more ports have an IP \
-                     allocation from this subnet."
-                ),
-            ));
-        }
+        let in_use = ApiError::conflict(
+            "SubnetInUse",
+            format!(
+                "Unable to complete operation on subnet {id}: One or more ports have an IP \
+                 allocation from this subnet."
+            ),
+        );
+        let flag: fn(&mut Subnet) -> &mut bool = |subnet| &mut subnet.deleting;
+        self.mark_unused(id, if_match, flag, &ips_prefix(id), in_use)
+            .await?;
         retrying(|| {
             Box::pin(async move {
                 let (subnet, entry) = self.load::<Subnet>(id).await?;

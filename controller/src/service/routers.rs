@@ -611,6 +611,22 @@ mod tests {
             "refused: nothing written"
         );
 
+        // The interface keeps the subnet's gateway where it is.
+        let gateway = crate::model::subnet::SubnetUpdate::parse(
+            resource(
+                &json!({"subnet": {"gateway_ip": "10.0.0.254",
+                    "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.0.200"}]}}),
+                "subnet",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let update = controller
+            .update_subnet(&inside.meta.id, gateway, None)
+            .await;
+        refused(update, 409, "GatewayIpInUse");
+        assert_eq!(snapshot(&controller).await, before);
+
         // A subnet without a gateway, or overlapping one of the router's.
         let create_subnet = |body: Value| {
             crate::model::subnet::SubnetCreate::parse(

@@ -102,6 +102,22 @@ impl Controller {
                     }
                     txn.require_absent(ip_key(id, new));
                 }
+                if let Some(old) = gateway.filter(|old| subnet.gateway_ip != Some(*old)) {
+                    // A router's interface has the gateway address: it
+                    // stays the gateway while it does (Neutron's check),
+                    // and no interface may take it before the commit.
+                    if let Some(holder) = self.store.get(&ip_key(id, old)).await? {
+                        return Err(ApiError::conflict(
+                            "GatewayIpInUse",
+                            format!(
+                                "Current gateway ip {old} already in use by port {}. Unable to \
+                                 update.",
+                                String::from_utf8_lossy(&holder.value)
+                            ),
+                        ));
+                    }
+                    txn.require_absent(ip_key(id, old));
+                }
                 txn.put(entry.key.clone(), encode(&subnet));
                 Ok(match self.commit(txn).await? {
                     Try::Done(()) => Try::Done(subnet),

@@ -472,7 +472,7 @@ impl Controller {
             Box::pin(async move {
                 let (mut port, entry) = self.load::<Port>(id).await?;
                 check_revision(&port.meta, if_match)?;
-                check_owned_update(&port, update)?;
+                self.check_owned_update(&port, update).await?;
                 let groups = port.security_groups.clone();
                 let mut changed = update.apply(&mut port);
                 let mut plan = Plan::default();
@@ -576,6 +576,31 @@ impl Controller {
         })
     }
 
+    /// Refuses a change, through the port API, of what ties a router's or
+    /// a floating IP's port to it (its owner, its addresses): they change
+    /// through their own API, as the port is deleted only through it.
+    async fn check_owned_update(&self, port: &Port, update: &PortUpdate) -> ApiResult<()> {
+        let changes = update
+            .device_owner
+            .as_ref()
+            .is_some_and(|owner| *owner != port.device_owner)
+            || update
+                .device_id
+                .as_ref()
+                .is_some_and(|device| *device != port.device_id)
+            || update.fixed_ips.is_some();
+        if changes && self.owner_exists(port).await? {
+            return Err(ApiError::conflict(
+                "L3PortInUse",
+                format!(
+                    "Port {} cannot be changed directly via the port API: has device owner {}.",
+                    port.meta.id, port.device_owner
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Adds the port's deletion to `txn`: the port as read, its MAC,
     /// addresses and index keys, and the floating IPs it had (now
     /// associated with nothing).
@@ -618,33 +643,6 @@ pub(super) fn already_allocated(ip: Ipv4Addr, subnet_id: &str) -> ApiError {
         "IpAddressAlreadyAllocated",
         format!("IP address {ip} already allocated in subnet {subnet_id}"),
     )
-}
-
-/// Refuses a change, through the port API, of what ties a router's or a
-/// floating IP's port to it: they change through their own API (Neutron
-/// refuses deleting them likewise).
-fn check_owned_update(port: &Port, update: &PortUpdate) -> ApiResult<()> {
-    let owned =
-        [ROUTER_INTERFACE, ROUTER_GATEWAY, FLOATING_IP_OWNER].contains(&port.device_owner.as_str());
-    let changes = update
-        .device_owner
-        .as_ref()
-        .is_some_and(|owner| *owner != port.device_owner)
-        || update
-            .device_id
-            .as_ref()
-            .is_some_and(|device| *device != port.device_id)
-        || update.fixed_ips.is_some();
-    if owned && changes {
-        return Err(ApiError::conflict(
-            "L3PortInUse",
-            format!(
-                "Port {} cannot be changed directly via the port API: has device owner {}.",
-                port.meta.id, port.device_owner
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn exhausted(network: &Network) -> ApiError {

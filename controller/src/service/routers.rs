@@ -605,6 +605,12 @@ mod tests {
         ] {
             refused(action, 409, kind);
         }
+        let unowned = crate::model::port::PortUpdate::parse(
+            resource(&json!({"port": {"device_owner": ""}}), "port").unwrap(),
+        )
+        .unwrap();
+        let update = controller.update_port(&port.meta.id, &unowned, None).await;
+        refused(update, 409, "L3PortInUse");
         assert_eq!(
             snapshot(&controller).await,
             before,

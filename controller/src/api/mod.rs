@@ -3,8 +3,10 @@
 //! Neutron's status codes and error bodies. Handlers parse (`body`), call
 //! the service, and show the result (`Resource::view`).
 
+mod l3;
 pub mod query;
 mod resources;
+mod security_groups;
 #[cfg(test)]
 mod tests;
 
@@ -117,6 +119,23 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "fields",
         "Fields",
         "Extension that indicates that the fields parameter is supported.",
+    ),
+    (
+        "router",
+        "Neutron L3 Router",
+        "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to \
+         external networks via a NAT gateway.",
+    ),
+    (
+        "ext-gw-mode",
+        "Neutron L3 Configurable external gateway mode",
+        "Extension of the router abstraction for specifying whether SNAT should occur on the \
+         external gateway",
+    ),
+    (
+        "security-group",
+        "security-group",
+        "The security groups extension.",
     ),
 ];
 

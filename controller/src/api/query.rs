@@ -78,6 +78,14 @@ impl ListQuery {
         Ok(query)
     }
 
+    /// The values a filter accepts for `name` (none without the filter).
+    pub fn values(&self, name: &str) -> &[String] {
+        self.filters
+            .iter()
+            .find(|(filter, _)| filter == name)
+            .map_or(&[], |(_, values)| values.as_slice())
+    }
+
     /// Whether a view passes the filters.
     pub fn matches(&self, view: &Value) -> bool {
         self.filters.iter().all(|(name, accepted)| {

@@ -30,6 +30,10 @@ pub const COLLECTIONS: &[(&str, &str)] = &[
     ("network", "networks"),
     ("subnet", "subnets"),
     ("port", "ports"),
+    ("router", "routers"),
+    ("floatingip", "floatingips"),
+    ("security_group", "security-groups"),
+    ("security_group_rule", "security-group-rules"),
 ];
 
 pub fn routes() -> Router<Arc<App>> {
@@ -59,10 +63,12 @@ pub fn routes() -> Router<Arc<App>> {
             "/v2.0/ports/{id}",
             get(show::<Port>).put(update_port).delete(delete_port),
         )
+        .merge(super::l3::routes())
+        .merge(super::security_groups::routes())
 }
 
 /// A list response: the page, and a link to the next one if there is one.
-fn listing<R: Resource>(
+pub(super) fn listing<R: Resource>(
     headers: &HeaderMap,
     collection: &str,
     resources: &[R],
@@ -82,12 +88,12 @@ fn listing<R: Resource>(
     Ok(Json(Value::Object(body)))
 }
 
-fn shown<R: Resource>(resource: &R, raw: Option<String>) -> ApiResult<Json<Value>> {
+pub(super) fn shown<R: Resource>(resource: &R, raw: Option<String>) -> ApiResult<Json<Value>> {
     let query = ListQuery::parse(raw.as_deref())?;
     Ok(Json(json!({ R::KIND: query.select(resource.view()) })))
 }
 
-fn created<R: Resource>(resource: &R) -> Response {
+pub(super) fn created<R: Resource>(resource: &R) -> Response {
     (
         StatusCode::CREATED,
         Json(json!({ R::KIND: resource.view() })),
@@ -95,7 +101,7 @@ fn created<R: Resource>(resource: &R) -> Response {
         .into_response()
 }
 
-async fn show<R: Resource>(
+pub(super) async fn show<R: Resource>(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
@@ -316,6 +322,32 @@ pub fn openapi() -> Value {
                         "responses": {"200": {"description": "the resource"}, "400": error, "404": error, "409": error, "412": error}},
                 "delete": {"summary": format!("Delete a {resource}"),
                            "responses": {"204": {"description": "deleted"}, "404": error, "409": error, "412": error}},
+            }),
+        );
+    }
+    // Rules are created and deleted, never changed.
+    if let Some(Value::Object(rule)) = paths.get_mut("/v2.0/security-group-rules/{id}") {
+        rule.remove("put");
+    }
+    for (action, summary) in [
+        (
+            "add_router_interface",
+            "Add an interface on a subnet (a new port with its gateway IP) or a port",
+        ),
+        (
+            "remove_router_interface",
+            "Remove an interface (by subnet or port) and delete its port",
+        ),
+    ] {
+        paths.insert(
+            format!("/v2.0/routers/{{id}}/{action}"),
+            json!({
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "put": {"summary": summary,
+                        "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                            "properties": {"subnet_id": {"type": "string"}, "port_id": {"type": "string"}}}}}},
+                        "responses": {"200": {"description": "{\"id\", \"subnet_id\", \"subnet_ids\", \"port_id\", \"network_id\", \"project_id\", \"tenant_id\"}"},
+                                      "400": error, "404": error, "409": error}},
             }),
         );
     }

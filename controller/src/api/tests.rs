@@ -325,3 +325,468 @@ async fn a_token_guards_everything() {
     let (status, _) = client.send(request(Some("s3cret"))).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+impl Client {
+    /// Sends a request that must be refused with Neutron's `kind`; the
+    /// error body.
+    async fn refused(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        status: StatusCode,
+        kind: &str,
+    ) -> Value {
+        let (got, answer) = self.call(method, uri, body).await;
+        assert_eq!((got, error_type(&answer)), (status, kind), "{answer}");
+        answer
+    }
+
+    /// Creates a resource; the created object (`{"network": {...}}`'s
+    /// inside).
+    async fn create(&self, collection: &str, kind: &str, body: Value) -> Value {
+        let (status, created) = self
+            .call(
+                "POST",
+                &format!("/v2.0/{collection}"),
+                Some(json!({ kind: body })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{collection}: {created}");
+        created[kind].clone()
+    }
+
+    /// A network with a subnet of `cidr`: their ids.
+    async fn network_with_subnet(&self, network: Value, cidr: &str) -> (String, String) {
+        let network = self.create("networks", "network", network).await;
+        let id = network["id"].as_str().unwrap().to_string();
+        let subnet = self
+            .create(
+                "subnets",
+                "subnet",
+                json!({"network_id": id, "cidr": cidr, "ip_version": 4}),
+            )
+            .await;
+        (id, subnet["id"].as_str().unwrap().to_string())
+    }
+}
+
+fn id(resource: &Value) -> String {
+    resource["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn routers_and_interfaces_as_the_cli_drives_them() {
+    let client = Client::new(Auth::None);
+    let (external, _) = client
+        .network_with_subnet(
+            json!({"name": "public", "router:external": true}),
+            "203.0.113.0/28",
+        )
+        .await;
+    let (internal, inside) = client
+        .network_with_subnet(json!({"name": "private"}), "10.0.0.0/24")
+        .await;
+    let router = client
+        .create(
+            "routers",
+            "router",
+            json!({"name": "r1", "external_gateway_info": {"network_id": external}}),
+        )
+        .await;
+    let router_id = id(&router);
+    assert_eq!(router["status"], "ACTIVE");
+    assert_eq!(router["routes"], json!([]));
+    let gateway = &router["external_gateway_info"];
+    assert_eq!(
+        (
+            gateway["network_id"].as_str(),
+            gateway["enable_snat"].as_bool()
+        ),
+        (Some(external.as_str()), Some(true))
+    );
+    assert_eq!(gateway["external_fixed_ips"].as_array().unwrap().len(), 1);
+
+    let add = format!("/v2.0/routers/{router_id}/add_router_interface");
+    let remove = format!("/v2.0/routers/{router_id}/remove_router_interface");
+    let (status, info) = client
+        .call("PUT", &add, Some(json!({"subnet_id": inside})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(info["id"], router_id.as_str());
+    assert_eq!(
+        (info["subnet_id"].as_str(), info["network_id"].as_str()),
+        (Some(inside.as_str()), Some(internal.as_str()))
+    );
+    assert_eq!(info["subnet_ids"], json!([inside]));
+    let port_id = info["port_id"].as_str().unwrap().to_string();
+    assert_eq!(info["project_id"], info["tenant_id"]);
+
+    let before = client.snapshot().await;
+    let body = client
+        .refused(
+            "PUT",
+            &add,
+            Some(json!({"subnet_id": inside})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        )
+        .await;
+    assert_eq!(
+        body["NeutronError"]["message"],
+        format!("Bad router request: Router already has a port on subnet {inside}.")
+    );
+    client
+        .refused(
+            "PUT",
+            &add,
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        )
+        .await;
+    let (status, body) = client
+        .call("DELETE", &format!("/v2.0/ports/{port_id}"), None)
+        .await;
+    assert_eq!(
+        (status, error_type(&body)),
+        (StatusCode::CONFLICT, "L3PortInUse")
+    );
+    assert_eq!(
+        body["NeutronError"]["message"],
+        format!(
+            "Port {port_id} cannot be deleted directly via the port API: has device owner network:router_interface."
+        )
+    );
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/routers/{router_id}"),
+            None,
+            StatusCode::CONFLICT,
+            "RouterInUse",
+        )
+        .await;
+    assert_eq!(client.snapshot().await, before, "refused: nothing written");
+
+    // What `openstack router show` lists as its interfaces.
+    let (_, ports) = client
+        .call("GET", &format!("/v2.0/ports?device_id={router_id}"), None)
+        .await;
+    let mut owners: Vec<&str> = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["device_owner"].as_str().unwrap())
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        ["network:router_gateway", "network:router_interface"]
+    );
+
+    let (status, info) = client
+        .call("PUT", &remove, Some(json!({"subnet_id": inside})))
+        .await;
+    assert_eq!(
+        (status, info["port_id"].as_str()),
+        (StatusCode::OK, Some(port_id.as_str()))
+    );
+    client
+        .refused(
+            "PUT",
+            &remove,
+            Some(json!({"subnet_id": inside})),
+            StatusCode::NOT_FOUND,
+            "RouterInterfaceNotFoundForSubnet",
+        )
+        .await;
+    client
+        .refused(
+            "PUT",
+            &remove,
+            Some(json!({"port_id": port_id})),
+            StatusCode::NOT_FOUND,
+            "RouterInterfaceNotFound",
+        )
+        .await;
+    let (status, _) = client
+        .call(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}"),
+            Some(json!({"router": {"external_gateway_info": {}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = client
+        .call("DELETE", &format!("/v2.0/routers/{router_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    client
+        .refused(
+            "GET",
+            &format!("/v2.0/routers/{router_id}"),
+            None,
+            StatusCode::NOT_FOUND,
+            "RouterNotFound",
+        )
+        .await;
+    let (_, ports) = client.call("GET", "/v2.0/ports", None).await;
+    assert_eq!(ports["ports"], json!([]), "the router's ports went with it");
+}
+
+#[tokio::test]
+async fn security_groups_as_the_cli_drives_them() {
+    let client = Client::new(Auth::None);
+    let (status, body) = client
+        .call("GET", "/v2.0/extensions/security-group", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Listing makes the project's default group, once.
+    for _ in 0..2 {
+        let (_, listed) = client
+            .call("GET", "/v2.0/security-groups?name=default", None)
+            .await;
+        let groups = listed["security_groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 1, "{listed}");
+        assert_eq!(
+            groups[0]["security_group_rules"].as_array().unwrap().len(),
+            4
+        );
+        assert_eq!(groups[0]["stateful"], true);
+    }
+    let (_, listed) = client
+        .call("GET", "/v2.0/security-groups?name=default", None)
+        .await;
+    let default = id(&listed["security_groups"][0]);
+
+    let web = client
+        .create(
+            "security-groups",
+            "security_group",
+            json!({"name": "web", "description": "front"}),
+        )
+        .await;
+    let web_id = id(&web);
+    assert_eq!(web["security_group_rules"].as_array().unwrap().len(), 2);
+    let ssh = json!({"security_group_id": web_id, "direction": "ingress", "ethertype": "IPv4",
+        "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"});
+    let rule = client
+        .create("security-group-rules", "security_group_rule", ssh.clone())
+        .await;
+    let rule_id = id(&rule);
+    assert_eq!(
+        (rule["protocol"].as_str(), rule["port_range_min"].as_u64()),
+        (Some("tcp"), Some(22))
+    );
+    assert_eq!(rule["remote_group_id"], Value::Null);
+    let before = client.snapshot().await;
+    client
+        .refused(
+            "POST",
+            "/v2.0/security-group-rules",
+            Some(json!({"security_group_rule": ssh})),
+            StatusCode::CONFLICT,
+            "SecurityGroupRuleExists",
+        )
+        .await;
+    client.refused("POST", "/v2.0/security-group-rules", Some(json!({"security_group_rule": {
+            "security_group_id": web_id, "direction": "ingress", "protocol": "icmp", "port_range_min": 300}})), StatusCode::BAD_REQUEST, "SecurityGroupInvalidIcmpValue").await;
+    assert_eq!(client.snapshot().await, before);
+    let (status, shown) = client
+        .call(
+            "GET",
+            &format!("/v2.0/security-group-rules/{rule_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, id(&shown["security_group_rule"])),
+        (StatusCode::OK, rule_id.clone())
+    );
+    let (_, rules) = client
+        .call(
+            "GET",
+            &format!("/v2.0/security-group-rules?security_group_id={web_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(rules["security_group_rules"].as_array().unwrap().len(), 3);
+
+    // A port: the default group unless it names others.
+    let (network, _) = client.network_with_subnet(json!({}), "10.0.0.0/24").await;
+    let plain = client
+        .create("ports", "port", json!({"network_id": network}))
+        .await;
+    assert_eq!(plain["security_groups"], json!([default]));
+    let served = client
+        .create(
+            "ports",
+            "port",
+            json!({"network_id": network, "security_groups": [web_id]}),
+        )
+        .await;
+    assert_eq!(served["security_groups"], json!([web_id]));
+    client
+        .refused(
+            "POST",
+            "/v2.0/ports",
+            Some(json!({"port": {"network_id": network, "security_groups": ["nope"]}})),
+            StatusCode::NOT_FOUND,
+            "SecurityGroupNotFound",
+        )
+        .await;
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/security-groups/{web_id}"),
+            None,
+            StatusCode::CONFLICT,
+            "SecurityGroupInUse",
+        )
+        .await;
+    client
+        .refused(
+            "DELETE",
+            &format!("/v2.0/security-groups/{default}"),
+            None,
+            StatusCode::CONFLICT,
+            "SecurityGroupCannotRemoveDefault",
+        )
+        .await;
+
+    let (status, _) = client
+        .call(
+            "DELETE",
+            &format!("/v2.0/security-group-rules/{rule_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    client
+        .refused(
+            "GET",
+            &format!("/v2.0/security-group-rules/{rule_id}"),
+            None,
+            StatusCode::NOT_FOUND,
+            "SecurityGroupRuleNotFound",
+        )
+        .await;
+    let (status, _) = client
+        .call("DELETE", &format!("/v2.0/ports/{}", id(&served)), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = client
+        .call("DELETE", &format!("/v2.0/security-groups/{web_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn floating_ips_as_the_cli_drives_them() {
+    let client = Client::new(Auth::None);
+    let (external, _) = client
+        .network_with_subnet(json!({"router:external": true}), "203.0.113.0/28")
+        .await;
+    let (internal, inside) = client.network_with_subnet(json!({}), "10.0.0.0/24").await;
+    let router = client
+        .create(
+            "routers",
+            "router",
+            json!({"external_gateway_info": {"network_id": external}}),
+        )
+        .await;
+    let router_id = id(&router);
+    let (status, _) = client
+        .call(
+            "PUT",
+            &format!("/v2.0/routers/{router_id}/add_router_interface"),
+            Some(json!({"subnet_id": inside})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let vm = client
+        .create("ports", "port", json!({"network_id": internal}))
+        .await;
+    let vm_id = id(&vm);
+
+    client
+        .refused(
+            "POST",
+            "/v2.0/floatingips",
+            Some(json!({"floatingip": {"floating_network_id": internal}})),
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+        )
+        .await;
+    let fip = client
+        .create(
+            "floatingips",
+            "floatingip",
+            json!({"floating_network_id": external}),
+        )
+        .await;
+    let fip_id = id(&fip);
+    assert_eq!(fip["status"], "DOWN");
+    assert_eq!(
+        (fip["port_id"].clone(), fip["router_id"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert!(
+        fip["floating_ip_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("203.0.113.")
+    );
+    assert!(fip.get("name").is_none());
+
+    let uri = format!("/v2.0/floatingips/{fip_id}");
+    let (status, set) = client
+        .call("PUT", &uri, Some(json!({"floatingip": {"port_id": vm_id}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    let set = &set["floatingip"];
+    assert_eq!(
+        (set["port_id"].as_str(), set["router_id"].as_str()),
+        (Some(vm_id.as_str()), Some(router_id.as_str()))
+    );
+    assert_eq!(set["fixed_ip_address"], vm["fixed_ips"][0]["ip_address"]);
+    let (_, listed) = client
+        .call("GET", &format!("/v2.0/floatingips?port_id={vm_id}"), None)
+        .await;
+    assert_eq!(listed["floatingips"].as_array().unwrap().len(), 1);
+    let (status, unset) = client
+        .call("PUT", &uri, Some(json!({"floatingip": {"port_id": null}})))
+        .await;
+    assert_eq!(
+        (status, unset["floatingip"]["port_id"].clone()),
+        (StatusCode::OK, Value::Null)
+    );
+    assert_eq!(unset["floatingip"]["router_id"], Value::Null);
+
+    let (status, _) = client.call("DELETE", &uri, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    client
+        .refused(
+            "GET",
+            &uri,
+            None,
+            StatusCode::NOT_FOUND,
+            "FloatingIPNotFound",
+        )
+        .await;
+    let (_, ports) = client
+        .call("GET", &format!("/v2.0/ports?network_id={external}"), None)
+        .await;
+    let owners: Vec<&str> = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["device_owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        owners,
+        ["network:router_gateway"],
+        "the floating IP's port went with it"
+    );
+}

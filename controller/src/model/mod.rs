@@ -1,15 +1,21 @@
 //! The resources the controller keeps, as stored (typed, validated), and
 //! as Neutron shows them (`view`). Pure: no store, no HTTP.
 
+pub mod floating_ip;
 pub mod network;
 pub mod port;
+pub mod router;
+pub mod security_group;
 pub mod subnet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use floating_ip::FloatingIp;
 pub use network::Network;
 pub use port::Port;
+pub use router::Router;
+pub use security_group::SecurityGroup;
 pub use subnet::Subnet;
 
 /// What every Neutron resource has.
@@ -51,6 +57,25 @@ impl Meta {
         self.revision_number += 1;
     }
 
+    /// A view: the attributes every resource shows, then the kind's own
+    /// (`rest`, a JSON object).
+    fn view_with(&self, rest: Value) -> Value {
+        let mut view = self.view();
+        if let Value::Object(rest) = rest {
+            view.extend(rest);
+        }
+        Value::Object(view)
+    }
+
+    /// A view of a resource that has no name (a rule, a floating IP).
+    fn unnamed_view_with(&self, rest: Value) -> Value {
+        let mut view = self.view_with(rest);
+        if let Value::Object(map) = &mut view {
+            map.remove("name");
+        }
+        view
+    }
+
     /// The attributes every view shows.
     fn view(&self) -> serde_json::Map<String, Value> {
         let Value::Object(map) = json!({
@@ -80,7 +105,6 @@ pub trait Resource: Serialize + for<'de> Deserialize<'de> + Clone + Send + Sync 
     /// The singular name in URLs' bodies and errors (`network`).
     const KIND: &'static str;
     fn meta(&self) -> &Meta;
-    fn meta_mut(&mut self) -> &mut Meta;
     /// As Neutron shows it.
     fn view(&self) -> Value;
 }

@@ -39,13 +39,8 @@ impl Resource for Network {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "admin_state_up": self.admin_state_up,
             "status": "ACTIVE",
             "shared": self.shared,
@@ -61,11 +56,7 @@ impl Resource for Network {
             "ipv4_address_scope": null,
             "ipv6_address_scope": null,
             "l2_adjacency": true,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 

@@ -54,18 +54,13 @@ impl Resource for Port {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
         let vif_type = if self.binding_host_id.is_empty() {
             "unbound"
         } else {
             "tap"
         };
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "network_id": self.network_id,
             "mac_address": self.mac_address.to_string(),
             "fixed_ips": self.fixed_ips.iter().map(|fixed| json!({
@@ -90,11 +85,7 @@ impl Resource for Port {
             "dns_name": "",
             "dns_assignment": [],
             "propagate_uplink_status": false,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 
@@ -157,9 +148,16 @@ fn mac(attrs: &mut Attrs) -> ApiResult<Option<Mac>> {
 }
 
 fn fixed_ips(attrs: &mut Attrs) -> ApiResult<Option<Vec<FixedIpRequest>>> {
-    let Some(items) = attrs.list("fixed_ips")? else {
-        return Ok(None);
-    };
+    attrs
+        .list("fixed_ips")?
+        .map(|items| fixed_ip_requests(&items))
+        .transpose()
+}
+
+/// Addresses asked for as Neutron writes them: `{"subnet_id": …}`,
+/// `{"ip_address": …}` or both (a port's `fixed_ips`, a router gateway's
+/// `external_fixed_ips`).
+pub fn fixed_ip_requests(items: &[Value]) -> ApiResult<Vec<FixedIpRequest>> {
     items
         .iter()
         .map(|item| {
@@ -196,8 +194,7 @@ fn fixed_ips(attrs: &mut Attrs) -> ApiResult<Option<Vec<FixedIpRequest>>> {
                 }),
             }
         })
-        .collect::<ApiResult<_>>()
-        .map(Some)
+        .collect()
 }
 
 fn address_pairs(attrs: &mut Attrs) -> ApiResult<Option<Vec<AddressPair>>> {
@@ -295,6 +292,34 @@ impl PortCreate {
         }
         attrs.finish()?;
         Ok(create)
+    }
+}
+
+impl PortCreate {
+    /// A port the controller makes for a router or a floating IP.
+    pub fn owned(
+        network_id: &str,
+        project_id: &str,
+        device_owner: &str,
+        device_id: &str,
+        fixed_ips: Option<Vec<FixedIpRequest>>,
+    ) -> PortCreate {
+        PortCreate {
+            name: String::new(),
+            description: String::new(),
+            project_id: Some(project_id.into()),
+            network_id: network_id.into(),
+            mac_address: None,
+            fixed_ips,
+            device_id: device_id.into(),
+            device_owner: device_owner.into(),
+            admin_state_up: true,
+            binding_host_id: String::new(),
+            binding_profile: Map::new(),
+            allowed_address_pairs: Vec::new(),
+            security_groups: None,
+            port_security_enabled: None,
+        }
     }
 }
 

@@ -59,13 +59,8 @@ impl Resource for Subnet {
         &self.meta
     }
 
-    fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
-    }
-
     fn view(&self) -> Value {
-        let mut view = self.meta.view();
-        let Value::Object(rest) = json!({
+        self.meta.view_with(json!({
             "network_id": self.network_id,
             "ip_version": 4,
             "cidr": self.cidr.to_string(),
@@ -84,11 +79,7 @@ impl Resource for Subnet {
             "segment_id": null,
             "service_types": [],
             "dns_publish_fixed_ip": false,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        view.extend(rest);
-        Value::Object(view)
+        }))
     }
 }
 

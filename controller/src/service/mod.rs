@@ -8,15 +8,24 @@
 //! - `vni/{vni}`: the network that has the VNI;
 //! - `ip/{subnet}/{address}`: the port that has the address;
 //! - `mac/{network}/{mac}`: the port of the network that has the MAC;
-//! - `network-port/{network}/{port}`: the ports of a network.
+//! - `network-port/{network}/{port}`: the ports of a network;
+//! - `sg-port/{group}/{port}`: the ports that use a security group;
+//! - `sg-rule/{rule}`: the security group that has the rule;
+//! - `default-security-group/{project}`: the project's default group;
+//! - `port-fip/{port}`, `router-fip/{router}`: the floating IPs
+//!   associated with a port, and reaching their port through a router
+//!   (a list of ids, one key each, so that a compare covers them all).
 //!
-//! Deleting a network or subnet marks it `deleting` first (a commit that
-//! every writer joining it compares against), then checks that nothing
-//! uses it, then deletes it: a port created meanwhile either committed
-//! before the mark, and is seen, or fails its compare.
+//! Deleting a network, subnet or security group marks it `deleting` first
+//! (a commit that every writer joining it compares against), then checks
+//! that nothing uses it, then deletes it: a port created meanwhile either
+//! committed before the mark, and is seen, or fails its compare.
 
+pub mod floating_ips;
 pub mod networks;
 pub mod ports;
+pub mod routers;
+pub mod security_groups;
 pub mod subnets;
 
 use std::{collections::HashMap, ops::RangeInclusive, sync::Arc};
@@ -81,7 +90,7 @@ fn encode<R: Resource>(resource: &R) -> Vec<u8> {
     serde_json::to_vec(resource).unwrap_or_default()
 }
 
-fn decode<R: Resource>(entry: &Entry) -> ApiResult<R> {
+fn decode<T: serde::de::DeserializeOwned>(entry: &Entry) -> ApiResult<T> {
     serde_json::from_slice(&entry.value).map_err(|e| {
         ApiError::new(
             500,
@@ -176,6 +185,51 @@ impl Controller {
             .collect()
     }
 
+    /// The first step of a delete: marks the resource `deleting` (`flag`
+    /// says where the mark is), then checks that no key is left under
+    /// `users` (those of what uses it); if one is, takes the mark off and
+    /// fails with `in_use`.
+    async fn mark_unused<R: Resource>(
+        &self,
+        id: &str,
+        if_match: Option<u64>,
+        flag: fn(&mut R) -> &mut bool,
+        users: &str,
+        in_use: ApiError,
+    ) -> ApiResult<()> {
+        self.mark(id, if_match, flag, true).await?;
+        if self.store.list(users).await?.is_empty() {
+            return Ok(());
+        }
+        self.mark(id, None, flag, false).await?;
+        Err(in_use)
+    }
+
+    /// Sets or clears a resource's `deleting` mark.
+    async fn mark<R: Resource>(
+        &self,
+        id: &str,
+        if_match: Option<u64>,
+        flag: fn(&mut R) -> &mut bool,
+        deleting: bool,
+    ) -> ApiResult<()> {
+        retrying(|| {
+            Box::pin(async move {
+                let (mut resource, entry) = self.load::<R>(id).await?;
+                check_revision(resource.meta(), if_match)?;
+                if *flag(&mut resource) == deleting {
+                    return Ok(Try::Done(()));
+                }
+                *flag(&mut resource) = deleting;
+                let mut txn = Txn::default();
+                txn.require_unchanged(&entry)
+                    .put(entry.key.clone(), encode(&resource));
+                self.commit(txn).await
+            })
+        })
+        .await
+    }
+
     /// Commits; `Again` if a compare failed.
     async fn commit(&self, txn: Txn) -> ApiResult<Try<()>> {
         Ok(match self.store.commit(txn).await? {
@@ -197,8 +251,51 @@ impl Controller {
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use serde_json::{Value, json};
+
     use super::*;
-    use crate::store::embedded::Embedded;
+    use crate::{
+        body::resource,
+        model::{
+            Network, Router, Subnet, network::NetworkCreate, port::PortCreate, subnet::SubnetCreate,
+        },
+        store::embedded::Embedded,
+    };
+
+    /// A network (attributes `network`) with a subnet of `cidr`.
+    pub async fn network_with_subnet(
+        controller: &Controller,
+        network: Value,
+        cidr: &str,
+    ) -> (Network, Subnet) {
+        let create =
+            NetworkCreate::parse(resource(&json!({ "network": network }), "network").unwrap())
+                .unwrap();
+        let network = controller.create_network(create).await.unwrap();
+        let create = SubnetCreate::parse(
+            resource(
+                &json!({"subnet": {"network_id": network.meta.id, "cidr": cidr}}),
+                "subnet",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let subnet = controller.create_subnet(create).await.unwrap();
+        (controller.show(&network.meta.id).await.unwrap(), subnet)
+    }
+
+    /// The error a refused request gave, checked to be Neutron's `kind`
+    /// with `status`.
+    pub fn refused<T: std::fmt::Debug>(result: ApiResult<T>, status: u16, kind: &str) -> ApiError {
+        let error = result.expect_err("refused");
+        assert_eq!((error.status, error.kind), (status, kind), "{error}");
+        error
+    }
+
+    /// A port create of these attributes.
+    pub fn port(body: Value) -> PortCreate {
+        PortCreate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
+    }
 
     /// A controller over a fresh embedded store (dropped with the dir).
     pub fn controller() -> (tempfile::TempDir, Controller) {
@@ -217,5 +314,40 @@ pub(crate) mod testing {
             .into_iter()
             .map(|entry| (entry.key, entry.value))
             .collect()
+    }
+
+    /// How many keys the store has under `prefix`.
+    pub async fn keys(controller: &Controller, prefix: &str) -> usize {
+        controller.store.list(prefix).await.unwrap().len()
+    }
+
+    /// Deletes every router and network (the test has taken away what
+    /// holds them) and checks that the store has nothing left but
+    /// security groups (a project's default group stays once made).
+    pub async fn delete_all(controller: &Controller) {
+        for router in controller.list::<Router>().await.unwrap() {
+            controller
+                .delete_router(&router.meta.id, None)
+                .await
+                .unwrap();
+        }
+        for network in controller.list::<Network>().await.unwrap() {
+            controller
+                .delete_network(&network.meta.id, None)
+                .await
+                .unwrap();
+        }
+        let groups = [
+            "/alcor/security_group/",
+            "/alcor/sg-rule/",
+            "/alcor/default-security-group/",
+        ];
+        let left: Vec<String> = snapshot(controller)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !groups.iter().any(|prefix| key.starts_with(prefix)))
+            .collect();
+        assert!(left.is_empty(), "left: {left:?}");
     }
 }

@@ -145,18 +145,16 @@ impl Controller {
 
     /// Deletes a network without ports, and its subnets.
     pub async fn delete_network(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark_network(id, if_match, true).await?;
-        let ports = self.store.list(&ports_prefix(id)).await?;
-        if !ports.is_empty() {
-            self.mark_network(id, None, false).await?;
-            return Err(ApiError::conflict(
-                "NetworkInUse",
-                format!(
-                    "Unable to complete operation on network {id}. There are one or more ports \
-                     still in use on the network."
-                ),
-            ));
-        }
+        let in_use = ApiError::conflict(
+            "NetworkInUse",
+            format!(
+                "Unable to complete operation on network {id}. There are one or more ports still \
+                 in use on the network."
+            ),
+        );
+        let flag: fn(&mut Network) -> &mut bool = |network| &mut network.deleting;
+        self.mark_unused(id, if_match, flag, &ports_prefix(id), in_use)
+            .await?;
         retrying(|| {
             Box::pin(async move {
                 let (network, entry) = self.load::<Network>(id).await?;
@@ -169,25 +167,6 @@ impl Controller {
                         txn.require_unchanged(&subnet).delete(subnet.key.clone());
                     }
                 }
-                self.commit(txn).await
-            })
-        })
-        .await
-    }
-
-    /// Sets or clears the network's `deleting` mark.
-    async fn mark_network(&self, id: &str, if_match: Option<u64>, deleting: bool) -> ApiResult<()> {
-        retrying(|| {
-            Box::pin(async move {
-                let (mut network, entry) = self.load::<Network>(id).await?;
-                check_revision(&network.meta, if_match)?;
-                if network.deleting == deleting {
-                    return Ok(Try::Done(()));
-                }
-                network.deleting = deleting;
-                let mut txn = Txn::default();
-                txn.require_unchanged(&entry)
-                    .put(entry.key.clone(), encode(&network));
                 self.commit(txn).await
             })
         })

@@ -4,6 +4,9 @@
 //! can never get the same address, and releasing one is deleting a key
 //! that is there. A request that loses a race reads again and retries;
 //! one that asked for an address or MAC someone has gets Neutron's 409.
+//!
+//! Routers and floating IPs make their ports with the same plan, in their
+//! own transactions ([`Plan`], `plan_port`, `plan_port_deletion`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,14 +19,17 @@ use super::{
     Controller, Try, check_revision, encode,
     networks::ports_prefix,
     resource_key, retrying,
+    security_groups::group_port_key,
     subnets::{ip_key, ips_prefix},
 };
 use crate::{
     allocate::AddressBook,
     error::{ApiError, ApiResult},
     model::{
-        Meta, Network, Port, Resource, Subnet,
+        FloatingIp, Meta, Network, Port, Resource, Router, Subnet,
+        floating_ip::FLOATING_IP_OWNER,
         port::{FixedIp, FixedIpRequest, PortCreate, PortUpdate},
+        router::{ROUTER_GATEWAY, ROUTER_INTERFACE},
     },
     store::{Entry, Txn},
 };
@@ -49,13 +55,17 @@ struct Chosen {
 /// One try of a request: what it read (and compares), what it chose,
 /// the transaction that writes it.
 #[derive(Default)]
-struct Plan {
+pub(super) struct Plan {
     networks: HashMap<String, (Network, Entry)>,
     subnets: HashMap<String, (Subnet, Entry)>,
     chosen: Vec<Chosen>,
     /// MACs the client gave, by network.
     macs: Vec<(String, Mac)>,
-    txn: Txn,
+    /// Security groups the ports join (compared, or created, once).
+    pub(super) groups: HashSet<String>,
+    /// Default groups by project, as found or created by this plan.
+    pub(super) default_groups: HashMap<String, String>,
+    pub(super) txn: Txn,
 }
 
 impl Plan {
@@ -69,7 +79,7 @@ impl Plan {
 
 impl Controller {
     /// The network of a port (compared at commit).
-    async fn plan_network(&self, plan: &mut Plan, id: &str) -> ApiResult<Network> {
+    pub(super) async fn plan_network(&self, plan: &mut Plan, id: &str) -> ApiResult<Network> {
         if let Some((network, _)) = plan.networks.get(id) {
             return Ok(network.clone());
         }
@@ -176,6 +186,7 @@ impl Controller {
         network: &Network,
         requests: Option<&[FixedIpRequest]>,
         kept: &[FixedIp],
+        device_owner: &str,
     ) -> ApiResult<Vec<FixedIp>> {
         let mut fixed_ips = Vec::new();
         let Some(requests) = requests else {
@@ -213,7 +224,11 @@ impl Controller {
                         Some(id) => self.plan_subnet(plan, network, id).await?,
                         None => self.subnet_with(plan, network, *ip_address).await?,
                     };
-                    if !subnet.assignable(*ip_address) {
+                    // A router's interface is where the gateway address
+                    // lives, as in Neutron; no other port may have it.
+                    let gateway =
+                        device_owner == ROUTER_INTERFACE && subnet.gateway_ip == Some(*ip_address);
+                    if !gateway && !subnet.assignable(*ip_address) {
                         return Err(ApiError::bad_request(format!(
                             "IP address {ip_address} is not a valid IP for the specified subnet."
                         ))
@@ -285,7 +300,7 @@ impl Controller {
     /// Why the plan's commit conflicted: a 409 for what the client asked
     /// that someone has; else the suggested addresses taken meanwhile are
     /// noted, and the request starts again.
-    async fn diagnose(&self, plan: &Plan) -> ApiResult<Try<Vec<Port>>> {
+    pub(super) async fn diagnose<T>(&self, plan: &Plan) -> ApiResult<Try<T>> {
         for chosen in &plan.chosen {
             if self
                 .store
@@ -296,13 +311,7 @@ impl Controller {
                 continue;
             }
             if chosen.requested {
-                return Err(ApiError::conflict(
-                    "IpAddressAlreadyAllocated",
-                    format!(
-                        "IP address {} already allocated in subnet {}",
-                        chosen.ip, chosen.subnet_id
-                    ),
-                ));
+                return Err(already_allocated(chosen.ip, &chosen.subnet_id));
             }
             self.note(&chosen.subnet_id, chosen.ip, true);
         }
@@ -329,11 +338,8 @@ impl Controller {
                 for create in creates {
                     ports.push(self.plan_port(&mut plan, create).await?);
                 }
-                if !matches!(self.commit(plan.txn.clone()).await?, Try::Done(())) {
+                if !self.commit_plan(&plan).await? {
                     return self.diagnose(&plan).await;
-                }
-                for chosen in &plan.chosen {
-                    self.note(&chosen.subnet_id, chosen.ip, true);
                 }
                 Ok(Try::Done(ports))
             })
@@ -341,10 +347,46 @@ impl Controller {
         .await
     }
 
-    async fn plan_port(&self, plan: &mut Plan, create: &PortCreate) -> ApiResult<Port> {
+    /// Commits the plan; false if a compare failed. The books learn the
+    /// addresses it took.
+    pub(super) async fn commit_plan(&self, plan: &Plan) -> ApiResult<bool> {
+        if !matches!(self.commit(plan.txn.clone()).await?, Try::Done(())) {
+            return Ok(false);
+        }
+        for chosen in &plan.chosen {
+            self.note(&chosen.subnet_id, chosen.ip, true);
+        }
+        Ok(true)
+    }
+
+    /// Adds a new resource to the plan and commits: `Again` after a lost
+    /// race, Neutron's 409 for an address the client asked for that
+    /// someone has.
+    pub(super) async fn commit_created<R: Resource>(
+        &self,
+        plan: &mut Plan,
+        resource: R,
+    ) -> ApiResult<Try<R>> {
+        let key = resource_key(R::KIND, &resource.meta().id);
+        plan.txn.require_absent(&key).put(key, encode(&resource));
+        if !self.commit_plan(plan).await? {
+            return self.diagnose(plan).await;
+        }
+        Ok(Try::Done(resource))
+    }
+
+    /// A port, with its addresses, MAC and security groups, written by
+    /// the plan's transaction.
+    pub(super) async fn plan_port(&self, plan: &mut Plan, create: &PortCreate) -> ApiResult<Port> {
         let network = self.plan_network(plan, &create.network_id).await?;
         let fixed_ips = self
-            .plan_addresses(plan, &network, create.fixed_ips.as_deref(), &[])
+            .plan_addresses(
+                plan,
+                &network,
+                create.fixed_ips.as_deref(),
+                &[],
+                &create.device_owner,
+            )
             .await?;
         let mac_address = match create.mac_address {
             Some(mac) => {
@@ -369,6 +411,18 @@ impl Controller {
             .project_id
             .clone()
             .unwrap_or_else(|| network.meta.project_id.clone());
+        let port_security_enabled = create
+            .port_security_enabled
+            .unwrap_or(network.port_security_enabled);
+        let security_groups = self
+            .port_groups(
+                plan,
+                &project,
+                create.security_groups.as_deref(),
+                port_security_enabled,
+                &create.device_owner,
+            )
+            .await?;
         let port = Port {
             meta: Meta::new(create.name.clone(), create.description.clone(), project),
             network_id: network.meta.id.clone(),
@@ -381,10 +435,8 @@ impl Controller {
             binding_host_id: create.binding_host_id.clone(),
             binding_profile: create.binding_profile.clone(),
             allowed_address_pairs: create.allowed_address_pairs.clone(),
-            security_groups: create.security_groups.clone().unwrap_or_default(),
-            port_security_enabled: create
-                .port_security_enabled
-                .unwrap_or(network.port_security_enabled),
+            security_groups,
+            port_security_enabled,
         };
         let key = resource_key(Port::KIND, &port.meta.id);
         let mac = mac_key(&port.network_id, port.mac_address);
@@ -403,6 +455,10 @@ impl Controller {
                 port.meta.id.clone().into_bytes(),
             );
         }
+        for group in &port.security_groups {
+            plan.txn
+                .put(group_port_key(group, &port.meta.id), Vec::new());
+        }
         Ok(port)
     }
 
@@ -416,14 +472,24 @@ impl Controller {
             Box::pin(async move {
                 let (mut port, entry) = self.load::<Port>(id).await?;
                 check_revision(&port.meta, if_match)?;
+                self.check_owned_update(&port, update).await?;
+                let groups = port.security_groups.clone();
                 let mut changed = update.apply(&mut port);
                 let mut plan = Plan::default();
                 plan.txn.require_unchanged(&entry);
+                self.plan_group_change(&mut plan, &mut port, &groups, update)
+                    .await?;
                 let mut freed = Vec::new();
                 if let Some(requests) = &update.fixed_ips {
                     let network = self.plan_network(&mut plan, &port.network_id).await?;
                     let fixed_ips = self
-                        .plan_addresses(&mut plan, &network, Some(requests), &port.fixed_ips)
+                        .plan_addresses(
+                            &mut plan,
+                            &network,
+                            Some(requests),
+                            &port.fixed_ips,
+                            &port.device_owner,
+                        )
                         .await?;
                     for old in &port.fixed_ips {
                         if !fixed_ips.contains(old) {
@@ -455,13 +521,8 @@ impl Controller {
                 }
                 port.meta.touch();
                 plan.txn.put(entry.key.clone(), encode(&port));
-                if !matches!(self.commit(plan.txn.clone()).await?, Try::Done(())) {
-                    return Ok(match self.diagnose(&plan).await? {
-                        Try::Done(_) | Try::Again => Try::Again,
-                    });
-                }
-                for chosen in &plan.chosen {
-                    self.note(&chosen.subnet_id, chosen.ip, true);
+                if !self.commit_plan(&plan).await? {
+                    return self.diagnose(&plan).await;
                 }
                 for old in &freed {
                     self.note(&old.subnet_id, old.ip_address, false);
@@ -472,20 +533,25 @@ impl Controller {
         .await
     }
 
-    /// Deletes the port and releases its addresses and MAC.
+    /// Deletes the port and releases its addresses and MAC; a router's or
+    /// a floating IP's port goes only with them.
     pub async fn delete_port(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
         let port = retrying(|| {
             Box::pin(async move {
                 let (port, entry) = self.load::<Port>(id).await?;
                 check_revision(&port.meta, if_match)?;
-                let mut txn = Txn::default();
-                txn.require_unchanged(&entry)
-                    .delete(entry.key.clone())
-                    .delete(mac_key(&port.network_id, port.mac_address))
-                    .delete(network_port_key(&port.network_id, id));
-                for fixed in &port.fixed_ips {
-                    txn.delete(ip_key(&fixed.subnet_id, fixed.ip_address));
+                if self.owner_exists(&port).await? {
+                    return Err(ApiError::conflict(
+                        "L3PortInUse",
+                        format!(
+                            "Port {id} cannot be deleted directly via the port API: has device \
+                             owner {}.",
+                            port.device_owner
+                        ),
+                    ));
                 }
+                let mut txn = Txn::default();
+                self.plan_port_deletion(&mut txn, &port, &entry).await?;
                 Ok(match self.commit(txn).await? {
                     Try::Done(()) => Try::Done(port),
                     Try::Again => Try::Again,
@@ -493,10 +559,75 @@ impl Controller {
             })
         })
         .await?;
+        self.released(&port);
+        Ok(())
+    }
+
+    /// Whether the router or floating IP that owns the port exists (one
+    /// that does not, such as a port a client made with that owner, does
+    /// not hold it).
+    async fn owner_exists(&self, port: &Port) -> ApiResult<bool> {
+        Ok(match port.device_owner.as_str() {
+            ROUTER_INTERFACE | ROUTER_GATEWAY => {
+                self.find::<Router>(&port.device_id).await?.is_some()
+            }
+            FLOATING_IP_OWNER => self.find::<FloatingIp>(&port.device_id).await?.is_some(),
+            _ => false,
+        })
+    }
+
+    /// Refuses a change, through the port API, of what ties a router's or
+    /// a floating IP's port to it (its owner, its addresses): they change
+    /// through their own API, as the port is deleted only through it.
+    async fn check_owned_update(&self, port: &Port, update: &PortUpdate) -> ApiResult<()> {
+        let changes = update
+            .device_owner
+            .as_ref()
+            .is_some_and(|owner| *owner != port.device_owner)
+            || update
+                .device_id
+                .as_ref()
+                .is_some_and(|device| *device != port.device_id)
+            || update.fixed_ips.is_some();
+        if changes && self.owner_exists(port).await? {
+            return Err(ApiError::conflict(
+                "L3PortInUse",
+                format!(
+                    "Port {} cannot be changed directly via the port API: has device owner {}.",
+                    port.meta.id, port.device_owner
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds the port's deletion to `txn`: the port as read, its MAC,
+    /// addresses and index keys, and the floating IPs it had (now
+    /// associated with nothing).
+    pub(super) async fn plan_port_deletion(
+        &self,
+        txn: &mut Txn,
+        port: &Port,
+        entry: &Entry,
+    ) -> ApiResult<()> {
+        txn.require_unchanged(entry)
+            .delete(entry.key.clone())
+            .delete(mac_key(&port.network_id, port.mac_address))
+            .delete(network_port_key(&port.network_id, &port.meta.id));
+        for fixed in &port.fixed_ips {
+            txn.delete(ip_key(&fixed.subnet_id, fixed.ip_address));
+        }
+        for group in &port.security_groups {
+            txn.delete(group_port_key(group, &port.meta.id));
+        }
+        self.plan_port_fips_release(txn, &port.meta.id).await
+    }
+
+    /// Tells the books that a deleted port's addresses are free.
+    pub(super) fn released(&self, port: &Port) {
         for fixed in &port.fixed_ips {
             self.note(&fixed.subnet_id, fixed.ip_address, false);
         }
-        Ok(())
     }
 
     /// The addresses of a subnet given out, as the store says: for tests
@@ -504,6 +635,14 @@ impl Controller {
     pub async fn allocated(&self, subnet_id: &str) -> ApiResult<usize> {
         Ok(self.store.list(&ips_prefix(subnet_id)).await?.len())
     }
+}
+
+/// Neutron's 409 for an address someone has.
+pub(super) fn already_allocated(ip: Ipv4Addr, subnet_id: &str) -> ApiError {
+    ApiError::conflict(
+        "IpAddressAlreadyAllocated",
+        format!("IP address {ip} already allocated in subnet {subnet_id}"),
+    )
 }
 
 fn exhausted(network: &Network) -> ApiError {
@@ -520,39 +659,15 @@ fn exhausted(network: &Network) -> ApiError {
 mod tests {
     use std::sync::Arc;
 
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::{
-        body::resource,
-        model::{network::NetworkCreate, subnet::SubnetCreate},
-        service::testing::*,
-    };
-
-    async fn network_with_subnet(controller: &Controller, cidr: &str) -> (Network, Subnet) {
-        let create =
-            NetworkCreate::parse(resource(&json!({"network": {}}), "network").unwrap()).unwrap();
-        let network = controller.create_network(create).await.unwrap();
-        let create = SubnetCreate::parse(
-            resource(
-                &json!({"subnet": {"network_id": network.meta.id, "cidr": cidr}}),
-                "subnet",
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        let subnet = controller.create_subnet(create).await.unwrap();
-        (controller.show(&network.meta.id).await.unwrap(), subnet)
-    }
-
-    fn port(body: Value) -> PortCreate {
-        PortCreate::parse(resource(&json!({ "port": body }), "port").unwrap()).unwrap()
-    }
+    use crate::{body::resource, service::testing::*};
 
     #[tokio::test]
     async fn ports_get_distinct_addresses_and_macs_and_give_them_back() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/29").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/29").await;
         let net = network.meta.id.clone();
         let mut ports = Vec::new();
         for _ in 0..5 {
@@ -601,7 +716,7 @@ mod tests {
     #[tokio::test]
     async fn taken_addresses_and_macs_are_409s_and_leave_nothing() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/24").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
         let net = network.meta.id.clone();
         let fixed = json!([{"subnet_id": subnet.meta.id, "ip_address": "10.0.0.7"}]);
         let first = controller
@@ -669,7 +784,7 @@ mod tests {
     #[tokio::test]
     async fn a_fixed_ip_change_releases_the_old_address() {
         let (_dir, controller) = controller();
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/24").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
         let created = controller
             .create_ports(&[port(
                 json!({"network_id": network.meta.id, "fixed_ips": [{"ip_address": "10.0.0.5"}]}),
@@ -704,11 +819,7 @@ mod tests {
         );
         controller.delete_port(&moved.meta.id, None).await.unwrap();
         assert_eq!(controller.allocated(&subnet.meta.id).await.unwrap(), 0);
-        controller
-            .delete_network(&network.meta.id, None)
-            .await
-            .unwrap();
-        assert!(snapshot(&controller).await.is_empty(), "nothing left");
+        delete_all(&controller).await;
     }
 
     /// Many tasks creating and deleting ports in one small subnet at once:
@@ -717,7 +828,7 @@ mod tests {
     async fn concurrent_creates_and_deletes_never_share_an_address() {
         let (_dir, controller) = controller();
         let controller = Arc::new(controller);
-        let (network, subnet) = network_with_subnet(&controller, "10.0.0.0/26").await;
+        let (network, subnet) = network_with_subnet(&controller, json!({}), "10.0.0.0/26").await;
         let tasks: Vec<_> = (0..16)
             .map(|n| {
                 let controller = controller.clone();

@@ -102,6 +102,22 @@ impl Controller {
                     }
                     txn.require_absent(ip_key(id, new));
                 }
+                if let Some(old) = gateway.filter(|old| subnet.gateway_ip != Some(*old)) {
+                    // A router's interface has the gateway address: it
+                    // stays the gateway while it does (Neutron's check),
+                    // and no interface may take it before the commit.
+                    if let Some(holder) = self.store.get(&ip_key(id, old)).await? {
+                        return Err(ApiError::conflict(
+                            "GatewayIpInUse",
+                            format!(
+                                "Current gateway ip {old} already in use by port {}. Unable to \
+                                 update.",
+                                String::from_utf8_lossy(&holder.value)
+                            ),
+                        ));
+                    }
+                    txn.require_absent(ip_key(id, old));
+                }
                 txn.put(entry.key.clone(), encode(&subnet));
                 Ok(match self.commit(txn).await? {
                     Try::Done(()) => Try::Done(subnet),
@@ -114,17 +130,16 @@ impl Controller {
 
     /// Deletes a subnet none of whose addresses a port has.
     pub async fn delete_subnet(&self, id: &str, if_match: Option<u64>) -> ApiResult<()> {
-        self.mark_subnet(id, if_match, true).await?;
-        if !self.store.list(&ips_prefix(id)).await?.is_empty() {
-            self.mark_subnet(id, None, false).await?;
-            return Err(ApiError::conflict(
-                "SubnetInUse",
-                format!(
-                    "Unable to complete operation on subnet {id}: One or more ports have an IP \
-                     allocation from this subnet."
-                ),
-            ));
-        }
+        let in_use = ApiError::conflict(
+            "SubnetInUse",
+            format!(
+                "Unable to complete operation on subnet {id}: One or more ports have an IP \
+                 allocation from this subnet."
+            ),
+        );
+        let flag: fn(&mut Subnet) -> &mut bool = |subnet| &mut subnet.deleting;
+        self.mark_unused(id, if_match, flag, &ips_prefix(id), in_use)
+            .await?;
         retrying(|| {
             Box::pin(async move {
                 let (subnet, entry) = self.load::<Subnet>(id).await?;
@@ -143,25 +158,6 @@ impl Controller {
                     self.forget_book(id);
                 }
                 Ok(done)
-            })
-        })
-        .await
-    }
-
-    /// Sets or clears the subnet's `deleting` mark.
-    async fn mark_subnet(&self, id: &str, if_match: Option<u64>, deleting: bool) -> ApiResult<()> {
-        retrying(|| {
-            Box::pin(async move {
-                let (mut subnet, entry) = self.load::<Subnet>(id).await?;
-                check_revision(&subnet.meta, if_match)?;
-                if subnet.deleting == deleting {
-                    return Ok(Try::Done(()));
-                }
-                subnet.deleting = deleting;
-                let mut txn = Txn::default();
-                txn.require_unchanged(&entry)
-                    .put(entry.key.clone(), encode(&subnet));
-                self.commit(txn).await
             })
         })
         .await

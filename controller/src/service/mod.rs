@@ -114,10 +114,11 @@ enum Try<T> {
 async fn retrying<'a, T>(
     mut attempt: impl FnMut() -> BoxFuture<'a, ApiResult<Try<T>>>,
 ) -> ApiResult<T> {
-    for _ in 0..ATTEMPTS {
+    for tried in 1..=ATTEMPTS {
         if let Try::Done(value) = attempt().await? {
             return Ok(value);
         }
+        tracing::debug!(tried, "lost a race to another writer: reading again");
     }
     Err(ApiError::new(
         503,

@@ -242,3 +242,136 @@ fn with_a_token_only_its_holder_gets_in() {
         "nothing written without the token"
     );
 }
+
+#[test]
+fn the_openstack_cli_drives_routers_security_groups_and_floating_ips() {
+    if !openstack::available("the_openstack_cli_drives_routers_security_groups_and_floating_ips") {
+        return;
+    }
+    let controller = Controller::start(StoreKind::Embedded, &[]).unwrap();
+    let cli = Cli::new(&controller.endpoint()).unwrap();
+    let run = |args: &[&str]| json(&cli, &controller, args);
+    let ok = |args: &[&str]| {
+        let output = cli.run(args).unwrap();
+        assert!(
+            output.success(),
+            "openstack {}: {}\n{}",
+            args.join(" "),
+            output.stderr,
+            controller.log()
+        );
+    };
+
+    run(&["network", "create", "--external", "public"]);
+    run(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "203.0.113.0/24",
+        "public-sn",
+    ]);
+    run(&["network", "create", "private"]);
+    run(&[
+        "subnet",
+        "create",
+        "--network",
+        "private",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "private-sn",
+    ]);
+
+    let router = run(&["router", "create", "r1"]);
+    assert_eq!(router["name"], "r1");
+    ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    ok(&["router", "add", "subnet", "r1", "private-sn"]);
+    let shown = run(&["router", "show", "r1"]);
+    let interfaces = shown["interfaces_info"].as_array().unwrap();
+    assert_eq!(interfaces[0]["ip_address"], "10.0.0.1", "{shown}");
+    let twice = refused(&cli, &["router", "add", "subnet", "r1", "private-sn"]);
+    assert!(twice.contains("already has a port on subnet"), "{twice}");
+
+    let group = run(&["security", "group", "create", "web"]);
+    assert_eq!(group["name"], "web");
+    let rule = run(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "web",
+    ]);
+    assert_eq!(
+        (rule["port_range_min"].clone(), rule["direction"].clone()),
+        (Value::from(22), Value::from("ingress"))
+    );
+    let again = refused(
+        &cli,
+        &[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "22",
+            "web",
+        ],
+    );
+    assert!(again.to_lowercase().contains("already exists"), "{again}");
+    let listed = run(&["security", "group", "list"]);
+    let groups = names(&listed);
+    assert!(
+        groups.contains(&"default") && groups.contains(&"web"),
+        "{groups:?}"
+    );
+
+    let port = run(&[
+        "port",
+        "create",
+        "--network",
+        "private",
+        "--security-group",
+        "web",
+        "vm1",
+    ]);
+    assert_eq!(
+        port["security_group_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{port}"
+    );
+    let fip = run(&["floating", "ip", "create", "public"]);
+    let address = fip["floating_ip_address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("203.0.113."), "{fip}");
+    ok(&["floating", "ip", "set", "--port", "vm1", &address]);
+    let associated = run(&["floating", "ip", "show", &address]);
+    assert_eq!(
+        associated["fixed_ip_address"], port["fixed_ips"][0]["ip_address"],
+        "{associated}"
+    );
+    ok(&["floating", "ip", "unset", "--port", &address]);
+    assert_eq!(
+        run(&["floating", "ip", "show", &address])["port_id"],
+        Value::Null
+    );
+
+    let in_use = refused(&cli, &["router", "delete", "r1"]);
+    assert!(in_use.contains("still has ports"), "{in_use}");
+    for args in [
+        &["floating", "ip", "delete", &address][..],
+        &["port", "delete", "vm1"],
+        &["router", "remove", "subnet", "r1", "private-sn"],
+        &["router", "unset", "--external-gateway", "r1"],
+        &["router", "delete", "r1"],
+        &["security", "group", "delete", "web"],
+        &["network", "delete", "private", "public"],
+    ] {
+        ok(args);
+    }
+}

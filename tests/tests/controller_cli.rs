@@ -244,11 +244,25 @@ fn with_a_token_only_its_holder_gets_in() {
 }
 
 #[test]
-fn the_openstack_cli_drives_routers_security_groups_and_floating_ips() {
-    if !openstack::available("the_openstack_cli_drives_routers_security_groups_and_floating_ips") {
-        return;
+fn the_openstack_cli_drives_routers_security_groups_and_floating_ips_on_the_embedded_store() {
+    let test =
+        "the_openstack_cli_drives_routers_security_groups_and_floating_ips_on_the_embedded_store";
+    if openstack::available(test) {
+        routers_security_groups_and_floating_ips(StoreKind::Embedded);
     }
-    let controller = Controller::start(StoreKind::Embedded, &[]).unwrap();
+}
+
+#[test]
+fn the_openstack_cli_drives_routers_security_groups_and_floating_ips_on_etcd() {
+    let test = "the_openstack_cli_drives_routers_security_groups_and_floating_ips_on_etcd";
+    if openstack::available(test) && etcd::available(test) {
+        let etcd = EtcdServer::start().unwrap();
+        routers_security_groups_and_floating_ips(StoreKind::Etcd(vec![etcd.client_url()]));
+    }
+}
+
+fn routers_security_groups_and_floating_ips(store: StoreKind) {
+    let controller = Controller::start(store, &[]).unwrap();
     let cli = Cli::new(&controller.endpoint()).unwrap();
     let run = |args: &[&str]| json(&cli, &controller, args);
     let ok = |args: &[&str]| {

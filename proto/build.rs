@@ -10,6 +10,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "alcor/schema/goalstateprovisioner.proto",
     "alcor/agent/control.proto",
+    "alcor/controller/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

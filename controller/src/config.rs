@@ -54,6 +54,25 @@ pub struct Settings {
     #[arg(long, value_name = "AUTH")]
     pub auth: Option<String>,
 
+    /// Where agents register and ask for their state (gRPC) [default: 127.0.0.1:9697]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// PEM certificate of the controller towards the agents: served on
+    /// --grpc-listen, and its client certificate when it dials an agent's
+    /// https:// endpoint (mutual TLS both ways; with --agent-tls-key and
+    /// --agent-tls-ca)
+    #[arg(long, value_name = "FILE")]
+    pub agent_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --agent-tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub agent_tls_key: Option<PathBuf>,
+
+    /// PEM CA that signs the agents' certificates
+    #[arg(long, value_name = "FILE")]
+    pub agent_tls_ca: Option<PathBuf>,
+
     /// Where Prometheus metrics are served (GET /metrics) [default: 127.0.0.1:9698]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -120,14 +139,26 @@ pub struct Config {
     pub store: StoreSpec,
     pub auth: Auth,
     pub metrics_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    /// Mutual TLS with the agents, if configured.
+    pub agent_tls: Option<AgentTls>,
     pub log_format: LogFormat,
     pub policy: Policy,
+}
+
+/// The controller's certificate and key, and the CA of the agents'.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Config {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9696";
     pub const DEFAULT_STORE: &'static str = "file:/var/lib/alcor-controller/store.redb";
     pub const DEFAULT_METRICS_LISTEN: &'static str = "127.0.0.1:9698";
+    pub const DEFAULT_GRPC_LISTEN: &'static str = "127.0.0.1:9697";
 
     /// Reads the config file, if any, under the flags.
     pub fn load(flags: Settings) -> anyhow::Result<Config> {
@@ -159,7 +190,21 @@ impl Config {
             }
             policy.mtu = mtu;
         }
+        let agent_tls = match (
+            flags.agent_tls_cert.or(file.agent_tls_cert),
+            flags.agent_tls_key.or(file.agent_tls_key),
+            flags.agent_tls_ca.or(file.agent_tls_ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(AgentTls { cert, key, ca }),
+            _ => bail!("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together"),
+        };
         Ok(Config {
+            grpc_listen: flags
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| address(Self::DEFAULT_GRPC_LISTEN)),
+            agent_tls,
             listen: flags
                 .listen
                 .or(file.listen)
@@ -245,6 +290,8 @@ mod tests {
             StoreSpec::File("/var/lib/alcor-controller/store.redb".into())
         );
         assert_eq!(config.auth, Auth::None);
+        assert_eq!(config.grpc_listen.to_string(), "127.0.0.1:9697");
+        assert_eq!(config.agent_tls, None);
         let config = load(
             &["--store", "etcd:http://127.0.0.1:2379,http://127.0.0.2:2379"],
             "store = \"file:/x\"\nlisten = \"0.0.0.0:9696\"\nvni_range = \"100:200\"\nmac_prefix = \"02:aa:bb\"",
@@ -260,6 +307,29 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:9696");
         assert_eq!(config.policy.vni_range, 100..=200);
         assert_eq!(config.policy.mac_prefix, [2, 0xaa, 0xbb]);
+        let config = load(
+            &[
+                "--grpc-listen",
+                "198.18.0.100:9697",
+                "--agent-tls-cert",
+                "c.pem",
+            ],
+            "agent_tls_key = \"k.pem\"\nagent_tls_ca = \"ca.pem\"",
+        )
+        .unwrap();
+        assert_eq!(config.grpc_listen.to_string(), "198.18.0.100:9697");
+        assert_eq!(
+            config.agent_tls,
+            Some(AgentTls {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                ca: "ca.pem".into()
+            })
+        );
+        assert!(
+            load(&["--agent-tls-cert", "c.pem"], "").is_err(),
+            "TLS half set"
+        );
     }
 
     #[test]

@@ -1,15 +1,20 @@
-//! The controller as it runs: its store opened, the API and the metrics
-//! served until SIGTERM or Ctrl-C, requests in flight finished.
+//! The controller as it runs: its store opened, the API, the agents'
+//! registry and the metrics served and goal states pushed until SIGTERM or
+//! Ctrl-C, requests in flight finished.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
 use crate::{
     api::{self, App},
-    config::{Config, StoreSpec},
+    config::{AgentTls, Config, StoreSpec},
     metrics::{self, Metrics},
+    registry::Registry,
     service::Controller,
+    southbound::Southbound,
     store::{Store, embedded::Embedded, etcd::Etcd},
 };
 
@@ -30,8 +35,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config.store)
         .await
         .context("opening the store")?;
+    let controller = Arc::new(Controller::new(store, config.policy.clone()));
+    let tls = config.agent_tls.as_ref().map(read_tls).transpose()?;
+    let southbound = Southbound::new(
+        controller.clone(),
+        tls.as_ref().map(|tls| {
+            ClientTlsConfig::new()
+                .ca_certificate(tls.ca.clone())
+                .identity(tls.identity.clone())
+        }),
+    );
+    tokio::spawn(southbound.clone().run());
+    serve_agents(&config, tls, Registry::new(controller.clone(), southbound)).await?;
     let app = Arc::new(App {
-        controller: Controller::new(store, config.policy.clone()),
+        controller,
         auth: config.auth.clone(),
     });
     let metrics = Arc::new(Metrics::default());
@@ -52,6 +69,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving the API")
+}
+
+/// The controller's TLS towards the agents, read.
+struct Tls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+fn read_tls(tls: &AgentTls) -> anyhow::Result<Tls> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok(Tls {
+        identity: Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
+        ca: Certificate::from_pem(read(&tls.ca)?),
+    })
+}
+
+/// Serves the agents' registrations and state requests on --grpc-listen.
+async fn serve_agents(config: &Config, tls: Option<Tls>, registry: Registry) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for agents on {}", config.grpc_listen))?;
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(tls.identity)
+                    .client_ca_root(tls.ca),
+            )
+            .context("the agents' TLS configuration")?;
+    }
+    let (agents, provisioner) = registry.services();
+    let router = server.add_service(agents).add_service(provisioner);
+    tracing::info!(listen = %config.grpc_listen, tls = config.agent_tls.is_some(), "serving the agents");
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(error) = router.serve_with_incoming(incoming).await {
+            tracing::error!(%error, "serving the agents failed");
+        }
+    });
+    Ok(())
 }
 
 /// SIGTERM (systemd) or Ctrl-C.

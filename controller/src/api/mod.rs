@@ -3,6 +3,7 @@
 //! Neutron's status codes and error bodies. Handlers parse (`body`), call
 //! the service, and show the result (`Resource::view`).
 
+mod agents;
 mod l3;
 pub mod query;
 mod resources;
@@ -42,13 +43,14 @@ pub enum Auth {
 }
 
 pub struct App {
-    pub controller: Controller,
+    pub controller: Arc<Controller>,
     pub auth: Auth,
 }
 
 /// The extensions served, as `GET /v2.0/extensions` lists them: clients
 /// look attributes up by these aliases.
 const EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("agent", "agent", "The agent management extension."),
     (
         "binding",
         "Port Binding",

@@ -64,6 +64,7 @@ pub fn routes() -> Router<Arc<App>> {
             get(show::<Port>).put(update_port).delete(delete_port),
         )
         .merge(super::l3::routes())
+        .merge(super::agents::routes())
         .merge(super::security_groups::routes())
 }
 
@@ -74,8 +75,23 @@ pub(super) fn listing<R: Resource>(
     resources: &[R],
     raw: Option<String>,
 ) -> ApiResult<Json<Value>> {
+    listing_views(
+        headers,
+        collection,
+        resources.iter().map(Resource::view).collect(),
+        raw,
+    )
+}
+
+/// A list response of views.
+pub(super) fn listing_views(
+    headers: &HeaderMap,
+    collection: &str,
+    views: Vec<Value>,
+    raw: Option<String>,
+) -> ApiResult<Json<Value>> {
     let query = ListQuery::parse(raw.as_deref())?;
-    let page = query.apply(resources.iter().map(Resource::view).collect());
+    let page = query.apply(views);
     let mut body = serde_json::Map::new();
     body.insert(collection.into(), Value::Array(page.items));
     if let Some(marker) = page.next_marker {

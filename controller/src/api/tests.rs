@@ -23,7 +23,10 @@ struct Client {
 impl Client {
     fn new(auth: Auth) -> Client {
         let (dir, controller) = testing::controller();
-        let app = Arc::new(App { controller, auth });
+        let app = Arc::new(App {
+            controller: Arc::new(controller),
+            auth,
+        });
         Client {
             router: router(app.clone()),
             app,

@@ -1,6 +1,7 @@
 //! The resources the controller keeps, as stored (typed, validated), and
 //! as Neutron shows them (`view`). Pure: no store, no HTTP.
 
+pub mod agent;
 pub mod floating_ip;
 pub mod network;
 pub mod port;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Meta, Resource, network::MAX_TEXT};
+use crate::goalstate::NETNS_PROFILE_KEY;
 use crate::{
     body::Attrs,
     error::{ApiError, ApiResult},
@@ -38,8 +39,12 @@ pub struct Port {
     pub device_id: String,
     pub device_owner: String,
     pub admin_state_up: bool,
-    /// `DOWN` until an agent has programmed it.
+    /// `DOWN` until its host's agent has programmed it, then `ACTIVE`;
+    /// `ERROR` when the agent refused it.
     pub status: String,
+    /// Why the status is not `ACTIVE`, in the agent's words.
+    #[serde(default)]
+    pub status_detail: String,
     pub binding_host_id: String,
     pub binding_profile: Map<String, Value>,
     pub allowed_address_pairs: Vec<AddressPair>,
@@ -57,8 +62,15 @@ impl Resource for Port {
     fn view(&self) -> Value {
         let vif_type = if self.binding_host_id.is_empty() {
             "unbound"
+        } else if self.binding_profile.contains_key(NETNS_PROFILE_KEY) {
+            "netns"
         } else {
             "tap"
+        };
+        let vif_details = if self.status_detail.is_empty() {
+            json!({})
+        } else {
+            json!({ "agent_status": self.status_detail })
         };
         self.meta.view_with(json!({
             "network_id": self.network_id,
@@ -73,7 +85,7 @@ impl Resource for Port {
             "binding:host_id": self.binding_host_id,
             "binding:profile": self.binding_profile,
             "binding:vif_type": vif_type,
-            "binding:vif_details": {},
+            "binding:vif_details": vif_details,
             "binding:vnic_type": "normal",
             "allowed_address_pairs": self.allowed_address_pairs.iter().map(|pair| json!({
                 "ip_address": pair.ip_address,

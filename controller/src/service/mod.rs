@@ -21,6 +21,7 @@
 //! that nothing uses it, then deletes it: a port created meanwhile either
 //! committed before the mark, and is seen, or fails its compare.
 
+pub mod agents;
 pub mod floating_ips;
 pub mod networks;
 pub mod ports;
@@ -75,6 +76,9 @@ pub struct Controller {
     policy: Policy,
     /// By subnet id, with the subnet revision its pools are from.
     books: std::sync::Mutex<HashMap<String, (u64, AddressBook)>>,
+    /// The revision of the last change committed here, for the
+    /// southbound to follow.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 pub fn resource_key(kind: &str, id: &str) -> String {
@@ -149,7 +153,13 @@ impl Controller {
             store,
             policy,
             books: std::sync::Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Follows the changes committed through this instance.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -234,7 +244,10 @@ impl Controller {
     /// Commits; `Again` if a compare failed.
     async fn commit(&self, txn: Txn) -> ApiResult<Try<()>> {
         Ok(match self.store.commit(txn).await? {
-            Outcome::Committed { .. } => Try::Done(()),
+            Outcome::Committed { revision } => {
+                self.changes.send_replace(revision);
+                Try::Done(())
+            }
             Outcome::Conflict => Try::Again,
         })
     }

@@ -378,6 +378,7 @@ impl Controller {
     /// A port, with its addresses, MAC and security groups, written by
     /// the plan's transaction.
     pub(super) async fn plan_port(&self, plan: &mut Plan, create: &PortCreate) -> ApiResult<Port> {
+        self.check_binding(&create.binding_host_id).await?;
         let network = self.plan_network(plan, &create.network_id).await?;
         let fixed_ips = self
             .plan_addresses(
@@ -432,6 +433,7 @@ impl Controller {
             device_owner: create.device_owner.clone(),
             admin_state_up: create.admin_state_up,
             status: "DOWN".into(),
+            status_detail: String::new(),
             binding_host_id: create.binding_host_id.clone(),
             binding_profile: create.binding_profile.clone(),
             allowed_address_pairs: create.allowed_address_pairs.clone(),
@@ -474,7 +476,14 @@ impl Controller {
                 check_revision(&port.meta, if_match)?;
                 self.check_owned_update(&port, update).await?;
                 let groups = port.security_groups.clone();
+                let host = port.binding_host_id.clone();
                 let mut changed = update.apply(&mut port);
+                if port.binding_host_id != host {
+                    self.check_binding(&port.binding_host_id).await?;
+                    // Not programmed where it now is, until that agent says so.
+                    port.status = "DOWN".into();
+                    port.status_detail.clear();
+                }
                 let mut plan = Plan::default();
                 plan.txn.require_unchanged(&entry);
                 self.plan_group_change(&mut plan, &mut port, &groups, update)

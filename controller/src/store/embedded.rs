@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{Compare, Entry, Op, Outcome, Store, StoreError, Txn};
+use super::{Compare, Entry, Op, Outcome, Snapshot, Store, StoreError, Txn};
 
 /// Key → (revision that last wrote it, value).
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -91,10 +91,16 @@ impl Store for Embedded {
         })
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+    fn snapshot<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         let prefix = prefix.to_string();
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
+            let revision = txn
+                .open_table(META)
+                .map_err(backend)?
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |revision| revision.value());
             let table = txn.open_table(KV).map_err(backend)?;
             let mut entries = Vec::new();
             for item in table.range(prefix.as_str()..).map_err(backend)? {
@@ -110,7 +116,7 @@ impl Store for Embedded {
                     mod_revision,
                 });
             }
-            Ok(entries)
+            Ok(Snapshot { revision, entries })
         })
     }
 

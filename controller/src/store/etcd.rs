@@ -41,7 +41,7 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use tonic::Code;
 
-use super::{Compare, Entry, Op, Outcome, Store, StoreError, Txn};
+use super::{Compare, Entry, Op, Outcome, Snapshot, Store, StoreError, Txn};
 
 /// Longest wait for one request's answer, above etcd's own limit for a
 /// proposal (7 s with the default election timeout).
@@ -126,7 +126,7 @@ impl Etcd {
 
     /// Every key under `prefix`, page by page, all at the revision of the
     /// first page (one snapshot, as one range would be).
-    async fn list_pages(&self, mut kv: KvClient, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_pages(&self, mut kv: KvClient, prefix: &str) -> Result<Snapshot, StoreError> {
         let end = prefix_end(prefix.as_bytes());
         let mut entries = Vec::new();
         // etcd has no empty key: every key is at or after "\0".
@@ -155,7 +155,12 @@ impl Etcd {
             match entries.last() {
                 // The smallest key after the last one.
                 Some(last) if more => from = [last.key.as_bytes(), b"\0"].concat(),
-                _ => return Ok(entries),
+                _ => {
+                    return Ok(Snapshot {
+                        revision: revision_from_etcd(revision)?,
+                        entries,
+                    });
+                }
             }
         }
     }
@@ -169,7 +174,7 @@ impl Store for Etcd {
         }))
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+    fn snapshot<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Snapshot, StoreError>> {
         Box::pin(self.read(move |kv| self.list_pages(kv, prefix)))
     }
 

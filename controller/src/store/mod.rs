@@ -98,12 +98,26 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// Keys as they all were at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The store's revision the entries are as of: every transaction up
+    /// to it is in them, none after it.
+    pub revision: u64,
+    pub entries: Vec<Entry>,
+}
+
 /// The store, shared by every request handler.
 pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
 
+    /// Every key that starts with `prefix`, in key order, at one revision.
+    fn snapshot<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Snapshot, StoreError>>;
+
     /// Every key that starts with `prefix`, in key order.
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+        Box::pin(async move { Ok(self.snapshot(prefix).await?.entries) })
+    }
 
     fn commit(&self, txn: Txn) -> BoxFuture<'_, Result<Outcome, StoreError>>;
 }
@@ -138,6 +152,13 @@ pub(crate) mod suite {
         let listed = store.list("/b/").await.unwrap();
         assert_eq!(listed.iter().map(key).collect::<Vec<_>>(), ["/b/x", "/b/y"]);
         assert_eq!(listed[1].mod_revision, next);
+        let snapshot = store.snapshot("/b/").await.unwrap();
+        assert_eq!(snapshot.entries, listed);
+        // Another store user (etcd's tests share one) may have written since.
+        assert!(
+            snapshot.revision >= next,
+            "a snapshot is as of the last commit or later"
+        );
         let mut txn = Txn::default();
         txn.delete("/b/x").delete("/nothing");
         store.commit(txn).await.unwrap();

@@ -1,0 +1,381 @@
+//! One agent's session: a long-lived `PushGoalStatesStream` to its
+//! GoalStateProvisioner, carrying the difference between what the agent
+//! acknowledged and what its host should have, one message at a time, and
+//! the ports' statuses from the replies back to the store.
+//!
+//! A new connection starts from nothing acknowledged (the agent may have
+//! restarted without its state), so its first message is the whole state;
+//! the agent finds most of it already applied. A lost connection is dialled
+//! again with a growing pause; a resource the agent could not apply for now
+//! (FAILURE) is sent again after a pause; one it refused (INVALID_ARG) is
+//! not, until it changes. Ports whose device is not there yet (PENDING) are
+//! asked about again every few seconds, until their agent says they are up.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use alcor_proto::schema::{
+    GoalStateOperationReply, GoalStateV2, OperationStatus, OperationType, ResourceType,
+    goal_state_provisioner_client::GoalStateProvisionerClient,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::{
+    Streaming,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::{
+    goalstate::{self, HostState},
+    service::{Controller, agents::PortStatus},
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an agent may take to answer one message (a whole state of
+/// thousands of ports included).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+const LONGEST_PAUSE: Duration = Duration::from_secs(10);
+/// How often ports waiting for their device are asked about.
+const PENDING_POLL: Duration = Duration::from_secs(2);
+
+/// What a host should have, as of a store revision.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub revision: u64,
+    /// Where its agent listens.
+    pub endpoint: String,
+    pub state: Arc<HostState>,
+}
+
+/// The handle the southbound keeps: the session's task ends when it is
+/// dropped.
+pub struct Session {
+    desired: watch::Sender<Desired>,
+    resync: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    pub fn start(
+        host: String,
+        desired: Desired,
+        tls: Option<ClientTlsConfig>,
+        controller: Arc<Controller>,
+    ) -> Session {
+        let (sender, receiver) = watch::channel(desired);
+        let resync = Arc::new(Notify::new());
+        let task = tokio::spawn(
+            Pusher {
+                host,
+                desired: receiver,
+                resync: resync.clone(),
+                tls,
+                controller,
+                acked: HostState::default(),
+                pending_ports: Vec::new(),
+                stream: None,
+                pause: FIRST_PAUSE,
+            }
+            .run(),
+        );
+        Session {
+            desired: sender,
+            resync,
+            task,
+        }
+    }
+
+    pub fn want(&self, desired: Desired) {
+        self.desired.send_if_modified(|current| {
+            let changed = current.endpoint != desired.endpoint || current.state != desired.state;
+            // The revision moves with every change in the store, most of
+            // them not this host's: only a different state is news.
+            if changed {
+                *current = desired;
+            }
+            changed
+        });
+    }
+
+    pub fn resync(&self) {
+        self.resync.notify_one();
+    }
+}
+
+/// An open stream to the agent.
+struct Stream {
+    endpoint: String,
+    messages: mpsc::Sender<GoalStateV2>,
+    replies: Streaming<GoalStateOperationReply>,
+}
+
+/// What went wrong with a push: the connection is dropped.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    #[error("cannot reach the agent at {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("the agent's stream failed: {0}")]
+    Stream(String),
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+struct Pusher {
+    host: String,
+    desired: watch::Receiver<Desired>,
+    resync: Arc<Notify>,
+    tls: Option<ClientTlsConfig>,
+    controller: Arc<Controller>,
+    /// What the agent acknowledged, as of this connection.
+    acked: HostState,
+    /// Ports the agent is waiting for a device for.
+    pending_ports: Vec<String>,
+    stream: Option<Stream>,
+    pause: Duration,
+}
+
+impl Pusher {
+    async fn run(mut self) {
+        loop {
+            let desired = self.desired.borrow_and_update().clone();
+            let revision = u32::try_from(desired.revision).unwrap_or(u32::MAX);
+            let message = goalstate::diff(&self.acked, &desired.state, revision)
+                .or_else(|| self.pending_poll(&desired.state, revision));
+            let Some(message) = message else {
+                self.wait_for_news().await;
+                continue;
+            };
+            match self.push(&desired, message).await {
+                Ok(all_done) => {
+                    self.pause = FIRST_PAUSE;
+                    if !all_done {
+                        // Something to try again: not at once.
+                        self.sleep_or_resync(LONGEST_PAUSE.min(self.pause * 10))
+                            .await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(host = %self.host, %error, pause = ?self.pause, "goal-state push failed");
+                    self.stream = None;
+                    self.sleep_or_resync(self.pause).await;
+                    self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Waits for a new desired state, a resync, or the next poll of
+    /// pending ports.
+    async fn wait_for_news(&mut self) {
+        let poll = async {
+            if self.pending_ports.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(PENDING_POLL).await;
+        };
+        tokio::select! {
+            changed = self.desired.changed() => {
+                if changed.is_err() {
+                    // The southbound dropped the session: the task is aborted.
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = self.resync.notified() => self.forget(),
+            () = poll => {}
+        }
+    }
+
+    async fn sleep_or_resync(&mut self, pause: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = self.resync.notified() => self.forget(),
+        }
+    }
+
+    /// The agent has nothing we know of: everything goes again.
+    fn forget(&mut self) {
+        self.acked = HostState::default();
+        self.pending_ports.clear();
+    }
+
+    /// The ports still waiting for their device, sent again so that the
+    /// agent says how they are doing.
+    fn pending_poll(&self, desired: &HostState, revision: u32) -> Option<GoalStateV2> {
+        if self.pending_ports.is_empty() {
+            return None;
+        }
+        let mut acked = self.acked.clone();
+        for id in &self.pending_ports {
+            acked.ports.remove(id);
+        }
+        let mut message = goalstate::diff(&acked, desired, revision)?;
+        message
+            .port_states
+            .retain(|id, _| self.pending_ports.contains(id));
+        Some(message)
+    }
+
+    /// Sends one message and takes in its reply: whether every resource
+    /// was applied or refused for good (nothing to try again).
+    async fn push(&mut self, desired: &Desired, message: GoalStateV2) -> Result<bool, PushError> {
+        match self.stream.as_mut() {
+            Some(stream) if stream.endpoint == desired.endpoint => {
+                stream
+                    .messages
+                    .send(message)
+                    .await
+                    .map_err(|_| PushError::Stream("the stream closed".into()))?;
+            }
+            _ => {
+                // A new connection: the whole state, sent with the call.
+                self.stream = None;
+                self.forget();
+                let revision = u32::try_from(desired.revision).unwrap_or(u32::MAX);
+                let Some(whole) = goalstate::diff(&self.acked, &desired.state, revision) else {
+                    return Ok(true);
+                };
+                self.stream = Some(self.connect(&desired.endpoint, whole).await?);
+            }
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| PushError::Stream("not connected".into()))?;
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, stream.replies.message()).await {
+            Err(_) => return Err(PushError::Timeout(REPLY_TIMEOUT)),
+            Ok(Err(status)) => return Err(PushError::Stream(status.message().to_string())),
+            Ok(Ok(None)) => return Err(PushError::Stream("the agent ended the stream".into())),
+            Ok(Ok(Some(reply))) => reply,
+        };
+        Ok(self.take_reply(&desired.state, &reply).await)
+    }
+
+    /// Dials the agent and opens the stream with its first message.
+    async fn connect(&self, endpoint: &str, first: GoalStateV2) -> Result<Stream, PushError> {
+        let failed = |reason: String| PushError::Connect {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        let mut target = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| failed(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if endpoint.starts_with("https://") {
+            let tls = self
+                .tls
+                .clone()
+                .ok_or_else(|| failed("the endpoint is https:// but the controller has no agent TLS configured (--agent-tls-cert)".into()))?;
+            target = target.tls_config(tls).map_err(|e| failed(e.to_string()))?;
+        }
+        let channel: Channel = tokio::time::timeout(CONNECT_TIMEOUT, target.connect())
+            .await
+            .map_err(|_| failed("timed out".into()))?
+            .map_err(|e| {
+                failed(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+                ))
+            })?;
+        let mut client = GoalStateProvisionerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (messages, outgoing) = mpsc::channel(1);
+        // The first message goes with the call: the agent answers the call
+        // once it has a message.
+        let _ = messages.try_send(first);
+        let replies = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+        )
+        .await
+        .map_err(|_| failed("the agent did not open the stream".into()))?
+        .map_err(|status| failed(status.message().to_string()))?
+        .into_inner();
+        Ok(Stream {
+            endpoint: endpoint.to_string(),
+            messages,
+            replies,
+        })
+    }
+
+    /// Takes a reply in: what was applied (or refused for good) is
+    /// acknowledged, ports get their statuses.
+    async fn take_reply(&mut self, desired: &HostState, reply: &GoalStateOperationReply) -> bool {
+        let mut all_done = true;
+        let mut ports = Vec::new();
+        self.pending_ports.clear();
+        for status in &reply.operation_statuses {
+            let outcome = OperationStatus::try_from(status.operation_status)
+                .unwrap_or(OperationStatus::Failure);
+            let kind = ResourceType::try_from(status.resource_type).ok();
+            let id = status.resource_id.as_str();
+            let operation =
+                OperationType::try_from(status.operation_type).unwrap_or(OperationType::Info);
+            let settled = match outcome {
+                OperationStatus::Success | OperationStatus::Pending => true,
+                // Refused for what it is: sending it again changes nothing.
+                OperationStatus::InvalidArg | OperationStatus::OutOfOrder => {
+                    tracing::warn!(host = %self.host, resource = id, reason = %status.message, "the agent refused a resource");
+                    true
+                }
+                OperationStatus::Failure => {
+                    tracing::warn!(host = %self.host, resource = id, reason = %status.message, "the agent could not apply a resource");
+                    all_done = false;
+                    false
+                }
+            };
+            if kind == Some(ResourceType::Port) && operation != OperationType::Delete {
+                if outcome == OperationStatus::Pending {
+                    self.pending_ports.push(id.to_string());
+                }
+                ports.push(PortStatus {
+                    port_id: id.to_string(),
+                    status: match outcome {
+                        OperationStatus::Success => "ACTIVE",
+                        OperationStatus::Pending => "DOWN",
+                        _ => "ERROR",
+                    },
+                    detail: status.message.clone(),
+                });
+            }
+            if settled && let Some(kind) = kind {
+                acknowledge(&mut self.acked, desired, kind, id);
+            }
+        }
+        // Whatever the reply did not mention is not acknowledged: it goes
+        // again with the next message.
+        if let Err(error) = self.controller.set_port_statuses(&ports).await {
+            tracing::warn!(host = %self.host, %error, "cannot record port statuses");
+        }
+        all_done
+    }
+}
+
+/// Records that the agent has `kind` `id` as `desired` has it (or, gone
+/// from `desired`, that it has it no more).
+fn acknowledge(acked: &mut HostState, desired: &HostState, kind: ResourceType, id: &str) {
+    fn copy<C: Clone>(acked: &mut BTreeMap<String, C>, desired: &BTreeMap<String, C>, id: &str) {
+        match desired.get(id) {
+            Some(config) => {
+                acked.insert(id.to_string(), config.clone());
+            }
+            None => {
+                acked.remove(id);
+            }
+        }
+    }
+    match kind {
+        ResourceType::Vpc => copy(&mut acked.vpcs, &desired.vpcs, id),
+        ResourceType::Subnet => copy(&mut acked.subnets, &desired.subnets, id),
+        ResourceType::Port => copy(&mut acked.ports, &desired.ports, id),
+        ResourceType::Dhcp => copy(&mut acked.dhcp, &desired.dhcp, id),
+        ResourceType::Neighbor => copy(&mut acked.neighbors, &desired.neighbors, id),
+        ResourceType::Router => copy(&mut acked.routers, &desired.routers, id),
+        ResourceType::Securitygroup | ResourceType::Gateway => {}
+    }
+}

@@ -3,15 +3,16 @@
 //! etcd, killed (and its store removed) when dropped.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use alcor_proto::registry::{AgentHeartbeat, agent_registry_client::AgentRegistryClient};
 use anyhow::{Context, bail};
 
-use crate::agent::bin;
+use crate::{Netns, agent::bin, netns};
 
 /// Where a controller keeps its state.
 #[derive(Clone, Debug)]
@@ -24,6 +25,10 @@ pub enum StoreKind {
 
 pub struct Controller {
     listen: SocketAddr,
+    /// Where agents register (gRPC).
+    grpc_listen: SocketAddr,
+    /// The network namespace it runs in; `None`: this one (loopback).
+    netns: Option<String>,
     store: String,
     args: Vec<String>,
     dir: tempfile::TempDir,
@@ -39,6 +44,41 @@ impl Controller {
     /// Starts a controller over `store` with `args` besides, and waits
     /// (bounded) until its API answers.
     pub fn start(store: StoreKind, args: &[&str]) -> anyhow::Result<Controller> {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Controller::make(
+            None,
+            loopback(free_port()?),
+            loopback(free_port()?),
+            store,
+            args,
+        )
+    }
+
+    /// Starts a controller in the namespace `netns` (a host of a test
+    /// topology), its API on `ip:9696` and its agents' service on
+    /// `ip:9697`.
+    pub fn start_in(
+        netns: &Netns,
+        ip: Ipv4Addr,
+        store: StoreKind,
+        args: &[&str],
+    ) -> anyhow::Result<Controller> {
+        Controller::make(
+            Some(netns.name().to_string()),
+            SocketAddr::from((ip, 9696)),
+            SocketAddr::from((ip, 9697)),
+            store,
+            args,
+        )
+    }
+
+    fn make(
+        netns: Option<String>,
+        listen: SocketAddr,
+        grpc_listen: SocketAddr,
+        store: StoreKind,
+        args: &[&str],
+    ) -> anyhow::Result<Controller> {
         let dir = tempfile::Builder::new()
             .prefix("alcor-controller-")
             .tempdir()?;
@@ -47,7 +87,9 @@ impl Controller {
             StoreKind::Etcd(urls) => format!("etcd:{}", urls.join(",")),
         };
         let mut controller = Controller {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            listen,
+            grpc_listen,
+            netns,
             store,
             args: args.iter().map(|arg| arg.to_string()).collect(),
             dir,
@@ -59,9 +101,20 @@ impl Controller {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.log_path())?;
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let child = Command::new(bin("alcor-controller"))
+        let metrics = SocketAddr::from((self.listen.ip(), free_port()?));
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns])
+                    .arg(bin("alcor-controller"));
+                command
+            }
+            None => Command::new(bin("alcor-controller")),
+        };
+        let child = command
             .args(["--listen", &self.listen.to_string()])
+            .args(["--grpc-listen", &self.grpc_listen.to_string()])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--store", &self.store])
             .args(&self.args)
@@ -72,7 +125,7 @@ impl Controller {
             .context("starting alcor-controller")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(self.listen).is_err() {
+        while !self.answers()? {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
@@ -90,6 +143,43 @@ impl Controller {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Whether the API accepts connections (from its namespace).
+    fn answers(&self) -> anyhow::Result<bool> {
+        let listen = self.listen;
+        let connect = move || std::net::TcpStream::connect(listen).is_ok();
+        match &self.netns {
+            Some(name) => netns::enter(name, connect),
+            None => Ok(connect()),
+        }
+    }
+
+    /// Where agents register: `http://IP:PORT`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_listen)
+    }
+
+    /// Registers a stand-in agent for `host` (its goal-state endpoint
+    /// listens nowhere: pushes to it fail and wait), so that ports can be
+    /// bound to the host.
+    pub fn register_stand_in(&self, host: &str) -> anyhow::Result<()> {
+        let endpoint = self.grpc_endpoint();
+        let heartbeat = AgentHeartbeat {
+            host_id: host.to_string(),
+            underlay_ip: "198.18.255.1".into(),
+            underlay_mac: "02:00:00:00:00:01".into(),
+            // Port 1 (tcpmux) listens nowhere.
+            goal_state_endpoint: "http://127.0.0.1:1".into(),
+            agent_version: "stand-in".into(),
+            started: true,
+            ..Default::default()
+        };
+        tokio::runtime::Runtime::new()?.block_on(async move {
+            let mut client = AgentRegistryClient::connect(endpoint).await?;
+            client.heartbeat(heartbeat).await?;
+            anyhow::Ok(())
+        })
     }
 
     /// The API's root: `http://127.0.0.1:PORT/v2.0`.

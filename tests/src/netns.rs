@@ -76,14 +76,23 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let file = File::open(self.path())?;
-        std::thread::spawn(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+        enter(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has entered the namespace `name` (one this
+/// process does not own).
+pub fn enter<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let file = File::open(PathBuf::from("/var/run/netns").join(name))?;
+    std::thread::spawn(move || {
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
 }
 
 impl Drop for Netns {

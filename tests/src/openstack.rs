@@ -113,6 +113,8 @@ pub struct Cli {
     endpoint: String,
     auth: Auth,
     proxy: String,
+    /// The network namespace it runs in, if not this one.
+    netns: Option<String>,
     /// HOME and working directory of every run, with the empty
     /// configuration files and the batch script.
     home: tempfile::TempDir,
@@ -182,8 +184,16 @@ impl Cli {
             auth,
             // Port 1 (tcpmux) listens nowhere.
             proxy: "http://127.0.0.1:1".to_string(),
+            netns: None,
             home,
         })
+    }
+
+    /// Runs the CLI in the network namespace `name` (where the controller
+    /// of a test topology listens).
+    pub fn in_netns(mut self, name: &str) -> Cli {
+        self.netns = Some(name.to_string());
+        self
     }
 
     /// Sends requests for any host but the endpoint's to `proxy` (an
@@ -303,8 +313,11 @@ impl Cli {
     fn command(&self, limit: Duration, program: &Path) -> anyhow::Result<Command> {
         let home = self.home.path();
         let mut command = Command::new("timeout");
+        command.args(["-s", "KILL", &limit.as_secs().max(1).to_string()]);
+        if let Some(netns) = &self.netns {
+            command.args(["/usr/bin/ip", "netns", "exec", netns]);
+        }
         command
-            .args(["-s", "KILL", &limit.as_secs().max(1).to_string()])
             .arg(program)
             .env_clear()
             .current_dir(home)

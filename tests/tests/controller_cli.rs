@@ -116,6 +116,16 @@ fn networks_subnets_and_ports(store: StoreKind) {
     );
     assert_eq!(names(&run(&["subnet", "list"])), ["sn1", "sn2"]);
 
+    // Ports bind only to hosts whose agent has registered.
+    let unknown = refused(
+        &cli,
+        &["port", "create", "--network", "demo", "--host", "h1", "p0"],
+    );
+    assert!(unknown.contains("no agent has registered"), "{unknown}");
+    controller.register_stand_in("h1").unwrap();
+    let agents = run(&["network", "agent", "list"]);
+    assert_eq!(agents[0]["Host"], "h1", "{agents}");
+    assert_eq!(agents[0]["Alive"], true, "{agents}");
     let port = run(&[
         "port",
         "create",

@@ -1,0 +1,274 @@
+//! The controller driving real agents, everything through the unmodified
+//! `openstack` CLI: a controller in its own namespace on the fabric, three
+//! agents in host namespaces that register with it, VMs as namespaces
+//! running busybox udhcpc as distributions ship it. Ports created and bound
+//! with the CLI end as VMs that lease their address and ping across hosts
+//! and subnets; a port moved to another host follows; an agent restarted
+//! with an empty state directory gets everything back from the controller;
+//! an agent down while a port is bound to its host converges when it
+//! returns; a deleted port's device goes and its address is free again.
+
+use std::{path::Path, time::Duration};
+
+use alcor_tests::{
+    Agent, Netns,
+    controller::{Controller, StoreKind},
+    dhcp::{Eth0, udhcpc_stock},
+    openstack::{self, Cli},
+    privileged,
+    topology::Topology,
+    traffic, unique_prefix, wait_for,
+};
+use serde_json::Value;
+
+const HOSTS: [(&str, &str); 3] = [
+    ("h1", "198.18.0.1/24"),
+    ("h2", "198.18.0.2/24"),
+    ("h3", "198.18.0.3/24"),
+];
+const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
+/// How long anything may take to converge.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+struct Lab {
+    // Dropped first: agents, VMs, then the topology.
+    agents: Vec<(&'static str, Agent)>,
+    controller: Controller,
+    cli: Cli,
+    vms: Vec<Netns>,
+    topology: Topology,
+}
+
+impl Lab {
+    async fn new(prefix: &str) -> Lab {
+        let mut topology = Topology::new(prefix).unwrap();
+        for (name, address) in HOSTS.iter().chain([&CONTROLLER]) {
+            topology.add_host(name, address).unwrap();
+        }
+        let ctl = topology.host(CONTROLLER.0);
+        let controller =
+            Controller::start_in(ctl.netns(), ctl.underlay_ip(), StoreKind::Embedded, &[]).unwrap();
+        let cli = Cli::new(&controller.endpoint())
+            .unwrap()
+            .in_netns(ctl.netns().name());
+        let mut agents = Vec::new();
+        for (name, _) in HOSTS {
+            let host = topology.host(name);
+            let mut options = host.agent_options();
+            options.args.extend(
+                [
+                    "--insecure",
+                    "--controller",
+                    &controller.grpc_endpoint(),
+                    "--host-id",
+                    name,
+                ]
+                .map(String::from),
+            );
+            agents.push((name, Agent::start(host.netns(), options).await));
+        }
+        Lab {
+            agents,
+            controller,
+            cli,
+            vms: Vec::new(),
+            topology,
+        }
+    }
+
+    /// `openstack ARGS -f json`, which must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        self.cli.json(args).unwrap_or_else(|e| {
+            panic!(
+                "openstack {}: {e:#}\ncontroller log:\n{}",
+                args.join(" "),
+                self.controller.log()
+            )
+        })
+    }
+
+    fn agent(&mut self, host: &str) -> &mut Agent {
+        &mut self
+            .agents
+            .iter_mut()
+            .find(|(name, _)| *name == host)
+            .unwrap()
+            .1
+    }
+
+    fn vm(&self, name: &str) -> &Netns {
+        self.vms
+            .iter()
+            .find(|vm| vm.name().ends_with(&format!("-{name}")))
+            .unwrap()
+    }
+
+    /// A VM namespace and its port, bound to `host`, in `subnet`.
+    fn create_vm(&mut self, name: &str, host: &str, subnet: &str) -> Value {
+        let vm = Netns::new(format!("{}-{name}", self.topology.prefix())).unwrap();
+        traffic::disable_ipv6(&vm).unwrap();
+        let profile = format!("netns={}", vm.name());
+        self.vms.push(vm);
+        self.json(&[
+            "port",
+            "create",
+            "--network",
+            "net",
+            "--fixed-ip",
+            &format!("subnet={subnet}"),
+            "--host",
+            host,
+            "--binding-profile",
+            &profile,
+            name,
+        ])
+    }
+
+    async fn wait_active(&self, port: &str) {
+        wait_for(&format!("port {port} ACTIVE"), CONVERGE, async || {
+            let shown = self.json(&["port", "show", port]);
+            (shown["status"] == "ACTIVE").then_some(())
+        })
+        .await;
+    }
+
+    /// The VM leases its port's address with a stock udhcpc.
+    fn lease(&self, vm: &str, port: &Value) {
+        let expected = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
+        assert!(
+            udhcpc_stock(self.vm(vm), 5).unwrap(),
+            "{vm} got no lease\n{}",
+            self.logs()
+        );
+        let eth0 = Eth0::of(self.vm(vm)).unwrap();
+        assert!(
+            eth0.addresses.iter().any(|a| a.starts_with(&format!("{expected}/"))),
+            "{vm} leased {:?}, its port has {expected}",
+            eth0.addresses
+        );
+    }
+
+    async fn pings(&self, from: &str, to: &Value) {
+        let target = to["fixed_ips"][0]["ip_address"].as_str().unwrap().to_string();
+        let vm = self.vm(from);
+        wait_for(&format!("{from} pinging {target}"), CONVERGE, async || {
+            let ping = traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
+            ping.all_answered().then_some(())
+        })
+        .await;
+    }
+
+    fn logs(&self) -> String {
+        let mut logs = format!("controller:\n{}", self.controller.log());
+        for (name, agent) in &self.agents {
+            logs.push_str(&format!("\nagent {name}:\n{}", agent.log()));
+        }
+        logs
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
+    let test = "the_cli_makes_vms_that_lease_ping_move_survive_and_go";
+    if !privileged(test) || !openstack::available(test) {
+        return;
+    }
+    let mut lab = Lab::new(&unique_prefix("ctl")).await;
+
+    // The agents registered themselves.
+    wait_for("three agents alive", CONVERGE, async || {
+        let agents = lab.json(&["network", "agent", "list"]);
+        let alive = agents
+            .as_array()?
+            .iter()
+            .filter(|agent| agent["Alive"] == true)
+            .count();
+        (alive == 3).then_some(())
+    })
+    .await;
+
+    lab.json(&["network", "create", "net"]);
+    for (name, cidr) in [("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")] {
+        lab.json(&["subnet", "create", "--network", "net", "--subnet-range", cidr, name]);
+    }
+    lab.json(&["router", "create", "r"]);
+    for subnet in ["sn1", "sn2"] {
+        let added = lab.cli.run(&["router", "add", "subnet", "r", subnet]).unwrap();
+        assert!(added.success(), "{}", added.stderr);
+    }
+    let vm1 = lab.create_vm("vm1", "h1", "sn1");
+    let vm2 = lab.create_vm("vm2", "h2", "sn1");
+    let vm3 = lab.create_vm("vm3", "h3", "sn2");
+    for port in ["vm1", "vm2", "vm3"] {
+        lab.wait_active(port).await;
+    }
+    for (vm, port) in [("vm1", &vm1), ("vm2", &vm2), ("vm3", &vm3)] {
+        lab.lease(vm, port);
+    }
+    // Across hosts in a subnet, and through the router to the other.
+    lab.pings("vm1", &vm2).await;
+    lab.pings("vm1", &vm3).await;
+    lab.pings("vm3", &vm2).await;
+
+    // Moved to h3: h2 unplugs it, h3 plugs it into the same VM.
+    let moved = lab.cli.run(&["port", "set", "--host", "h3", "vm2"]).unwrap();
+    assert!(moved.success(), "{}", moved.stderr);
+    lab.wait_active("vm2").await;
+    let h2_ports = lab.agent("h2").ports().await;
+    assert!(h2_ports.is_empty(), "h2 still has {h2_ports:?}");
+    lab.lease("vm2", &vm2);
+    lab.pings("vm1", &vm2).await;
+
+    // h1's agent loses everything: its state comes back from the controller.
+    let agent = lab.agent("h1");
+    agent.kill();
+    let state_dir = agent.state_dir();
+    remove_contents(&state_dir);
+    agent.restart().await;
+    wait_for("h1 given its port again", CONVERGE, async || {
+        (lab.agent("h1").ports().await.len() == 1).then_some(())
+    })
+    .await;
+    lab.pings("vm1", &vm3).await;
+
+    // A port bound while its host's agent is down: the API does not wait,
+    // the port converges when the agent is back.
+    lab.agent("h2").kill();
+    let vm4 = lab.create_vm("vm4", "h2", "sn2");
+    assert_eq!(vm4["status"], "DOWN");
+    lab.agent("h2").restart().await;
+    lab.wait_active("vm4").await;
+    lab.lease("vm4", &vm4);
+    lab.pings("vm4", &vm1).await;
+
+    // Deleted: the VM's device goes, the address is free again.
+    let deleted = lab.cli.run(&["port", "delete", "vm3"]).unwrap();
+    assert!(deleted.success(), "{}", deleted.stderr);
+    let vm3_netns = lab.vm("vm3");
+    wait_for("vm3's eth0 gone", CONVERGE, async || {
+        vm3_netns.link("eth0").ok()?.is_none().then_some(())
+    })
+    .await;
+    let address = vm3["fixed_ips"][0]["ip_address"].as_str().unwrap();
+    lab.json(&[
+        "port",
+        "create",
+        "--network",
+        "net",
+        "--fixed-ip",
+        &format!("subnet=sn2,ip-address={address}"),
+        "again",
+    ]);
+}
+
+/// Empties a directory, as a host whose disk was replaced.
+fn remove_contents(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}

@@ -143,6 +143,24 @@ pub struct Settings {
     /// [default: openstacklocal]
     #[arg(long, value_name = "DOMAIN")]
     pub dhcp_domain: Option<String>,
+
+    /// The controller's gRPC endpoint (http://HOST:PORT, or https:// for
+    /// mutual TLS with the --tls-* material): the agent registers there,
+    /// sends heartbeats and asks for its whole state. Unset: the agent works
+    /// alone, programmed only by whoever pushes to it.
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+
+    /// The name ports of this host are bound to (Neutron's
+    /// `binding:host_id`) [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub host_id: Option<String>,
+
+    /// Where the controller reaches this agent's goal-state service, as a
+    /// URL [default: --grpc-listen, https with TLS, the underlay address in
+    /// place of 0.0.0.0]
+    #[arg(long, value_name = "URL")]
+    pub advertise_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +168,25 @@ pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+}
+
+/// Where and as whom the agent registers (`--controller`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerLink {
+    /// `http://…` or `https://…` (then over mutual TLS with [`Config::tls`]:
+    /// the client CA is the trust root, the agent's certificate its
+    /// identity).
+    pub url: String,
+    pub host_id: String,
+    /// Given with `--advertise-endpoint`; otherwise derived at start, once
+    /// the underlay address is known ([`Config::goal_state_endpoint`]).
+    pub advertise_endpoint: Option<String>,
+}
+
+impl ControllerLink {
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
 }
 
 /// The settings in force, defaults applied and checked.
@@ -170,6 +207,8 @@ pub struct Config {
     pub max_message_size: usize,
     pub dhcp_lease_time: u32,
     pub dhcp_domain: String,
+    /// `None`: no controller, the agent works alone.
+    pub controller: Option<ControllerLink>,
 }
 
 impl Config {
@@ -206,6 +245,26 @@ impl Config {
             }),
             (None, None, None) => None,
             _ => bail!("mutual TLS needs all of --tls-cert, --tls-key and --tls-client-ca"),
+        };
+        let host_id = flags.host_id.or(file.host_id);
+        let advertise_endpoint = flags.advertise_endpoint.or(file.advertise_endpoint);
+        let controller = match flags.controller.or(file.controller) {
+            Some(url) => Some(ControllerLink {
+                url: check_url(&url).with_context(|| format!("--controller {url:?}"))?,
+                host_id: match host_id {
+                    Some(id) => id,
+                    None => host_name()?,
+                },
+                advertise_endpoint: match advertise_endpoint {
+                    Some(url) => Some(
+                        check_url(&url).with_context(|| format!("--advertise-endpoint {url:?}"))?,
+                    ),
+                    None => None,
+                },
+            }),
+            // Without a controller nobody asks: a commented-out controller
+            // may leave its host_id behind.
+            None => None,
         };
         let config = Config {
             grpc_listen: flags
@@ -250,6 +309,7 @@ impl Config {
                 .dhcp_domain
                 .or(file.dhcp_domain)
                 .unwrap_or_else(|| Self::DEFAULT_DHCP_DOMAIN.into()),
+            controller,
         };
         for (flag, name) in [
             ("--underlay-dev", config.underlay_dev.as_deref()),
@@ -276,8 +336,101 @@ impl Config {
                 config.grpc_listen
             );
         }
+        if let Some(link) = &config.controller {
+            config.check_controller_link(link)?;
+        }
         Ok(config)
     }
+
+    fn check_controller_link(&self, link: &ControllerLink) -> anyhow::Result<()> {
+        check_host_id(&link.host_id).with_context(|| format!("--host-id {:?}", link.host_id))?;
+        if link.tls() && self.tls.is_none() {
+            bail!(
+                "--controller {} is https: give --tls-cert and --tls-key (the agent's identity) \
+                 and --tls-client-ca (which signed the controller's certificate)",
+                link.url
+            );
+        }
+        match &link.advertise_endpoint {
+            Some(url) => {
+                let tls = url.starts_with("https://");
+                if tls != self.tls.is_some() {
+                    bail!(
+                        "--advertise-endpoint {url} says {}, but the goal-state service is \
+                         served {}",
+                        if tls { "https" } else { "http" },
+                        if self.tls.is_some() {
+                            "with mutual TLS (https)"
+                        } else {
+                            "without TLS (http)"
+                        }
+                    );
+                }
+            }
+            None if self.grpc_listen.ip().is_unspecified() && self.underlay_dev.is_none() => bail!(
+                "the controller cannot reach --grpc-listen {} at an unspecified address, and \
+                 without --underlay-dev the agent knows no address of its own: give \
+                 --advertise-endpoint",
+                self.grpc_listen
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Where the controller reaches the goal-state service: the advertised
+    /// endpoint, or `--grpc-listen` as a URL (https with TLS) with
+    /// `underlay_ip`, this host's tunnel address, in place of an unspecified
+    /// address.
+    pub fn goal_state_endpoint(&self, underlay_ip: Option<Ipv4Addr>) -> Option<String> {
+        let link = self.controller.as_ref()?;
+        if let Some(url) = &link.advertise_endpoint {
+            return Some(url.clone());
+        }
+        let mut listen = self.grpc_listen;
+        if listen.ip().is_unspecified() {
+            // Checked at load: an unspecified address comes with an underlay.
+            listen.set_ip(underlay_ip?.into());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{listen}"))
+    }
+}
+
+/// A gRPC endpoint URL: http or https, a host, no path or query. Returned
+/// without a trailing slash.
+fn check_url(url: &str) -> anyhow::Result<String> {
+    let uri: tonic::transport::Uri = url.parse().context("not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => bail!("a gRPC endpoint is http://HOST:PORT or https://HOST:PORT"),
+    }
+    match uri.authority() {
+        Some(authority) if !authority.host().is_empty() => {}
+        _ => bail!("no host"),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        bail!("a gRPC endpoint has no path or query");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Something a controller can key a host by and show: printable, no spaces.
+fn check_host_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 255 {
+        bail!("a host id has 1 to 255 bytes");
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("a host id has no spaces or control characters");
+    }
+    Ok(())
+}
+
+/// This host's name, the default host id: what Nova binds ports to.
+fn host_name() -> anyhow::Result<String> {
+    let name = nix::unistd::gethostname().context("reading the host name (give --host-id)")?;
+    name.into_string()
+        .map_err(|name| anyhow::anyhow!("the host name {name:?} is not UTF-8: give --host-id"))
 }
 
 /// A name the kernel accepts for a network device.
@@ -372,6 +525,158 @@ mod tests {
         let config = Config::merge(off, Settings::default()).unwrap();
         assert_eq!(config.underlay_xdp, UnderlayXdp::Off);
         assert!(toml::from_str::<Settings>("underlay_xdp = \"driver\"").is_err());
+    }
+
+    #[test]
+    fn no_controller_by_default() {
+        let config = Config::merge(
+            flags(&["--grpc-listen", "127.0.0.1:1"]),
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(config.controller, None);
+        assert_eq!(config.goal_state_endpoint(None), None);
+    }
+
+    #[test]
+    fn controller_link_defaults_to_the_host_name_and_the_listen_address() {
+        let args = [
+            "--grpc-listen",
+            "127.0.0.1:50001",
+            "--controller",
+            "http://198.18.0.254:9697/",
+        ];
+        let config = Config::merge(flags(&args), Settings::default()).unwrap();
+        let link = config.controller.clone().unwrap();
+        assert_eq!(link.url, "http://198.18.0.254:9697");
+        assert!(!link.tls());
+        assert_eq!(link.host_id, host_name().unwrap());
+        assert_eq!(
+            config.goal_state_endpoint(None).as_deref(),
+            Some("http://127.0.0.1:50001")
+        );
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_advertises_the_underlay_address() {
+        let args = [
+            "--insecure",
+            "--underlay-dev",
+            "eth1",
+            "--controller",
+            "http://ctl:9697",
+            "--host-id",
+            "compute-1",
+        ];
+        let config = Config::merge(flags(&args), Settings::default()).unwrap();
+        assert_eq!(config.controller.as_ref().unwrap().host_id, "compute-1");
+        let underlay = Some(Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            config.goal_state_endpoint(underlay).as_deref(),
+            Some("http://198.18.0.1:50001")
+        );
+
+        // Without an underlay the agent knows no address of its own.
+        let error = Config::merge(
+            flags(&["--insecure", "--controller", "http://ctl:9697"]),
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("--advertise-endpoint"),
+            "{error}"
+        );
+        let config = Config::merge(
+            flags(&[
+                "--insecure",
+                "--controller",
+                "http://ctl:9697",
+                "--advertise-endpoint",
+                "http://compute-1.example:50001",
+            ]),
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.goal_state_endpoint(None).as_deref(),
+            Some("http://compute-1.example:50001")
+        );
+    }
+
+    #[test]
+    fn https_controller_needs_the_tls_material_and_advertises_https() {
+        let error = Config::merge(
+            flags(&[
+                "--grpc-listen",
+                "127.0.0.1:1",
+                "--controller",
+                "https://ctl:9697",
+            ]),
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("--tls-cert"), "{error}");
+
+        let tls = [
+            "--tls-cert",
+            "a.pem",
+            "--tls-key",
+            "a-key.pem",
+            "--tls-client-ca",
+            "ca.pem",
+            "--grpc-listen",
+            "198.18.0.1:50001",
+        ];
+        let mut args = tls.to_vec();
+        args.extend(["--controller", "https://198.18.0.254:9697"]);
+        let config = Config::merge(flags(&args), Settings::default()).unwrap();
+        assert!(config.controller.as_ref().unwrap().tls());
+        assert_eq!(
+            config.goal_state_endpoint(None).as_deref(),
+            Some("https://198.18.0.1:50001")
+        );
+
+        // What is advertised must be what is served.
+        args.extend(["--advertise-endpoint", "http://198.18.0.1:50001"]);
+        let error = Config::merge(flags(&args), Settings::default()).unwrap_err();
+        assert!(error.to_string().contains("mutual TLS"), "{error}");
+    }
+
+    #[test]
+    fn controller_urls_and_host_ids_are_checked() {
+        for (flag, value) in [
+            ("--controller", "198.18.0.254:9697"),
+            ("--controller", "ftp://ctl:9697"),
+            ("--controller", "http://ctl:9697/v1"),
+            ("--controller", "http://"),
+            ("--advertise-endpoint", "grpc://h:1"),
+            ("--host-id", "two words"),
+            ("--host-id", ""),
+        ] {
+            let mut args = vec!["--grpc-listen", "127.0.0.1:1", flag, value];
+            if flag != "--controller" {
+                args.extend(["--controller", "http://ctl:9697"]);
+            }
+            assert!(
+                Config::merge(flags(&args), Settings::default()).is_err(),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn controller_keys_come_from_the_file_under_the_flags() {
+        let file: Settings = toml::from_str(
+            "grpc_listen = \"127.0.0.1:1\"\ncontroller = \"http://ctl:9697\"\n\
+             host_id = \"from-file\"\nadvertise_endpoint = \"http://h:1\"",
+        )
+        .unwrap();
+        let config = Config::merge(flags(&["--host-id", "from-flag"]), file).unwrap();
+        let link = config.controller.unwrap();
+        assert_eq!(link.url, "http://ctl:9697");
+        assert_eq!(link.host_id, "from-flag");
+        assert_eq!(link.advertise_endpoint.as_deref(), Some("http://h:1"));
+        assert!(toml::from_str::<Settings>("controller_url = \"http://ctl\"").is_err());
     }
 
     #[test]

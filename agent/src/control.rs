@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use alcor_proto::{
@@ -26,6 +26,7 @@ use crate::{
     },
     engine::{AgentState, PortPhase, SharedState},
     model::*,
+    registration::SharedLinkStatus,
     underlay::{self, Underlay},
 };
 
@@ -38,6 +39,7 @@ pub struct ControlService {
     port_mtu: u32,
     underlay: Option<Underlay>,
     started: Instant,
+    controller: Option<SharedLinkStatus>,
 }
 
 impl ControlService {
@@ -59,7 +61,38 @@ impl ControlService {
             port_mtu,
             underlay,
             started: Instant::now(),
+            controller: None,
         }
+    }
+
+    /// Shows the link to the controller, when there is one.
+    pub fn with_controller(mut self, status: Option<SharedLinkStatus>) -> Self {
+        self.controller = status;
+        self
+    }
+
+    fn controller_link(&self) -> Option<api::ControllerLink> {
+        let status = self.controller.as_ref()?;
+        let status = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let unix = |time: SystemTime| {
+            time.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs())
+        };
+        let (last_error_at, last_error) = status
+            .last_error
+            .map_or((0, String::new()), |(at, error)| (unix(at), error));
+        Some(api::ControllerLink {
+            url: status.url,
+            host_id: status.host_id,
+            goal_state_endpoint: status.goal_state_endpoint,
+            registered: status.registered,
+            last_heartbeat_at: status.last_heartbeat.map_or(0, unix),
+            last_error,
+            last_error_at,
+            heartbeats_ok: status.heartbeats_ok,
+            heartbeats_failed: status.heartbeats_failed,
+            state_requests: status.state_requests,
+        })
     }
 
     fn read<T>(&self, view: impl FnOnce(&AgentState) -> T) -> T {
@@ -354,6 +387,7 @@ impl AgentControl for ControlService {
             ports_ready: phases(PortPhase::Ready),
             ports_pending: phases(PortPhase::Pending),
             ports_failed: phases(PortPhase::Failed),
+            controller: self.controller_link(),
             ..status
         }))
     }

@@ -1,5 +1,6 @@
-//! Wires the agent together: state, datapath, netlink, the engine, and the
-//! three listeners (goal state, control socket, metrics).
+//! Wires the agent together: state, datapath, netlink, the engine, the
+//! three listeners (goal state, control socket, metrics) and, with a
+//! controller, the link to it.
 
 use std::{
     fs,
@@ -23,6 +24,7 @@ use crate::{
     goalstate::{GoalStateRoutes, GoalStateService},
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
+    registration::{self, Registration},
     store::Store,
     underlay::{self, Underlay, neighbours},
 };
@@ -119,18 +121,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let registration = Registration::prepare(&config, &state)?;
+    let link_status = registration.as_ref().map(Registration::status);
     let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
     let control = ControlService::new(
-        state,
+        state.clone(),
         datapath,
         leases,
         dhcp_counters,
         config.clone(),
         port_mtu,
         underlay,
-    );
+    )
+    .with_controller(link_status.clone());
     let control = serve_control(&config.control_socket, control)?;
-    let metrics_server = metrics::serve(config.metrics_listen, metrics);
+    let metrics_server = metrics::serve(config.metrics_listen, metrics.clone());
+    // After the goal-state listener is bound: the controller dials back.
+    if let (Some(registration), Some(status)) = (registration, link_status) {
+        tokio::spawn(registration::run(registration, state, metrics, status));
+    }
 
     notify_systemd();
     tracing::info!(
@@ -138,6 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mutual_tls = config.tls.is_some(),
         control = %config.control_socket.display(),
         metrics = %config.metrics_listen,
+        controller = config.controller.as_ref().map_or("none", |link| link.url.as_str()),
         "alcor-agent ready"
     );
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;

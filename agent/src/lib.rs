@@ -6,7 +6,8 @@
 //! ([`plumbing`] for devices, [`forwarding`] turning the state into the
 //! [`datapath`]'s eBPF maps, [`dhcp`] answering from a view of it) → the
 //! kernel. [`underlay`] sets up, once at start, this host's tunnel endpoint
-//! that the forwarding model carries.
+//! that the forwarding model carries. With a controller, [`registration`]
+//! registers the agent there and asks for its whole state.
 
 pub mod agentctl;
 pub mod config;
@@ -23,5 +24,6 @@ pub mod goalstate;
 pub mod metrics;
 pub mod model;
 pub mod plumbing;
+pub mod registration;
 pub mod store;
 pub mod underlay;

@@ -44,12 +44,22 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub messages: Family<ApiLabels, Counter>,
     pub resources: Family<ResourceLabels, Counter>,
     pub apply_seconds: Histogram,
     pub ports: Family<PhaseLabels, Gauge>,
+    /// The link to the controller ([`crate::registration`]).
+    pub controller_heartbeats: Family<ResultLabels, Counter>,
+    pub controller_state_requests: Family<ResultLabels, Counter>,
+    pub controller_registered: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,12 +102,33 @@ impl Metrics {
         );
         let ports = Family::<PhaseLabels, Gauge>::default();
         registry.register("ports", "Ports by phase", ports.clone());
+        let controller_heartbeats = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "controller_heartbeats",
+            "Heartbeats sent to the controller (--controller), by result",
+            controller_heartbeats.clone(),
+        );
+        let controller_state_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "controller_state_requests",
+            "Requests for this host's whole state (RequestGoalStates, AGENT_RESTARTED), by result",
+            controller_state_requests.clone(),
+        );
+        let controller_registered = Gauge::default();
+        registry.register(
+            "controller_registered",
+            "1 while the controller answers heartbeats, else 0",
+            controller_registered.clone(),
+        );
         Metrics {
             registry,
             messages,
             resources,
             apply_seconds,
             ports,
+            controller_heartbeats,
+            controller_state_requests,
+            controller_registered,
         }
     }
 }

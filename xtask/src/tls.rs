@@ -1,6 +1,7 @@
-//! Throwaway mutual-TLS material: a CA, server certificates for agents
-//! (valid for their underlay address) and a client certificate for the
-//! controller, written as PEM files into a temporary directory.
+//! Throwaway mutual-TLS material: a CA, certificates for agents (valid for
+//! their underlay address; they serve goal state with them and present them
+//! to the controller) and a client certificate for the controller, written
+//! as PEM files into a temporary directory.
 
 use std::{
     net::IpAddr,
@@ -50,25 +51,30 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    /// A server certificate for `ip` (an agent on its underlay address).
+    /// An agent's certificate for `ip`, its underlay address: the server
+    /// side of its goal-state service, and its client identity when it
+    /// registers with a controller over https.
     pub fn server(&self, name: &str, ip: IpAddr) -> anyhow::Result<CertFiles> {
         self.issue(
             name,
             vec![ip.to_string()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )
     }
 
     /// A client certificate (the controller).
     pub fn client(&self, name: &str) -> anyhow::Result<CertFiles> {
-        self.issue(name, vec![], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(name, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 
     fn issue(
         &self,
         name: &str,
         subject_alt_names: Vec<String>,
-        usage: ExtendedKeyUsagePurpose,
+        usages: Vec<ExtendedKeyUsagePurpose>,
     ) -> anyhow::Result<CertFiles> {
         let mut params = CertificateParams::new(subject_alt_names)?;
         params.distinguished_name.push(DnType::CommonName, name);
@@ -76,7 +82,7 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.ca)?;
         let files = CertFiles {

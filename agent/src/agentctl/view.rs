@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use alcor_proto::{
     control::{
-        AgentStatus, CounterList, DhcpCounters, DpCounterList, DpEndpointList, DpNeighborList,
-        DpPortList, DpRouteList, DpTunnels, Encapsulation, FrameHeaders, LeaseList, NeighborList,
-        Port, PortBinding, PortList, PortPhase, SubnetList, TraceReply, TraceVerdict, VpcList,
+        AgentStatus, ControllerLink, CounterList, DhcpCounters, DpCounterList, DpEndpointList,
+        DpNeighborList, DpPortList, DpRouteList, DpTunnels, Encapsulation, FrameHeaders, LeaseList,
+        NeighborList, Port, PortBinding, PortList, PortPhase, SubnetList, TraceReply, TraceVerdict,
+        VpcList,
     },
     schema::GoalState,
 };
@@ -72,6 +73,45 @@ pub fn uptime_words(seconds: u64) -> String {
         .join(" ")
 }
 
+/// The link to the controller, seen from `now` (Unix seconds).
+fn controller_rows(link: Option<&ControllerLink>, now: u64) -> Vec<(&'static str, String)> {
+    let Some(link) = link else {
+        return vec![("controller", "- (none: the agent works alone)".into())];
+    };
+    let ago = |at: u64| format!("{} ago", duration_words(now.saturating_sub(at)));
+    let heartbeat = match link.last_heartbeat_at {
+        0 => "no heartbeat answered yet".to_string(),
+        at => format!("last heartbeat {}", ago(at)),
+    };
+    let registered = if link.registered {
+        "registered"
+    } else {
+        "not registered"
+    };
+    let mut rows = vec![
+        (
+            "controller",
+            format!("{} ({registered}, {heartbeat})", link.url),
+        ),
+        ("host id", link.host_id.clone()),
+        ("advertised as", link.goal_state_endpoint.clone()),
+        (
+            "heartbeats",
+            format!(
+                "{} answered, {} failed; {} whole-state requests",
+                link.heartbeats_ok, link.heartbeats_failed, link.state_requests
+            ),
+        ),
+    ];
+    if !link.last_error.is_empty() {
+        rows.push((
+            "last error",
+            format!("{} ({})", link.last_error, ago(link.last_error_at)),
+        ));
+    }
+    rows
+}
+
 impl Human for AgentStatus {
     fn human(&self) -> String {
         let mut table = Table::headless([left(""), left("")]);
@@ -105,6 +145,13 @@ impl Human for AgentStatus {
                 format!("{} ({transport})", self.grpc_listen),
             ),
             ("underlay", or_dash(&underlay)),
+        ] {
+            table.row([key.to_string(), value]);
+        }
+        for (key, value) in controller_rows(self.controller.as_ref(), unix_now()) {
+            table.row([key.to_string(), value]);
+        }
+        for (key, value) in [
             ("port MTU", self.port_mtu.to_string()),
             ("state dir", self.state_dir.clone()),
             ("bpf pin dir", self.bpf_pin_dir.clone()),
@@ -1094,6 +1141,52 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("vpcs              1\n"), "{text}");
+    }
+
+    #[test]
+    fn status_shows_the_controller_link() {
+        let alone = AgentStatus::default().human();
+        assert!(alone.contains("controller        - (none"), "{alone}");
+        let link = ControllerLink {
+            url: "https://198.18.0.254:9697".into(),
+            host_id: "compute-1".into(),
+            goal_state_endpoint: "https://198.18.0.1:50001".into(),
+            registered: false,
+            last_heartbeat_at: 1_000,
+            last_error: "heartbeat: Unavailable: connection refused".into(),
+            last_error_at: 1_063,
+            heartbeats_ok: 12,
+            heartbeats_failed: 3,
+            state_requests: 1,
+        };
+        let rows = controller_rows(Some(&link), 1_065);
+        assert_eq!(
+            rows,
+            [
+                (
+                    "controller",
+                    "https://198.18.0.254:9697 (not registered, last heartbeat 1m5s ago)".into()
+                ),
+                ("host id", "compute-1".into()),
+                ("advertised as", "https://198.18.0.1:50001".into()),
+                (
+                    "heartbeats",
+                    "12 answered, 3 failed; 1 whole-state requests".into()
+                ),
+                (
+                    "last error",
+                    "heartbeat: Unavailable: connection refused (2s ago)".into()
+                ),
+            ]
+        );
+        let fresh = ControllerLink {
+            last_heartbeat_at: 0,
+            last_error: String::new(),
+            ..link
+        };
+        let rows = controller_rows(Some(&fresh), 1_065);
+        assert_eq!(rows.len(), 4, "no error row without an error");
+        assert!(rows[0].1.contains("no heartbeat answered yet"), "{rows:?}");
     }
 
     #[test]

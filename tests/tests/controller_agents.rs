@@ -142,17 +142,23 @@ impl Lab {
         );
         let eth0 = Eth0::of(self.vm(vm)).unwrap();
         assert!(
-            eth0.addresses.iter().any(|a| a.starts_with(&format!("{expected}/"))),
+            eth0.addresses
+                .iter()
+                .any(|a| a.starts_with(&format!("{expected}/"))),
             "{vm} leased {:?}, its port has {expected}",
             eth0.addresses
         );
     }
 
     async fn pings(&self, from: &str, to: &Value) {
-        let target = to["fixed_ips"][0]["ip_address"].as_str().unwrap().to_string();
+        let target = to["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let vm = self.vm(from);
         wait_for(&format!("{from} pinging {target}"), CONVERGE, async || {
-            let ping = traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
+            let ping =
+                traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
             ping.all_answered().then_some(())
         })
         .await;
@@ -189,11 +195,22 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
 
     lab.json(&["network", "create", "net"]);
     for (name, cidr) in [("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")] {
-        lab.json(&["subnet", "create", "--network", "net", "--subnet-range", cidr, name]);
+        lab.json(&[
+            "subnet",
+            "create",
+            "--network",
+            "net",
+            "--subnet-range",
+            cidr,
+            name,
+        ]);
     }
     lab.json(&["router", "create", "r"]);
     for subnet in ["sn1", "sn2"] {
-        let added = lab.cli.run(&["router", "add", "subnet", "r", subnet]).unwrap();
+        let added = lab
+            .cli
+            .run(&["router", "add", "subnet", "r", subnet])
+            .unwrap();
         assert!(added.success(), "{}", added.stderr);
     }
     let vm1 = lab.create_vm("vm1", "h1", "sn1");
@@ -211,7 +228,10 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
     lab.pings("vm3", &vm2).await;
 
     // Moved to h3: h2 unplugs it, h3 plugs it into the same VM.
-    let moved = lab.cli.run(&["port", "set", "--host", "h3", "vm2"]).unwrap();
+    let moved = lab
+        .cli
+        .run(&["port", "set", "--host", "h3", "vm2"])
+        .unwrap();
     assert!(moved.success(), "{}", moved.stderr);
     lab.wait_active("vm2").await;
     let h2_ports = lab.agent("h2").ports().await;
@@ -225,10 +245,16 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
     let state_dir = agent.state_dir();
     remove_contents(&state_dir);
     agent.restart().await;
-    wait_for("h1 given its port again", CONVERGE, async || {
-        (lab.agent("h1").ports().await.len() == 1).then_some(())
+    // Without a record of its veth, the agent deleted it as a leftover and
+    // made it again: the VM's eth0 is new, and its DHCP client leases
+    // again, as one does when its link comes back.
+    let vm1_netns = lab.vm("vm1");
+    wait_for("vm1 plugged again by h1", CONVERGE, async || {
+        vm1_netns.link("eth0").ok().flatten()
     })
     .await;
+    lab.wait_active("vm1").await;
+    lab.lease("vm1", &vm1);
     lab.pings("vm1", &vm3).await;
 
     // A port bound while its host's agent is down: the API does not wait,

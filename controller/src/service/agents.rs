@@ -322,15 +322,8 @@ mod tests {
         assert_eq!(port.netns, "vm1");
         assert_eq!(port.host_info.as_ref().unwrap().ip_address, "198.18.0.1");
         assert_eq!(h1.dhcp.len(), 1);
-        assert_eq!(
-            h1.dhcp
-                .values()
-                .next()
-                .unwrap()
-                .port_host_name
-                .starts_with("host-10-0-1-"),
-            true
-        );
+        let hostname = &h1.dhcp.values().next().unwrap().port_host_name;
+        assert!(hostname.starts_with("host-10-0-1-"), "{hostname}");
         assert_eq!((h1.vpcs.len(), h1.subnets.len()), (1, 2));
         // The router's interfaces lend the gateways their MACs, and join
         // the two subnets.

@@ -1,11 +1,14 @@
-//! `cargo xtask demo`: the agent doing its main job with real processes.
+//! `cargo xtask demo`: the whole system doing its main job with real
+//! processes, driven by the unmodified `openstack` CLI.
 //!
-//! A fabric namespace whose bridge is the underlay, two host namespaces with
-//! an agent each (mutual TLS on the underlay address), a controller
-//! namespace pushing goal state, VM namespaces that get their `eth0` and
-//! their address by DHCP, VMs pinging each other on one host and across
-//! hosts over VXLAN (in a subnet and through a router), and an agent killed
-//! with SIGKILL and restarted without disturbing its ports.
+//! A fabric namespace whose bridge is the underlay, an `alcor-controller`
+//! in its own namespace on it, two host namespaces with an agent each that
+//! registers with the controller (mutual TLS both ways, on underlay
+//! addresses), VM namespaces whose ports the CLI creates and binds to the
+//! hosts, the agents plugging them and answering their DHCP, VMs pinging
+//! each other on one host and across hosts over VXLAN (in a subnet and
+//! through a router), and an agent killed with SIGKILL and restarted with
+//! an empty state directory, getting everything back from the controller.
 //!
 //! The demo is a list of steps (`STEPS`): to show more, add a method and a
 //! line. Everything is removed at the end, on failure, panic or Ctrl-C too.
@@ -18,22 +21,21 @@ use std::{
 
 use alcor_proto::{
     control::{ListRequest, Port, PortPhase},
-    schema::{
-        GoalState, GoalStateOperationReply, GoalStateV2, OperationStatus, ResourceType,
-        goal_state_provisioner_client::GoalStateProvisionerClient,
-    },
+    schema::{GoalState, goal_state_provisioner_client::GoalStateProvisionerClient},
 };
 use alcor_tests::{
     Agent, Netns,
     agent::connect_in,
+    controller::{Controller, StoreKind},
     dhcp::{ClientDir, Dhclient, Eth0, UDHCPC_SCRIPT, dhcpcd_once, udhcpc_once},
-    goalstate,
+    openstack::Cli,
     topology::Topology,
     topology::namespaces_with_prefix,
-    traffic,
+    traffic, wait_for,
 };
 use anyhow::{Context, anyhow, bail, ensure};
 use futures::{FutureExt, future::LocalBoxFuture};
+use serde_json::Value;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::{
@@ -51,11 +53,11 @@ const HOSTS: &[(&str, &str)] = &[("host1", "198.18.0.1/24"), ("host2", "198.18.0
 const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
 const VMS_PER_HOST: usize = 2;
 
-const VPC: (&str, u32, &str) = ("vpc-demo", 1001, "10.0.0.0/16");
-/// (id, CIDR, gateway) of the VPC's subnets, joined by `ROUTER`.
-const SUBNET: (&str, &str, &str) = ("subnet-demo", "10.0.1.0/24", "10.0.1.1");
-const SUBNET2: (&str, &str, &str) = ("subnet-demo-2", "10.0.2.0/24", "10.0.2.1");
-const ROUTER: &str = "router-demo";
+const NETWORK: &str = "demo-net";
+/// (name, CIDR, gateway) of the network's subnets, joined by `ROUTER`.
+const SUBNET: (&str, &str, &str) = ("demo-subnet", "10.0.1.0/24", "10.0.1.1");
+const SUBNET2: (&str, &str, &str) = ("demo-subnet-2", "10.0.2.0/24", "10.0.2.1");
+const ROUTER: &str = "demo-router";
 /// The subnet's DNS server, handed out by DHCP.
 const DNS: &str = "10.0.0.2";
 /// The DHCP clients the VMs run, in turn.
@@ -63,6 +65,8 @@ const DHCP_CLIENTS: &[&str] = &["udhcpc", "dhclient", "dhcpcd"];
 
 /// How long any one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agents may take to converge on what the controller says.
+const CONVERGE: Duration = Duration::from_secs(30);
 
 type StepFn = for<'a> fn(&'a mut Demo) -> LocalBoxFuture<'a, anyhow::Result<()>>;
 
@@ -73,11 +77,15 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.underlay()),
     ),
     (
-        "Throwaway PKI (rcgen): a CA, a server certificate per agent, a client certificate for the controller",
+        "Throwaway PKI (rcgen): a CA, a certificate per agent and one for the controller",
         |d| Box::pin(d.pki()),
     ),
     (
-        "An alcor-agent in each host namespace, serving goal state on its underlay address with mutual TLS",
+        "alcor-controller in its namespace: the Neutron API on :9696, agents registering on :9697 (mTLS)",
+        |d| Box::pin(d.controller()),
+    ),
+    (
+        "An alcor-agent in each host namespace, serving goal state with mutual TLS and registering with the controller",
         |d| Box::pin(d.agents()),
     ),
     (
@@ -85,8 +93,12 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.vms()),
     ),
     (
-        "The controller pushes goal state over mTLS: a VPC with two subnets joined by a router, two netns-bound ports per host with their DHCP entries, the other host's VMs as neighbors",
-        |d| Box::pin(d.push()),
+        "The openstack CLI: a network with two subnets joined by a router, a port per VM bound to its host",
+        |d| Box::pin(d.create_resources()),
+    ),
+    (
+        "The controller pushed each host its goal state: every port ACTIVE",
+        |d| Box::pin(d.active()),
     ),
     ("What each agent reports (agentctl ports)", |d| {
         Box::pin(d.agentctl_ports())
@@ -108,15 +120,16 @@ const STEPS: &[(&str, StepFn)] = &[
         |d| Box::pin(d.overlay()),
     ),
     (
-        "Crash and restart: kill -9 the agent on host1, start it again, same ports",
+        "Crash and loss: kill -9 the agent on host1, empty its state directory, start it again: the controller gives it everything back",
         |d| Box::pin(d.restart()),
     ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
-    println!("demo: building alcor-agent and agentctl");
+    println!("demo: building alcor-agent, alcor-controller and agentctl");
     util::build_agent(false)?;
+    util::run_status(util::cargo().args(["build", "--quiet", "--bin", "alcor-controller"]))?;
     let agentctl = util::try_build(false, "agentctl");
     util::sweep_leftovers(TAG)?;
 
@@ -135,9 +148,17 @@ pub fn run() -> anyhow::Result<()> {
         if let Some(log) = demo.agent_logs() {
             println!("agent logs (tail):\n{log}");
         }
+        if let Some(controller) = &demo.controller {
+            let log = controller.log();
+            let lines: Vec<&str> = log.lines().collect();
+            println!(
+                "controller log (tail):\n    {}",
+                lines[lines.len().saturating_sub(10)..].join("\n    ")
+            );
+        }
     }
     let prefix = demo.prefix.clone();
-    println!("\nCleaning up: agents, VM namespaces, hosts, fabric, certificates");
+    println!("\nCleaning up: agents, controller, VM namespaces, hosts, fabric, certificates");
     drop(demo);
     drop(runtime);
     let left = namespaces_with_prefix(&format!("{prefix}-"))?;
@@ -158,21 +179,26 @@ struct Demo {
     prefix: String,
     /// Whether agentctl could be built, and why not.
     agentctl: Result<(), String>,
-    // Fields drop in order: agents (killed, pins removed) before the VMs,
-    // the hosts and the fabric; certificates last.
+    // Fields drop in order: agents (killed, pins removed) and the
+    // controller before the VMs, the hosts and the fabric; certificates
+    // last.
     agents: BTreeMap<String, Agent>,
+    controller: Option<Controller>,
+    cli: Option<Cli>,
     vms: Vec<Vm>,
     topology: Option<Topology>,
     pki: Option<Pki>,
     server_certs: BTreeMap<String, CertFiles>,
-    controller_tls: Option<ClientTlsConfig>,
+    controller_cert: Option<CertFiles>,
 }
 
 struct Vm {
     host: String,
+    /// The port's id, given by the controller.
     port_id: String,
     /// Its subnet: `SUBNET` or `SUBNET2`.
     subnet: (&'static str, &'static str, &'static str),
+    /// Its port's address and MAC, allocated by the controller.
     ip: String,
     mac: String,
     netns: Netns,
@@ -185,10 +211,6 @@ impl Vm {
             .name()
             .split_once('-')
             .map_or(self.netns.name(), |(_, name)| name)
-    }
-
-    fn hostname(&self) -> String {
-        self.short_name().to_string()
     }
 
     /// Three pings to `target`, which must all be answered.
@@ -220,11 +242,13 @@ impl Demo {
             prefix: util::run_prefix(TAG),
             agentctl,
             agents: BTreeMap::new(),
+            controller: None,
+            cli: None,
             vms: Vec::new(),
             topology: None,
             pki: None,
             server_certs: BTreeMap::new(),
-            controller_tls: None,
+            controller_cert: None,
         }
     }
 
@@ -279,40 +303,109 @@ impl Demo {
 
     async fn pki(&mut self) -> anyhow::Result<()> {
         let pki = Pki::new("alcor demo")?;
-        let controller = pki.client("controller")?;
-        self.controller_tls = Some(pki.client_config(&controller)?);
+        let ctl_ip = self.topology()?.host(CONTROLLER.0).underlay_ip();
+        // One certificate serves the controller both ways: to the agents
+        // that register, and towards the agents it dials.
+        self.controller_cert = Some(pki.server("controller", ctl_ip.into())?);
         say(format!(
-            "in {}: ca.pem, controller.pem (client auth)",
+            "in {}: ca.pem, controller.pem (server and client auth, valid for IP {ctl_ip})",
             pki.dir().display()
         ));
         for (name, _) in HOSTS {
             let ip = self.topology()?.host(name).underlay_ip();
             self.server_certs
                 .insert(name.to_string(), pki.server(name, ip.into())?);
-            say(format!("{name}.pem: server auth, valid for IP {ip}"));
+            say(format!(
+                "{name}.pem: server and client auth, valid for IP {ip}"
+            ));
         }
         self.pki = Some(pki);
+        Ok(())
+    }
+
+    fn cli(&self) -> anyhow::Result<&Cli> {
+        self.cli.as_ref().context("no controller yet")
+    }
+
+    /// `openstack ARGS`, shown as an operator types it, with its output.
+    fn openstack(&self, args: &[&str]) -> anyhow::Result<String> {
+        say(format!("$ openstack {}", args.join(" ")));
+        let output = self.cli()?.run(args)?;
+        ensure!(
+            output.success(),
+            "openstack {} failed: {}",
+            args.join(" "),
+            output.stderr.trim()
+        );
+        for line in output.stdout.lines() {
+            say(format!("  {line}"));
+        }
+        Ok(output.stdout)
+    }
+
+    /// `openstack ARGS -f json`, quietly.
+    fn openstack_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        self.cli()?.json(args)
+    }
+
+    async fn controller(&mut self) -> anyhow::Result<()> {
+        let pki = self.pki.as_ref().context("no PKI")?;
+        let cert = self.controller_cert.as_ref().context("no certificate")?;
+        let ctl = self.topology()?.host(CONTROLLER.0);
+        let tls = [
+            "--agent-tls-cert".to_string(),
+            cert.cert.display().to_string(),
+            "--agent-tls-key".into(),
+            cert.key.display().to_string(),
+            "--agent-tls-ca".into(),
+            pki.ca_file().display().to_string(),
+        ];
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let controller =
+            Controller::start_in(ctl.netns(), ctl.underlay_ip(), StoreKind::Embedded, &tls)?;
+        say(format!(
+            "alcor-controller pid {} in {}: API {}, agents {} (mutual TLS), embedded store",
+            controller.pid().unwrap_or_default(),
+            ctl.netns().name(),
+            controller.endpoint(),
+            controller.grpc_endpoint().replace("http://", "https://"),
+        ));
+        self.cli = Some(Cli::new(&controller.endpoint())?.in_netns(ctl.netns().name()));
+        say(format!(
+            "the CLI runs in that namespace: openstack --os-auth-type none --os-endpoint {}",
+            controller.endpoint()
+        ));
+        self.controller = Some(controller);
         Ok(())
     }
 
     async fn agents(&mut self) -> anyhow::Result<()> {
         let topology = self.topology.as_ref().context("no topology")?;
         let pki = self.pki.as_ref().context("no PKI")?;
+        let registry = self
+            .controller
+            .as_ref()
+            .context("no controller")?
+            .grpc_endpoint()
+            .replace("http://", "https://");
         for (name, _) in HOSTS {
             let host = topology.host(name);
             let mut options = host.agent_options();
             let server = self.server_certs.get(*name).context("no certificate")?;
             options.args.extend(pki.agent_args(server));
+            options
+                .args
+                .extend(["--controller", &registry, "--host-id", name].map(String::from));
             let agent = Agent::start(host.netns(), options).await;
             say(format!(
-                "{name}: alcor-agent pid {} listening on {} (mTLS), control socket {}",
+                "{name}: alcor-agent pid {} listening on {} (mTLS), control socket {}, --controller {registry}",
                 agent.pid().unwrap_or_default(),
                 agent.grpc_listen(),
                 agent.control_socket().display()
             ));
             self.agents.insert(name.to_string(), agent);
         }
-        // A controller without a client certificate is turned away.
+        // A client without a certificate is turned away.
         let ca_only = ClientTlsConfig::new().ca_certificate(
             tonic::transport::Certificate::from_pem(std::fs::read(pki.ca_file())?),
         );
@@ -332,12 +425,23 @@ impl Demo {
         };
         let reason = refused
             .split_once("alert: ")
-            .map_or(first_line(&refused), |(_, alert)| {
+            .map_or("the handshake is cut", |(_, alert)| {
                 alert.split(['"', ' ', '}']).next().unwrap_or(alert)
             });
         say(format!(
-            "a client without a certificate is refused (TLS alert: {reason})"
+            "a goal-state client without a certificate is refused (TLS: {reason})"
         ));
+        wait_for("both agents registered and alive", CONVERGE, async || {
+            let agents = self.openstack_json(&["network", "agent", "list"]).ok()?;
+            let alive = agents
+                .as_array()?
+                .iter()
+                .filter(|agent| agent["Alive"] == true)
+                .count();
+            (alive == HOSTS.len()).then_some(())
+        })
+        .await;
+        self.openstack(&["network", "agent", "list"])?;
         Ok(())
     }
 
@@ -345,101 +449,146 @@ impl Demo {
         for (h, (host, _)) in HOSTS.iter().enumerate() {
             for v in 1..=VMS_PER_HOST {
                 let netns = Netns::new(format!("{}-h{}-vm{v}", self.prefix, h + 1))?;
+                traffic::disable_ipv6(&netns)?;
                 // The last VM of the last host is in the other subnet.
                 let subnet = if h + 1 == HOSTS.len() && v == VMS_PER_HOST {
                     SUBNET2
                 } else {
                     SUBNET
                 };
-                let network = subnet.1.trim_end_matches(".0/24");
-                let vm = Vm {
-                    host: host.to_string(),
-                    port_id: format!("port-h{}-vm{v}", h + 1),
-                    subnet,
-                    ip: format!("{network}.{}", 10 * (h + 1) + v),
-                    mac: format!("fa:16:3e:00:0{}:0{v}", h + 1),
-                    netns,
-                };
                 say(format!(
-                    "{host}: VM namespace {} for port {} ({} in {}, {})",
-                    vm.netns.name(),
-                    vm.port_id,
-                    vm.ip,
-                    vm.subnet.0,
-                    vm.mac
+                    "{host}: VM namespace {} (to be in {})",
+                    netns.name(),
+                    subnet.0
                 ));
-                self.vms.push(vm);
+                self.vms.push(Vm {
+                    host: host.to_string(),
+                    port_id: String::new(),
+                    subnet,
+                    ip: String::new(),
+                    mac: String::new(),
+                    netns,
+                });
             }
         }
         Ok(())
     }
 
-    /// The goal state the controller computes for `host`.
-    fn goal_state(&self, host: &str) -> anyhow::Result<GoalStateV2> {
-        let ports = self
-            .vms
-            .iter()
-            .filter(|vm| vm.host == host)
-            .map(|vm| {
-                goalstate::netns_port(
-                    &vm.port_id,
-                    VPC.0,
-                    vm.subnet.0,
-                    &vm.ip,
-                    &vm.mac,
-                    vm.netns.name(),
-                )
-            })
-            .collect();
-        let mut message = goalstate::v2(
-            vec![goalstate::vpc(VPC.0, VPC.1, VPC.2)],
-            [SUBNET, SUBNET2]
-                .iter()
-                .map(|(id, cidr, gateway)| {
-                    goalstate::dhcp_subnet(
-                        id,
-                        VPC.0,
-                        cidr,
-                        gateway,
-                        &[DNS],
-                        &[("domain-search", "demo.example")],
-                    )
-                })
-                .collect(),
-            ports,
-        );
-        let router = goalstate::router_joining(ROUTER, &[SUBNET.0, SUBNET2.0]);
-        message.router_states = [(ROUTER.to_string(), router)].into();
-        // What DHCP gives each VM: its address and a host name.
-        message.dhcp_states = self
-            .vms
-            .iter()
-            .filter(|vm| vm.host == host)
-            .map(|vm| {
-                let id = format!("dhcp-{}", vm.port_id);
-                let entry =
-                    goalstate::dhcp_entry(&id, vm.subnet.0, &vm.mac, &vm.ip, &vm.hostname());
-                (id, entry)
-            })
-            .collect();
-        // The other hosts' VMs, with the underlay address of their host: L2
-        // in a subnet this host has VMs in, L3 (reached through the router)
-        // otherwise.
-        for vm in self.vms.iter().filter(|vm| vm.host != host) {
-            let routed = !self
-                .vms
-                .iter()
-                .any(|local| local.host == host && local.subnet == vm.subnet);
-            let host_ip = self.topology()?.host(&vm.host).underlay_ip().to_string();
-            let id = format!("neighbor-{}", vm.port_id);
-            let mut neighbor =
-                goalstate::neighbor(&id, VPC.0, vm.subnet.0, &vm.ip, &vm.mac, &host_ip);
-            if routed {
-                neighbor = goalstate::l3(neighbor);
-            }
-            message.neighbor_states.insert(id, neighbor);
+    async fn create_resources(&mut self) -> anyhow::Result<()> {
+        self.openstack(&[
+            "network",
+            "create",
+            NETWORK,
+            "-c",
+            "id",
+            "-c",
+            "mtu",
+            "-c",
+            "provider:segmentation_id",
+        ])?;
+        for (name, cidr, _) in [SUBNET, SUBNET2] {
+            self.openstack(&[
+                "subnet",
+                "create",
+                "--network",
+                NETWORK,
+                "--subnet-range",
+                cidr,
+                "--dns-nameserver",
+                DNS,
+                name,
+                "-c",
+                "id",
+                "-c",
+                "cidr",
+                "-c",
+                "gateway_ip",
+                "-c",
+                "allocation_pools",
+            ])?;
         }
-        Ok(message)
+        self.openstack(&["router", "create", ROUTER, "-c", "id", "-c", "status"])?;
+        for (name, _, _) in [SUBNET, SUBNET2] {
+            self.openstack(&["router", "add", "subnet", ROUTER, name])?;
+        }
+        let mut ports = Vec::new();
+        for vm in &self.vms {
+            let name = vm.short_name().to_string();
+            let profile = format!("netns={}", vm.netns.name());
+            let args = [
+                "port",
+                "create",
+                "--network",
+                NETWORK,
+                "--fixed-ip",
+                &format!("subnet={}", vm.subnet.0),
+                "--host",
+                &vm.host,
+                "--binding-profile",
+                &profile,
+                &name,
+            ];
+            say(format!("$ openstack {}", args.join(" ")));
+            let port = self.openstack_json(&args)?;
+            let text = |key: &str| port[key].as_str().unwrap_or_default().to_string();
+            let ip = port["fixed_ips"][0]["ip_address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            say(format!(
+                "  {name}: id {}, {ip}, {}, status {}",
+                text("id"),
+                text("mac_address"),
+                text("status")
+            ));
+            ports.push((text("id"), ip, text("mac_address")));
+        }
+        for (vm, (id, ip, mac)) in self.vms.iter_mut().zip(ports) {
+            (vm.port_id, vm.ip, vm.mac) = (id, ip, mac);
+        }
+        Ok(())
+    }
+
+    async fn active(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let names: Vec<String> = self
+            .vms
+            .iter()
+            .map(|vm| vm.short_name().to_string())
+            .collect();
+        wait_for("every VM's port ACTIVE", CONVERGE, async || {
+            let ports = self.openstack_json(&["port", "list"]).ok()?;
+            let active = ports
+                .as_array()?
+                .iter()
+                .filter(|port| {
+                    port["Status"] == "ACTIVE"
+                        && port["Name"]
+                            .as_str()
+                            .is_some_and(|name| names.iter().any(|n| n == name))
+                })
+                .count();
+            (active == names.len()).then_some(())
+        })
+        .await;
+        say(format!(
+            "(every port ACTIVE within {:.1?} of asking; the agents answered the controller's pushes)",
+            started.elapsed()
+        ));
+        self.openstack(&[
+            "port",
+            "list",
+            "--long",
+            "-c",
+            "Name",
+            "-c",
+            "Fixed IP Addresses",
+            "-c",
+            "Status",
+            "-c",
+            "Device Owner",
+        ])?;
+        Ok(())
     }
 
     async fn connect(
@@ -450,48 +599,6 @@ impl Demo {
         let ctl = self.topology()?.host(CONTROLLER.0);
         let channel = timeout(connect_in(&ctl.netns().path(), addr, Some(tls))).await??;
         Ok(GoalStateProvisionerClient::new(channel))
-    }
-
-    /// Pushes each host its goal state from the controller's namespace, on
-    /// a V2 stream, and checks every resource succeeded.
-    async fn push_all(&self) -> anyhow::Result<()> {
-        let tls = self
-            .controller_tls
-            .clone()
-            .context("no client certificate")?;
-        for (name, _) in HOSTS {
-            let addr = self.topology()?.host(name).grpc_addr();
-            let mut client = self.connect(addr, tls.clone()).await?;
-            let message = self.goal_state(name)?;
-            let mut replies =
-                timeout(client.push_goal_states_stream(futures::stream::iter([message])))
-                    .await??
-                    .into_inner();
-            let reply = timeout(replies.message())
-                .await??
-                .context("the stream ended without a reply")?;
-            say(format!(
-                "{name} ({addr}): {} µs in the agent",
-                reply.message_total_operation_time
-            ));
-            print_statuses(&reply);
-            ensure!(
-                reply
-                    .operation_statuses
-                    .iter()
-                    .all(|s| s.operation_status == OperationStatus::Success as i32),
-                "not everything succeeded on {name}"
-            );
-        }
-        Ok(())
-    }
-
-    async fn push(&mut self) -> anyhow::Result<()> {
-        say(format!(
-            "from namespace {}-{} ({}), client certificate 'controller'",
-            self.prefix, CONTROLLER.0, CONTROLLER.1
-        ));
-        self.push_all().await
     }
 
     async fn agentctl_ports(&mut self) -> anyhow::Result<()> {
@@ -754,54 +861,79 @@ impl Demo {
         let agent = self.agents.get_mut(host).context("no agent")?;
         let pid = agent.pid().unwrap_or_default();
         agent.kill();
-        say(format!("kill -9 {pid}: the agent on {host} is gone"));
-        for vm in self.vms.iter().filter(|vm| vm.host == host) {
-            let up = vm
-                .netns
-                .link("eth0")?
-                .is_some_and(|l| l["operstate"] == "UP");
-            say(format!(
-                "  meanwhile {}'s eth0 is {}",
-                vm.port_id,
-                if up { "still there and UP" } else { "NOT up" }
-            ));
+        let state_dir = agent.state_dir();
+        for entry in std::fs::read_dir(&state_dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
         }
+        say(format!(
+            "kill -9 {pid}: the agent on {host} is gone, and its state directory {} is emptied",
+            state_dir.display()
+        ));
         let started = Instant::now();
         let agent = self.agents.get_mut(host).context("no agent")?;
         agent.restart().await;
         say(format!(
-            "restarted as pid {} in {:.0?} (same state dir); it adopts what exists",
-            agent.pid().unwrap_or_default(),
+            "restarted as pid {}: it registers again and asks the controller for its whole state",
+            agent.pid().unwrap_or_default()
+        ));
+        let agent = self.agent(host)?;
+        let after = wait_for(
+            "the controller's state back on the agent",
+            CONVERGE,
+            async || {
+                ready_ports(agent)
+                    .await
+                    .ok()
+                    .filter(|after| after.len() == before.len())
+            },
+        )
+        .await;
+        say(format!(
+            "{} ports back and ready {:.1?} after the restart:",
+            after.len(),
             started.elapsed()
         ));
-        let after = ready_ports(self.agent(host)?).await?;
-        for (id, (device, ifindex)) in &before {
-            let now = after.get(id).map(|(_, i)| *i);
+        for (id, (device, ifindex)) in &after {
             say(format!(
-                "  {id:<14} {device:<15} ifindex {ifindex} before, {} after: {}",
-                now.map_or("none".into(), |i| i.to_string()),
-                if now == Some(*ifindex) {
-                    "same device"
-                } else {
-                    "CHANGED"
-                }
+                "  {id} {device} ifindex {ifindex} (was {})",
+                before.get(id).map_or("none".into(), |(_, i)| i.to_string())
             ));
         }
-        ensure!(
-            before == after,
-            "ports differ after the restart: {before:?} vs {after:?}"
+        say(
+            "  (with no record of its veths, the agent made them again: each VM's eth0 is new, so its DHCP client leases again)",
         );
-        say("the controller pushes the same goal state again: idempotent, nothing recreated");
-        self.push_all().await?;
-        let again = ready_ports(self.agent(host)?).await?;
-        ensure!(before == again, "a re-push changed the ports: {again:?}");
-        say("  ifindexes unchanged");
+        let dir = ClientDir::new()?;
+        for vm in self.vms.iter().filter(|vm| vm.host == host) {
+            let script = dir.script(&format!("udhcpc-{}", vm.short_name()), UDHCPC_SCRIPT)?;
+            ensure!(
+                udhcpc_once(&vm.netns, &script, 10)?,
+                "{}: no lease after the restart",
+                vm.short_name()
+            );
+        }
+        self.openstack(&[
+            "network",
+            "agent",
+            "show",
+            "-c",
+            "host",
+            "-c",
+            "alive",
+            "-c",
+            "started_at",
+            &self.agent_id(host)?,
+        ])?;
         let from = self.vms.iter().find(|vm| vm.host == host);
         let to = self.vms.iter().find(|vm| vm.host != host);
         if let Some((from, to)) = from.zip(to) {
             let ping = from.ping(&to.ip)?;
             say(format!(
-                "{} -> {} on {} still answers: {}",
+                "{} -> {} on {} answers again: {}",
                 from.short_name(),
                 to.ip,
                 to.host,
@@ -809,6 +941,15 @@ impl Demo {
             ));
         }
         Ok(())
+    }
+
+    /// The id Neutron shows for the agent of `host`.
+    fn agent_id(&self, host: &str) -> anyhow::Result<String> {
+        let agents = self.openstack_json(&["network", "agent", "list", "--host", host])?;
+        agents[0]["ID"]
+            .as_str()
+            .map(String::from)
+            .with_context(|| format!("no agent listed for {host}: {agents}"))
     }
 
     /// The last lines of each agent's log.
@@ -831,33 +972,10 @@ fn say(line: impl AsRef<str>) {
     println!("  {}", line.as_ref());
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or(text)
-}
-
 async fn timeout<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
     tokio::time::timeout(REQUEST_TIMEOUT, future)
         .await
         .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
-}
-
-fn print_statuses(reply: &GoalStateOperationReply) {
-    for status in &reply.operation_statuses {
-        let kind = ResourceType::try_from(status.resource_type).map_or("?", |t| t.as_str_name());
-        let outcome =
-            OperationStatus::try_from(status.operation_status).map_or("?", |s| s.as_str_name());
-        let mut line = format!("  {kind:<7} {:<14} {outcome}", status.resource_id);
-        if status.resource_type == ResourceType::Port as i32 {
-            line += &format!(
-                "  (netlink {} µs, datapath {} µs)",
-                status.network_configuration_time, status.dataplane_programming_time
-            );
-        }
-        if !status.message.is_empty() {
-            line += &format!("  {}", status.message);
-        }
-        say(line);
-    }
 }
 
 async fn list_ports(agent: &Agent) -> anyhow::Result<Vec<Port>> {

@@ -1,7 +1,8 @@
-//! Throwaway mutual-TLS material: a CA, certificates for agents (valid for
-//! their underlay address; they serve goal state with them and present them
-//! to the controller) and a client certificate for the controller, written
-//! as PEM files into a temporary directory.
+//! Throwaway mutual-TLS material: a CA and certificates for agents and the
+//! controller (each valid for its underlay address, for server and client
+//! auth: agents serve goal state and register with theirs, the controller
+//! serves registrations and dials agents with its own), written as PEM
+//! files into a temporary directory.
 
 use std::{
     net::IpAddr,
@@ -13,7 +14,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub struct Pki {
     dir: tempfile::TempDir,
@@ -51,9 +51,9 @@ impl Pki {
         self.dir.path().join("ca.pem")
     }
 
-    /// An agent's certificate for `ip`, its underlay address: the server
-    /// side of its goal-state service, and its client identity when it
-    /// registers with a controller over https.
+    /// A certificate for `ip`, an underlay address: an agent's (its
+    /// goal-state service, and its identity when it registers) or the
+    /// controller's (its agents' service, and its identity when it pushes).
     pub fn server(&self, name: &str, ip: IpAddr) -> anyhow::Result<CertFiles> {
         self.issue(
             name,
@@ -63,11 +63,6 @@ impl Pki {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
         )
-    }
-
-    /// A client certificate (the controller).
-    pub fn client(&self, name: &str) -> anyhow::Result<CertFiles> {
-        self.issue(name, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 
     fn issue(
@@ -105,15 +100,5 @@ impl Pki {
             "--tls-client-ca".into(),
             self.ca_file().display().to_string(),
         ]
-    }
-
-    /// The client side: trust this CA, present `client`.
-    pub fn client_config(&self, client: &CertFiles) -> anyhow::Result<ClientTlsConfig> {
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(self.ca_file())?))
-            .identity(Identity::from_pem(
-                std::fs::read(&client.cert)?,
-                std::fs::read(&client.key)?,
-            )))
     }
 }

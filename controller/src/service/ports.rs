@@ -432,7 +432,15 @@ impl Controller {
             device_id: create.device_id.clone(),
             device_owner: create.device_owner.clone(),
             admin_state_up: create.admin_state_up,
-            status: "DOWN".into(),
+            // A router's interface is its subnet's gateway, which every
+            // host's datapath answers for (a distributed router): up from
+            // the start. Other ports are down until their agent says.
+            status: if create.device_owner == ROUTER_INTERFACE {
+                "ACTIVE"
+            } else {
+                "DOWN"
+            }
+            .into(),
             status_detail: String::new(),
             binding_host_id: create.binding_host_id.clone(),
             binding_profile: create.binding_profile.clone(),

@@ -6,7 +6,9 @@
 //! and subnets; a port moved to another host follows; an agent restarted
 //! with an empty state directory gets everything back from the controller;
 //! an agent down while a port is bound to its host converges when it
-//! returns; a deleted port's device goes and its address is free again.
+//! returns; a port its agent refuses shows the agent's reason; the
+//! controller killed and restarted loses nothing; a deleted port's device
+//! goes and its address is free again.
 
 use std::{path::Path, time::Duration};
 
@@ -266,6 +268,36 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
     lab.wait_active("vm4").await;
     lab.lease("vm4", &vm4);
     lab.pings("vm4", &vm1).await;
+
+    // A port its agent refuses shows why; the host's other ports stay up.
+    lab.json(&[
+        "port",
+        "create",
+        "--network",
+        "net",
+        "--host",
+        "h1",
+        "--binding-profile",
+        "netns=no/such",
+        "refused",
+    ]);
+    let refused = wait_for("the refused port in ERROR", CONVERGE, async || {
+        let shown = lab.json(&["port", "show", "refused"]);
+        (shown["status"] == "ERROR").then_some(shown)
+    })
+    .await;
+    let reason = refused["binding_vif_details"]["agent_status"].to_string();
+    assert!(reason.contains("no/such"), "{refused}");
+    assert_eq!(lab.json(&["port", "show", "vm1"])["status"], "ACTIVE");
+    lab.pings("vm1", &vm4).await;
+
+    // The controller killed right after a port was made, and started
+    // again: the port still reaches its host.
+    let vm5 = lab.create_vm("vm5", "h3", "sn1");
+    lab.controller.restart().unwrap();
+    lab.wait_active("vm5").await;
+    lab.lease("vm5", &vm5);
+    lab.pings("vm5", &vm1).await;
 
     // Deleted: the VM's device goes, the address is free again.
     let deleted = lab.cli.run(&["port", "delete", "vm3"]).unwrap();

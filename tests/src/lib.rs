@@ -15,6 +15,7 @@ pub mod guest;
 pub mod lab;
 pub mod netns;
 pub mod openstack;
+pub mod pki;
 pub mod suite;
 pub mod tap;
 pub mod topology;

@@ -30,13 +30,10 @@ use alcor_proto::{
 use alcor_tests::{
     Agent,
     agent::json_count,
+    pki::Pki,
     privileged,
     topology::{Host, Topology, UNDERLAY_DEV},
     unique_prefix, wait_for,
-};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -523,53 +520,6 @@ async fn a_refused_state_request_is_asked_again_while_heartbeats_go_on() {
     stub.stop().await;
 }
 
-/// A CA, and leaf certificates it signs, as files in `dir`.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "registration test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { ca, dir }
-    }
-
-    fn ca_file(&self) -> String {
-        self.dir.path().join("ca.pem").display().to_string()
-    }
-
-    /// A certificate for `ip` with `usages`, as files.
-    fn leaf(&self, name: &str, ip: &str, usages: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
-        let mut params = CertificateParams::new(vec![ip.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = usages;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let write = |file: &str, text: &str| {
-            let path = self.dir.path().join(file);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        Leaf {
-            cert: write(&format!("{name}.pem"), &cert.pem()),
-            key: write(&format!("{name}-key.pem"), &key.serialize_pem()),
-        }
-    }
-}
-
-struct Leaf {
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
@@ -582,28 +532,20 @@ async fn over_https_the_agent_trusts_its_ca_and_presents_its_certificate() {
     let topology = topology("regtls", 41);
     let h1 = topology.host("h1");
     let addr = controller_addr(&topology);
-    let pki = Pki::new();
-    let controller = pki.leaf(
-        "controller",
-        "198.18.41.254",
-        vec![ExtendedKeyUsagePurpose::ServerAuth],
-    );
+    let pki = Pki::new("registration test").unwrap();
+    let controller = pki
+        .server("controller", "198.18.41.254".parse().unwrap())
+        .unwrap();
     // One certificate serves goal state and identifies the agent to the
     // controller, as the demo's PKI issues them.
-    let agent_cert = pki.leaf(
-        "agent",
-        "198.18.41.1",
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-    );
+    let agent_cert = pki.server("agent", "198.18.41.1".parse().unwrap()).unwrap();
+    let ca_file = pki.ca_file().display().to_string();
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             read(&controller.cert),
             read(&controller.key),
         ))
-        .client_ca_root(Certificate::from_pem(read(&pki.dir.path().join("ca.pem"))));
+        .client_ca_root(Certificate::from_pem(read(&pki.ca_file())));
     let recorder = Recorder::default();
     let stub = Stub::start(topology.host("ctl"), addr, recorder.clone(), Some(tls));
 
@@ -616,7 +558,7 @@ async fn over_https_the_agent_trusts_its_ca_and_presents_its_certificate() {
             "--tls-key",
             &agent_cert.key.display().to_string(),
             "--tls-client-ca",
-            &pki.ca_file(),
+            &ca_file,
             "--controller",
             &format!("https://{addr}"),
             "--host-id",

@@ -29,6 +29,7 @@ use alcor_tests::{
     controller::{Controller, StoreKind},
     dhcp::{ClientDir, Dhclient, Eth0, UDHCPC_SCRIPT, dhcpcd_once, udhcpc_once},
     openstack::Cli,
+    pki::{CertFiles, Pki},
     topology::Topology,
     topology::namespaces_with_prefix,
     traffic, wait_for,
@@ -38,11 +39,7 @@ use futures::{FutureExt, future::LocalBoxFuture};
 use serde_json::Value;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::{
-    setup,
-    tls::{CertFiles, Pki},
-    util,
-};
+use crate::{setup, util};
 
 /// Namespaces of the demo are called `xdemo<pid>-…`.
 const TAG: &str = "xdemo";

@@ -5,7 +5,6 @@ mod ci;
 mod demo;
 mod ebpf;
 mod setup;
-mod tls;
 mod util;
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
-//! Throwaway mutual-TLS material: a CA and certificates for agents and the
-//! controller (each valid for its underlay address, for server and client
+//! Throwaway mutual-TLS material for tests and the demo: a CA and
+//! certificates for agents and the controller (each valid for its underlay address, for server and client
 //! auth: agents serve goal state and register with theirs, the controller
 //! serves registrations and dials agents with its own), written as PEM
 //! files into a temporary directory.

@@ -17,6 +17,7 @@ use alcor_tests::{
     controller::{Controller, StoreKind},
     dhcp::{Eth0, udhcpc_stock},
     openstack::{self, Cli},
+    pki::Pki,
     privileged,
     topology::Topology,
     traffic, unique_prefix, wait_for,
@@ -33,23 +34,46 @@ const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
 const CONVERGE: Duration = Duration::from_secs(30);
 
 struct Lab {
-    // Dropped first: agents, VMs, then the topology.
+    // Dropped first: agents, VMs, then the topology; certificates last.
     agents: Vec<(&'static str, Agent)>,
     controller: Controller,
     cli: Cli,
     vms: Vec<Netns>,
     topology: Topology,
+    _pki: Option<Pki>,
 }
 
 impl Lab {
-    async fn new(prefix: &str) -> Lab {
+    /// The topology, the controller and the agents; with mutual TLS
+    /// between them both ways if `tls`, else plain text.
+    async fn new(prefix: &str, tls: bool) -> Lab {
         let mut topology = Topology::new(prefix).unwrap();
         for (name, address) in HOSTS.iter().chain([&CONTROLLER]) {
             topology.add_host(name, address).unwrap();
         }
         let ctl = topology.host(CONTROLLER.0);
-        let controller =
-            Controller::start_in(ctl.netns(), ctl.underlay_ip(), StoreKind::Embedded, &[]).unwrap();
+        let pki = tls.then(|| Pki::new("controller_agents").unwrap());
+        let mut controller_args = Vec::new();
+        if let Some(pki) = &pki {
+            let cert = pki.server("controller", ctl.underlay_ip().into()).unwrap();
+            controller_args = [
+                "--agent-tls-cert".to_string(),
+                cert.cert.display().to_string(),
+                "--agent-tls-key".into(),
+                cert.key.display().to_string(),
+                "--agent-tls-ca".into(),
+                pki.ca_file().display().to_string(),
+            ]
+            .to_vec();
+        }
+        let controller_args: Vec<&str> = controller_args.iter().map(String::as_str).collect();
+        let controller = Controller::start_in(
+            ctl.netns(),
+            ctl.underlay_ip(),
+            StoreKind::Embedded,
+            &controller_args,
+        )
+        .unwrap();
         let cli = Cli::new(&controller.endpoint())
             .unwrap()
             .in_netns(ctl.netns().name());
@@ -57,16 +81,20 @@ impl Lab {
         for (name, _) in HOSTS {
             let host = topology.host(name);
             let mut options = host.agent_options();
-            options.args.extend(
-                [
-                    "--insecure",
-                    "--controller",
-                    &controller.grpc_endpoint(),
-                    "--host-id",
-                    name,
-                ]
-                .map(String::from),
-            );
+            let registry = match &pki {
+                Some(pki) => {
+                    let cert = pki.server(name, host.underlay_ip().into()).unwrap();
+                    options.args.extend(pki.agent_args(&cert));
+                    controller.grpc_endpoint().replace("http://", "https://")
+                }
+                None => {
+                    options.args.push("--insecure".into());
+                    controller.grpc_endpoint()
+                }
+            };
+            options
+                .args
+                .extend(["--controller", &registry, "--host-id", name].map(String::from));
             agents.push((name, Agent::start(host.netns(), options).await));
         }
         Lab {
@@ -75,7 +103,21 @@ impl Lab {
             cli,
             vms: Vec::new(),
             topology,
+            _pki: pki,
         }
+    }
+
+    async fn wait_agents_alive(&self) {
+        wait_for("every agent alive", CONVERGE, async || {
+            let agents = self.json(&["network", "agent", "list"]);
+            let alive = agents
+                .as_array()?
+                .iter()
+                .filter(|agent| agent["Alive"] == true)
+                .count();
+            (alive == HOSTS.len()).then_some(())
+        })
+        .await;
     }
 
     /// `openstack ARGS -f json`, which must succeed.
@@ -181,19 +223,9 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
     if !privileged(test) || !openstack::available(test) {
         return;
     }
-    let mut lab = Lab::new(&unique_prefix("ctl")).await;
-
+    let mut lab = Lab::new(&unique_prefix("ctl"), false).await;
     // The agents registered themselves.
-    wait_for("three agents alive", CONVERGE, async || {
-        let agents = lab.json(&["network", "agent", "list"]);
-        let alive = agents
-            .as_array()?
-            .iter()
-            .filter(|agent| agent["Alive"] == true)
-            .count();
-        (alive == 3).then_some(())
-    })
-    .await;
+    lab.wait_agents_alive().await;
 
     lab.json(&["network", "create", "net"]);
     for (name, cidr) in [("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")] {
@@ -317,6 +349,39 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
         &format!("subnet=sn2,ip-address={address}"),
         "again",
     ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_agents_register_and_get_their_state() {
+    let test = "with_mutual_tls_agents_register_and_get_their_state";
+    if !privileged(test) || !openstack::available(test) {
+        return;
+    }
+    let mut lab = Lab::new(&unique_prefix("ctls"), true).await;
+    lab.wait_agents_alive().await;
+    let agents = lab.json(&["network", "agent", "list", "--long"]);
+    assert_eq!(
+        agents.as_array().map(Vec::len),
+        Some(HOSTS.len()),
+        "{agents}"
+    );
+    lab.json(&["network", "create", "net"]);
+    lab.json(&[
+        "subnet",
+        "create",
+        "--network",
+        "net",
+        "--subnet-range",
+        "10.0.1.0/24",
+        "sn1",
+    ]);
+    let vm1 = lab.create_vm("vm1", "h1", "sn1");
+    let vm2 = lab.create_vm("vm2", "h2", "sn1");
+    for (vm, port) in [("vm1", &vm1), ("vm2", &vm2)] {
+        lab.wait_active(vm).await;
+        lab.lease(vm, port);
+    }
+    lab.pings("vm1", &vm2).await;
 }
 
 /// Empties a directory, as a host whose disk was replaced.

@@ -203,6 +203,17 @@ impl Cli {
         self
     }
 
+    /// How many agents `openstack network agent list` shows alive.
+    pub fn alive_agents(&self) -> anyhow::Result<usize> {
+        let agents = self.json(&["network", "agent", "list"])?;
+        Ok(agents
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|agent| agent["Alive"] == true)
+            .count())
+    }
+
     /// Runs `openstack GLOBAL-OPTIONS ARGS…`, bounded by [`LIMIT`]. A
     /// command that fails is an `Ok` with its status; only a run that could
     /// not start or finish is an error.

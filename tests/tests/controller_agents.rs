@@ -107,17 +107,18 @@ impl Lab {
         }
     }
 
-    async fn wait_agents_alive(&self) {
-        wait_for("every agent alive", CONVERGE, async || {
-            let agents = self.json(&["network", "agent", "list"]);
-            let alive = agents
-                .as_array()?
-                .iter()
-                .filter(|agent| agent["Alive"] == true)
-                .count();
-            (alive == HOSTS.len()).then_some(())
+    /// The lab of `test` once every agent registered; `None` when the
+    /// test is skipped (not root, or no CLI, outside CI).
+    async fn ready(test: &str, tag: &str, tls: bool) -> Option<Lab> {
+        if !privileged(test) || !openstack::available(test) {
+            return None;
+        }
+        let lab = Lab::new(&unique_prefix(tag), tls).await;
+        wait_for("every agent registered and alive", CONVERGE, async || {
+            (lab.cli.alive_agents().ok()? == HOSTS.len()).then_some(())
         })
         .await;
+        Some(lab)
     }
 
     /// `openstack ARGS -f json`, which must succeed.
@@ -220,12 +221,10 @@ impl Lab {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
     let test = "the_cli_makes_vms_that_lease_ping_move_survive_and_go";
-    if !privileged(test) || !openstack::available(test) {
+    // The agents register themselves.
+    let Some(mut lab) = Lab::ready(test, "ctl", false).await else {
         return;
-    }
-    let mut lab = Lab::new(&unique_prefix("ctl"), false).await;
-    // The agents registered themselves.
-    lab.wait_agents_alive().await;
+    };
 
     lab.json(&["network", "create", "net"]);
     for (name, cidr) in [("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")] {
@@ -354,11 +353,9 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_mutual_tls_agents_register_and_get_their_state() {
     let test = "with_mutual_tls_agents_register_and_get_their_state";
-    if !privileged(test) || !openstack::available(test) {
+    let Some(mut lab) = Lab::ready(test, "ctls", true).await else {
         return;
-    }
-    let mut lab = Lab::new(&unique_prefix("ctls"), true).await;
-    lab.wait_agents_alive().await;
+    };
     let agents = lab.json(&["network", "agent", "list", "--long"]);
     assert_eq!(
         agents.as_array().map(Vec::len),

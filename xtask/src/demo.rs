@@ -428,14 +428,9 @@ impl Demo {
         say(format!(
             "a goal-state client without a certificate is refused (TLS: {reason})"
         ));
+        let cli = self.cli()?;
         wait_for("both agents registered and alive", CONVERGE, async || {
-            let agents = self.openstack_json(&["network", "agent", "list"]).ok()?;
-            let alive = agents
-                .as_array()?
-                .iter()
-                .filter(|agent| agent["Alive"] == true)
-                .count();
-            (alive == HOSTS.len()).then_some(())
+            (cli.alive_agents().ok()? == HOSTS.len()).then_some(())
         })
         .await;
         self.openstack(&["network", "agent", "list"])?;

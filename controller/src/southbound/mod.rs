@@ -36,7 +36,10 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -93,6 +96,10 @@ pub struct Southbound {
     /// A round is due: the store changed, the lease came or went, a host
     /// was given up.
     wake: tokio::sync::Notify,
+    /// The store revision the last round read: a change up to it (this
+    /// instance's own commits come back through the watch) needs no
+    /// other round.
+    seen: AtomicU64,
 }
 
 /// The lease this instance holds.
@@ -176,6 +183,7 @@ impl Southbound {
             lease: Mutex::new(None),
             state: Mutex::new(State::default()),
             wake: tokio::sync::Notify::new(),
+            seen: AtomicU64::new(0),
         })
     }
 
@@ -222,7 +230,11 @@ impl Southbound {
                     }
                 };
                 tokio::select! {
-                    _ = local.changed() => break,
+                    _ = local.changed() => {
+                        if *local.borrow_and_update() > self.seen.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
                     () = self.wake.notified() => break,
                     () = tokio::time::sleep_until(safety) => break,
                     () = lapsed => {
@@ -282,6 +294,7 @@ impl Southbound {
                 return;
             }
         };
+        self.seen.fetch_max(view.revision, Ordering::Relaxed);
         let plan = ownership::plan(
             &self.id,
             view.inventory
@@ -551,7 +564,9 @@ impl Southbound {
                     while let Some(change) = changes.next().await {
                         match change {
                             Ok(change) => {
-                                if change.keys.iter().any(|key| !key.starts_with(&heartbeats)) {
+                                let news = change.revision > self.seen.load(Ordering::Relaxed)
+                                    && change.keys.iter().any(|key| !key.starts_with(&heartbeats));
+                                if news {
                                     self.wake.notify_one();
                                 }
                             }

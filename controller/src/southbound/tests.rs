@@ -490,11 +490,10 @@ async fn an_instance_cut_off_from_etcd_stops_pushing_before_its_lease_can_end() 
     })
     .await;
     eprintln!("cut off, a stopped serving after {stopped:?}");
-    // The last renewal went at most a renewal period before the kill.
-    assert!(
-        stopped <= super::LEASE_TTL - super::LEASE_MARGIN + Duration::from_millis(500),
-        "{stopped:?}"
-    );
+    // Its last renewal went before the kill, so its lease ends at the
+    // earliest a TTL after that: it stopped before (by LEASE_MARGIN, less
+    // however late the timer and the round ran).
+    assert!(stopped < super::LEASE_TTL, "{stopped:?}");
 
     tokio::task::block_in_place(|| server.restart()).unwrap();
     eventually("a serving again", Duration::from_secs(20), || {

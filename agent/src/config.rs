@@ -146,9 +146,11 @@ pub struct Settings {
 
     /// The controller's gRPC endpoint (http://HOST:PORT, or https:// for
     /// mutual TLS with the --tls-* material): the agent registers there,
-    /// sends heartbeats and asks for its whole state. Unset: the agent works
-    /// alone, programmed only by whoever pushes to it.
-    #[arg(long, value_name = "URL")]
+    /// sends heartbeats and asks for its whole state. Several instances,
+    /// comma-separated: the agent uses one and moves to the next when a
+    /// call fails. Unset: the agent works alone, programmed only by
+    /// whoever pushes to it.
+    #[arg(long, value_name = "URL[,URL...]")]
     pub controller: Option<String>,
 
     /// The name ports of this host are bound to (Neutron's
@@ -173,10 +175,11 @@ pub struct Tls {
 /// Where and as whom the agent registers (`--controller`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControllerLink {
-    /// `http://…` or `https://…` (then over mutual TLS with [`Config::tls`]:
-    /// the client CA is the trust root, the agent's certificate its
-    /// identity).
-    pub url: String,
+    /// The controller instances, in the order they are tried: all
+    /// `http://…` or all `https://…` (then over mutual TLS with
+    /// [`Config::tls`]: the client CA is the trust root, the agent's
+    /// certificate its identity). Never empty.
+    pub urls: Vec<String>,
     pub host_id: String,
     /// Given with `--advertise-endpoint`; otherwise derived at start, once
     /// the underlay address is known ([`Config::goal_state_endpoint`]).
@@ -185,8 +188,32 @@ pub struct ControllerLink {
 
 impl ControllerLink {
     pub fn tls(&self) -> bool {
-        self.url.starts_with("https://")
+        self.urls.iter().any(|url| url.starts_with("https://"))
     }
+
+    /// The URLs as given: for logs.
+    pub fn urls(&self) -> String {
+        self.urls.join(",")
+    }
+}
+
+/// `--controller`'s URLs, each checked; all of one scheme (one TLS
+/// configuration serves them all).
+fn controller_urls(list: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| check_url(url).with_context(|| format!("{url:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    if urls.is_empty() {
+        bail!("no URL");
+    }
+    let tls = |url: &String| url.starts_with("https://");
+    if urls.iter().any(tls) && !urls.iter().all(tls) {
+        bail!("mixes http:// and https://: the instances are all reached one way");
+    }
+    Ok(urls)
 }
 
 /// The settings in force, defaults applied and checked.
@@ -249,8 +276,8 @@ impl Config {
         let host_id = flags.host_id.or(file.host_id);
         let advertise_endpoint = flags.advertise_endpoint.or(file.advertise_endpoint);
         let controller = match flags.controller.or(file.controller) {
-            Some(url) => Some(ControllerLink {
-                url: check_url(&url).with_context(|| format!("--controller {url:?}"))?,
+            Some(urls) => Some(ControllerLink {
+                urls: controller_urls(&urls).with_context(|| format!("--controller {urls:?}"))?,
                 host_id: match host_id {
                     Some(id) => id,
                     None => host_name()?,
@@ -348,7 +375,7 @@ impl Config {
             bail!(
                 "--controller {} is https: give --tls-cert and --tls-key (the agent's identity) \
                  and --tls-client-ca (which signed the controller's certificate)",
-                link.url
+                link.urls()
             );
         }
         match &link.advertise_endpoint {
@@ -548,7 +575,7 @@ mod tests {
         ];
         let config = Config::merge(flags(&args), Settings::default()).unwrap();
         let link = config.controller.clone().unwrap();
-        assert_eq!(link.url, "http://198.18.0.254:9697");
+        assert_eq!(link.urls, ["http://198.18.0.254:9697"]);
         assert!(!link.tls());
         assert_eq!(link.host_id, host_name().unwrap());
         assert_eq!(
@@ -665,6 +692,35 @@ mod tests {
     }
 
     #[test]
+    fn several_controller_instances_are_tried_in_order() {
+        let args = [
+            "--grpc-listen",
+            "127.0.0.1:1",
+            "--controller",
+            "http://ctl-a:9697/, http://ctl-b:9697,",
+        ];
+        let link = Config::merge(flags(&args), Settings::default())
+            .unwrap()
+            .controller
+            .unwrap();
+        assert_eq!(link.urls, ["http://ctl-a:9697", "http://ctl-b:9697"]);
+        assert_eq!(link.urls(), "http://ctl-a:9697,http://ctl-b:9697");
+        assert!(!link.tls());
+        for bad in [
+            ",",
+            "http://ctl-a:9697,ctl-b:9697",
+            "http://ctl-a:9697,https://ctl-b:9697",
+        ] {
+            let args = ["--grpc-listen", "127.0.0.1:1", "--controller", bad];
+            let error = Config::merge(flags(&args), Settings::default()).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("--controller"),
+                "{bad}: {error:#}"
+            );
+        }
+    }
+
+    #[test]
     fn controller_keys_come_from_the_file_under_the_flags() {
         let file: Settings = toml::from_str(
             "grpc_listen = \"127.0.0.1:1\"\ncontroller = \"http://ctl:9697\"\n\
@@ -673,7 +729,7 @@ mod tests {
         .unwrap();
         let config = Config::merge(flags(&["--host-id", "from-flag"]), file).unwrap();
         let link = config.controller.unwrap();
-        assert_eq!(link.url, "http://ctl:9697");
+        assert_eq!(link.urls, ["http://ctl:9697"]);
         assert_eq!(link.host_id, "from-flag");
         assert_eq!(link.advertise_endpoint.as_deref(), Some("http://h:1"));
         assert!(toml::from_str::<Settings>("controller_url = \"http://ctl\"").is_err());

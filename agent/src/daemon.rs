@@ -147,7 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mutual_tls = config.tls.is_some(),
         control = %config.control_socket.display(),
         metrics = %config.metrics_listen,
-        controller = config.controller.as_ref().map_or("none", |link| link.url.as_str()),
+        controller = config.controller.as_ref().map_or("none".into(), |link| link.urls()),
         "alcor-agent ready"
     );
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;

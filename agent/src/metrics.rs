@@ -60,6 +60,9 @@ pub struct Metrics {
     pub controller_heartbeats: Family<ResultLabels, Counter>,
     pub controller_state_requests: Family<ResultLabels, Counter>,
     pub controller_registered: Gauge,
+    /// Goal-state streams open now: one per controller session pushing to
+    /// this agent (one at a time, when controller instances share agents).
+    pub goalstate_streams: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +123,12 @@ impl Metrics {
             "1 while the controller answers heartbeats, else 0",
             controller_registered.clone(),
         );
+        let goalstate_streams = Gauge::default();
+        registry.register(
+            "goalstate_streams",
+            "Goal-state streams (PushGoalStatesStream) open now: one per controller pushing",
+            goalstate_streams.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -129,6 +138,7 @@ impl Metrics {
             controller_heartbeats,
             controller_state_requests,
             controller_registered,
+            goalstate_streams,
         }
     }
 }

@@ -6,9 +6,12 @@
 //!
 //! The link never holds up the agent: it starts after everything else,
 //! every call has a deadline, and a controller that cannot be reached only
-//! costs a warning per outage and retries with backoff. [`Link`] decides
-//! (when to ask for the state, how long to wait) without any I/O; [`run`]
-//! does the calls.
+//! costs a warning per outage and retries with backoff. With several
+//! controller instances (`--controller A,B`), a failed call moves the link
+//! to the next one: any instance takes heartbeats and state requests, and
+//! the one that serves this agent pushes. [`Link`] decides (when to ask for
+//! the state, how long to wait, which instance to call) without any I/O;
+//! [`run`] does the calls.
 
 use std::{
     fs,
@@ -64,6 +67,9 @@ pub struct Link {
     /// the state asked for if needed).
     failures: u32,
     interval: Duration,
+    /// How many controller instances there are, and which one is called.
+    controllers: usize,
+    controller: usize,
 }
 
 /// What to do after an answered heartbeat.
@@ -91,14 +97,27 @@ impl Default for Link {
 }
 
 impl Link {
+    /// A link to one controller.
     pub fn new() -> Link {
+        Link::with_controllers(1)
+    }
+
+    /// A link to `count` controller instances, starting with the first.
+    pub fn with_controllers(count: usize) -> Link {
         Link {
             starting: true,
             want_state: true,
             connection: None,
             failures: 0,
             interval: DEFAULT_INTERVAL,
+            controllers: count.max(1),
+            controller: 0,
         }
+    }
+
+    /// Which controller instance to call (an index into `--controller`).
+    pub fn controller(&self) -> usize {
+        self.controller
     }
 
     /// The next heartbeat's `started`: true until one is answered, so that
@@ -146,10 +165,13 @@ impl Link {
     }
 
     /// A heartbeat failed: the state is asked for again once the link is
-    /// back, since a push may have been lost meanwhile.
+    /// back, since a push may have been lost meanwhile; the next try goes
+    /// to the next controller instance (another may answer where this one
+    /// died).
     pub fn failed(&mut self) -> Failed {
         self.want_state = true;
         self.failures = self.failures.saturating_add(1);
+        self.controller = (self.controller + 1) % self.controllers;
         Failed {
             retry_in: backoff(self.failures),
             new_outage: self.failures == 1,
@@ -190,10 +212,11 @@ pub struct LinkStatus {
 
 pub type SharedLinkStatus = Arc<Mutex<LinkStatus>>;
 
-/// What the link needs, prepared at start (files read, endpoint derived).
+/// What the link needs, prepared at start (files read, endpoints derived).
 pub struct Registration {
     link: ControllerLink,
-    endpoint: Endpoint,
+    /// One per controller instance, in `--controller`'s order.
+    endpoints: Vec<Endpoint>,
     goal_state_endpoint: String,
     underlay_ip: String,
     underlay_mac: String,
@@ -210,11 +233,7 @@ impl Registration {
         let goal_state_endpoint = config.goal_state_endpoint(underlay.map(|u| u.ip)).context(
             "no address to advertise the goal-state service at: give --advertise-endpoint",
         )?;
-        let mut endpoint = Endpoint::from_shared(link.url.clone())
-            .with_context(|| format!("--controller {}", link.url))?
-            .connect_timeout(RPC_TIMEOUT)
-            .timeout(RPC_TIMEOUT);
-        if link.tls() {
+        let tls = if link.tls() {
             // Checked at load: https comes with TLS material.
             let tls = config
                 .tls
@@ -222,16 +241,30 @@ impl Registration {
                 .context("--controller is https but no TLS material is configured")?;
             let read =
                 |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
-            let client = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(read(&tls.client_ca)?))
-                .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-            endpoint = endpoint
-                .tls_config(client)
-                .context("TLS configuration for the controller")?;
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&tls.client_ca)?))
+                    .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?)),
+            )
+        } else {
+            None
+        };
+        let mut endpoints = Vec::new();
+        for url in &link.urls {
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .with_context(|| format!("--controller {url}"))?
+                .connect_timeout(RPC_TIMEOUT)
+                .timeout(RPC_TIMEOUT);
+            if let Some(tls) = &tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .context("TLS configuration for the controller")?;
+            }
+            endpoints.push(endpoint);
         }
         Ok(Some(Registration {
             link,
-            endpoint,
+            endpoints,
             goal_state_endpoint,
             underlay_ip: underlay.map(|u| u.ip.to_string()).unwrap_or_default(),
             underlay_mac: underlay.map(|u| u.mac.to_string()).unwrap_or_default(),
@@ -241,7 +274,7 @@ impl Registration {
     /// The status `agentctl` shows, before the first heartbeat.
     pub fn status(&self) -> SharedLinkStatus {
         Arc::new(Mutex::new(LinkStatus {
-            url: self.link.url.clone(),
+            url: self.link.urls[0].clone(),
             host_id: self.link.host_id.clone(),
             goal_state_endpoint: self.goal_state_endpoint.clone(),
             ..LinkStatus::default()
@@ -355,20 +388,21 @@ pub async fn run(
     status: SharedLinkStatus,
 ) {
     let connections = Arc::new(AtomicU64::new(0));
-    let clients = Clients::new(&registration.endpoint, &connections);
+    let link = Link::with_controllers(registration.endpoints.len());
+    let clients = Clients::new(&registration.endpoints[link.controller()], &connections);
     let mut runner = Runner {
         registration,
         state,
         metrics,
         status,
-        link: Link::new(),
+        link,
         connections,
         clients,
         requests: 0,
     };
     let link = &runner.registration.link;
     tracing::info!(
-        controller = link.url,
+        controller = link.urls(),
         host_id = link.host_id,
         goal_state_endpoint = runner.registration.goal_state_endpoint,
         "registering with the controller"
@@ -380,6 +414,11 @@ pub async fn run(
 }
 
 impl Runner {
+    /// The controller instance the link calls now.
+    fn controller_url(&self) -> &str {
+        &self.registration.link.urls[self.link.controller()]
+    }
+
     /// One heartbeat, and the state request if it is due; returns how long
     /// to wait before the next.
     async fn step(&mut self) -> Duration {
@@ -399,16 +438,22 @@ impl Runner {
             ),
         };
         status_of(&self.status).last_error = Some((SystemTime::now(), error.clone()));
+        let controller = self.controller_url().to_string();
         // A connection that failed a call may be half-open (a controller
-        // gone without a word): the next try connects afresh.
-        self.clients = Clients::new(&self.registration.endpoint, &self.connections);
-        let controller = &self.registration.link.url;
+        // gone without a word): the next try connects afresh, to the next
+        // controller instance if there are several.
+        self.clients = Clients::new(
+            &self.registration.endpoints[self.link.controller()],
+            &self.connections,
+        );
+        status_of(&self.status).url = self.controller_url().to_string();
         if failed.new_outage {
             tracing::warn!(
                 controller,
                 error,
                 "the controller cannot be reached; the agent goes on alone and keeps trying \
-                 (warned once per outage)"
+                 (the next instance first, if --controller lists several; warned once per \
+                 outage)"
             );
         } else {
             tracing::debug!(error, retry_in = ?failed.retry_in, "the controller still fails");
@@ -467,7 +512,7 @@ impl Runner {
         );
         if answered.recovered {
             tracing::info!(
-                controller = self.registration.link.url,
+                controller = self.controller_url(),
                 "the controller answers again"
             );
         }
@@ -488,7 +533,7 @@ impl Runner {
         status_of(&self.status).state_requests += 1;
         let recovered = self.link.state_requested();
         tracing::info!(
-            controller = self.registration.link.url,
+            controller = self.controller_url(),
             request_id,
             recovered,
             "registered; the controller is asked for this host's whole state"
@@ -630,6 +675,32 @@ mod tests {
         assert!(answered.ask_state);
         assert!(!link.state_requested(), "no outage to end");
         assert!(!link.heartbeat_answered(0, 2).ask_state);
+    }
+
+    #[test]
+    fn a_failed_call_moves_to_the_next_controller_instance() {
+        let mut link = Link::with_controllers(3);
+        assert_eq!(link.controller(), 0);
+        link.heartbeat_answered(0, 1);
+        link.state_requested();
+        assert_eq!(link.controller(), 0, "an answering instance is kept");
+        let tried: Vec<usize> = (0..4)
+            .map(|_| {
+                link.failed();
+                link.controller()
+            })
+            .collect();
+        assert_eq!(tried, [1, 2, 0, 1], "round the list");
+        // Another instance answers: a new connection, so the whole state
+        // is asked for there.
+        assert!(link.heartbeat_answered(0, 2).ask_state);
+        assert_eq!(link.controller(), 1);
+        link.state_request_failed();
+        assert_eq!(link.controller(), 2, "a refused state request moves on too");
+        // One instance: always that one.
+        let mut alone = Link::new();
+        alone.failed();
+        assert_eq!(alone.controller(), 0);
     }
 
     #[test]

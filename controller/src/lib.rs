@@ -10,6 +10,7 @@ pub mod error;
 pub mod goalstate;
 pub mod metrics;
 pub mod model;
+pub mod ownership;
 pub mod registry;
 pub mod server;
 pub mod service;

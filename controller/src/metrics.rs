@@ -1,5 +1,6 @@
 //! Prometheus metrics, served in the text format on `--metrics-listen`:
-//! the API's requests by method and status, and how long they took.
+//! the API's requests by method and status, and how long they took; which
+//! agents this instance serves, and how often it took over or gave up one.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -13,7 +14,7 @@ use axum::{
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -23,10 +24,26 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub id: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     seconds: Histogram,
+    /// 1 for each host whose agent this instance pushes to.
+    pub agent_sessions: Family<HostLabels, Gauge>,
+    pub agent_claims: Counter,
+    pub agent_releases: Counter,
+    /// This instance's id (what its owner keys say), as a label.
+    pub instance: Family<InstanceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -47,10 +64,38 @@ impl Default for Metrics {
             "Time to answer an API request",
             seconds.clone(),
         );
+        let agent_sessions = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "agent_sessions",
+            "Agents this instance pushes goal state to (1 per host it serves)",
+            agent_sessions.clone(),
+        );
+        let agent_claims = Counter::default();
+        registry.register(
+            "agent_claims",
+            "Hosts this instance took on (unowned, or its owner died)",
+            agent_claims.clone(),
+        );
+        let agent_releases = Counter::default();
+        registry.register(
+            "agent_releases",
+            "Hosts this instance gave up to even out the load",
+            agent_releases.clone(),
+        );
+        let instance = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "instance",
+            "This instance's id, as its owner keys and `network agent show` name it",
+            instance.clone(),
+        );
         Metrics {
             registry,
             requests,
             seconds,
+            agent_sessions,
+            agent_claims,
+            agent_releases,
+            instance,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Where agents reach the controller (`--grpc-listen`): `AgentRegistry`
 //! (registration and heartbeat) and `GoalStateProvisioner.RequestGoalStates`
 //! (an agent asking for its whole state). The goal state itself goes the
-//! other way, over the agent's own service (`southbound`).
+//! other way, over the agent's own service (`southbound`), from whichever
+//! controller instance serves the agent: these calls may arrive at any.
 
 use std::sync::Arc;
 
@@ -24,21 +25,16 @@ use crate::{
     error::ApiError,
     model::agent::{HEARTBEAT_INTERVAL, Heartbeat, Registration},
     service::Controller,
-    southbound::Southbound,
 };
 
 #[derive(Clone)]
 pub struct Registry {
     controller: Arc<Controller>,
-    southbound: Arc<Southbound>,
 }
 
 impl Registry {
-    pub fn new(controller: Arc<Controller>, southbound: Arc<Southbound>) -> Registry {
-        Registry {
-            controller,
-            southbound,
-        }
+    pub fn new(controller: Arc<Controller>) -> Registry {
+        Registry { controller }
     }
 
     pub fn services(
@@ -116,7 +112,9 @@ impl GoalStateProvisioner for Registry {
         Err(pushes_go_to_agents())
     }
 
-    /// An agent asks for its whole state: its session sends it again. The
+    /// An agent asks for its whole state: the request is recorded in the
+    /// store, where the instance that serves the agent (this one or
+    /// another) sees it, and its session sends the whole state again. The
     /// state comes over the agent's own stream; the reply only says the
     /// request was taken.
     async fn request_goal_states(
@@ -140,7 +138,10 @@ impl GoalStateProvisioner for Registry {
                 request.host_id
             )));
         }
-        self.southbound.resync(&request.host_id);
+        self.controller
+            .request_resync(&request.host_id)
+            .await
+            .map_err(unavailable)?;
         let statuses = request
             .state_requests
             .iter()

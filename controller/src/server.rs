@@ -1,6 +1,7 @@
 //! The controller as it runs: its store opened, the API, the agents'
 //! registry and the metrics served and goal states pushed until SIGTERM or
-//! Ctrl-C, requests in flight finished.
+//! Ctrl-C, requests in flight finished and its agents handed over to the
+//! other instances.
 
 use std::sync::Arc;
 
@@ -37,6 +38,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("opening the store")?;
     let controller = Arc::new(Controller::new(store, config.policy.clone()));
     let tls = config.agent_tls.as_ref().map(read_tls).transpose()?;
+    let metrics = Arc::new(Metrics::default());
+    // A new id at every start: a restarted instance is a new member, and
+    // whatever its last life owned goes with that life's lease.
+    let instance = uuid::Uuid::new_v4().to_string();
+    tracing::info!(%instance, "controller instance");
     let southbound = Southbound::new(
         controller.clone(),
         tls.as_ref().map(|tls| {
@@ -44,14 +50,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .ca_certificate(tls.ca.clone())
                 .identity(tls.identity.clone())
         }),
+        instance,
+        metrics.clone(),
     );
     tokio::spawn(southbound.clone().run());
-    serve_agents(&config, tls, Registry::new(controller.clone(), southbound)).await?;
+    serve_agents(&config, tls, Registry::new(controller.clone())).await?;
     let app = Arc::new(App {
         controller,
         auth: config.auth.clone(),
     });
-    let metrics = Arc::new(Metrics::default());
     let router = api::router(app).layer(axum::middleware::from_fn_with_state(
         metrics.clone(),
         metrics::count,
@@ -68,7 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown())
         .await
-        .context("serving the API")
+        .context("serving the API")?;
+    // Handed over now rather than when the lease runs out.
+    southbound.leave().await;
+    Ok(())
 }
 
 /// The controller's TLS towards the agents, read.

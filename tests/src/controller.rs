@@ -27,6 +27,8 @@ pub struct Controller {
     listen: SocketAddr,
     /// Where agents register (gRPC).
     grpc_listen: SocketAddr,
+    /// Where its metrics are served (chosen at each start).
+    metrics_listen: SocketAddr,
     /// The network namespace it runs in; `None`: this one (loopback).
     netns: Option<String>,
     store: String,
@@ -63,10 +65,22 @@ impl Controller {
         store: StoreKind,
         args: &[&str],
     ) -> anyhow::Result<Controller> {
+        Controller::start_in_at(netns, ip, (9696, 9697), store, args)
+    }
+
+    /// As [`Controller::start_in`], its API and agents' service on the
+    /// `ports` given: several instances in one namespace.
+    pub fn start_in_at(
+        netns: &Netns,
+        ip: Ipv4Addr,
+        ports: (u16, u16),
+        store: StoreKind,
+        args: &[&str],
+    ) -> anyhow::Result<Controller> {
         Controller::make(
             Some(netns.name().to_string()),
-            SocketAddr::from((ip, 9696)),
-            SocketAddr::from((ip, 9697)),
+            SocketAddr::from((ip, ports.0)),
+            SocketAddr::from((ip, ports.1)),
             store,
             args,
         )
@@ -89,6 +103,7 @@ impl Controller {
         let mut controller = Controller {
             listen,
             grpc_listen,
+            metrics_listen: SocketAddr::from((listen.ip(), 0)),
             netns,
             store,
             args: args.iter().map(|arg| arg.to_string()).collect(),
@@ -102,6 +117,7 @@ impl Controller {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.log_path())?;
         let metrics = SocketAddr::from((self.listen.ip(), free_port()?));
+        self.metrics_listen = metrics;
         let mut command = match &self.netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
@@ -153,6 +169,47 @@ impl Controller {
             Some(name) => netns::enter(name, connect),
             None => Ok(connect()),
         }
+    }
+
+    /// `GET /metrics` (from its namespace): the Prometheus text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let listen = self.metrics_listen;
+        let get = move || -> anyhow::Result<String> {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&listen, Duration::from_secs(5))
+                .with_context(|| format!("connecting to {listen}"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: controller\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        match &self.netns {
+            Some(name) => netns::enter(name, get)?,
+            None => get(),
+        }
+    }
+
+    /// The hosts whose agents this instance pushes to now, and its id, as
+    /// its metrics say: `None` if it does not answer.
+    pub fn serving(&self) -> Option<(String, Vec<String>)> {
+        let text = self.metrics().ok()?;
+        let label = |line: &str, name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = start + line[start..].find('"')?;
+            Some(line[start..end].to_string())
+        };
+        let mut id = None;
+        let mut hosts = Vec::new();
+        for line in text.lines() {
+            if line.starts_with("alcor_controller_instance{") {
+                id = label(line, "id");
+            } else if line.starts_with("alcor_controller_agent_sessions{") && line.ends_with(" 1") {
+                hosts.extend(label(line, "host"));
+            }
+        }
+        hosts.sort();
+        Some((id?, hosts))
     }
 
     /// Where agents register: `http://IP:PORT`.

@@ -1,8 +1,8 @@
 //! A real etcd for the controller's etcd store: its unit tests and the
 //! end-to-end tests. One member on free ports of 127.0.0.1 (loopback exists
-//! in every namespace; nothing else is configured), its data in a temporary
-//! directory, fsync on as in production. Killed, and its directory removed,
-//! when it drops.
+//! in every namespace; nothing else is configured), in this network
+//! namespace or a test host's, its data in a temporary directory, fsync on
+//! as in production. Killed, and its directory removed, when it drops.
 
 use std::{
     fs::OpenOptions,
@@ -48,6 +48,8 @@ pub fn available(test: &str) -> bool {
 }
 
 pub struct EtcdServer {
+    /// The namespace it runs in; `None`: this one.
+    netns: Option<String>,
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
@@ -57,10 +59,21 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts a member and waits until it answers its health check.
     pub fn start() -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_netns(None)
+    }
+
+    /// Starts a member in the namespace `netns` (a test host, whose
+    /// processes reach it at [`EtcdServer::client_url`]).
+    pub fn start_in(netns: &crate::Netns) -> anyhow::Result<EtcdServer> {
+        EtcdServer::start_netns(Some(netns.name().to_string()))
+    }
+
+    fn start_netns(netns: Option<String>) -> anyhow::Result<EtcdServer> {
         let mut attempt = 1;
         loop {
             let (client_port, peer_port) = free_ports()?;
             let mut server = EtcdServer {
+                netns: netns.clone(),
                 dir: tempfile::Builder::new().prefix("etcd").tempdir()?,
                 client_port,
                 peer_port,
@@ -117,7 +130,15 @@ impl EtcdServer {
             .context("creating etcd's log")?;
         let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(BINARY)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, BINARY]);
+                command
+            }
+            None => Command::new(BINARY),
+        };
+        let child = command
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client])
@@ -145,7 +166,11 @@ impl EtcdServer {
                 self.child = None;
                 bail!("etcd exited ({status}); its log:\n{}", self.log());
             }
-            if healthy(address) {
+            let answers = match &self.netns {
+                Some(netns) => crate::netns::enter(netns, move || healthy(address))?,
+                None => healthy(address),
+            };
+            if answers {
                 return Ok(());
             }
             if Instant::now() > deadline {

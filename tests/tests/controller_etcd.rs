@@ -4,16 +4,18 @@
 //! succeeds (Alcor's IP manager lost releases exactly here: "claim
 //! resource not found"), and at the end the addresses given out are
 //! exactly those of the ports there are. Then the same with one instance
-//! killed (SIGKILL) in the middle and started again.
+//! killed (SIGKILL) in the middle and started again. And the agents are
+//! shared: each served by one instance, a killed instance's taken over by
+//! the other, a restarted one given its share back.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use alcor_tests::{
@@ -219,4 +221,124 @@ fn an_instance_killed_midway_loses_and_leaks_nothing() {
     check(a.listen(), &network, &kept);
     // Both instances agree.
     check(b.listen(), &network, &kept);
+}
+
+/// Polls `check` every 50 ms until it gives a value, for at most `limit`:
+/// the value and how long it took. `check` says how things are otherwise.
+fn until<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return (value, started.elapsed()),
+            Err(state) => assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}: {state}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const HOSTS: [&str; 4] = ["h1", "h2", "h3", "h4"];
+
+/// Host → the id of the instance that pushes to it, from the instances'
+/// metrics, if every host has exactly one and every instance some.
+fn split(instances: &[&Controller]) -> Result<BTreeMap<String, String>, String> {
+    let mut owners = BTreeMap::new();
+    let mut seen = Vec::new();
+    for instance in instances {
+        let (id, hosts) = instance
+            .serving()
+            .ok_or_else(|| format!("{} does not answer", instance.listen()))?;
+        for host in &hosts {
+            if let Some(other) = owners.insert(host.clone(), id.clone()) {
+                return Err(format!("{host} served by {id} and {other}"));
+            }
+        }
+        seen.push((id, hosts));
+    }
+    let shared = owners.len() == HOSTS.len() && seen.iter().all(|(_, hosts)| !hosts.is_empty());
+    if shared {
+        Ok(owners)
+    } else {
+        Err(format!("{seen:?}"))
+    }
+}
+
+/// What `GET /v2.0/agents` says serves each host.
+fn shown_owners(listen: SocketAddr) -> BTreeMap<String, String> {
+    let (status, body) = request(listen, "GET", "/v2.0/agents", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|agent| {
+            let owner = &agent["configurations"]["controller"];
+            let host = agent["host"].as_str().unwrap().to_string();
+            (host, owner.as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// The agents (stand-ins: registered, nothing to push to them, but each
+/// gets a session) are split between two instances on one etcd; one
+/// killed (SIGKILL), the other serves them all once the killed one's lease
+/// has run out; started again (a new member), it gets its share back.
+#[test]
+fn two_instances_share_the_agents_and_take_a_killed_ones_over() {
+    let Some((_etcd, mut a, b)) =
+        two_instances("two_instances_share_the_agents_and_take_a_killed_ones_over")
+    else {
+        return;
+    };
+    for host in HOSTS {
+        a.register_stand_in(host).unwrap();
+    }
+    let (owners, took) = until("the agents split", Duration::from_secs(20), || {
+        split(&[&a, &b])
+    });
+    eprintln!("split after {took:?}: {owners:?}");
+    // The API says the same, through either instance.
+    until("the API to show the owners", Duration::from_secs(5), || {
+        let shown = shown_owners(b.listen());
+        if shown == owners {
+            Ok(())
+        } else {
+            Err(format!("{shown:?}"))
+        }
+    });
+
+    a.kill();
+    let (survivor, took) = until("b to serve every agent", Duration::from_secs(20), || {
+        let (id, hosts) = b.serving().ok_or("b does not answer")?;
+        if hosts == HOSTS {
+            Ok(id)
+        } else {
+            Err(format!("b serves {hosts:?}"))
+        }
+    });
+    eprintln!("b took a's agents over in {took:?}");
+    assert!(
+        shown_owners(b.listen())
+            .values()
+            .all(|owner| *owner == survivor),
+        "{:?}",
+        shown_owners(b.listen())
+    );
+
+    a.restart().unwrap();
+    let (owners, took) = until("a to get its share back", Duration::from_secs(20), || {
+        split(&[&a, &b])
+    });
+    eprintln!("split again after {took:?}: {owners:?}");
+    let per_instance = owners.values().fold(BTreeMap::new(), |mut counts, id| {
+        *counts.entry(id).or_insert(0) += 1;
+        counts
+    });
+    assert!(per_instance.values().all(|&n| n == 2), "{per_instance:?}");
 }

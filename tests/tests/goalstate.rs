@@ -531,3 +531,46 @@ async fn metrics_count_messages_and_resources() {
         "{text}"
     );
 }
+
+/// `alcor_agent_goalstate_streams` counts the streams open now: what tells
+/// that one controller instance at a time pushes to an agent.
+#[tokio::test]
+async fn open_streams_are_counted_until_they_end() {
+    if !privileged("open_streams_are_counted_until_they_end") {
+        return;
+    }
+    let h = host("streams", 0).await;
+    let streams = |agent: &Agent| {
+        let text = agent.metrics().unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("alcor_agent_goalstate_streams "))
+            .map(|value| value.trim().to_string())
+    };
+    assert_eq!(streams(&h.agent).as_deref(), Some("0"));
+    let (messages, outgoing) = tokio::sync::mpsc::channel(1);
+    messages
+        .send(v2(vec![vpc("vpc-s", 1, "10.0.0.0/16")], vec![], vec![]))
+        .await
+        .unwrap();
+    let mut replies = h
+        .agent
+        .client()
+        .await
+        .push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    replies.next().await.unwrap().unwrap();
+    assert_eq!(streams(&h.agent).as_deref(), Some("1"));
+    drop(messages);
+    assert!(replies.next().await.is_none(), "the stream ends");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while streams(&h.agent).as_deref() != Some("0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            streams(&h.agent)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -138,6 +138,22 @@ async fn apply_stream(
     }
 }
 
+/// Counts a stream as open while it lives.
+struct OpenStream(Arc<Metrics>);
+
+impl OpenStream {
+    fn new(metrics: &Arc<Metrics>) -> OpenStream {
+        metrics.goalstate_streams.inc();
+        OpenStream(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.goalstate_streams.dec();
+    }
+}
+
 impl GoalStateService {
     /// Applies the messages of a stream, read and decoded ahead (see
     /// [`apply_stream`]); replies as it goes.
@@ -165,12 +181,14 @@ impl GoalStateService {
                 }
             }
         });
-        tokio::spawn(apply_stream(
-            self.engine.clone(),
-            self.metrics.clone(),
-            incoming,
-            replies,
-        ));
+        // Open until the controller ends it (or goes) and what it sent is
+        // applied.
+        let open = OpenStream::new(&self.metrics);
+        let (engine, metrics) = (self.engine.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            apply_stream(engine, metrics, incoming, replies).await;
+            drop(open);
+        });
         ReceiverStream::new(outbound)
     }
 }

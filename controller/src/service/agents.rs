@@ -2,25 +2,30 @@
 //! may have ports bound to it, and the statuses their replies give ports.
 //!
 //! Keys: `agent/{host}` (the record, written when it changes) and
-//! `agent-heartbeat/{host}` (written at every heartbeat, never compared).
+//! `agent-heartbeat/{host}` (written at every heartbeat, never compared);
+//! who serves each agent is in [`super::owners`].
 
 use std::{collections::HashMap, time::SystemTime};
 
 use serde_json::Value;
 
-use super::{Controller, Try, decode, resource_key, resource_prefix, retrying};
+use super::{
+    Controller, Try, decode,
+    owners::{OWNER, owner_id},
+    resource_key, resource_prefix, retrying,
+};
 use crate::{
     error::{ApiError, ApiResult},
-    goalstate::Inventory,
     model::{
-        Network, Port, Resource, Router, Subnet,
+        Port, Resource,
         agent::{AgentRecord, Heartbeat, Registration},
     },
-    store::Txn,
+    store::{Entry, Txn},
 };
 
-const AGENT: &str = "agent";
-const HEARTBEAT: &str = "agent-heartbeat";
+pub(crate) const AGENT: &str = "agent";
+/// Not a change anything is computed from: watchers skip it.
+pub const HEARTBEAT: &str = "agent-heartbeat";
 
 /// What the agents' replies say of a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,16 +114,39 @@ impl Controller {
                 heartbeats.insert(host.to_string(), beat);
             }
         }
+        let owners: HashMap<String, String> = self
+            .store
+            .list(&resource_prefix(OWNER))
+            .await?
+            .iter()
+            .map(|entry| {
+                let host = entry.key.trim_start_matches(&resource_prefix(OWNER));
+                (host.to_string(), owner_id(entry))
+            })
+            .collect();
         let now = SystemTime::now();
         Ok(records
             .iter()
-            .map(|record| record.view(heartbeats.get(&record.host_id), now))
+            .map(|record| {
+                let mut view = record.view(heartbeats.get(&record.host_id), now);
+                // Which controller instance pushes to it (none: not yet, or
+                // its instance died and another is about to take it over).
+                view["configurations"]["controller"] = owners.get(&record.host_id).cloned().into();
+                view
+            })
             .collect())
     }
 
     /// Sets ports' statuses as their agents report them; a port gone or
-    /// already showing the status is left alone.
-    pub async fn set_port_statuses(&self, statuses: &[PortStatus]) -> ApiResult<()> {
+    /// already showing the status is left alone. With `owner` (the owner
+    /// key of the agent's host, as claimed), only while it is unchanged: an
+    /// instance that no longer serves the host writes nothing (409
+    /// `NotTheOwner`).
+    pub async fn set_port_statuses(
+        &self,
+        statuses: &[PortStatus],
+        owner: Option<&Entry>,
+    ) -> ApiResult<()> {
         for status in statuses {
             retrying(|| {
                 Box::pin(async move {
@@ -136,37 +164,29 @@ impl Controller {
                     let mut txn = Txn::default();
                     txn.require_unchanged(&entry)
                         .put(key, serde_json::to_vec(&port).unwrap_or_default());
-                    self.commit(txn).await
+                    if let Some(owner) = owner {
+                        txn.require_unchanged(owner);
+                    }
+                    match self.commit(txn).await? {
+                        Try::Again
+                            if let Some(owner) = owner
+                                && !self.still_owner(owner).await? =>
+                        {
+                            Err(ApiError::conflict(
+                                "NotTheOwner",
+                                format!(
+                                    "{} changed: this instance no longer serves its agent",
+                                    owner.key
+                                ),
+                            ))
+                        }
+                        done => Ok(done),
+                    }
                 })
             })
             .await?;
         }
         Ok(())
-    }
-}
-
-impl Controller {
-    /// The resources goal states are computed from, as of one store
-    /// revision (so that the same revision always means the same state).
-    pub async fn inventory(&self) -> ApiResult<(u64, Inventory)> {
-        let snapshot = self.store.snapshot("/alcor/").await?;
-        let mut inventory = Inventory::default();
-        let kinds =
-            [Network::KIND, Subnet::KIND, Port::KIND, Router::KIND, AGENT].map(resource_prefix);
-        for entry in &snapshot.entries {
-            match kinds
-                .iter()
-                .position(|prefix| entry.key.starts_with(prefix))
-            {
-                Some(0) => inventory.networks.push(decode(entry)?),
-                Some(1) => inventory.subnets.push(decode(entry)?),
-                Some(2) => inventory.ports.push(decode(entry)?),
-                Some(3) => inventory.routers.push(decode(entry)?),
-                Some(4) => inventory.agents.push(decode(entry)?),
-                _ => {}
-            }
-        }
-        Ok((snapshot.revision, inventory))
     }
 }
 
@@ -236,7 +256,7 @@ mod tests {
             status: "ACTIVE",
             detail: String::new(),
         };
-        controller.set_port_statuses(&[active]).await.unwrap();
+        controller.set_port_statuses(&[active], None).await.unwrap();
         assert_eq!(controller.show::<Port>(&id).await.unwrap().status, "ACTIVE");
         let update = crate::model::port::PortUpdate::parse(
             resource(&json!({"port": {"binding:host_id": "h2"}}), "port").unwrap(),
@@ -253,6 +273,69 @@ mod tests {
             (moved.binding_host_id.as_str(), moved.status.as_str()),
             ("h2", "DOWN")
         );
+    }
+
+    /// Statuses written under an owner key hold only while it does: an
+    /// instance that gave the host up (or lost it with its lease) writes
+    /// nothing more, whoever owns the host now.
+    #[tokio::test]
+    async fn only_the_owner_writes_port_statuses() {
+        let (_dir, controller) = controller();
+        register(&controller, "h1", "198.18.0.1").await;
+        let (network, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let created = controller
+            .create_ports(&[port(
+                json!({"network_id": network.meta.id, "binding:host_id": "h1"}),
+            )])
+            .await
+            .unwrap();
+        let id = created[0].meta.id.clone();
+        let status = |status| PortStatus {
+            port_id: id.clone(),
+            status,
+            detail: String::new(),
+        };
+        let lease = controller
+            .grant_lease(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        let old = controller
+            .claim_host("h1", "a", lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            controller.claim_host("h1", "b", lease).await.unwrap(),
+            None,
+            "one owner at a time"
+        );
+        controller
+            .set_port_statuses(&[status("ACTIVE")], Some(&old))
+            .await
+            .unwrap();
+        assert_eq!(controller.show::<Port>(&id).await.unwrap().status, "ACTIVE");
+
+        assert!(controller.release_host(&old).await.unwrap().is_some());
+        let new = controller
+            .claim_host("h1", "b", lease)
+            .await
+            .unwrap()
+            .unwrap();
+        refused(
+            controller
+                .set_port_statuses(&[status("ERROR")], Some(&old))
+                .await,
+            409,
+            "NotTheOwner",
+        );
+        assert_eq!(controller.show::<Port>(&id).await.unwrap().status, "ACTIVE");
+        controller
+            .set_port_statuses(&[status("DOWN")], Some(&new))
+            .await
+            .unwrap();
+        assert_eq!(controller.show::<Port>(&id).await.unwrap().status, "DOWN");
+        let views = controller.agent_views().await.unwrap();
+        assert_eq!(views[0]["configurations"]["controller"], "b");
     }
 
     #[tokio::test]

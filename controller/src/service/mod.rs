@@ -24,6 +24,7 @@
 pub mod agents;
 pub mod floating_ips;
 pub mod networks;
+pub mod owners;
 pub mod ports;
 pub mod routers;
 pub mod security_groups;

@@ -10,6 +10,11 @@
 //! (FAILURE) is sent again after a pause; one it refused (INVALID_ARG) is
 //! not, until it changes. Ports whose device is not there yet (PENDING) are
 //! asked about again every few seconds, until their agent says they are up.
+//!
+//! A session runs only while its instance owns the host: it writes port
+//! statuses under the owner key it was started with (a fence), and when
+//! the host is given up it is stopped between two messages, so that the
+//! agent has answered everything it was sent before the next owner starts.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -17,7 +22,7 @@ use alcor_proto::schema::{
     GoalStateOperationReply, GoalStateV2, OperationStatus, OperationType, ResourceType,
     goal_state_provisioner_client::GoalStateProvisionerClient,
 };
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::{
     Streaming,
     transport::{Channel, ClientTlsConfig, Endpoint},
@@ -26,6 +31,7 @@ use tonic::{
 use crate::{
     goalstate::{self, HostState},
     service::{Controller, agents::PortStatus},
+    store::Entry,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,33 +53,42 @@ pub struct Desired {
 }
 
 /// The handle the southbound keeps: the session's task ends when it is
-/// dropped.
+/// dropped (at once) or stopped (between two messages).
 pub struct Session {
     desired: watch::Sender<Desired>,
     resync: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
 impl Session {
+    /// Starts pushing to `host`'s agent; `owner` is the host's owner key
+    /// as this instance claimed it.
     pub fn start(
         host: String,
         desired: Desired,
+        owner: Entry,
         tls: Option<ClientTlsConfig>,
         controller: Arc<Controller>,
     ) -> Session {
         let (sender, receiver) = watch::channel(desired);
         let resync = Arc::new(Notify::new());
+        let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(
             Pusher {
                 host,
                 desired: receiver,
                 resync: resync.clone(),
+                stop: stopped,
+                owner,
                 tls,
                 controller,
                 acked: HostState::default(),
@@ -86,7 +101,25 @@ impl Session {
         Session {
             desired: sender,
             resync,
-            task,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Ends the session once the message in flight, if any, is answered
+    /// (or within `limit`, at once): after this, nothing more reaches the
+    /// agent from it.
+    pub async fn stop(mut self, limit: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+            // Aborted: it ends at its next await, its connection dropped.
+            let _ = task.await;
         }
     }
 
@@ -129,6 +162,10 @@ struct Pusher {
     host: String,
     desired: watch::Receiver<Desired>,
     resync: Arc<Notify>,
+    /// Resolves when the session is to end (or its handle is gone).
+    stop: oneshot::Receiver<()>,
+    /// The host's owner key as claimed: port statuses are written under it.
+    owner: Entry,
     tls: Option<ClientTlsConfig>,
     controller: Arc<Controller>,
     /// What the agent acknowledged, as of this connection.
@@ -139,39 +176,56 @@ struct Pusher {
     pause: Duration,
 }
 
+/// Whether a session goes on after a wait.
+#[derive(PartialEq, Eq)]
+enum Next {
+    GoOn,
+    Stop,
+}
+
 impl Pusher {
     async fn run(mut self) {
-        loop {
+        // Stopped only between messages: a message sent is answered first.
+        while self.stop.try_recv() == Err(oneshot::error::TryRecvError::Empty) {
             let desired = self.desired.borrow_and_update().clone();
             let revision = u32::try_from(desired.revision).unwrap_or(u32::MAX);
             let message = goalstate::diff(&self.acked, &desired.state, revision)
                 .or_else(|| self.pending_poll(&desired.state, revision));
             let Some(message) = message else {
-                self.wait_for_news().await;
+                if self.wait_for_news().await == Next::Stop {
+                    break;
+                }
                 continue;
             };
-            match self.push(&desired, message).await {
+            let next = match self.push(&desired, message).await {
                 Ok(all_done) => {
                     self.pause = FIRST_PAUSE;
-                    if !all_done {
+                    if all_done {
+                        Next::GoOn
+                    } else {
                         // Something to try again: not at once.
                         self.sleep_or_resync(LONGEST_PAUSE.min(self.pause * 10))
-                            .await;
+                            .await
                     }
                 }
                 Err(error) => {
                     tracing::warn!(host = %self.host, %error, pause = ?self.pause, "goal-state push failed");
                     self.stream = None;
-                    self.sleep_or_resync(self.pause).await;
+                    let next = self.sleep_or_resync(self.pause).await;
                     self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+                    next
                 }
+            };
+            if next == Next::Stop {
+                break;
             }
         }
+        tracing::debug!(host = %self.host, "session stopped");
     }
 
-    /// Waits for a new desired state, a resync, or the next poll of
-    /// pending ports.
-    async fn wait_for_news(&mut self) {
+    /// Waits for a new desired state, a resync, the next poll of pending
+    /// ports, or the end.
+    async fn wait_for_news(&mut self) -> Next {
         let poll = async {
             if self.pending_ports.is_empty() {
                 std::future::pending::<()>().await;
@@ -181,20 +235,23 @@ impl Pusher {
         tokio::select! {
             changed = self.desired.changed() => {
                 if changed.is_err() {
-                    // The southbound dropped the session: the task is aborted.
-                    std::future::pending::<()>().await;
+                    return Next::Stop;
                 }
             }
             () = self.resync.notified() => self.forget(),
             () = poll => {}
+            _ = &mut self.stop => return Next::Stop,
         }
+        Next::GoOn
     }
 
-    async fn sleep_or_resync(&mut self, pause: Duration) {
+    async fn sleep_or_resync(&mut self, pause: Duration) -> Next {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = self.resync.notified() => self.forget(),
+            _ = &mut self.stop => return Next::Stop,
         }
+        Next::GoOn
     }
 
     /// The agent has nothing we know of: everything goes again.
@@ -349,7 +406,13 @@ impl Pusher {
         }
         // Whatever the reply did not mention is not acknowledged: it goes
         // again with the next message.
-        if let Err(error) = self.controller.set_port_statuses(&ports).await {
+        if let Err(error) = self
+            .controller
+            .set_port_statuses(&ports, Some(&self.owner))
+            .await
+        {
+            // Not the owner any more: the southbound stops this session
+            // as soon as it sees the owner key change.
             tracing::warn!(host = %self.host, %error, "cannot record port statuses");
         }
         all_done

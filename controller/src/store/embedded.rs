@@ -7,36 +7,78 @@
 //! answers them all: concurrent requests share a disk flush instead of
 //! queueing for one each. A transaction whose compare fails is skipped and
 //! answered `Conflict`; the others of the batch still apply.
+//!
+//! Leases live in memory: there is one instance, so a lease lives as long
+//! as the store is open, unless revoked. A key written with a lease is
+//! recorded in its own table, so that opening the store deletes the keys
+//! of leases that ended with the last process, as etcd deletes those of an
+//! instance that died. The watch is fed by the writer after each flush.
 
 use std::{
+    collections::{BTreeSet, HashSet},
     path::Path,
-    sync::{Arc, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+        mpsc,
+    },
     thread,
+    time::Duration,
 };
 
-use futures::future::BoxFuture;
+use futures::{StreamExt, future::BoxFuture};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
-use super::{Compare, Entry, Op, Outcome, Snapshot, Store, StoreError, Txn};
+use super::{
+    Change, Changes, Compare, Entry, LeaseId, Op, Outcome, Snapshot, Store, StoreError, Txn,
+};
 
 /// Key → (revision that last wrote it, value).
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
 /// `revision` → the store's revision.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Key → the lease it was written with (only keys that have one).
+const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 const REVISION: &str = "revision";
 /// Most transactions one disk flush carries.
 const BATCH: usize = 1024;
+/// Changes a watcher may fall behind by before its watch fails (it then
+/// reads everything again).
+const WATCH_BACKLOG: usize = 4096;
 
-type Pending = (Txn, oneshot::Sender<Result<Outcome, StoreError>>);
+/// What the writer thread is asked to do.
+enum Work {
+    Commit(Txn, oneshot::Sender<Result<Outcome, StoreError>>),
+    Revoke(LeaseId, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What the writer shares with the store's handle.
+struct Shared {
+    /// The leases granted and not revoked.
+    leases: Mutex<HashSet<i64>>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Shared {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 pub struct Embedded {
     db: Arc<Database>,
-    writer: mpsc::Sender<Pending>,
+    writer: mpsc::Sender<Work>,
+    shared: Arc<Shared>,
+    next_lease: AtomicI64,
 }
 
 fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer stopped".into())
 }
 
 impl Embedded {
@@ -48,15 +90,33 @@ impl Embedded {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(KV).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
+        txn.open_table(LEASED).map_err(backend)?;
+        let ended = drop_ended_leases(&txn)?;
         txn.commit().map_err(backend)?;
+        if ended > 0 {
+            tracing::info!(
+                keys = ended,
+                "deleted the keys of the leases of the store's last process"
+            );
+        }
         let db = Arc::new(db);
         let (writer, pending) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            leases: Mutex::new(HashSet::new()),
+            changes: broadcast::Sender::new(WATCH_BACKLOG),
+        });
         let db_for_writer = db.clone();
+        let shared_for_writer = shared.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_batches(&db_for_writer, &pending))
+            .spawn(move || write_batches(&db_for_writer, &shared_for_writer, &pending))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(Embedded { db, writer })
+        Ok(Embedded {
+            db,
+            writer,
+            shared,
+            next_lease: AtomicI64::new(1),
+        })
     }
 
     fn read<T: Send + 'static>(
@@ -70,6 +130,33 @@ impl Embedded {
                 .map_err(backend)?
         })
     }
+}
+
+/// Deletes every key written with a lease (all of them ended with the
+/// process that granted them), in one revision; how many there were.
+fn drop_ended_leases(txn: &redb::WriteTransaction) -> Result<usize, StoreError> {
+    let mut leased = txn.open_table(LEASED).map_err(backend)?;
+    let keys: Vec<String> = leased
+        .iter()
+        .map_err(backend)?
+        .map(|item| item.map(|(key, _)| key.value().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut kv = txn.open_table(KV).map_err(backend)?;
+    for key in &keys {
+        leased.remove(key.as_str()).map_err(backend)?;
+        kv.remove(key.as_str()).map_err(backend)?;
+    }
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let revision = meta
+        .get(REVISION)
+        .map_err(backend)?
+        .map_or(0, |value| value.value());
+    meta.insert(REVISION, revision + 1).map_err(backend)?;
+    Ok(keys.len())
 }
 
 impl Store for Embedded {
@@ -122,75 +209,241 @@ impl Store for Embedded {
 
     fn commit(&self, txn: Txn) -> BoxFuture<'_, Result<Outcome, StoreError>> {
         let (answer, outcome) = oneshot::channel();
-        let sent = self.writer.send((txn, answer));
+        let sent = self.writer.send(Work::Commit(txn, answer));
         Box::pin(async move {
-            sent.map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?;
-            outcome
-                .await
-                .map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+            sent.map_err(|_| stopped())?;
+            outcome.await.map_err(|_| stopped())?
         })
+    }
+
+    /// The TTL does not matter: the only instance lives as long as the
+    /// store is open.
+    fn grant_lease(&self, _ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        self.shared.leases().insert(id);
+        Box::pin(async move { Ok(LeaseId(id)) })
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let alive = self.shared.leases().contains(&lease.0);
+        Box::pin(async move { Ok(alive) })
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (answer, outcome) = oneshot::channel();
+        let sent = self.writer.send(Work::Revoke(lease, answer));
+        Box::pin(async move {
+            sent.map_err(|_| stopped())?;
+            outcome.await.map_err(|_| stopped())?
+        })
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Changes, StoreError>> {
+        // Subscribed before this returns: every later flush is seen.
+        let receiver = self.shared.changes.subscribe();
+        let prefix = prefix.to_string();
+        let changes = futures::stream::unfold(Some(receiver), move |receiver| {
+            let prefix = prefix.clone();
+            async move {
+                let mut receiver = receiver?;
+                loop {
+                    match receiver.recv().await {
+                        Ok(change) => {
+                            let keys: Vec<String> = change
+                                .keys
+                                .into_iter()
+                                .filter(|key| key.starts_with(&prefix))
+                                .collect();
+                            if !keys.is_empty() {
+                                let change = Change {
+                                    revision: change.revision,
+                                    keys,
+                                };
+                                return Some((Ok(change), Some(receiver)));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            let error = StoreError::Unavailable(format!(
+                                "the watch fell {missed} changes behind"
+                            ));
+                            return Some((Err(error), None));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Box::pin(async move { Ok(changes.boxed()) })
     }
 }
 
 /// The writer thread: until every sender is gone, takes what waits and
 /// writes it as one redb transaction.
-fn write_batches(db: &Database, pending: &mpsc::Receiver<Pending>) {
+fn write_batches(db: &Database, shared: &Shared, pending: &mpsc::Receiver<Work>) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter().take(BATCH - 1));
-        match write_batch(db, batch.iter().map(|(txn, _)| txn)) {
-            Ok(outcomes) => {
-                for ((_, answer), outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = answer.send(Ok(outcome));
+        // Only built when someone watches.
+        let watched = shared.changes.receiver_count() > 0;
+        match write_batch(db, shared, &batch, watched) {
+            Ok(written) => {
+                for change in written.changes {
+                    let _ = shared.changes.send(change);
+                }
+                for (work, outcome) in batch.into_iter().zip(written.outcomes) {
+                    match work {
+                        Work::Commit(_, answer) => {
+                            let _ = answer.send(outcome);
+                        }
+                        Work::Revoke(_, answer) => {
+                            let _ = answer.send(outcome.map(drop));
+                        }
+                    }
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "a store write failed");
-                for (_, answer) in batch {
-                    let _ = answer.send(Err(backend(&error)));
+                for work in batch {
+                    match work {
+                        Work::Commit(_, answer) => {
+                            let _ = answer.send(Err(backend(&error)));
+                        }
+                        Work::Revoke(_, answer) => {
+                            let _ = answer.send(Err(backend(&error)));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Applies the transactions in order in one redb transaction.
-fn write_batch<'a>(
+/// What one flush did: an outcome per work (a revoke's is its revision or
+/// `Conflict` if it deleted nothing), and the changes to report.
+struct Written {
+    outcomes: Vec<Result<Outcome, StoreError>>,
+    changes: Vec<Change>,
+}
+
+/// Applies the work in order in one redb transaction.
+fn write_batch(
     db: &Database,
-    txns: impl Iterator<Item = &'a Txn>,
-) -> Result<Vec<Outcome>, StoreError> {
+    shared: &Shared,
+    batch: &[Work],
+    watched: bool,
+) -> Result<Written, StoreError> {
     let write = db.begin_write().map_err(backend)?;
-    let mut outcomes = Vec::new();
+    let mut written = Written {
+        outcomes: Vec::with_capacity(batch.len()),
+        changes: Vec::new(),
+    };
+    // Revoked in this batch: later work of it must not use them.
+    let mut revoked = Vec::new();
     {
         let mut kv = write.open_table(KV).map_err(backend)?;
         let mut meta = write.open_table(META).map_err(backend)?;
+        let mut leased = write.open_table(LEASED).map_err(backend)?;
         let mut revision = meta
             .get(REVISION)
             .map_err(backend)?
             .map_or(0, |value| value.value());
-        for txn in txns {
-            if !holds(&kv, &txn.compares)? {
-                outcomes.push(Outcome::Conflict);
-                continue;
-            }
-            revision += 1;
-            for op in &txn.ops {
-                match op {
-                    Op::Put { key, value } => {
-                        kv.insert(key.as_str(), (revision, value.as_slice()))
-                            .map_err(backend)?;
+        for work in batch {
+            let mut changed = BTreeSet::new();
+            match work {
+                Work::Commit(txn, _) => {
+                    if let Some(ended) = ended_lease(txn, shared, &revoked) {
+                        written
+                            .outcomes
+                            .push(Err(StoreError::Backend(format!("lease {ended} has ended"))));
+                        continue;
                     }
-                    Op::Delete { key } => {
+                    if !holds(&kv, &txn.compares)? {
+                        written.outcomes.push(Ok(Outcome::Conflict));
+                        continue;
+                    }
+                    revision += 1;
+                    for op in &txn.ops {
+                        match op {
+                            Op::Put { key, value, lease } => {
+                                kv.insert(key.as_str(), (revision, value.as_slice()))
+                                    .map_err(backend)?;
+                                match lease {
+                                    Some(lease) => {
+                                        leased.insert(key.as_str(), lease.0).map_err(backend)?;
+                                    }
+                                    None => {
+                                        leased.remove(key.as_str()).map_err(backend)?;
+                                    }
+                                }
+                                changed.insert(key.clone());
+                            }
+                            Op::Delete { key } => {
+                                leased.remove(key.as_str()).map_err(backend)?;
+                                if kv.remove(key.as_str()).map_err(backend)?.is_some() {
+                                    changed.insert(key.clone());
+                                }
+                            }
+                        }
+                    }
+                    written.outcomes.push(Ok(Outcome::Committed { revision }));
+                }
+                Work::Revoke(lease, _) => {
+                    revoked.push(lease.0);
+                    let keys: Vec<String> = leased
+                        .iter()
+                        .map_err(backend)?
+                        .filter_map(|item| match item {
+                            Ok((key, id)) => {
+                                (id.value() == lease.0).then(|| Ok(key.value().to_string()))
+                            }
+                            Err(error) => Some(Err(backend(error))),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    if keys.is_empty() {
+                        written.outcomes.push(Ok(Outcome::Conflict));
+                        continue;
+                    }
+                    revision += 1;
+                    for key in keys {
+                        leased.remove(key.as_str()).map_err(backend)?;
                         kv.remove(key.as_str()).map_err(backend)?;
+                        changed.insert(key);
                     }
+                    written.outcomes.push(Ok(Outcome::Committed { revision }));
                 }
             }
-            outcomes.push(Outcome::Committed { revision });
+            if watched && !changed.is_empty() {
+                written.changes.push(Change {
+                    revision,
+                    keys: changed.into_iter().collect(),
+                });
+            }
         }
         meta.insert(REVISION, revision).map_err(backend)?;
     }
     write.commit().map_err(backend)?;
-    Ok(outcomes)
+    // Revoked for good only once the deletions are on disk.
+    let mut leases = shared.leases();
+    for lease in revoked {
+        leases.remove(&lease);
+    }
+    Ok(written)
+}
+
+/// A lease `txn` writes with that has ended (or was never granted), if any.
+fn ended_lease(txn: &Txn, shared: &Shared, revoked: &[i64]) -> Option<i64> {
+    let mut used = txn.ops.iter().filter_map(|op| match op {
+        Op::Put {
+            lease: Some(lease), ..
+        } => Some(lease.0),
+        _ => None,
+    });
+    // Most transactions use no lease: no lock for them.
+    let first = used.next()?;
+    let leases = shared.leases();
+    std::iter::once(first)
+        .chain(used)
+        .find(|lease| !leases.contains(lease) || revoked.contains(lease))
 }
 
 fn holds(
@@ -242,6 +495,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn leased_keys_go_with_their_lease() {
+        let (_dir, store) = open();
+        suite::leased_keys_go_with_their_lease(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_watch_reports_every_change_under_its_prefix() {
+        let (_dir, store) = open();
+        suite::a_watch_reports_every_change_under_its_prefix(&store).await;
+    }
+
+    /// Opened again (by the next process): the keys of the last process's
+    /// leases are gone, in one revision, the others are as they were.
+    #[tokio::test]
+    async fn leases_end_with_their_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let revision = {
+            let store = Embedded::open(&path).unwrap();
+            let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+            let mut txn = Txn::default();
+            txn.put_with_lease("/owner/h1", b"me".to_vec(), lease)
+                .put("/kept", b"yes".to_vec());
+            let Outcome::Committed { revision } = store.commit(txn).await.unwrap() else {
+                panic!("conflict");
+            };
+            revision
+        };
+        let store = reopen(&path).await;
+        assert_eq!(store.get("/owner/h1").await.unwrap(), None);
+        assert_eq!(store.get("/kept").await.unwrap().unwrap().value, b"yes");
+        assert_eq!(store.snapshot("/").await.unwrap().revision, revision + 1);
+    }
+
+    /// Opens the store at `path` once the last handle's writer let it go.
+    async fn reopen(path: &std::path::Path) -> Embedded {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match Embedded::open(path) {
+                    Ok(store) => return store,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .expect("the store reopens")
+    }
+
+    #[tokio::test]
     async fn what_was_committed_is_there_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
@@ -255,16 +557,7 @@ mod tests {
             revision
         };
         // The writer thread lets the file go once its sender is dropped.
-        let store = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            loop {
-                match Embedded::open(&path) {
-                    Ok(store) => return store,
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                }
-            }
-        })
-        .await
-        .expect("the store reopens");
+        let store = reopen(&path).await;
         let kept = store.get("/kept").await.unwrap().unwrap();
         assert_eq!(kept.mod_revision, revision);
         let mut txn = Txn::default();

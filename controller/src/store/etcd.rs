@@ -23,6 +23,12 @@
 //!   compares or writes, and requests over `--max-request-bytes` (1.5 MiB):
 //!   a [`StoreError::Backend`].
 //!
+//! - Leases are etcd's: an instance that stops keeping its lease alive
+//!   (it died, or lost etcd) loses its keys within the TTL, all in one
+//!   revision, which its watchers see as deletes.
+//! - A watch is etcd's, on the prefix, from the revision after it is
+//!   created; a response's events are reported grouped by revision.
+//!
 //! Reads are linearizable, and retried a few times when etcd is unavailable
 //! (a reconnect, a leader election). Commits are not: a commit whose reply
 //! was lost may have applied, so [`StoreError::Unavailable`] from `commit`
@@ -36,12 +42,14 @@ use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient,
-    Txn as EtcdTxn, TxnOp,
+    LeaseClient, PutOptions, Txn as EtcdTxn, TxnOp, WatchClient, WatchOptions, WatchStream,
 };
-use futures::future::BoxFuture;
+use futures::{StreamExt, future::BoxFuture};
 use tonic::Code;
 
-use super::{Compare, Entry, Op, Outcome, Snapshot, Store, StoreError, Txn};
+use super::{
+    Change, Changes, Compare, Entry, LeaseId, Op, Outcome, Snapshot, Store, StoreError, Txn,
+};
 
 /// Longest wait for one request's answer, above etcd's own limit for a
 /// proposal (7 s with the default election timeout).
@@ -66,6 +74,8 @@ const PROBE_KEY: &str = "health";
 
 pub struct Etcd {
     kv: KvClient,
+    lease: LeaseClient,
+    watch: WatchClient,
     /// For errors: which etcd did not answer.
     endpoints: String,
 }
@@ -83,6 +93,8 @@ impl Etcd {
             .map_err(|error| classify(&named, &error))?;
         let etcd = Etcd {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            lease: client.lease_client(),
+            watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
             endpoints: named,
         };
         // The client dials lazily: an address nothing answers at is
@@ -98,11 +110,15 @@ impl Etcd {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(answer) => answer.map_err(|error| classify(&self.endpoints, &error)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd at {} did not answer within {REQUEST_TIMEOUT:?}",
-                self.endpoints
-            ))),
+            Err(_) => Err(self.no_answer()),
         }
+    }
+
+    fn no_answer(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "etcd at {} did not answer within {REQUEST_TIMEOUT:?}",
+            self.endpoints
+        ))
     }
 
     /// Runs `read` until it is not unavailable, [`READ_ATTEMPTS`] times at
@@ -194,6 +210,129 @@ impl Store for Etcd {
             })
         })
     }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
+        Box::pin(async move {
+            // etcd's TTLs are whole seconds: rounded up, never shorter.
+            let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            let seconds = i64::try_from(seconds.max(1))
+                .map_err(|_| backend(format!("a lease of {ttl:?}")))?;
+            let granted = self.call(self.lease.clone().grant(seconds, None)).await?;
+            Ok(LeaseId(granted.id()))
+        })
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            // One renewal on a stream of its own: etcd answers it with the
+            // TTL left, 0 (an error here) when the lease has ended.
+            let mut client = self.lease.clone();
+            match tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease.0)).await {
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+                Ok(Err(error)) => Err(classify(&self.endpoints, &error)),
+                Err(_) => Err(self.no_answer()),
+            }
+        })
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.lease.clone().revoke(lease.0)).await {
+                Ok(Ok(_)) => Ok(()),
+                // Ended already (expired, or revoked before).
+                Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                    if status.code() == Code::NotFound =>
+                {
+                    Ok(())
+                }
+                Ok(Err(error)) => Err(classify(&self.endpoints, &error)),
+                Err(_) => Err(self.no_answer()),
+            }
+        })
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Changes, StoreError>> {
+        Box::pin(async move {
+            let options = WatchOptions::new().with_prefix();
+            let mut stream = self
+                .call(self.watch.clone().watch(prefix, Some(options)))
+                .await?;
+            // The first answer says the watch is in place: every later
+            // revision is reported from then on.
+            match self.call(stream.message()).await? {
+                Some(answer) if answer.created() && !answer.canceled() => {}
+                _ => return Err(backend("etcd did not create the watch")),
+            }
+            let endpoints = self.endpoints.clone();
+            let state = WatchState {
+                stream,
+                endpoints,
+                ready: std::collections::VecDeque::new(),
+            };
+            Ok(futures::stream::unfold(Some(state), next_change).boxed())
+        })
+    }
+}
+
+/// An open watch, and the changes of its last answer not yet reported.
+struct WatchState {
+    stream: WatchStream,
+    endpoints: String,
+    ready: std::collections::VecDeque<Change>,
+}
+
+/// The next change of a watch; after an error, the end.
+async fn next_change(
+    state: Option<WatchState>,
+) -> Option<(Result<Change, StoreError>, Option<WatchState>)> {
+    let mut state = state?;
+    loop {
+        if let Some(change) = state.ready.pop_front() {
+            return Some((Ok(change), Some(state)));
+        }
+        let answer = match state.stream.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                let error =
+                    StoreError::Unavailable(format!("etcd at {} ended the watch", state.endpoints));
+                return Some((Err(error), None));
+            }
+            Err(error) => return Some((Err(classify(&state.endpoints, &error)), None)),
+        };
+        if answer.canceled() {
+            // Compacted past the watch's revision, or the watch was
+            // refused: it cannot go on.
+            let error = StoreError::Unavailable(format!(
+                "etcd at {} cancelled the watch: {}",
+                state.endpoints,
+                answer.cancel_reason()
+            ));
+            return Some((Err(error), None));
+        }
+        // One answer may carry several revisions (and a progress report
+        // none): one change per revision, its keys in key order.
+        let mut by_revision: BTreeMap<i64, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = std::str::from_utf8(kv.key()) else {
+                continue;
+            };
+            by_revision
+                .entry(kv.mod_revision())
+                .or_default()
+                .insert(key.to_string());
+        }
+        for (revision, keys) in by_revision {
+            match revision_from_etcd(revision) {
+                Ok(revision) => state.ready.push_back(Change {
+                    revision,
+                    keys: keys.into_iter().collect(),
+                }),
+                Err(error) => return Some((Err(error), None)),
+            }
+        }
+    }
 }
 
 fn etcd_txn(txn: Txn) -> Result<EtcdTxn, StoreError> {
@@ -213,18 +352,23 @@ fn etcd_txn(txn: Txn) -> Result<EtcdTxn, StoreError> {
             }
         }
     }
-    // Key → its last write: a value to put, or `None` to delete.
+    // Key → its last write: a value to put (with its lease), or `None` to
+    // delete.
     let mut writes = BTreeMap::new();
     for op in txn.ops {
         match op {
-            Op::Put { key, value } => writes.insert(key, Some(value)),
+            Op::Put { key, value, lease } => writes.insert(key, Some((value, lease))),
             Op::Delete { key } => writes.insert(key, None),
         };
     }
     let ops: Vec<TxnOp> = writes
         .into_iter()
         .map(|(key, write)| match write {
-            Some(value) => TxnOp::put(key, value, None),
+            Some((value, lease)) => TxnOp::put(
+                key,
+                value,
+                lease.map(|lease| PutOptions::new().with_lease(lease.0)),
+            ),
             None => TxnOp::delete(key, None),
         })
         .collect();
@@ -295,6 +439,7 @@ mod tests {
     use std::{sync::Arc, time::Instant};
 
     use alcor_tests::etcd::{EtcdServer, available};
+    use futures::StreamExt;
 
     use super::*;
     use crate::store::suite;
@@ -340,6 +485,59 @@ mod tests {
             return;
         };
         suite::racing_creates_have_one_winner(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn leased_keys_go_with_their_lease() {
+        let Some((_server, store)) = start("leased_keys_go_with_their_lease").await else {
+            return;
+        };
+        suite::leased_keys_go_with_their_lease(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_watch_reports_every_change_under_its_prefix() {
+        let Some((_server, store)) = start("a_watch_reports_every_change_under_its_prefix").await
+        else {
+            return;
+        };
+        suite::a_watch_reports_every_change_under_its_prefix(&store).await;
+    }
+
+    /// A lease not kept alive ends by itself within its TTL (and etcd's
+    /// check period), its keys with it, as when its instance dies; one kept
+    /// alive meanwhile does not.
+    #[tokio::test]
+    async fn a_lease_not_kept_alive_ends_with_its_keys() {
+        let Some((_server, store)) = start("a_lease_not_kept_alive_ends_with_its_keys").await
+        else {
+            return;
+        };
+        let ttl = Duration::from_secs(2);
+        let dying = store.grant_lease(ttl).await.unwrap();
+        let kept = store.grant_lease(ttl).await.unwrap();
+        let mut txn = Txn::default();
+        txn.put_with_lease("/owner/dying", vec![], dying)
+            .put_with_lease("/owner/kept", vec![], kept);
+        store.commit(txn).await.unwrap();
+        let mut changes = store.watch("/owner/").await.unwrap();
+        let started = Instant::now();
+        let deleted = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut renew = tokio::time::interval(ttl / 4);
+            loop {
+                tokio::select! {
+                    _ = renew.tick() => assert!(store.keep_alive(kept).await.unwrap()),
+                    change = changes.next() => return change.unwrap().unwrap(),
+                }
+            }
+        })
+        .await
+        .expect("the lease ends within 15 s");
+        assert_eq!(deleted.keys, ["/owner/dying"]);
+        assert!(started.elapsed() >= ttl - Duration::from_millis(500));
+        assert!(!store.keep_alive(dying).await.unwrap());
+        assert!(store.keep_alive(kept).await.unwrap());
+        assert!(store.get("/owner/kept").await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -447,8 +645,15 @@ mod tests {
             committed.push(commit(&format!("/kept/{n:02}"), &[n]).await);
         }
 
+        let mut changes = store.watch("/kept/").await.unwrap();
         block_in_place(|| server.kill());
         let started = Instant::now();
+        // A watch does not go quiet: it fails, so that its watcher reads
+        // again once it can.
+        match tokio::time::timeout(Duration::from_secs(5), changes.next()).await {
+            Ok(None | Some(Err(_))) => {}
+            other => panic!("expected the watch to fail, got {other:?}"),
+        }
         let unavailable = |result: Result<_, StoreError>| match result {
             Err(StoreError::Unavailable(reason)) => {
                 assert!(reason.contains(&server.client_url()), "{reason}");

@@ -9,11 +9,19 @@
 //! writer reads, decides, and commits with [`Compare`]s on what it read:
 //! if another writer got there first, the commit reports a conflict and
 //! nothing of it is applied.
+//!
+//! Two more things, for several controller instances sharing the agents:
+//! leases (keys written with one are deleted when it ends: revoked, or not
+//! kept alive within its TTL, as when its instance dies) and a watch (the
+//! keys each commit changes, so that an instance hears of another's
+//! changes without polling).
 
 pub mod embedded;
 pub mod etcd;
 
-use futures::future::BoxFuture;
+use std::time::Duration;
+
+use futures::{future::BoxFuture, stream::BoxStream};
 
 /// A key and its value as last written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,17 +41,22 @@ pub enum Compare {
     Unchanged { key: String, mod_revision: u64 },
 }
 
+/// A lease, as the store granted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
+
 /// A write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Put {
         key: String,
         value: Vec<u8>,
+        /// The key goes when the lease ends; `None`: it stays until
+        /// deleted (a put without a lease detaches the key from any).
+        lease: Option<LeaseId>,
     },
     /// Deleting a key that does not exist is not an error.
-    Delete {
-        key: String,
-    },
+    Delete { key: String },
 }
 
 /// Writes that apply together, if every compare holds, or not at all.
@@ -71,6 +84,23 @@ impl Txn {
         self.ops.push(Op::Put {
             key: key.into(),
             value,
+            lease: None,
+        });
+        self
+    }
+
+    /// A put whose key is deleted when `lease` ends. A lease that has
+    /// already ended fails the commit (an error, not a conflict).
+    pub fn put_with_lease(
+        &mut self,
+        key: impl Into<String>,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> &mut Self {
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value,
+            lease: Some(lease),
         });
         self
     }
@@ -107,6 +137,18 @@ pub struct Snapshot {
     pub entries: Vec<Entry>,
 }
 
+/// The keys under a watched prefix that one revision changed (put or
+/// deleted: a commit, or a lease's end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub keys: Vec<String>,
+}
+
+/// What a watch reports, in revision order. An error, or the end, means
+/// changes may have been missed: read again, and watch again.
+pub type Changes = BoxStream<'static, Result<Change, StoreError>>;
+
 /// The store, shared by every request handler.
 pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
@@ -120,6 +162,21 @@ pub trait Store: Send + Sync + 'static {
     }
 
     fn commit(&self, txn: Txn) -> BoxFuture<'_, Result<Outcome, StoreError>>;
+
+    /// A new lease that ends unless kept alive within `ttl`.
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>>;
+
+    /// Renews `lease` for its whole TTL: false if it has ended (its keys
+    /// are gone; a new lease is needed).
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Ends `lease` now: its keys are deleted, in one revision. Ending a
+    /// lease that has already ended is not an error.
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The changes to keys under `prefix` from now on: every change
+    /// committed after this returns is reported.
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Changes, StoreError>>;
 }
 
 /// The test suite every store passes: the guarantees the controller's
@@ -128,7 +185,27 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) mod suite {
     use std::sync::Arc;
 
+    use futures::StreamExt;
+
     use super::*;
+
+    /// How long a watch may take to report a change.
+    const WATCH_LIMIT: Duration = Duration::from_secs(10);
+
+    async fn committed(store: &dyn Store, txn: Txn) -> u64 {
+        match store.commit(txn).await.unwrap() {
+            Outcome::Committed { revision } => revision,
+            Outcome::Conflict => panic!("an unconditional transaction conflicted"),
+        }
+    }
+
+    async fn next_change(changes: &mut Changes) -> Change {
+        tokio::time::timeout(WATCH_LIMIT, changes.next())
+            .await
+            .expect("the watch reports the change")
+            .expect("the watch goes on")
+            .expect("the watch does not fail")
+    }
 
     fn key(entry: &Entry) -> &str {
         &entry.key
@@ -253,5 +330,97 @@ pub(crate) mod suite {
         }
         assert_eq!(won, KEYS);
         assert_eq!(store.list("/race/").await.unwrap().len(), KEYS);
+    }
+
+    /// Keys written with a lease go when it is revoked, in one revision; a
+    /// put without the lease detaches a key from it; an ended lease is not
+    /// kept alive and takes no more keys.
+    pub async fn leased_keys_go_with_their_lease(store: &dyn Store) {
+        let ttl = Duration::from_secs(60);
+        let lease = store.grant_lease(ttl).await.unwrap();
+        let other = store.grant_lease(ttl).await.unwrap();
+        assert_ne!(lease, other);
+        let mut txn = Txn::default();
+        txn.put_with_lease("/lease/a", b"1".to_vec(), lease)
+            .put_with_lease("/lease/b", b"2".to_vec(), lease)
+            .put_with_lease("/lease/other", b"3".to_vec(), other)
+            .put("/lease/plain", b"4".to_vec());
+        committed(store, txn).await;
+        assert!(store.keep_alive(lease).await.unwrap());
+        let mut txn = Txn::default();
+        txn.put("/lease/b", b"kept".to_vec());
+        let detached = committed(store, txn).await;
+
+        let mut changes = store.watch("/lease/").await.unwrap();
+        store.revoke_lease(lease).await.unwrap();
+        let change = next_change(&mut changes).await;
+        assert_eq!(
+            change.keys,
+            ["/lease/a"],
+            "the lease's keys, in one revision"
+        );
+        assert!(change.revision > detached);
+        let left = store.list("/lease/").await.unwrap();
+        assert_eq!(
+            left.iter().map(key).collect::<Vec<_>>(),
+            ["/lease/b", "/lease/other", "/lease/plain"]
+        );
+        assert!(!store.keep_alive(lease).await.unwrap());
+        assert!(store.keep_alive(other).await.unwrap());
+        store.revoke_lease(lease).await.unwrap();
+
+        // An ended lease takes no key, and nothing of its transaction applies.
+        let mut txn = Txn::default();
+        txn.put("/lease/late-plain", vec![])
+            .put_with_lease("/lease/late", vec![], lease);
+        assert!(store.commit(txn).await.is_err());
+        assert_eq!(store.get("/lease/late-plain").await.unwrap(), None);
+        assert_eq!(store.get("/lease/late").await.unwrap(), None);
+    }
+
+    /// A watch reports each commit that changes keys under its prefix,
+    /// once, in order, with its revision and those keys (in key order).
+    pub async fn a_watch_reports_every_change_under_its_prefix(store: &dyn Store) {
+        let mut changes = store.watch("/w/").await.unwrap();
+        let mut txn = Txn::default();
+        txn.put("/w/b", vec![])
+            .put("/w/a", vec![])
+            .put("/x", vec![]);
+        let first = committed(store, txn).await;
+        let mut txn = Txn::default();
+        txn.put("/x", b"elsewhere".to_vec());
+        committed(store, txn).await;
+        let mut txn = Txn::default();
+        txn.delete("/w/a").put("/w/c/d", vec![]).put("/x", vec![]);
+        let third = committed(store, txn).await;
+        assert_eq!(
+            next_change(&mut changes).await,
+            Change {
+                revision: first,
+                keys: vec!["/w/a".into(), "/w/b".into()]
+            }
+        );
+        // Nothing for the commit outside the prefix.
+        assert_eq!(
+            next_change(&mut changes).await,
+            Change {
+                revision: third,
+                keys: vec!["/w/a".into(), "/w/c/d".into()]
+            }
+        );
+        // Deleting what is not there changes nothing, and is not reported.
+        let mut txn = Txn::default();
+        txn.delete("/w/none");
+        store.commit(txn).await.unwrap();
+        let mut txn = Txn::default();
+        txn.put("/w/last", vec![]);
+        let last = committed(store, txn).await;
+        assert_eq!(
+            next_change(&mut changes).await,
+            Change {
+                revision: last,
+                keys: vec!["/w/last".into()]
+            }
+        );
     }
 }

@@ -1,0 +1,408 @@
+//! Two controller instances on one etcd share three real agents: in the
+//! controller's namespace on the fabric, etcd and both instances (on two
+//! pairs of ports); agents in host namespaces that list both instances
+//! (`--controller A,B`); VMs as namespaces with busybox udhcpc; everything
+//! through the `openstack` CLI.
+//!
+//! Each agent is pushed to by exactly one instance (the instances' session
+//! metrics and the agents' open streams agree); a port created through one
+//! instance reaches an agent the other serves; one instance killed
+//! (SIGKILL): its agents are taken over within a bound, get their whole
+//! state again and forward throughout (pings at 50 per second across the
+//! takeover, none lost), their heartbeats move to the survivor, and a port
+//! created after, through the survivor, becomes ACTIVE and pings.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use alcor_tests::{
+    Agent, Netns,
+    controller::{Controller, StoreKind},
+    dhcp::{Eth0, udhcpc_stock},
+    etcd::{self, EtcdServer},
+    openstack::{self, Cli},
+    privileged,
+    topology::Topology,
+    traffic::{self, PingRun},
+    unique_prefix, wait_for,
+};
+use serde_json::Value;
+
+const HOSTS: [(&str, &str); 3] = [
+    ("h1", "198.18.0.1/24"),
+    ("h2", "198.18.0.2/24"),
+    ("h3", "198.18.0.3/24"),
+];
+const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
+/// The two instances' API and agent ports.
+const PORTS: [(u16, u16); 2] = [(9696, 9697), (9706, 9707)];
+/// How long anything may take to converge.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// How long a killed instance's agents may wait for the survivor: its
+/// lease's 5 s, and the rest.
+const TAKEOVER: Duration = Duration::from_secs(15);
+/// The pings across the takeover: 50 a second, for longer than the kill
+/// and the takeover can take.
+const PING_INTERVAL: &str = "0.02";
+const PINGS: u32 = 1_250;
+
+struct Lab {
+    // Dropped first: agents, instances, VMs, etcd, then the topology.
+    agents: Vec<(&'static str, Agent)>,
+    instances: Vec<Controller>,
+    clis: Vec<Cli>,
+    vms: Vec<Netns>,
+    _etcd: EtcdServer,
+    topology: Topology,
+}
+
+impl Lab {
+    async fn new(prefix: &str) -> Lab {
+        let mut topology = Topology::new(prefix).unwrap();
+        for (name, address) in HOSTS.iter().chain([&CONTROLLER]) {
+            topology.add_host(name, address).unwrap();
+        }
+        let ctl = topology.host(CONTROLLER.0);
+        let etcd = EtcdServer::start_in(ctl.netns()).unwrap();
+        let mut instances = Vec::new();
+        let mut clis = Vec::new();
+        for ports in PORTS {
+            let store = StoreKind::Etcd(vec![etcd.client_url()]);
+            let instance =
+                Controller::start_in_at(ctl.netns(), ctl.underlay_ip(), ports, store, &[]).unwrap();
+            clis.push(
+                Cli::new(&instance.endpoint())
+                    .unwrap()
+                    .in_netns(ctl.netns().name()),
+            );
+            instances.push(instance);
+        }
+        let (a, b) = (instances[0].grpc_endpoint(), instances[1].grpc_endpoint());
+        let mut agents = Vec::new();
+        for (name, _) in HOSTS {
+            let host = topology.host(name);
+            // h2 tries b first: both instances take heartbeats.
+            let controllers = if name == "h2" {
+                format!("{b},{a}")
+            } else {
+                format!("{a},{b}")
+            };
+            let mut options = host.agent_options();
+            options.args.extend(
+                [
+                    "--insecure",
+                    "--controller",
+                    &controllers,
+                    "--host-id",
+                    name,
+                ]
+                .map(String::from),
+            );
+            agents.push((name, Agent::start(host.netns(), options).await));
+        }
+        Lab {
+            agents,
+            instances,
+            clis,
+            vms: Vec::new(),
+            _etcd: etcd,
+            topology,
+        }
+    }
+
+    /// `openstack ARGS -f json` through instance `through`, which must
+    /// succeed.
+    fn json(&self, through: usize, args: &[&str]) -> Value {
+        self.clis[through]
+            .json(args)
+            .unwrap_or_else(|e| panic!("openstack {}: {e:#}\n{}", args.join(" "), self.logs()))
+    }
+
+    fn agent(&self, host: &str) -> &Agent {
+        &self
+            .agents
+            .iter()
+            .find(|(name, _)| *name == host)
+            .unwrap()
+            .1
+    }
+
+    fn vm(&self, name: &str) -> &Netns {
+        self.vms
+            .iter()
+            .find(|vm| vm.name().ends_with(&format!("-{name}")))
+            .unwrap()
+    }
+
+    /// A VM namespace and its port, bound to `host`, created through
+    /// instance `through`.
+    fn create_vm(&mut self, through: usize, name: &str, host: &str) -> Value {
+        let vm = Netns::new(format!("{}-{name}", self.topology.prefix())).unwrap();
+        traffic::disable_ipv6(&vm).unwrap();
+        let profile = format!("netns={}", vm.name());
+        self.vms.push(vm);
+        self.json(
+            through,
+            &[
+                "port",
+                "create",
+                "--network",
+                "net",
+                "--host",
+                host,
+                "--binding-profile",
+                &profile,
+                name,
+            ],
+        )
+    }
+
+    async fn wait_active(&self, through: usize, port: &str) {
+        wait_for(&format!("port {port} ACTIVE"), CONVERGE, async || {
+            let shown = self.json(through, &["port", "show", port]);
+            (shown["status"] == "ACTIVE").then_some(())
+        })
+        .await;
+    }
+
+    /// The VM leases its port's address with a stock udhcpc.
+    fn lease(&self, vm: &str, port: &Value) {
+        let expected = address(port);
+        assert!(
+            udhcpc_stock(self.vm(vm), 5).unwrap(),
+            "{vm} got no lease\n{}",
+            self.logs()
+        );
+        let eth0 = Eth0::of(self.vm(vm)).unwrap();
+        assert!(
+            eth0.addresses
+                .iter()
+                .any(|a| a.starts_with(&format!("{expected}/"))),
+            "{vm} leased {:?}, its port has {expected}",
+            eth0.addresses
+        );
+    }
+
+    async fn pings(&self, from: &str, to: &Value) {
+        let target = address(to);
+        let vm = self.vm(from);
+        wait_for(&format!("{from} pinging {target}"), CONVERGE, async || {
+            let ping =
+                traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
+            ping.all_answered().then_some(())
+        })
+        .await;
+    }
+
+    /// Host → the index of the instance that pushes to it, if each host
+    /// has exactly one, every live instance some (of those in `live`), and
+    /// every agent exactly one goal-state stream open.
+    fn pushers(&self, live: &[usize]) -> Result<BTreeMap<String, usize>, String> {
+        let mut owners = BTreeMap::new();
+        for &index in live {
+            let (_, hosts) = self.instances[index]
+                .serving()
+                .ok_or_else(|| format!("instance {index} does not answer"))?;
+            if hosts.is_empty() {
+                return Err(format!("instance {index} serves no agent"));
+            }
+            for host in hosts {
+                if let Some(other) = owners.insert(host.clone(), index) {
+                    return Err(format!("{host} served by instances {other} and {index}"));
+                }
+            }
+        }
+        if owners.len() != HOSTS.len() {
+            return Err(format!("served: {owners:?}"));
+        }
+        for (host, agent) in &self.agents {
+            let streams = agent_metric(agent, "alcor_agent_goalstate_streams");
+            if streams != Some(1) {
+                return Err(format!("{host} has {streams:?} goal-state streams open"));
+            }
+        }
+        Ok(owners)
+    }
+
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        for (n, instance) in self.instances.iter().enumerate() {
+            logs.push_str(&format!("controller {n}:\n{}\n", instance.log()));
+        }
+        for (name, agent) in &self.agents {
+            logs.push_str(&format!("agent {name}:\n{}\n", agent.log()));
+        }
+        logs
+    }
+}
+
+fn address(port: &Value) -> String {
+    port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A metric of the agent without labels, as an integer.
+fn agent_metric(agent: &Agent, name: &str) -> Option<u64> {
+    let text = agent.metrics().ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}
+
+/// Goal-state messages the agent applied so far.
+fn messages_applied(agent: &Agent) -> u64 {
+    let text = agent.metrics().unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with("alcor_agent_goalstate_messages_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without_a_lost_ping() {
+    let test =
+        "two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without_a_lost_ping";
+    if !privileged(test) || !openstack::available(test) || !etcd::available(test) {
+        return;
+    }
+    let mut lab = Lab::new(&unique_prefix("two")).await;
+    wait_for("three agents alive", CONVERGE, async || {
+        let agents = lab.json(1, &["network", "agent", "list"]);
+        let alive = agents
+            .as_array()?
+            .iter()
+            .filter(|agent| agent["Alive"] == true)
+            .count();
+        (alive == 3).then_some(())
+    })
+    .await;
+    lab.json(0, &["network", "create", "net"]);
+    lab.json(
+        0,
+        &[
+            "subnet",
+            "create",
+            "--network",
+            "net",
+            "--subnet-range",
+            "10.0.1.0/24",
+            "sn1",
+        ],
+    );
+
+    // Every VM made through instance 0, whichever instance serves its host.
+    let mut ports = BTreeMap::new();
+    for (n, (host, _)) in HOSTS.iter().enumerate() {
+        let vm = format!("vm{}", n + 1);
+        let port = lab.create_vm(0, &vm, host);
+        ports.insert(host.to_string(), (vm, port));
+    }
+    for (vm, _) in ports.values() {
+        lab.wait_active(0, vm).await;
+    }
+    for (vm, port) in ports.values() {
+        lab.lease(vm, port);
+    }
+    let owners = wait_for("the agents split, one pusher each", CONVERGE, async || {
+        lab.pushers(&[0, 1]).ok()
+    })
+    .await;
+    eprintln!("instance by host: {owners:?}");
+    let on = |instance: usize| -> Vec<String> {
+        owners
+            .iter()
+            .filter(|(_, owner)| **owner == instance)
+            .map(|(host, _)| host.clone())
+            .collect()
+    };
+    let (on_a, on_b) = (on(0), on(1));
+    // Made through instance 0, pushed by instance 1: it leases and pings.
+    let (vm_b, port_b) = &ports[&on_b[0]];
+    let (vm_a, port_a) = &ports[&on_a[0]];
+    lab.pings(vm_a, port_b).await;
+    lab.pings(vm_b, port_a).await;
+
+    // Pings from every VM of instance 0's hosts, across the kill.
+    let target = address(port_b);
+    let mut runs = Vec::new();
+    for host in &on_a {
+        let (vm, _) = &ports[host];
+        let count = PINGS.to_string();
+        let run = PingRun::start(
+            lab.vm(vm),
+            &target,
+            &["-q", "-c", &count, "-i", PING_INTERVAL, "-w", "60"],
+            Duration::from_secs(90),
+        )
+        .unwrap();
+        runs.push((vm.clone(), run));
+    }
+    let applied: Vec<u64> = on_a
+        .iter()
+        .map(|host| messages_applied(lab.agent(host)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    lab.instances[0].kill();
+    let killed = std::time::Instant::now();
+    wait_for("instance 1 pushing to every agent", TAKEOVER, async || {
+        lab.pushers(&[1]).ok()
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("instance 1 took instance 0's agents over in {took:?}");
+    // The survivor started by sending them their whole state, applied.
+    for (host, before) in on_a.iter().zip(&applied) {
+        let agent = lab.agent(host);
+        wait_for(
+            &format!("{host} applying the survivor's state"),
+            CONVERGE,
+            async || (messages_applied(agent) > *before).then_some(()),
+        )
+        .await;
+    }
+    // All of it while the pings went on.
+    for (vm, run) in &mut runs {
+        assert!(
+            run.is_running(),
+            "{vm}'s pings ended before the takeover did"
+        );
+    }
+    // The agents' heartbeats moved to the survivor.
+    let survivor = lab.instances[1].grpc_endpoint();
+    for (host, agent) in &lab.agents {
+        wait_for(
+            &format!("{host} heartbeating to the survivor"),
+            CONVERGE,
+            async || {
+                let link = agent.agentctl_json(&["status"])["controller"].clone();
+                (link["url"] == survivor.as_str() && link["registered"] == true).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A port made through the survivor on a host it took over.
+    let vm4 = lab.create_vm(1, "vm4", &on_a[0]);
+    lab.wait_active(1, "vm4").await;
+    lab.lease("vm4", &vm4);
+    lab.pings("vm4", port_b).await;
+    lab.pings(vm_b, &vm4).await;
+
+    // Not one ping lost across the takeover.
+    for (vm, run) in runs {
+        let ping = run.finish().unwrap();
+        eprintln!("{vm} across the takeover: {}", ping.summary);
+        assert_eq!(ping.transmitted, PINGS, "{vm}: {}", ping.summary);
+        assert_eq!(
+            ping.lost(),
+            0,
+            "{vm} lost pings: {}\n{}",
+            ping.summary,
+            lab.logs()
+        );
+    }
+    assert!(took < TAKEOVER);
+}

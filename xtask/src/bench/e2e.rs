@@ -30,8 +30,9 @@
 //! network) and timed until no host has a port left and no VM an `eth0`.
 //!
 //! Beside the times: the controller's and the agents' CPU time (utime and
-//! stime from /proc) and peak RSS (VmHWM), and the agents' own account of
-//! each goal-state message they applied (their debug log).
+//! stime from /proc) and peak RSS (VmHWM), the agents' own account of each
+//! goal-state message they applied (their debug log), and the controller's
+//! CPU while nothing changes (it recomputes every host's state every 2 s).
 
 use std::{
     collections::BTreeMap,
@@ -82,6 +83,8 @@ const UDHCPC_PARALLEL: usize = 8;
 const POLL: Duration = Duration::from_millis(50);
 /// The bound on every phase.
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
+/// How long the controller's CPU is watched while nothing changes.
+const IDLE_WINDOW: Duration = Duration::from_secs(4);
 /// Pairs of VMs on different hosts pinged after the first ping.
 const SAMPLE_PINGS: usize = 20;
 
@@ -216,9 +219,13 @@ struct Run {
     /// phase used the in-process client): seconds, and client CPU per VM.
     udhcpc_after: Option<(f64, f64)>,
     controller: Usage,
+    /// The controller's CPU while nothing changes, in cores.
+    controller_idle: f64,
     agents: Vec<(String, Usage)>,
     applied: Vec<(String, Applied)>,
     load_average: Vec<String>,
+    /// Warnings and errors in the controller's log and the agents'.
+    warnings: (usize, usize),
 }
 
 /// A process's CPU time over provisioning (first API call to first ping)
@@ -351,6 +358,14 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
         "  sample: {} of {} pings across hosts answered, {:.3} ms on average",
         sample.0, sample.1, sample.2
     );
+    // The controller with nothing to do but its periodic recompute.
+    let idle_from = cpu_of(&pids[..1]);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let controller_idle = (cpu_of(&pids[..1])[0] - idle_from[0]) / IDLE_WINDOW.as_secs_f64();
+    println!(
+        "  controller idle with {vms} ports: {:.1}% of a core",
+        controller_idle * 100.0
+    );
     let udhcpc_after = if udhcpc {
         None
     } else {
@@ -397,6 +412,7 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
         sample,
         udhcpc_after,
         controller: usage(0),
+        controller_idle,
         agents: host_names
             .iter()
             .enumerate()
@@ -412,7 +428,23 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
             })
             .collect(),
         load_average: super::load_average(),
+        warnings: (
+            warnings(&controller.log()).len(),
+            agents
+                .iter()
+                .map(|(_, agent)| warnings(&agent.log()).len())
+                .sum(),
+        ),
     };
+    for (name, log) in std::iter::once(("controller", controller.log())).chain(
+        agents
+            .iter()
+            .map(|(name, agent)| (name.as_str(), agent.log())),
+    ) {
+        for line in warnings(&log).iter().take(3) {
+            println!("  {name} logged: {line}");
+        }
+    }
     // The agents first, then the VMs, then the topology.
     drop(agents);
     drop(controller);
@@ -424,6 +456,17 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
 fn tail(log: &str, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The lines of a log at level WARN or ERROR, but for the two every agent
+/// of this topology logs at start (plain text, a veth underlay).
+fn warnings(log: &str) -> Vec<String> {
+    const EXPECTED: [&str; 2] = ["--insecure", "the underlay is a veth"];
+    log.lines()
+        .map(strip_ansi)
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .filter(|line| !EXPECTED.iter().any(|known| line.contains(known)))
+        .collect()
 }
 
 /// CPU seconds of each process.
@@ -774,8 +817,11 @@ fn lease_udhcpc(vm: &VmPort) -> anyhow::Result<()> {
     let output = output_within(Duration::from_secs(25), "ip", &args)?;
     ensure!(
         output.status.success(),
-        "udhcpc: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
+        "udhcpc ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .replace('\n', " | ")
     );
     Ok(())
 }
@@ -1191,6 +1237,14 @@ async fn wait_agents_empty(agents: &[(String, Agent)], vms: &[String]) -> anyhow
     .await
 }
 
+impl Applied {
+    /// Seconds spent applying (staging, plumbing, then the datapath and
+    /// the store, which `commit_ms` covers).
+    fn busy(&self) -> f64 {
+        (self.stage_ms + self.plumb_ms + self.commit_ms) as f64 / 1e3
+    }
+}
+
 /// The agent's "goal state applied" lines (its debug log) that ended
 /// before `until` seconds from `start`.
 fn applied(log: &str, start: SystemTime, until: f64) -> Applied {
@@ -1379,7 +1433,8 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
         for (host, applied) in &run.applied {
             println!(
                 "  {host}: {} transactions ({} messages, {} resources), staging {} ms, plumbing \
-                 {} ms, datapath {} ms, commit {} ms; first ended at {:.3} s, last at {:.3} s",
+                 {} ms, datapath {} ms, commit {} ms; first ended at {:.3} s, last at {:.3} s; \
+                 busy {:.3} s of the {:.3} s until every port was ready",
                 applied.transactions,
                 applied.messages,
                 applied.resources,
@@ -1388,12 +1443,22 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
                 applied.datapath_ms,
                 applied.commit_ms,
                 applied.first,
-                applied.last
+                applied.last,
+                applied.busy(),
+                run.agents_ready
             );
         }
         println!(
             "sample: {} of {} pings between VMs on different hosts answered, {:.3} ms on average",
             run.sample.0, run.sample.1, run.sample.2
+        );
+        println!(
+            "the controller with nothing to do (its periodic recompute): {:.1}% of a core",
+            run.controller_idle * 100.0
+        );
+        println!(
+            "warnings and errors logged (but the agents' two at start): controller {}, agents {}",
+            run.warnings.0, run.warnings.1
         );
         if let Some((took, cpu)) = run.udhcpc_after {
             println!(
@@ -1414,6 +1479,7 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
             "hosts": run.hosts,
             "dhcp_client": run.dhcp_client,
             "load_average": run.load_average,
+            "warnings_logged": {"controller": run.warnings.0, "agents": run.warnings.1},
             "seconds_from_first_api_call": {
                 "api": run.api,
                 "agents_ready": run.agents_ready,
@@ -1424,6 +1490,7 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
             "delete_seconds": {"api": run.delete_api, "hosts_empty": run.delete_done},
             "reference_seconds": {"alcor": alcor, "neutron": neutron, "target": target},
             "controller": usage_json(&run.controller),
+            "controller_idle_cores": run.controller_idle,
             "agents": run.agents.iter().map(|(host, usage)| {
                 let mut value = usage_json(usage);
                 value["host"] = json!(host);

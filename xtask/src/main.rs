@@ -43,6 +43,16 @@ enum Task {
         /// mean little).
         #[arg(long)]
         quick: bool,
+        /// `e2e`: this many VMs (one run) instead of 150 then 2,400.
+        #[arg(long)]
+        vms: Option<usize>,
+        /// `e2e`: this many hosts (default 3).
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// `e2e`: time busybox udhcpc as Debian ships it in the DHCP phase
+        /// instead of the benchmark's own in-process client.
+        #[arg(long)]
+        udhcpc: bool,
     },
 }
 
@@ -52,7 +62,21 @@ fn main() -> ExitCode {
         Task::BuildEbpf => ebpf::build_ebpf(),
         Task::Test => ci::run(),
         Task::Demo => demo::run(),
-        Task::Bench { name, quick } => bench::run(&name, quick),
+        Task::Bench {
+            name,
+            quick,
+            vms,
+            hosts,
+            udhcpc,
+        } => bench::run(
+            &name,
+            &bench::Args {
+                quick,
+                vms,
+                hosts,
+                udhcpc,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -269,7 +269,7 @@ fn check_no_daemon_listens() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mount_bpffs() -> anyhow::Result<()> {
+pub(crate) fn mount_bpffs() -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     let mounted = mounts.lines().any(|line| {
         let mut fields = line.split_whitespace();

@@ -26,6 +26,9 @@ use crate::{
 pub(crate) const AGENT: &str = "agent";
 /// Not a change anything is computed from: watchers skip it.
 pub const HEARTBEAT: &str = "agent-heartbeat";
+/// Port statuses written per transaction: a compare and a write each, 128
+/// in all, etcd's default `--max-txn-ops` (the owner's compare besides).
+const STATUS_BATCH: usize = 64;
 
 /// What the agents' replies say of a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,32 +141,40 @@ impl Controller {
     }
 
     /// Sets ports' statuses as their agents report them; a port gone or
-    /// already showing the status is left alone. With `owner` (the owner
-    /// key of the agent's host, as claimed), only while it is unchanged: an
-    /// instance that no longer serves the host writes nothing (409
-    /// `NotTheOwner`).
+    /// already showing the status is left alone. A reply can carry
+    /// thousands: they are written [`STATUS_BATCH`] to a transaction (one
+    /// commit each, not one per port), each read again and retried alone
+    /// if another writer changed one of its ports meanwhile. With `owner`
+    /// (the owner key of the agent's host, as claimed), only while it is
+    /// unchanged: an instance that no longer serves the host writes nothing
+    /// (409 `NotTheOwner`).
     pub async fn set_port_statuses(
         &self,
         statuses: &[PortStatus],
         owner: Option<&Entry>,
     ) -> ApiResult<()> {
-        for status in statuses {
+        for batch in statuses.chunks(STATUS_BATCH) {
             retrying(|| {
                 Box::pin(async move {
-                    let key = resource_key(Port::KIND, &status.port_id);
-                    let Some(entry) = self.store.get(&key).await? else {
-                        return Ok(Try::Done(()));
-                    };
-                    let mut port: Port = decode(&entry)?;
-                    if port.status == status.status && port.status_detail == status.detail {
+                    let mut txn = Txn::default();
+                    for status in batch {
+                        let key = resource_key(Port::KIND, &status.port_id);
+                        let Some(entry) = self.store.get(&key).await? else {
+                            continue;
+                        };
+                        let mut port: Port = decode(&entry)?;
+                        if port.status == status.status && port.status_detail == status.detail {
+                            continue;
+                        }
+                        port.status = status.status.into();
+                        port.status_detail.clone_from(&status.detail);
+                        port.meta.touch();
+                        txn.require_unchanged(&entry)
+                            .put(key, serde_json::to_vec(&port).unwrap_or_default());
+                    }
+                    if txn.ops.is_empty() {
                         return Ok(Try::Done(()));
                     }
-                    port.status = status.status.into();
-                    port.status_detail.clone_from(&status.detail);
-                    port.meta.touch();
-                    let mut txn = Txn::default();
-                    txn.require_unchanged(&entry)
-                        .put(key, serde_json::to_vec(&port).unwrap_or_default());
                     if let Some(owner) = owner {
                         txn.require_unchanged(owner);
                     }
@@ -336,6 +347,43 @@ mod tests {
         assert_eq!(controller.show::<Port>(&id).await.unwrap().status, "DOWN");
         let views = controller.agent_views().await.unwrap();
         assert_eq!(views[0]["configurations"]["controller"], "b");
+    }
+
+    #[tokio::test]
+    async fn statuses_are_written_in_batches_and_skip_ports_gone() {
+        let (_dir, controller) = controller();
+        register(&controller, "h1", "198.18.0.1").await;
+        let (network, _) = network_with_subnet(&controller, json!({}), "10.0.0.0/24").await;
+        let creates: Vec<_> = (0..STATUS_BATCH * 2 + 2)
+            .map(|_| port(json!({"network_id": network.meta.id, "binding:host_id": "h1"})))
+            .collect();
+        let ports = controller.create_ports(&creates).await.unwrap();
+        let mut statuses: Vec<PortStatus> = ports
+            .iter()
+            .map(|port| PortStatus {
+                port_id: port.meta.id.clone(),
+                status: "ACTIVE",
+                detail: String::new(),
+            })
+            .collect();
+        statuses.insert(
+            1,
+            PortStatus {
+                port_id: "gone".into(),
+                status: "ACTIVE",
+                detail: String::new(),
+            },
+        );
+        let (before, _) = controller.inventory().await.unwrap();
+        controller.set_port_statuses(&statuses, None).await.unwrap();
+        let (after, _) = controller.inventory().await.unwrap();
+        assert_eq!(after - before, 3, "one commit a batch");
+        for port in controller.list::<Port>().await.unwrap() {
+            assert_eq!(port.status, "ACTIVE");
+        }
+        // Nothing to change: nothing written.
+        controller.set_port_statuses(&statuses, None).await.unwrap();
+        assert_eq!(controller.inventory().await.unwrap().0, after);
     }
 
     #[tokio::test]

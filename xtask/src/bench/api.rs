@@ -19,19 +19,14 @@ use std::{
     time::Instant,
 };
 
+use super::{http::Client, load_average, median, write_json};
+use crate::util;
 use alcor_tests::{
     controller::{Controller, StoreKind, request},
     etcd::EtcdServer,
 };
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde_json::json;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
-};
-
-use super::{load_average, median, write_json};
-use crate::util;
 
 const CLIENTS: usize = 50;
 
@@ -114,7 +109,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 }
 
 /// The release controller, unless `ALCOR_BIN_DIR` names one.
-fn release_controller() -> anyhow::Result<()> {
+pub(super) fn release_controller() -> anyhow::Result<()> {
     if std::env::var_os("ALCOR_BIN_DIR").is_some() {
         return Ok(());
     }
@@ -238,60 +233,6 @@ fn network(listen: SocketAddr) -> anyhow::Result<String> {
     let (status, body) = request(listen, "POST", "/v2.0/subnets", Some(&subnet))?;
     ensure!(status == 201, "subnet create: {body}");
     Ok(id)
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Client {
-    stream: BufReader<TcpStream>,
-    listen: SocketAddr,
-}
-
-impl Client {
-    async fn connect(listen: SocketAddr) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(listen).await?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            stream: BufReader::new(stream),
-            listen,
-        })
-    }
-
-    /// POSTs `body`; the status (the body is read and dropped).
-    async fn post(&mut self, path: &str, body: &str) -> anyhow::Result<u16> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nX-Auth-Token: notused\r\nContent-Type: \
-             application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.listen,
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("no status in {line:?}"))?;
-        let mut length = 0;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                bail!("the connection closed mid-response");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await?;
-        Ok(status)
-    }
 }
 
 fn print(results: &[(&str, Vec<Window>)], etcd_puts: Option<f64>) {

@@ -6,8 +6,10 @@ mod api;
 mod datapath;
 mod datapath_local;
 mod dhcp;
+mod e2e;
 mod goalstate;
 mod guest;
+mod http;
 mod neighbors;
 mod vm_traffic;
 mod wire;
@@ -24,17 +26,39 @@ use futures::FutureExt;
 
 use crate::util;
 
-/// Runs a benchmark; `quick` asks for one short round (where it has one).
-type Bench = fn(quick: bool) -> anyhow::Result<()>;
+/// What `cargo xtask bench` was asked.
+pub struct Args {
+    /// One short round (where a benchmark has one).
+    pub quick: bool,
+    /// `e2e`: the VMs of its one run.
+    pub vms: Option<usize>,
+    /// `e2e`: its hosts.
+    pub hosts: Option<usize>,
+    /// `e2e`: stock udhcpc in the timed DHCP phase.
+    pub udhcpc: bool,
+}
+
+/// Runs a benchmark with what it was asked (`quick`: one short round, where
+/// it has one).
+type Bench = fn(&Args) -> anyhow::Result<()>;
 
 /// (name, what it measures, how to run it, whether it has a quick mode)
 const BENCHES: &[(&str, &str, Bench, bool)] = &[
+    (
+        "e2e",
+        "VMs from the first API call to a lease and a ping across hosts: network, subnet and \
+         ports bound through the controller's API (150, then 2,400 VMs on 3 hosts; --vms N, \
+         --hosts H), pushed to real agents, DHCP, ping, then everything deleted; time by \
+         phase against Alcor's and Neutron's published figures",
+        e2e::run,
+        true,
+    ),
     (
         "api",
         "port creates/s through the Neutron API (50 clients, an IP and a MAC each) as the \
          store grows to 1M ports (embedded) and 100k (etcd), with p50/p99 latency; etcd's own \
          put rate measured beside",
-        api::run,
+        |args| api::run(args.quick),
         true,
     ),
     (
@@ -55,7 +79,7 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
         "datapath-local",
         "two VMs on one host: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
          ping RTT through our eBPF datapath vs a Linux bridge and host routing",
-        datapath_local::run,
+        |args| datapath_local::run(args.quick),
         true,
     ),
     (
@@ -63,7 +87,7 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
         "two hosts, a VM on each: iperf3 TCP 1 and 4 streams, UDP 64-byte packets/s and \
          ping RTT through our eBPF VXLAN overlay, with and without XDP early drop, vs the \
          kernel's VXLAN device and a bridge per host",
-        datapath::run,
+        |args| datapath::run(args.quick),
         true,
     ),
     (
@@ -71,22 +95,25 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
         "a real guest (QEMU, virtio-net with TSO) on a hypervisor tap: iperf3 TCP to it \
          from a VM on its host and from one on another host, Gbit/s and the size of the \
          packets its tap delivers, other host / same host",
-        guest::run,
+        |args| guest::run(args.quick),
         true,
     ),
     (
         "neighbors",
         "10k, 100k and 1M neighbors pushed over gRPC: time until programmed, agent RSS \
          and map memory, vs the kernel's VXLAN fdb and neighbour entries for the same",
-        neighbors::run,
+        |args| neighbors::run(args.quick),
         false,
     ),
 ];
 
-pub fn run(name: &str, quick: bool) -> anyhow::Result<()> {
+pub fn run(name: &str, args: &Args) -> anyhow::Result<()> {
+    if name != "e2e" && (args.vms.is_some() || args.hosts.is_some() || args.udhcpc) {
+        bail!("--vms, --hosts and --udhcpc are for bench e2e");
+    }
     match BENCHES.iter().find(|(known, ..)| *known == name) {
-        Some((_, _, _, false)) if quick => bail!("bench {name} has no --quick mode"),
-        Some((_, _, bench, _)) => bench(quick),
+        Some((_, _, _, false)) if args.quick => bail!("bench {name} has no --quick mode"),
+        Some((_, _, bench, _)) => bench(args),
         None => {
             let known: Vec<String> = BENCHES
                 .iter()
@@ -176,7 +203,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The agent's peak resident memory (VmHWM), KiB.
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
+    peak_rss_kib_of(agent.pid()?)
+}
+
+/// A process's peak resident memory (VmHWM), KiB.
+fn peak_rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))?
@@ -190,7 +222,13 @@ fn peak_rss_kib(agent: &Agent) -> Option<u64> {
 /// CPU time the agent has used so far (user and system), in seconds: what
 /// its work costs whatever else the machine is doing.
 fn cpu_seconds(agent: &Agent) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()?)).ok()?;
+    cpu_seconds_of(agent.pid()?)
+}
+
+/// CPU time a process has used so far (user and system, all its
+/// threads), in seconds.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses: utime and
     // stime are the 12th and 13th.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);

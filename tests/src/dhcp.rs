@@ -276,6 +276,27 @@ pub fn udhcpc_stock(vm: &Netns, tries: u32) -> anyhow::Result<bool> {
     Ok(output_within(limit, "ip", &args)?.status.success())
 }
 
+/// Leases `expected` (an address) for `vm`'s eth0 with [`udhcpc_stock`],
+/// or says what went wrong.
+pub fn lease_stock(vm: &Netns, expected: &str) -> anyhow::Result<()> {
+    if !udhcpc_stock(vm, 5)? {
+        bail!("{} got no lease", vm.name());
+    }
+    let eth0 = Eth0::of(vm)?;
+    if !eth0
+        .addresses
+        .iter()
+        .any(|a| a.starts_with(&format!("{expected}/")))
+    {
+        bail!(
+            "{} leased {:?}, its port has {expected}",
+            vm.name(),
+            eth0.addresses
+        );
+    }
+    Ok(())
+}
+
 /// A client left running in a VM (udhcpc in the foreground, say); killed
 /// when dropped.
 pub struct Running {

@@ -108,6 +108,21 @@ impl Ping {
     }
 }
 
+/// Pings `target` from `vm` once a second or so until one is answered,
+/// for at most `timeout` (a path that is still converging).
+pub async fn wait_ping(vm: &Netns, target: &str, timeout: Duration) {
+    crate::wait_for(
+        &format!("{} pinging {target}", vm.name()),
+        timeout,
+        async || {
+            let ping =
+                self::ping(vm, target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
+            ping.all_answered().then_some(())
+        },
+    )
+    .await;
+}
+
 /// Pings `target` from `vm` (`args` add count, interval, TTL...); gives up
 /// (SIGKILL) after `limit`.
 pub fn ping(vm: &Netns, target: &str, args: &[&str], limit: Duration) -> anyhow::Result<Ping> {

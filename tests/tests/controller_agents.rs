@@ -15,7 +15,7 @@ use std::{path::Path, time::Duration};
 use alcor_tests::{
     Agent, Netns,
     controller::{Controller, StoreKind},
-    dhcp::{Eth0, udhcpc_stock},
+    dhcp::lease_stock,
     openstack::{self, Cli},
     pki::Pki,
     privileged,
@@ -180,33 +180,14 @@ impl Lab {
     /// The VM leases its port's address with a stock udhcpc.
     fn lease(&self, vm: &str, port: &Value) {
         let expected = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
-        assert!(
-            udhcpc_stock(self.vm(vm), 5).unwrap(),
-            "{vm} got no lease\n{}",
-            self.logs()
-        );
-        let eth0 = Eth0::of(self.vm(vm)).unwrap();
-        assert!(
-            eth0.addresses
-                .iter()
-                .any(|a| a.starts_with(&format!("{expected}/"))),
-            "{vm} leased {:?}, its port has {expected}",
-            eth0.addresses
-        );
+        if let Err(error) = lease_stock(self.vm(vm), expected) {
+            panic!("{error:#}\n{}", self.logs());
+        }
     }
 
     async fn pings(&self, from: &str, to: &Value) {
-        let target = to["fixed_ips"][0]["ip_address"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let vm = self.vm(from);
-        wait_for(&format!("{from} pinging {target}"), CONVERGE, async || {
-            let ping =
-                traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
-            ping.all_answered().then_some(())
-        })
-        .await;
+        let target = to["fixed_ips"][0]["ip_address"].as_str().unwrap();
+        traffic::wait_ping(self.vm(from), target, CONVERGE).await;
     }
 
     fn logs(&self) -> String {

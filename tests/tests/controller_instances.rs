@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use alcor_tests::{
     Agent, Netns,
     controller::{Controller, StoreKind},
-    dhcp::{Eth0, udhcpc_stock},
+    dhcp::lease_stock,
     etcd::{self, EtcdServer},
     openstack::{self, Cli},
     privileged,
@@ -166,31 +166,13 @@ impl Lab {
 
     /// The VM leases its port's address with a stock udhcpc.
     fn lease(&self, vm: &str, port: &Value) {
-        let expected = address(port);
-        assert!(
-            udhcpc_stock(self.vm(vm), 5).unwrap(),
-            "{vm} got no lease\n{}",
-            self.logs()
-        );
-        let eth0 = Eth0::of(self.vm(vm)).unwrap();
-        assert!(
-            eth0.addresses
-                .iter()
-                .any(|a| a.starts_with(&format!("{expected}/"))),
-            "{vm} leased {:?}, its port has {expected}",
-            eth0.addresses
-        );
+        if let Err(error) = lease_stock(self.vm(vm), &address(port)) {
+            panic!("{error:#}\n{}", self.logs());
+        }
     }
 
     async fn pings(&self, from: &str, to: &Value) {
-        let target = address(to);
-        let vm = self.vm(from);
-        wait_for(&format!("{from} pinging {target}"), CONVERGE, async || {
-            let ping =
-                traffic::ping(vm, &target, &["-c", "1", "-W", "1"], Duration::from_secs(5)).ok()?;
-            ping.all_answered().then_some(())
-        })
-        .await;
+        traffic::wait_ping(self.vm(from), &address(to), CONVERGE).await;
     }
 
     /// Host → the index of the instance that pushes to it, if each host

@@ -1056,7 +1056,7 @@ impl DhcpSocket {
 
 /// Gives `eth0` of the calling thread's namespace `ip` with `mask` (the
 /// kernel adds the subnet's route): one RTM_NEWADDR over netlink, as `ip
-/// addr replace` sends. (The `ifconfig` ioctls take 8 ms each here.)
+/// addr replace` sends.
 fn set_address(ip: Ipv4Addr, mask: Ipv4Addr) -> anyhow::Result<()> {
     const IFA_ADDRESS: u16 = 1;
     const IFA_LOCAL: u16 = 2;

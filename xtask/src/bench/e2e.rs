@@ -48,7 +48,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use alcor_proto::control::{GetStatusRequest, ListRequest};
+use alcor_proto::control::{GetDhcpCountersRequest, GetStatusRequest, ListRequest};
 use alcor_tests::{
     Agent,
     controller::{Controller, StoreKind},
@@ -216,8 +216,9 @@ struct Run {
     /// (answered, sent) of the sample, and the average RTT, ms.
     sample: (u32, u32, f64),
     /// Stock udhcpc over every VM after the timed phases (when the timed
-    /// phase used the in-process client): seconds, and client CPU per VM.
-    udhcpc_after: Option<(f64, f64)>,
+    /// phase used the in-process client): seconds, client CPU per VM, and
+    /// how many VMs got no lease.
+    udhcpc_after: Option<(f64, f64, usize)>,
     controller: Usage,
     /// The controller's CPU while nothing changes, in cores.
     controller_idle: f64,
@@ -338,7 +339,14 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
     println!("  controller: every port ACTIVE at {active:.3} s");
 
     let client = if udhcpc { "udhcpc" } else { "in-process" };
-    let leased = lease_all(&ports, udhcpc).await?;
+    let (leased, failed) = lease_all(&ports, udhcpc).await?;
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} VMs got no lease, the first: {first}\n{}",
+            failed.len(),
+            dhcp_counters(&agents).await
+        );
+    }
     let dhcp = since(Instant::now());
     println!(
         "  DHCP ({client} client): every VM leased at {dhcp:.3} s ({:.3} s for the phase)",
@@ -371,15 +379,21 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
     } else {
         println!("  stock udhcpc in every VM again, {UDHCPC_PARALLEL} at a time (not timed above)");
         let before = children_cpu();
-        let took = lease_all(&ports, true).await?;
+        let (took, failed) = lease_all(&ports, true).await?;
         let cpu = children_cpu() - before;
         println!(
             "  stock udhcpc: {:.3} s for {vms} VMs, {:.1} ms of client CPU per VM",
             took.as_secs_f64(),
             cpu * 1e3 / vms as f64
         );
-        check_leases(&agents, &expected).await?;
-        Some((took.as_secs_f64(), cpu / vms as f64))
+        // Not timed: a VM without an answer is reported, not fatal.
+        for failure in &failed {
+            println!("  stock udhcpc got no lease in {failure}");
+        }
+        if !failed.is_empty() {
+            println!("{}", dhcp_counters(&agents).await);
+        }
+        Some((took.as_secs_f64(), cpu / vms as f64, failed.len()))
     };
     let cpu_delete_start = cpu_of(&pids);
 
@@ -756,7 +770,7 @@ async fn wait_active(api: &Api, vms: usize) -> anyhow::Result<()> {
 
 /// Every VM leases its address (`udhcpc`: the stock client, else the
 /// in-process one): the time it took.
-async fn lease_all(ports: &[VmPort], udhcpc: bool) -> anyhow::Result<Duration> {
+async fn lease_all(ports: &[VmPort], udhcpc: bool) -> anyhow::Result<(Duration, Vec<String>)> {
     let ports = Arc::new(ports.to_vec());
     let started = Instant::now();
     let workers = if udhcpc {
@@ -764,7 +778,7 @@ async fn lease_all(ports: &[VmPort], udhcpc: bool) -> anyhow::Result<Duration> {
     } else {
         LITE_WORKERS
     };
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let next = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..workers)
@@ -778,10 +792,14 @@ async fn lease_all(ports: &[VmPort], udhcpc: bool) -> anyhow::Result<Duration> {
                             enter(&vm.netns).and_then(|()| lease_lite(vm))
                         };
                         if let Err(error) = leased {
-                            failures
-                                .lock()
-                                .expect("failures")
-                                .push(format!("{}: {error:#}", vm.netns));
+                            failures.lock().expect("failures").push(format!(
+                                "{} ({}, port {} {} on {}): {error:#}",
+                                vm.netns,
+                                vm.ip,
+                                vm.id,
+                                traffic_mac(vm.mac),
+                                vm.host
+                            ));
                         }
                     }
                 })
@@ -792,17 +810,53 @@ async fn lease_all(ports: &[VmPort], udhcpc: bool) -> anyhow::Result<Duration> {
                 .join()
                 .map_err(|_| anyhow!("a DHCP thread panicked"))?;
         }
-        let failures = failures.lock().expect("failures");
-        ensure!(
-            failures.is_empty(),
-            "{} VMs got no lease, the first: {}",
-            failures.len(),
-            failures[0]
-        );
-        Ok(())
+        Ok(std::mem::take(&mut *failures.lock().expect("failures")))
     })
     .await??;
-    Ok(started.elapsed())
+    Ok((started.elapsed(), failed))
+}
+
+fn traffic_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// What each agent's DHCP responder counted (what it received, sent,
+/// dropped and why), for when a VM got no lease.
+async fn dhcp_counters(agents: &[(String, Agent)]) -> String {
+    let mut report = String::from("the agents' DHCP counters:");
+    for (name, agent) in agents {
+        let counters = agent
+            .control()
+            .await
+            .get_dhcp_counters(GetDhcpCountersRequest {})
+            .await
+            .map(tonic::Response::into_inner);
+        match counters {
+            Ok(c) => {
+                let nonzero = |map: &std::collections::HashMap<String, u64>| {
+                    let mut pairs: Vec<String> = map
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect();
+                    pairs.sort();
+                    pairs.join(", ")
+                };
+                report.push_str(&format!(
+                    "\n  {name}: received {}; sent {}; dropped {}; declined {}, released {}, \
+                     send errors {}",
+                    nonzero(&c.received),
+                    nonzero(&c.sent),
+                    nonzero(&c.dropped),
+                    c.leases_declined,
+                    c.leases_released,
+                    c.send_errors
+                ));
+            }
+            Err(error) => report.push_str(&format!("\n  {name}: {error}")),
+        }
+    }
+    report
 }
 
 /// busybox udhcpc as Debian ships it (its default script), once: its
@@ -1002,7 +1056,7 @@ impl DhcpSocket {
 
 /// Gives `eth0` of the calling thread's namespace `ip` with `mask` (the
 /// kernel adds the subnet's route): one RTM_NEWADDR over netlink, as `ip
-/// addr replace` sends. (The `ifconfig` ioctls take 8 ms each here.)
+/// addr replace` sends.
 fn set_address(ip: Ipv4Addr, mask: Ipv4Addr) -> anyhow::Result<()> {
     const IFA_ADDRESS: u16 = 1;
     const IFA_LOCAL: u16 = 2;
@@ -1460,10 +1514,10 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
             "warnings and errors logged (but the agents' two at start): controller {}, agents {}",
             run.warnings.0, run.warnings.1
         );
-        if let Some((took, cpu)) = run.udhcpc_after {
+        if let Some((took, cpu, failed)) = run.udhcpc_after {
             println!(
                 "stock udhcpc (Debian's script) in every VM afterwards, {UDHCPC_PARALLEL} at a \
-                 time: {took:.3} s, {:.1} ms of client CPU per VM",
+                 time: {took:.3} s, {:.1} ms of client CPU per VM; {failed} got no lease",
                 cpu * 1e3
             );
         }
@@ -1503,8 +1557,9 @@ fn report(runs: &[Run]) -> anyhow::Result<()> {
                 "first_seconds": a.first, "last_seconds": a.last,
             })).collect::<Vec<_>>(),
             "sample_pings": {"answered": run.sample.0, "sent": run.sample.1, "average_rtt_ms": run.sample.2},
-            "udhcpc_after": run.udhcpc_after.map(|(took, cpu)| json!({
+            "udhcpc_after": run.udhcpc_after.map(|(took, cpu, failed)| json!({
                 "seconds": took, "client_cpu_seconds_per_vm": cpu, "parallel": UDHCPC_PARALLEL,
+                "no_lease": failed,
             })),
         }));
     }

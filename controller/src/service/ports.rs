@@ -331,6 +331,15 @@ impl Controller {
 
     /// Creates the ports, all or none (a bulk create).
     pub async fn create_ports(&self, creates: &[PortCreate]) -> ApiResult<Vec<Port>> {
+        // Each host once, not once a port: a bulk create binds thousands
+        // of ports to a handful of hosts.
+        let hosts: std::collections::BTreeSet<&str> = creates
+            .iter()
+            .map(|create| create.binding_host_id.as_str())
+            .collect();
+        for host in hosts {
+            self.check_binding(host).await?;
+        }
         retrying(|| {
             Box::pin(async move {
                 let mut plan = Plan::default();
@@ -378,7 +387,6 @@ impl Controller {
     /// A port, with its addresses, MAC and security groups, written by
     /// the plan's transaction.
     pub(super) async fn plan_port(&self, plan: &mut Plan, create: &PortCreate) -> ApiResult<Port> {
-        self.check_binding(&create.binding_host_id).await?;
         let network = self.plan_network(plan, &create.network_id).await?;
         let fixed_ips = self
             .plan_addresses(

@@ -6,6 +6,7 @@ mod api;
 mod datapath;
 mod datapath_local;
 mod dhcp;
+mod fanout;
 mod goalstate;
 mod guest;
 mod neighbors;
@@ -35,6 +36,14 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
          store grows to 1M ports (embedded) and 100k (etcd), with p50/p99 latency; etcd's own \
          put rate measured beside",
         api::run,
+        true,
+    ),
+    (
+        "fanout",
+        "the controller against 10, 100 and 1,000 simulated hosts (stub agents that decode \
+         and acknowledge): one port added to a VPC spanning them all, and a 10,000-port VPC \
+         converging from nothing: time, bytes pushed, controller CPU and peak RSS",
+        fanout::run,
         true,
     ),
     (
@@ -176,10 +185,16 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The agent's peak resident memory (VmHWM), KiB.
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()?)).ok()?;
+    process_status_kib(agent.pid()?, "VmHWM")
+}
+
+/// A memory figure of process `pid` from /proc/PID/status (`VmHWM`,
+/// `VmRSS`), KiB.
+fn process_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -190,7 +205,12 @@ fn peak_rss_kib(agent: &Agent) -> Option<u64> {
 /// CPU time the agent has used so far (user and system), in seconds: what
 /// its work costs whatever else the machine is doing.
 fn cpu_seconds(agent: &Agent) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid()?)).ok()?;
+    process_cpu_seconds(agent.pid()?)
+}
+
+/// CPU time process `pid` has used so far (user and system), in seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses: utime and
     // stime are the 12th and 13th.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);

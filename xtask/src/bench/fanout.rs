@@ -62,6 +62,7 @@ use tonic::{
 };
 
 use super::{load_average, process_cpu_seconds, process_status_kib, write_json};
+use crate::util;
 
 const HOST_COUNTS: [usize; 3] = [10, 100, 1_000];
 /// The ports of (b)'s VPC.
@@ -77,11 +78,30 @@ const BIG_DEADLINE: Duration = Duration::from_secs(300);
 const DEFAULT_RSS_LIMIT_MIB: u64 = 8 << 10;
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
+    // The stub agents are this process: unoptimized, they would measure
+    // themselves (prost decodes some 2.5 GB at 1,000 hosts).
+    if cfg!(debug_assertions) {
+        println!("bench fanout: the stub agents run in xtask: running it as a release build");
+        let mut command = util::cargo();
+        command.args(["run", "--quiet", "--release", "--package", "xtask", "--"]);
+        command.args(["bench", "fanout"]);
+        if quick {
+            command.arg("--quick");
+        }
+        return util::run_status(&mut command);
+    }
     super::api::release_controller("fanout")?;
-    let counts: &[usize] = if quick {
-        &HOST_COUNTS[..2]
-    } else {
-        &HOST_COUNTS
+    // FANOUT_HOSTS=1000 (or 10,100) runs those counts only.
+    let chosen: Option<Vec<usize>> = std::env::var("FANOUT_HOSTS").ok().map(|counts| {
+        counts
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    });
+    let counts: &[usize] = match &chosen {
+        Some(counts) => counts,
+        None if quick => &HOST_COUNTS[..2],
+        None => &HOST_COUNTS,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut results = Vec::new();
@@ -116,8 +136,12 @@ struct Run {
     big_api_seconds: Option<f64>,
     /// Controller CPU seconds over (b).
     big_cpu_seconds: Option<f64>,
+    /// This process's (the stub agents') CPU seconds over (b).
+    big_stub_cpu_seconds: Option<f64>,
     /// Controller peak RSS (VmHWM) at the end of (b), KiB.
     peak_rss_kib: Option<u64>,
+    /// Controller RSS 2 s after (b) converged, KiB.
+    settled_rss_kib: Option<u64>,
 }
 
 /// A phase: how long until every host had it, the bytes and messages
@@ -154,7 +178,8 @@ impl Outcome {
 impl Run {
     fn summary(&self) -> String {
         format!(
-            "(a) converge {} / one port {} ({}); (b) {} ({}, API {}, CPU {}, peak RSS {})",
+            "(a) converge {} / one port {} ({}); (b) {} ({}, API {}, CPU {}, peak RSS {}, \
+             settled RSS {})",
             self.small_converge.time(),
             self.probe.time(),
             bytes(self.probe.bytes),
@@ -165,6 +190,7 @@ impl Run {
             self.big_cpu_seconds
                 .map_or("–".into(), |s| format!("{s:.1} s")),
             self.peak_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
+            self.settled_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
         )
     }
 
@@ -176,7 +202,9 @@ impl Run {
             "b_converge": self.big.json(),
             "b_api_seconds": self.big_api_seconds,
             "b_controller_cpu_seconds": self.big_cpu_seconds,
+            "b_stub_agents_cpu_seconds": self.big_stub_cpu_seconds,
             "controller_peak_rss_kib": self.peak_rss_kib,
+            "controller_settled_rss_kib": self.settled_rss_kib,
         })
     }
 }
@@ -193,12 +221,12 @@ fn print(results: &[Run]) {
     println!(
         "\n| hosts | (a) N ports converge | (a) +1 port: all hosts have it | (a) bytes | \
          (b) {VPC_PORTS} ports: all hosts converged | (b) API | (b) bytes | (b) controller CPU \
-         | controller peak RSS |"
+         | (b) stub agents' CPU | controller peak RSS |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.hosts,
             run.small_converge.time(),
             run.probe.time(),
@@ -208,6 +236,8 @@ fn print(results: &[Run]) {
                 .map_or("–".into(), |s| format!("{s:.2} s")),
             bytes(run.big.bytes),
             run.big_cpu_seconds
+                .map_or("–".into(), |s| format!("{s:.1} s")),
+            run.big_stub_cpu_seconds
                 .map_or("–".into(), |s| format!("{s:.1} s")),
             run.peak_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
         );
@@ -282,6 +312,7 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
         fleet.expect(&expected);
         let ports: Vec<usize> = (0..VPC_PORTS).map(|n| n % hosts).collect();
         let cpu = process_cpu_seconds(pid);
+        let stub_cpu = process_cpu_seconds(std::process::id());
         let mark = fleet.counters();
         let start = Instant::now();
         let created = async {
@@ -297,7 +328,12 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
         run.big_cpu_seconds = cpu
             .zip(process_cpu_seconds(pid))
             .map(|(before, after)| after - before);
+        run.big_stub_cpu_seconds = stub_cpu
+            .zip(process_cpu_seconds(std::process::id()))
+            .map(|(before, after)| after - before);
         run.peak_rss_kib = process_status_kib(pid, "VmHWM");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run.settled_rss_kib = process_status_kib(pid, "VmRSS");
         if run.big.failure.is_none() {
             fleet.check(&expected)?;
         }

@@ -48,11 +48,12 @@ impl Southbound {
     /// Computes and hands out the goal states until the process ends.
     pub async fn run(self: Arc<Self>) {
         let mut changes = self.controller.watch_changes();
+        let mut planner = goalstate::Planner::default();
         loop {
             changes.borrow_and_update();
             match self.controller.inventory().await {
                 Ok((revision, inventory)) => {
-                    let states = goalstate::host_states(&inventory);
+                    let states = planner.host_states(&inventory);
                     let endpoints = inventory
                         .agents
                         .into_iter()

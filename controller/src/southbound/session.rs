@@ -11,20 +11,24 @@
 //! not, until it changes. Ports whose device is not there yet (PENDING) are
 //! asked about again every few seconds, until their agent says they are up.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-
-use alcor_proto::schema::{
-    GoalStateOperationReply, GoalStateV2, OperationStatus, OperationType, ResourceType,
-    goal_state_provisioner_client::GoalStateProvisionerClient,
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
 };
+
+use alcor_proto::schema::{GoalStateOperationReply, OperationStatus, OperationType, ResourceType};
+use prost::Message as _;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::{
-    Streaming,
+    Request, Status, Streaming,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 use crate::{
-    goalstate::{self, HostState},
+    goalstate::{self, HostState, Message},
     service::{Controller, agents::PortStatus},
 };
 
@@ -92,7 +96,8 @@ impl Session {
 
     pub fn want(&self, desired: Desired) {
         self.desired.send_if_modified(|current| {
-            let changed = current.endpoint != desired.endpoint || current.state != desired.state;
+            let changed =
+                current.endpoint != desired.endpoint || !current.state.surely_same(&desired.state);
             // The revision moves with every change in the store, most of
             // them not this host's: only a different state is news.
             if changed {
@@ -110,7 +115,7 @@ impl Session {
 /// An open stream to the agent.
 struct Stream {
     endpoint: String,
-    messages: mpsc::Sender<GoalStateV2>,
+    messages: mpsc::Sender<Arc<Message>>,
     replies: Streaming<GoalStateOperationReply>,
 }
 
@@ -205,7 +210,7 @@ impl Pusher {
 
     /// The ports still waiting for their device, sent again so that the
     /// agent says how they are doing.
-    fn pending_poll(&self, desired: &HostState, revision: u32) -> Option<GoalStateV2> {
+    fn pending_poll(&self, desired: &HostState, revision: u32) -> Option<Message> {
         if self.pending_ports.is_empty() {
             return None;
         }
@@ -215,6 +220,7 @@ impl Pusher {
         }
         let mut message = goalstate::diff(&acked, desired, revision)?;
         message
+            .states
             .port_states
             .retain(|id, _| self.pending_ports.contains(id));
         Some(message)
@@ -222,14 +228,16 @@ impl Pusher {
 
     /// Sends one message and takes in its reply: whether every resource
     /// was applied or refused for good (nothing to try again).
-    async fn push(&mut self, desired: &Desired, message: GoalStateV2) -> Result<bool, PushError> {
-        match self.stream.as_mut() {
+    async fn push(&mut self, desired: &Desired, message: Message) -> Result<bool, PushError> {
+        let sent = match self.stream.as_mut() {
             Some(stream) if stream.endpoint == desired.endpoint => {
+                let message = Arc::new(message);
                 stream
                     .messages
-                    .send(message)
+                    .send(message.clone())
                     .await
                     .map_err(|_| PushError::Stream("the stream closed".into()))?;
+                message
             }
             _ => {
                 // A new connection: the whole state, sent with the call.
@@ -239,9 +247,11 @@ impl Pusher {
                 let Some(whole) = goalstate::diff(&self.acked, &desired.state, revision) else {
                     return Ok(true);
                 };
-                self.stream = Some(self.connect(&desired.endpoint, whole).await?);
+                let whole = Arc::new(whole);
+                self.stream = Some(self.connect(&desired.endpoint, whole.clone()).await?);
+                whole
             }
-        }
+        };
         let stream = self
             .stream
             .as_mut()
@@ -252,11 +262,11 @@ impl Pusher {
             Ok(Ok(None)) => return Err(PushError::Stream("the agent ended the stream".into())),
             Ok(Ok(Some(reply))) => reply,
         };
-        Ok(self.take_reply(&desired.state, &reply).await)
+        Ok(self.take_reply(&desired.state, &sent, &reply).await)
     }
 
     /// Dials the agent and opens the stream with its first message.
-    async fn connect(&self, endpoint: &str, first: GoalStateV2) -> Result<Stream, PushError> {
+    async fn connect(&self, endpoint: &str, first: Arc<Message>) -> Result<Stream, PushError> {
         let failed = |reason: String| PushError::Connect {
             endpoint: endpoint.to_string(),
             reason,
@@ -281,21 +291,31 @@ impl Pusher {
                     std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
                 ))
             })?;
-        let mut client = GoalStateProvisionerClient::new(channel)
+        let mut client = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (messages, outgoing) = mpsc::channel(1);
         // The first message goes with the call: the agent answers the call
         // once it has a message.
         let _ = messages.try_send(first);
-        let replies = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
-        )
-        .await
-        .map_err(|_| failed("the agent did not open the stream".into()))?
-        .map_err(|status| failed(status.message().to_string()))?
-        .into_inner();
+        let call = async {
+            client
+                .ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            client
+                .streaming(
+                    Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+                    PathAndQuery::from_static(STREAM_PATH),
+                    MessageCodec,
+                )
+                .await
+        };
+        let replies = tokio::time::timeout(CONNECT_TIMEOUT, call)
+            .await
+            .map_err(|_| failed("the agent did not open the stream".into()))?
+            .map_err(|status| failed(status.message().to_string()))?
+            .into_inner();
         Ok(Stream {
             endpoint: endpoint.to_string(),
             messages,
@@ -303,11 +323,17 @@ impl Pusher {
         })
     }
 
-    /// Takes a reply in: what was applied (or refused for good) is
-    /// acknowledged, ports get their statuses.
-    async fn take_reply(&mut self, desired: &HostState, reply: &GoalStateOperationReply) -> bool {
+    /// Takes the reply to `sent` in: what was applied (or refused for good)
+    /// is acknowledged, ports get their statuses.
+    async fn take_reply(
+        &mut self,
+        desired: &HostState,
+        sent: &Message,
+        reply: &GoalStateOperationReply,
+    ) -> bool {
         let mut all_done = true;
         let mut ports = Vec::new();
+        let mut neighbors = HashSet::new();
         self.pending_ports.clear();
         for status in &reply.operation_statuses {
             let outcome = OperationStatus::try_from(status.operation_status)
@@ -343,10 +369,24 @@ impl Pusher {
                     detail: status.message.clone(),
                 });
             }
-            if settled && let Some(kind) = kind {
-                acknowledge(&mut self.acked, desired, kind, id);
+            match kind {
+                Some(ResourceType::Neighbor) if settled => {
+                    neighbors.insert(id);
+                }
+                Some(kind) if settled => acknowledge(&mut self.acked, desired, kind, id),
+                _ => {}
             }
         }
+        // Every message carries all its host's neighbors that differ from
+        // what it acknowledged (`diff` from the same states): all of them
+        // settled, it has `desired`'s.
+        self.acked.neighbors = if sent.neighbors.iter().all(|n| neighbors.contains(&*n.id)) {
+            desired.neighbors.clone()
+        } else {
+            self.acked
+                .neighbors
+                .acknowledged(&desired.neighbors, &neighbors)
+        };
         // Whatever the reply did not mention is not acknowledged: it goes
         // again with the next message.
         if let Err(error) = self.controller.set_port_statuses(&ports).await {
@@ -357,7 +397,8 @@ impl Pusher {
 }
 
 /// Records that the agent has `kind` `id` as `desired` has it (or, gone
-/// from `desired`, that it has it no more).
+/// from `desired`, that it has it no more). (Neighbors are acknowledged
+/// together: [`goalstate::Neighbors::acknowledged`].)
 fn acknowledge(acked: &mut HostState, desired: &HostState, kind: ResourceType, id: &str) {
     fn copy<C: Clone>(acked: &mut BTreeMap<String, C>, desired: &BTreeMap<String, C>, id: &str) {
         match desired.get(id) {
@@ -374,8 +415,53 @@ fn acknowledge(acked: &mut HostState, desired: &HostState, kind: ResourceType, i
         ResourceType::Subnet => copy(&mut acked.subnets, &desired.subnets, id),
         ResourceType::Port => copy(&mut acked.ports, &desired.ports, id),
         ResourceType::Dhcp => copy(&mut acked.dhcp, &desired.dhcp, id),
-        ResourceType::Neighbor => copy(&mut acked.neighbors, &desired.neighbors, id),
         ResourceType::Router => copy(&mut acked.routers, &desired.routers, id),
-        ResourceType::Securitygroup | ResourceType::Gateway => {}
+        ResourceType::Neighbor | ResourceType::Securitygroup | ResourceType::Gateway => {}
+    }
+}
+
+/// The path of the agent's stream method.
+const STREAM_PATH: &str = "/alcor.schema.GoalStateProvisioner/PushGoalStatesStream";
+
+/// Sends [`Message`]s as the `GoalStateV2`s they are; reads replies with
+/// prost.
+#[derive(Clone, Copy)]
+struct MessageCodec;
+
+impl Codec for MessageCodec {
+    type Encode = Arc<Message>;
+    type Decode = GoalStateOperationReply;
+    type Encoder = MessageCodec;
+    type Decoder = MessageCodec;
+
+    fn encoder(&mut self) -> MessageCodec {
+        *self
+    }
+
+    fn decoder(&mut self) -> MessageCodec {
+        *self
+    }
+}
+
+impl Encoder for MessageCodec {
+    type Item = Arc<Message>;
+    type Error = Status;
+
+    fn encode(&mut self, message: Arc<Message>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(message.encoded_len());
+        message
+            .encode(dst)
+            .map_err(|e| Status::internal(format!("encoding a goal state: {e}")))
+    }
+}
+
+impl Decoder for MessageCodec {
+    type Item = GoalStateOperationReply;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        GoalStateOperationReply::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("failed to decode the agent's reply: {e}")))
     }
 }

@@ -19,7 +19,7 @@ use std::{
 
 use alcor_proto::schema::{GoalStateOperationReply, OperationStatus, OperationType, ResourceType};
 use prost::Message as _;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tonic::{
     Request, Status, Streaming,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -40,6 +40,12 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 const LONGEST_PAUSE: Duration = Duration::from_secs(10);
 /// How often ports waiting for their device are asked about.
 const PENDING_POLL: Duration = Duration::from_secs(2);
+/// The most goal state (encoded bytes) on its way to all agents at once: a
+/// host's whole state in a big VPC is megabytes, and a thousand hosts may
+/// start together. A message waits for its share before it is sent and
+/// holds it until its reply (one bigger than all of it takes all of it).
+const IN_FLIGHT_BYTES: usize = 256 << 20;
+static IN_FLIGHT: Semaphore = Semaphore::const_new(IN_FLIGHT_BYTES);
 
 /// What a host should have, as of a store revision.
 #[derive(Clone, Debug)]
@@ -229,8 +235,10 @@ impl Pusher {
     /// Sends one message and takes in its reply: whether every resource
     /// was applied or refused for good (nothing to try again).
     async fn push(&mut self, desired: &Desired, message: Message) -> Result<bool, PushError> {
+        let _in_flight;
         let sent = match self.stream.as_mut() {
             Some(stream) if stream.endpoint == desired.endpoint => {
+                _in_flight = in_flight(&message).await;
                 let message = Arc::new(message);
                 stream
                     .messages
@@ -247,6 +255,7 @@ impl Pusher {
                 let Some(whole) = goalstate::diff(&self.acked, &desired.state, revision) else {
                     return Ok(true);
                 };
+                _in_flight = in_flight(&whole).await;
                 let whole = Arc::new(whole);
                 self.stream = Some(self.connect(&desired.endpoint, whole.clone()).await?);
                 whole
@@ -394,6 +403,15 @@ impl Pusher {
         }
         all_done
     }
+}
+
+/// Waits for `message`'s share of [`IN_FLIGHT_BYTES`].
+async fn in_flight(message: &Message) -> tokio::sync::SemaphorePermit<'static> {
+    let bytes = message.encoded_len().clamp(1, IN_FLIGHT_BYTES);
+    IN_FLIGHT
+        .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+        .await
+        .expect("the semaphore is never closed")
 }
 
 /// Records that the agent has `kind` `id` as `desired` has it (or, gone

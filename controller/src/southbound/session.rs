@@ -12,12 +12,13 @@
 //! asked about again every few seconds, until their agent says they are up.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
 
 use alcor_proto::schema::{GoalStateOperationReply, OperationStatus, OperationType, ResourceType};
+use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tonic::{
@@ -79,13 +80,14 @@ impl Session {
     ) -> Session {
         let (sender, receiver) = watch::channel(desired);
         let resync = Arc::new(Notify::new());
+        let statuses = status_writer(host.clone(), controller);
         let task = tokio::spawn(
             Pusher {
                 host,
                 desired: receiver,
                 resync: resync.clone(),
                 tls,
-                controller,
+                statuses,
                 acked: HostState::default(),
                 pending_ports: Vec::new(),
                 stream: None,
@@ -141,7 +143,8 @@ struct Pusher {
     desired: watch::Receiver<Desired>,
     resync: Arc<Notify>,
     tls: Option<ClientTlsConfig>,
-    controller: Arc<Controller>,
+    /// The ports' statuses from the replies, to be written.
+    statuses: mpsc::UnboundedSender<Vec<PortStatus>>,
     /// What the agent acknowledged, as of this connection.
     acked: HostState,
     /// Ports the agent is waiting for a device for.
@@ -271,7 +274,7 @@ impl Pusher {
             Ok(Ok(None)) => return Err(PushError::Stream("the agent ended the stream".into())),
             Ok(Ok(Some(reply))) => reply,
         };
-        Ok(self.take_reply(&desired.state, &sent, &reply).await)
+        Ok(self.take_reply(&desired.state, &sent, &reply))
     }
 
     /// Dials the agent and opens the stream with its first message.
@@ -334,7 +337,7 @@ impl Pusher {
 
     /// Takes the reply to `sent` in: what was applied (or refused for good)
     /// is acknowledged, ports get their statuses.
-    async fn take_reply(
+    fn take_reply(
         &mut self,
         desired: &HostState,
         sent: &Message,
@@ -398,11 +401,50 @@ impl Pusher {
         };
         // Whatever the reply did not mention is not acknowledged: it goes
         // again with the next message.
-        if let Err(error) = self.controller.set_port_statuses(&ports).await {
-            tracing::warn!(host = %self.host, %error, "cannot record port statuses");
+        if !ports.is_empty() {
+            let _ = self.statuses.send(ports);
         }
         all_done
     }
+}
+
+/// Port statuses written at once, at most, by one session's writer.
+const STATUS_WRITES: usize = 64;
+
+/// Writes the port statuses of a session's replies, in order, beside its
+/// pushes rather than between them: a reply of a thousand ports would
+/// otherwise hold the next message up for a thousand commits. The ports
+/// of one batch (and of the batches that wait, the latest status of each)
+/// are written together, so that the store commits them in few flushes.
+/// Ends once the session is gone and what it sent is written.
+fn status_writer(
+    host: String,
+    controller: Arc<Controller>,
+) -> mpsc::UnboundedSender<Vec<PortStatus>> {
+    let (sender, mut batches) = mpsc::unbounded_channel::<Vec<PortStatus>>();
+    tokio::spawn(async move {
+        while let Some(mut statuses) = batches.recv().await {
+            while let Ok(more) = batches.try_recv() {
+                statuses.extend(more);
+            }
+            let latest: HashMap<String, PortStatus> = statuses
+                .into_iter()
+                .map(|status| (status.port_id.clone(), status))
+                .collect();
+            let mut writes = futures::stream::iter(latest.into_values())
+                .map(|status| {
+                    let controller = controller.clone();
+                    async move { controller.set_port_statuses(&[status]).await }
+                })
+                .buffer_unordered(STATUS_WRITES);
+            while let Some(written) = writes.next().await {
+                if let Err(error) = written {
+                    tracing::warn!(host = %host, %error, "cannot record port statuses");
+                }
+            }
+        }
+    });
+    sender
 }
 
 /// Waits for `message`'s share of [`IN_FLIGHT_BYTES`].

@@ -21,7 +21,8 @@
 //!     `binding:host_id` round-robin over the hosts: the time from the
 //!     first request until every host has acknowledged its whole state (its
 //!     ports, and every other port of both VPCs as a neighbor), the bytes
-//!     pushed, the controller's CPU time and peak RSS.
+//!     pushed, the controller's CPU time and peak RSS;
+//! (c) one more port in that VPC: as (a), with 10,000-port neighbor tables.
 //!
 //! Bounded: a phase that does not converge within its deadline, or a
 //! controller whose RSS passes `FANOUT_RSS_LIMIT_MIB` (default 8 GiB), is
@@ -70,8 +71,9 @@ const VPC_PORTS: usize = 10_000;
 /// Ports per bulk create.
 const BULK: usize = 1_000;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// The name of (a)'s one more port: how the stubs know it.
-const PROBE: &str = "fanout-probe";
+/// The names of the one more port of (a) and of (c): how the stubs know
+/// them.
+const PROBES: [&str; 2] = ["fanout-probe", "fanout-probe-big"];
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(120);
 const PROBE_DEADLINE: Duration = Duration::from_secs(60);
 const BIG_DEADLINE: Duration = Duration::from_secs(300);
@@ -130,6 +132,8 @@ struct Run {
     small_converge: Outcome,
     /// (a): one more port.
     probe: Outcome,
+    /// (c): one more port in (b)'s VPC.
+    big_probe: Outcome,
     /// (b): 10,000 ports from nothing.
     big: Outcome,
     /// (b): how long the bulk creates took (API answers).
@@ -179,7 +183,7 @@ impl Run {
     fn summary(&self) -> String {
         format!(
             "(a) converge {} / one port {} ({}); (b) {} ({}, API {}, CPU {}, peak RSS {}, \
-             settled RSS {})",
+             settled RSS {}); (c) one port {} ({})",
             self.small_converge.time(),
             self.probe.time(),
             bytes(self.probe.bytes),
@@ -191,6 +195,8 @@ impl Run {
                 .map_or("–".into(), |s| format!("{s:.1} s")),
             self.peak_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
             self.settled_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
+            self.big_probe.time(),
+            bytes(self.big_probe.bytes),
         )
     }
 
@@ -199,6 +205,7 @@ impl Run {
             "hosts": self.hosts,
             "a_converge": self.small_converge.json(),
             "a_one_port": self.probe.json(),
+            "c_one_port_in_big_vpc": self.big_probe.json(),
             "b_converge": self.big.json(),
             "b_api_seconds": self.big_api_seconds,
             "b_controller_cpu_seconds": self.big_cpu_seconds,
@@ -221,12 +228,13 @@ fn print(results: &[Run]) {
     println!(
         "\n| hosts | (a) N ports converge | (a) +1 port: all hosts have it | (a) bytes | \
          (b) {VPC_PORTS} ports: all hosts converged | (b) API | (b) bytes | (b) controller CPU \
-         | (b) stub agents' CPU | controller peak RSS |"
+         | (b) stub agents' CPU | controller peak RSS | (c) +1 port in the {VPC_PORTS}: all \
+         hosts have it | (c) bytes |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in results {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run.hosts,
             run.small_converge.time(),
             run.probe.time(),
@@ -240,6 +248,8 @@ fn print(results: &[Run]) {
             run.big_stub_cpu_seconds
                 .map_or("–".into(), |s| format!("{s:.1} s")),
             run.peak_rss_kib.map_or("–".into(), |k| bytes(k * 1024)),
+            run.big_probe.time(),
+            bytes(run.big_probe.bytes),
         );
     }
     println!(
@@ -248,7 +258,7 @@ fn print(results: &[Run]) {
     );
 }
 
-/// One N: a controller of its own, N stubs, (a) then (b).
+/// One N: a controller of its own, N stubs, (a), (b) and (c).
 async fn measure(hosts: usize) -> anyhow::Result<Run> {
     let controller = Controller::start(StoreKind::Embedded, &["--log-format", "json"])?;
     let pid = controller.pid().context("the controller's pid")?;
@@ -279,22 +289,7 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
         }
 
         // (a): one more port, on host 0.
-        let mark = fleet.counters();
-        let start = Instant::now();
-        let body = json!({"port": {
-            "network_id": small.network, "name": PROBE,
-            "binding:host_id": fleet.stubs[0].host_id,
-        }});
-        let (status, answer) = blocking_request(listen, "POST", "/v2.0/ports", body).await?;
-        ensure!(status == 201, "port create: {answer}");
-        run.probe = fleet
-            .wait(start, mark, PROBE_DEADLINE, &watch, |v| v.probe_at)
-            .await;
-        // Whatever else that change sends comes within a moment.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (bytes, messages) = fleet.counters_since(mark);
-        run.probe.bytes = bytes;
-        run.probe.messages = messages;
+        run.probe = one_more_port(listen, &small, &fleet, &watch, 0).await?;
         if run.probe.failure.is_some() {
             return Ok(run);
         }
@@ -334,9 +329,13 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
         run.peak_rss_kib = process_status_kib(pid, "VmHWM");
         tokio::time::sleep(Duration::from_secs(2)).await;
         run.settled_rss_kib = process_status_kib(pid, "VmRSS");
-        if run.big.failure.is_none() {
-            fleet.check(&expected)?;
+        if run.big.failure.is_some() {
+            return Ok(run);
         }
+        fleet.check(&expected)?;
+
+        // (c): one more port in that VPC, on host 0.
+        run.big_probe = one_more_port(listen, &big, &fleet, &watch, 1).await?;
         anyhow::Ok(run)
     }
     .await;
@@ -344,6 +343,33 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
     fleet.stop();
     let run = outcome.with_context(|| format!("{hosts} hosts\n{}", tail(&controller.log())))?;
     Ok(run)
+}
+
+/// Creates one more port in `network`, on host 0, named `PROBES[probe]`:
+/// the time until every host has it, and the bytes and messages pushed
+/// for it (within a second after).
+async fn one_more_port(
+    listen: SocketAddr,
+    network: &Network,
+    fleet: &Fleet,
+    watch: &Watch,
+    probe: usize,
+) -> anyhow::Result<Outcome> {
+    let mark = fleet.counters();
+    let start = Instant::now();
+    let body = json!({"port": {
+        "network_id": network.network, "name": PROBES[probe],
+        "binding:host_id": fleet.stubs[0].host_id,
+    }});
+    let (status, answer) = blocking_request(listen, "POST", "/v2.0/ports", body).await?;
+    ensure!(status == 201, "port create: {answer}");
+    let mut outcome = fleet
+        .wait(start, mark, PROBE_DEADLINE, watch, |v| v.probes[probe])
+        .await;
+    // Whatever else that change sends comes within a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (outcome.bytes, outcome.messages) = fleet.counters_since(mark);
+    Ok(outcome)
 }
 
 /// The last lines of a log.
@@ -685,8 +711,8 @@ struct View {
     expected: Option<(usize, usize)>,
     /// When it first had as many as expected.
     complete_at: Option<Instant>,
-    /// When it first had the probe port (as a neighbor or its own).
-    probe_at: Option<Instant>,
+    /// When it first had each probe port (as a neighbor or its own).
+    probes: [Option<Instant>; 2],
 }
 
 impl View {
@@ -792,7 +818,9 @@ impl Stub {
                 for (id, state) in states {
                     let next = ids.len() as u32;
                     let number = *ids.entry(id.clone()).or_insert(next);
-                    let probe = state.configuration.is_some_and(|c| c.name == PROBE);
+                    let probe = state
+                        .configuration
+                        .and_then(|c| PROBES.iter().position(|name| c.name == *name));
                     let present = state.operation_type != OperationType::Delete as i32;
                     changes.push((kind, number, present, probe));
                     status(id, kind, state.operation_type);
@@ -806,8 +834,11 @@ impl Stub {
                 ResourceType::Port => view.ports.set(number, present),
                 _ => view.neighbors.set(number, present),
             }
-            if probe && present && view.probe_at.is_none() {
-                view.probe_at = Some(now);
+            if let Some(probe) = probe
+                && present
+                && view.probes[probe].is_none()
+            {
+                view.probes[probe] = Some(now);
             }
         }
         view.note_completion();
@@ -985,7 +1016,7 @@ mod tests {
                     operation_type: OperationType::Create as i32,
                     configuration: Some(PortConfiguration {
                         id: "p1".into(),
-                        name: PROBE.into(),
+                        name: PROBES[0].into(),
                         mac_address: "fa:16:3e:00:00:01".into(),
                         ..Default::default()
                     }),
@@ -1009,7 +1040,7 @@ mod tests {
         let lite = LiteGoalState::decode(message.encode_to_vec().as_slice()).unwrap();
         let port = &lite.port_states["p1"];
         assert_eq!(port.operation_type, OperationType::Create as i32);
-        assert_eq!(port.configuration.as_ref().unwrap().name, PROBE);
+        assert_eq!(port.configuration.as_ref().unwrap().name, PROBES[0]);
         assert_eq!(
             lite.neighbor_states["n1"].operation_type,
             OperationType::Delete as i32

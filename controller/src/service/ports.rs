@@ -408,10 +408,20 @@ impl Controller {
                 mac
             }
             // A bulk create of thousands draws the same MAC twice now and
-            // then (the birthday bound of 2^24): that one draws again.
+            // then (the birthday bound of 2^24), and in a network of 100,000
+            // ports one of a thousand MACs drawn is nearly always taken (a
+            // conflict, which would draw them all again): a MAC the request
+            // or the network has is drawn again. (One taken meanwhile still
+            // conflicts.)
             None => loop {
                 let mac = self.random_mac();
-                if !taken(plan, mac) {
+                if !taken(plan, mac)
+                    && self
+                        .store
+                        .get(&mac_key(&network.meta.id, mac))
+                        .await?
+                        .is_none()
+                {
                     break mac;
                 }
             },

@@ -64,15 +64,26 @@ pub struct Inventory {
     pub agents: Vec<AgentRecord>,
 }
 
-/// Everything one host should have (or has), by resource id.
+/// Everything one host should have (or has), by resource id. (A
+/// configuration that did not change from one computation to the next is
+/// the same `Arc`: see [`Planner`].)
 #[derive(Clone, Debug, Default)]
 pub struct HostState {
-    pub vpcs: BTreeMap<String, VpcConfiguration>,
-    pub subnets: BTreeMap<String, SubnetConfiguration>,
-    pub ports: BTreeMap<String, PortConfiguration>,
-    pub dhcp: BTreeMap<String, DhcpConfiguration>,
+    pub vpcs: BTreeMap<String, Arc<VpcConfiguration>>,
+    pub subnets: BTreeMap<String, Arc<SubnetConfiguration>>,
+    pub ports: BTreeMap<String, Arc<PortConfiguration>>,
+    pub dhcp: BTreeMap<String, Arc<DhcpConfiguration>>,
     pub neighbors: Neighbors,
-    pub routers: BTreeMap<String, RouterConfiguration>,
+    pub routers: BTreeMap<String, Arc<RouterConfiguration>>,
+}
+
+/// Whether two maps of configurations are the same: the same ids, each
+/// the same `Arc` or an equal configuration.
+fn same_configs<C: PartialEq>(a: &BTreeMap<String, Arc<C>>, b: &BTreeMap<String, Arc<C>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((x, c), (y, d))| x == y && (Arc::ptr_eq(c, d) || c == d))
 }
 
 impl HostState {
@@ -89,11 +100,11 @@ impl HostState {
     /// the neighbors from the same tables. (`false` may still be the same
     /// state, from tables made again alike: [`diff`] tells.)
     pub fn surely_same(&self, other: &HostState) -> bool {
-        self.vpcs == other.vpcs
-            && self.subnets == other.subnets
-            && self.ports == other.ports
-            && self.dhcp == other.dhcp
-            && self.routers == other.routers
+        same_configs(&self.vpcs, &other.vpcs)
+            && same_configs(&self.subnets, &other.subnets)
+            && same_configs(&self.ports, &other.ports)
+            && same_configs(&self.dhcp, &other.dhcp)
+            && same_configs(&self.routers, &other.routers)
             && self.neighbors.same_tables(&other.neighbors)
     }
 }
@@ -452,6 +463,32 @@ type TableKey = (String, Vec<String>);
 #[derive(Default)]
 pub struct Planner {
     tables: HashMap<TableKey, Arc<NeighborTable>>,
+    configs: Configs,
+}
+
+/// The configurations of a computation, by id.
+#[derive(Default)]
+struct Configs {
+    vpcs: HashMap<String, Arc<VpcConfiguration>>,
+    subnets: HashMap<String, Arc<SubnetConfiguration>>,
+    ports: HashMap<String, Arc<PortConfiguration>>,
+    dhcp: HashMap<String, Arc<DhcpConfiguration>>,
+}
+
+/// `config`, as the last computation had it (the same `Arc`) if it is the
+/// same; recorded in `next`.
+fn share<C: PartialEq>(
+    last: &HashMap<String, Arc<C>>,
+    next: &mut HashMap<String, Arc<C>>,
+    id: &str,
+    config: C,
+) -> Arc<C> {
+    let shared = match last.get(id) {
+        Some(old) if **old == config => old.clone(),
+        _ => Arc::new(config),
+    };
+    next.insert(id.to_string(), shared.clone());
+    shared
 }
 
 /// The goal state of every registered host, computed afresh.
@@ -530,12 +567,19 @@ impl Planner {
             })
             .collect();
         let mut tables: HashMap<TableKey, Arc<NeighborTable>> = HashMap::new();
+        let (last, mut next) = (&self.configs, Configs::default());
         for (network_id, ports) in &bound {
             let network = networks[network_id];
-            let network_subnets: Vec<&Subnet> = network
+            let vpc = share(&last.vpcs, &mut next.vpcs, network_id, vpc_config(network));
+            let network_subnets: Vec<Arc<SubnetConfiguration>> = network
                 .subnets
                 .iter()
                 .filter_map(|id| subnets.get(id.as_str()).copied())
+                .map(|subnet| {
+                    let gateway_mac = gateway_macs.get(subnet.meta.id.as_str()).copied();
+                    let config = subnet_config(subnet, network, gateway_mac);
+                    share(&last.subnets, &mut next.subnets, &subnet.meta.id, config)
+                })
                 .collect();
             let mut on_host: BTreeMap<&str, Vec<&Port>> = BTreeMap::new();
             for (port, agent) in ports {
@@ -549,21 +593,17 @@ impl Planner {
                     continue;
                 };
                 let agent = hosts[host].0;
-                state
-                    .vpcs
-                    .insert(network.meta.id.clone(), vpc_config(network));
+                state.vpcs.insert(network.meta.id.clone(), vpc.clone());
                 for subnet in &network_subnets {
-                    let gateway_mac = gateway_macs.get(subnet.meta.id.as_str()).copied();
-                    state.subnets.insert(
-                        subnet.meta.id.clone(),
-                        subnet_config(subnet, network, gateway_mac),
-                    );
+                    state.subnets.insert(subnet.id.clone(), subnet.clone());
                 }
                 for port in &own {
-                    state
-                        .ports
-                        .insert(port.meta.id.clone(), port_config(port, agent));
+                    let id = &port.meta.id;
+                    let config = port_config(port, agent);
+                    let config = share(&last.ports, &mut next.ports, id, config);
+                    state.ports.insert(id.clone(), config);
                     for (id, entry) in dhcp_configs(port, &subnets) {
+                        let entry = share(&last.dhcp, &mut next.dhcp, &id, entry);
                         state.dhcp.insert(id, entry);
                     }
                 }
@@ -590,6 +630,7 @@ impl Planner {
             }
         }
         self.tables = tables;
+        self.configs = next;
         // Routers: the tables of the subnets each host knows.
         for state in states.values_mut() {
             for (router, joined) in &router_subnets {
@@ -605,12 +646,12 @@ impl Planner {
                 if tables.len() >= 2 {
                     state.routers.insert(
                         router.meta.id.clone(),
-                        RouterConfiguration {
+                        Arc::new(RouterConfiguration {
                             id: router.meta.id.clone(),
                             update_type: UpdateType::Full as i32,
                             subnet_routing_tables: tables,
                             ..Default::default()
-                        },
+                        }),
                     );
                 }
             }
@@ -911,24 +952,24 @@ config!(
 /// What it takes to go from `acked` to `desired` for one kind: creates and
 /// updates of what is new or changed, deletes of what is gone.
 fn changes<C: Config>(
-    acked: &BTreeMap<String, C>,
-    desired: &BTreeMap<String, C>,
+    acked: &BTreeMap<String, Arc<C>>,
+    desired: &BTreeMap<String, Arc<C>>,
     revision: u32,
 ) -> HashMap<String, C::State> {
     let mut states = HashMap::new();
     for (id, config) in desired {
         let operation = match acked.get(id) {
-            Some(old) if old == config => continue,
+            Some(old) if Arc::ptr_eq(old, config) || old == config => continue,
             Some(_) => OperationType::Update,
             None => OperationType::Create,
         };
-        let mut config = config.clone();
+        let mut config = (**config).clone();
         config.set_revision(revision);
         states.insert(id.clone(), config.state(operation));
     }
     for (id, config) in acked {
         if !desired.contains_key(id) {
-            let mut config = config.clone();
+            let mut config = (**config).clone();
             config.set_revision(revision);
             states.insert(id.clone(), config.state(OperationType::Delete));
         }

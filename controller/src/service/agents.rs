@@ -404,6 +404,11 @@ mod tests {
         for host in ["h1", "h2", "h3"] {
             assert!(same[host].surely_same(&before[host]), "{host}");
         }
+        let id = &ports[0].meta.id;
+        assert!(std::sync::Arc::ptr_eq(
+            &same["h1"].ports[id],
+            &before["h1"].ports[id]
+        ));
 
         // One more port on h3: one neighbor more for h1 and h2, the very
         // same one; h3 gets its port.

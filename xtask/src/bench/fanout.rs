@@ -66,8 +66,15 @@ use super::{load_average, process_cpu_seconds, process_status_kib, write_json};
 use crate::util;
 
 const HOST_COUNTS: [usize; 3] = [10, 100, 1_000];
-/// The ports of (b)'s VPC.
+/// The ports of (b)'s VPC (`FANOUT_VPC_PORTS` to try another size).
 const VPC_PORTS: usize = 10_000;
+
+fn vpc_ports() -> usize {
+    std::env::var("FANOUT_VPC_PORTS")
+        .ok()
+        .and_then(|ports| ports.parse().ok())
+        .unwrap_or(VPC_PORTS)
+}
 /// Ports per bulk create.
 const BULK: usize = 1_000;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -116,7 +123,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     drop(runtime);
     print(&results);
     let document = json!({
-        "vpc_ports": VPC_PORTS,
+        "vpc_ports": vpc_ports(),
         "load_average": load_average(),
         "controller": std::env::var("ALCOR_BIN_DIR").ok(),
         "runs": results.iter().map(Run::json).collect::<Vec<_>>(),
@@ -225,10 +232,11 @@ fn bytes(count: u64) -> String {
 }
 
 fn print(results: &[Run]) {
+    let vpc_ports = vpc_ports();
     println!(
         "\n| hosts | (a) N ports converge | (a) +1 port: all hosts have it | (a) bytes | \
-         (b) {VPC_PORTS} ports: all hosts converged | (b) API | (b) bytes | (b) controller CPU \
-         | (b) stub agents' CPU | controller peak RSS | (c) +1 port in the {VPC_PORTS}: all \
+         (b) {vpc_ports} ports: all hosts converged | (b) API | (b) bytes | (b) controller CPU \
+         | (b) stub agents' CPU | controller peak RSS | (c) +1 port in the {vpc_ports}: all \
          hosts have it | (c) bytes |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -266,6 +274,7 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
     let heartbeats = tokio::spawn(fleet.clone().heartbeat(controller.grpc_endpoint()));
     let outcome = async {
         fleet.registered.notified().await;
+        let vpc_ports = vpc_ports();
         let mut run = Run {
             hosts,
             ..Run::default()
@@ -299,13 +308,13 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
         // port of both as a neighbor.
         for (n, (ports, neighbors)) in expected.iter_mut().enumerate() {
             let small = 1 + usize::from(n == 0);
-            let big = VPC_PORTS / hosts + usize::from(n < VPC_PORTS % hosts);
+            let big = vpc_ports / hosts + usize::from(n < vpc_ports % hosts);
             *ports = small + big;
-            *neighbors = (hosts + 1 - small) + (VPC_PORTS - big);
+            *neighbors = (hosts + 1 - small) + (vpc_ports - big);
         }
-        let big = network(listen, "fanout-b", "10.2.0.0/16").await?;
+        let big = network(listen, "fanout-b", "10.128.0.0/12").await?;
         fleet.expect(&expected);
-        let ports: Vec<usize> = (0..VPC_PORTS).map(|n| n % hosts).collect();
+        let ports: Vec<usize> = (0..vpc_ports).map(|n| n % hosts).collect();
         let cpu = process_cpu_seconds(pid);
         let stub_cpu = process_cpu_seconds(std::process::id());
         let mark = fleet.counters();
@@ -341,8 +350,12 @@ async fn measure(hosts: usize) -> anyhow::Result<Run> {
     .await;
     heartbeats.abort();
     fleet.stop();
-    let run = outcome.with_context(|| format!("{hosts} hosts\n{}", tail(&controller.log())))?;
-    Ok(run)
+    outcome.map_err(|error| {
+        anyhow::anyhow!(
+            "{hosts} hosts: {error:#}\nthe controller's log ends:\n{}",
+            tail(&controller.log())
+        )
+    })
 }
 
 /// Creates one more port in `network`, on host 0, named `PROBES[probe]`:

@@ -471,8 +471,91 @@ pub struct Planner {
 struct Configs {
     vpcs: HashMap<String, Arc<VpcConfiguration>>,
     subnets: HashMap<String, Arc<SubnetConfiguration>>,
-    ports: HashMap<String, Arc<PortConfiguration>>,
-    dhcp: HashMap<String, Arc<DhcpConfiguration>>,
+    /// By port id.
+    ports: HashMap<String, Arc<OwnConfigs>>,
+}
+
+/// What a port's host gets of it (its port state and DHCP entries), with
+/// what that was made of: the same again, they are the same.
+struct OwnConfigs {
+    /// The port, as it was (its status aside).
+    port: Port,
+    underlay: (Ipv4Addr, Mac),
+    /// Whether each subnet of its addresses has DHCP.
+    dhcp_enabled: Vec<bool>,
+    config: Arc<PortConfiguration>,
+    dhcp: Vec<(String, Arc<DhcpConfiguration>)>,
+}
+
+impl OwnConfigs {
+    fn new(port: &Port, agent: &AgentRecord, subnets: &HashMap<&str, &Subnet>) -> OwnConfigs {
+        OwnConfigs {
+            port: port.clone(),
+            underlay: (agent.underlay_ip, agent.underlay_mac),
+            dhcp_enabled: dhcp_enabled(port, subnets).collect(),
+            config: Arc::new(port_config(port, agent)),
+            dhcp: dhcp_configs(port, subnets)
+                .into_iter()
+                .map(|(id, entry)| (id, Arc::new(entry)))
+                .collect(),
+        }
+    }
+
+    fn made_of(&self, port: &Port, agent: &AgentRecord, subnets: &HashMap<&str, &Subnet>) -> bool {
+        same_port(&self.port, port)
+            && self.underlay == (agent.underlay_ip, agent.underlay_mac)
+            && self
+                .dhcp_enabled
+                .iter()
+                .copied()
+                .eq(dhcp_enabled(port, subnets))
+    }
+}
+
+/// Whether two versions of a port make the same configurations: all but
+/// its status (which its agent's replies set) and its metadata but its id
+/// and name are the same.
+fn same_port(a: &Port, b: &Port) -> bool {
+    let Port {
+        meta,
+        network_id,
+        mac_address,
+        fixed_ips,
+        device_id,
+        device_owner,
+        admin_state_up,
+        status: _,
+        status_detail: _,
+        binding_host_id,
+        binding_profile,
+        allowed_address_pairs,
+        security_groups,
+        port_security_enabled,
+    } = a;
+    meta.id == b.meta.id
+        && meta.name == b.meta.name
+        && *network_id == b.network_id
+        && *mac_address == b.mac_address
+        && *fixed_ips == b.fixed_ips
+        && *device_id == b.device_id
+        && *device_owner == b.device_owner
+        && *admin_state_up == b.admin_state_up
+        && *binding_host_id == b.binding_host_id
+        && *binding_profile == b.binding_profile
+        && *allowed_address_pairs == b.allowed_address_pairs
+        && *security_groups == b.security_groups
+        && *port_security_enabled == b.port_security_enabled
+}
+
+fn dhcp_enabled<'a>(
+    port: &'a Port,
+    subnets: &'a HashMap<&str, &Subnet>,
+) -> impl Iterator<Item = bool> + 'a {
+    port.fixed_ips.iter().map(|fixed| {
+        subnets
+            .get(fixed.subnet_id.as_str())
+            .is_some_and(|subnet| subnet.enable_dhcp)
+    })
 }
 
 /// `config`, as the last computation had it (the same `Arc`) if it is the
@@ -599,13 +682,15 @@ impl Planner {
                 }
                 for port in &own {
                     let id = &port.meta.id;
-                    let config = port_config(port, agent);
-                    let config = share(&last.ports, &mut next.ports, id, config);
-                    state.ports.insert(id.clone(), config);
-                    for (id, entry) in dhcp_configs(port, &subnets) {
-                        let entry = share(&last.dhcp, &mut next.dhcp, &id, entry);
-                        state.dhcp.insert(id, entry);
+                    let configs = match last.ports.get(id) {
+                        Some(configs) if configs.made_of(port, agent, &subnets) => configs.clone(),
+                        _ => Arc::new(OwnConfigs::new(port, agent, &subnets)),
+                    };
+                    state.ports.insert(id.clone(), configs.config.clone());
+                    for (id, entry) in &configs.dhcp {
+                        state.dhcp.insert(id.clone(), entry.clone());
                     }
+                    next.ports.insert(id.clone(), configs);
                 }
                 let local_subnets: BTreeSet<&str> = own
                     .iter()

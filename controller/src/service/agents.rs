@@ -466,7 +466,7 @@ mod tests {
         let kinds: Vec<(i32, String)> = [&ports[1], &ports[2]]
             .iter()
             .map(|port| {
-                let neighbor = &h1.neighbors[&port.meta.id];
+                let neighbor = h1.neighbors.get(&port.meta.id).unwrap();
                 (
                     neighbor.fixed_ips[0].neighbor_type,
                     neighbor.host_ip_address.clone(),
@@ -485,7 +485,7 @@ mod tests {
         assert!(states["h3"].is_empty(), "a host without ports gets nothing");
 
         // From nothing: everything, created; then only what changes.
-        let whole = diff(&Default::default(), h1, 7).unwrap();
+        let whole = diff(&Default::default(), h1, 7).unwrap().to_goal_state();
         assert_eq!(whole.port_states.len(), 1);
         let created = &whole.port_states[&ports[0].meta.id];
         assert_eq!(created.operation_type, OperationType::Create as i32);
@@ -497,12 +497,69 @@ mod tests {
             .unwrap();
         let (_, inventory) = controller.inventory().await.unwrap();
         let after = host_states(&inventory);
-        let change = diff(h1, &after["h1"], 9).unwrap();
+        let change = diff(h1, &after["h1"], 9).unwrap().to_goal_state();
         assert_eq!(change.neighbor_states.len(), 1);
         assert_eq!(
             change.neighbor_states[&ports[1].meta.id].operation_type,
             OperationType::Delete as i32
         );
         assert!(change.port_states.is_empty() && change.vpc_states.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_planner_keeps_what_did_not_change_and_shares_it() {
+        let (_dir, controller) = controller();
+        for n in 1..=3 {
+            register(&controller, &format!("h{n}"), &format!("198.18.0.{n}")).await;
+        }
+        let (network, _) = network_with_subnet(&controller, json!({}), "10.0.1.0/24").await;
+        let on = |host: &str| port(json!({"network_id": network.meta.id, "binding:host_id": host}));
+        let ports = controller
+            .create_ports(&[on("h1"), on("h2"), on("h3")])
+            .await
+            .unwrap();
+        let mut planner = crate::goalstate::Planner::default();
+        let (_, inventory) = controller.inventory().await.unwrap();
+        let before = planner.host_states(&inventory);
+        assert_eq!(before["h1"].neighbors.len(), 2);
+
+        // A port's status is no goal state: every host's is surely the same.
+        let active = PortStatus {
+            port_id: ports[0].meta.id.clone(),
+            status: "ACTIVE",
+            detail: String::new(),
+        };
+        controller.set_port_statuses(&[active], None).await.unwrap();
+        let (_, inventory) = controller.inventory().await.unwrap();
+        let same = planner.host_states(&inventory);
+        for host in ["h1", "h2", "h3"] {
+            assert!(same[host].surely_same(&before[host]), "{host}");
+        }
+        let id = &ports[0].meta.id;
+        assert!(std::sync::Arc::ptr_eq(
+            &same["h1"].ports[id],
+            &before["h1"].ports[id]
+        ));
+
+        // One more port on h3: one neighbor more for h1 and h2, the very
+        // same one; h3 gets its port.
+        let added = controller.create_ports(&[on("h3")]).await.unwrap();
+        let (_, inventory) = controller.inventory().await.unwrap();
+        let after = planner.host_states(&inventory);
+        let changes: Vec<_> = ["h1", "h2"]
+            .iter()
+            .map(|host| diff(&before[*host], &after[*host], 9).unwrap())
+            .collect();
+        for change in &changes {
+            assert_eq!(change.resources(), 1);
+            assert_eq!(&*change.neighbors[0].id, added[0].meta.id.as_str());
+            assert_eq!(change.neighbors[0].operation, OperationType::Create);
+        }
+        assert!(std::ptr::eq(
+            changes[0].neighbors[0].config(),
+            changes[1].neighbors[0].config()
+        ));
+        let h3 = diff(&before["h3"], &after["h3"], 9).unwrap();
+        assert_eq!((h3.resources(), h3.states.port_states.len()), (2, 1));
     }
 }

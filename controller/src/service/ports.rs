@@ -397,25 +397,43 @@ impl Controller {
                 &create.device_owner,
             )
             .await?;
+        let taken = |plan: &Plan, mac| {
+            plan.txn
+                .compares
+                .contains(&crate::store::Compare::Absent(mac_key(
+                    &network.meta.id,
+                    mac,
+                )))
+        };
         let mac_address = match create.mac_address {
             Some(mac) => {
+                if taken(plan, mac) {
+                    return Err(ApiError::bad_request(format!(
+                        "Duplicate MAC address {mac} in the request"
+                    )));
+                }
                 plan.macs.push((network.meta.id.clone(), mac));
                 mac
             }
-            None => self.random_mac(),
+            // A bulk create of thousands draws the same MAC twice now and
+            // then (the birthday bound of 2^24), and in a network of 100,000
+            // ports one of a thousand MACs drawn is nearly always taken (a
+            // conflict, which would draw them all again): a MAC the request
+            // or the network has is drawn again. (One taken meanwhile still
+            // conflicts.)
+            None => loop {
+                let mac = self.random_mac();
+                if !taken(plan, mac)
+                    && self
+                        .store
+                        .get(&mac_key(&network.meta.id, mac))
+                        .await?
+                        .is_none()
+                {
+                    break mac;
+                }
+            },
         };
-        if plan
-            .txn
-            .compares
-            .contains(&crate::store::Compare::Absent(mac_key(
-                &network.meta.id,
-                mac_address,
-            )))
-        {
-            return Err(ApiError::bad_request(format!(
-                "Duplicate MAC address {mac_address} in the request"
-            )));
-        }
         let project = create
             .project_id
             .clone()

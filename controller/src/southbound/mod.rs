@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tonic::transport::ClientTlsConfig;
 
 use crate::{
-    goalstate,
+    goalstate::{self, HostState},
     metrics::{HostLabels, InstanceLabels, Metrics},
     ownership,
     service::{
@@ -212,9 +212,12 @@ impl Southbound {
         let _lease = AbortOnDrop(tokio::spawn(self.clone().keep_lease()));
         let _watch = AbortOnDrop(tokio::spawn(self.clone().follow_store()));
         let mut local = self.controller.watch_changes();
+        // Kept from one round to the next: what did not change is not
+        // computed again, and compares by pointer.
+        let mut planner = goalstate::Planner::default();
         loop {
             local.borrow_and_update();
-            self.round().await;
+            self.round(&mut planner).await;
             if self.state().leaving {
                 return;
             }
@@ -282,7 +285,7 @@ impl Southbound {
 
     /// One pass: reads the store, claims and gives up hosts, and hands out
     /// the goal states of the hosts this instance serves.
-    async fn round(self: &Arc<Self>) {
+    async fn round(self: &Arc<Self>, planner: &mut goalstate::Planner) {
         let Some(held) = self.valid_lease() else {
             self.stop_serving("this instance holds no valid lease");
             return;
@@ -329,14 +332,16 @@ impl Southbound {
             self.stop_serving("the lease ran out during a round");
             return;
         }
-        self.hand_out(&view, claimed, plan.release);
+        let states = planner.host_states(&view.inventory);
+        self.hand_out(&view, states, claimed, plan.release);
     }
 
     /// Starts, updates and stops sessions as `view` (and the claims made
-    /// since) say.
+    /// since) say, handing out `states` (computed from `view`).
     fn hand_out(
         self: &Arc<Self>,
         view: &View,
+        mut states: BTreeMap<String, HostState>,
         claimed: Vec<(String, Entry)>,
         release: Option<String>,
     ) {
@@ -380,7 +385,6 @@ impl Southbound {
             .iter()
             .map(|agent| (agent.host_id.as_str(), agent.endpoint.as_str()))
             .collect();
-        let mut states = goalstate::host_states(&view.inventory);
         for (host, owner) in ours {
             // An owner key without an agent record: nothing to push to.
             let Some(endpoint) = endpoints.get(host.as_str()) else {

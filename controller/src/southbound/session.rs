@@ -16,20 +16,25 @@
 //! the host is given up it is stopped between two messages, so that the
 //! agent has answered everything it was sent before the next owner starts.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-
-use alcor_proto::schema::{
-    GoalStateOperationReply, GoalStateV2, OperationStatus, OperationType, ResourceType,
-    goal_state_provisioner_client::GoalStateProvisionerClient,
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
 };
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use alcor_proto::schema::{GoalStateOperationReply, OperationStatus, OperationType, ResourceType};
+use futures::StreamExt;
+use prost::Message as _;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tonic::{
-    Streaming,
+    Request, Status, Streaming,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 use crate::{
-    goalstate::{self, HostState},
+    goalstate::{self, HostState, Message},
     service::{Controller, agents::PortStatus},
     store::Entry,
 };
@@ -42,6 +47,12 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 const LONGEST_PAUSE: Duration = Duration::from_secs(10);
 /// How often ports waiting for their device are asked about.
 const PENDING_POLL: Duration = Duration::from_secs(2);
+/// The most goal state (encoded bytes) on its way to all agents at once: a
+/// host's whole state in a big VPC is megabytes, and a thousand hosts may
+/// start together. A message waits for its share before it is sent and
+/// holds it until its reply (one bigger than all of it takes all of it).
+const IN_FLIGHT_BYTES: usize = 256 << 20;
+static IN_FLIGHT: Semaphore = Semaphore::const_new(IN_FLIGHT_BYTES);
 
 /// What a host should have, as of a store revision.
 #[derive(Clone, Debug)]
@@ -82,15 +93,15 @@ impl Session {
         let (sender, receiver) = watch::channel(desired);
         let resync = Arc::new(Notify::new());
         let (stop, stopped) = oneshot::channel();
+        let statuses = status_writer(host.clone(), owner, controller);
         let task = tokio::spawn(
             Pusher {
                 host,
                 desired: receiver,
                 resync: resync.clone(),
                 stop: stopped,
-                owner,
                 tls,
-                controller,
+                statuses,
                 acked: HostState::default(),
                 pending_ports: Vec::new(),
                 stream: None,
@@ -125,7 +136,8 @@ impl Session {
 
     pub fn want(&self, desired: Desired) {
         self.desired.send_if_modified(|current| {
-            let changed = current.endpoint != desired.endpoint || current.state != desired.state;
+            let changed =
+                current.endpoint != desired.endpoint || !current.state.surely_same(&desired.state);
             // The revision moves with every change in the store, most of
             // them not this host's: only a different state is news.
             if changed {
@@ -143,7 +155,7 @@ impl Session {
 /// An open stream to the agent.
 struct Stream {
     endpoint: String,
-    messages: mpsc::Sender<GoalStateV2>,
+    messages: mpsc::Sender<Arc<Message>>,
     replies: Streaming<GoalStateOperationReply>,
 }
 
@@ -164,10 +176,9 @@ struct Pusher {
     resync: Arc<Notify>,
     /// Resolves when the session is to end (or its handle is gone).
     stop: oneshot::Receiver<()>,
-    /// The host's owner key as claimed: port statuses are written under it.
-    owner: Entry,
     tls: Option<ClientTlsConfig>,
-    controller: Arc<Controller>,
+    /// The ports' statuses from the replies, to be written.
+    statuses: mpsc::UnboundedSender<Vec<PortStatus>>,
     /// What the agent acknowledged, as of this connection.
     acked: HostState,
     /// Ports the agent is waiting for a device for.
@@ -262,7 +273,7 @@ impl Pusher {
 
     /// The ports still waiting for their device, sent again so that the
     /// agent says how they are doing.
-    fn pending_poll(&self, desired: &HostState, revision: u32) -> Option<GoalStateV2> {
+    fn pending_poll(&self, desired: &HostState, revision: u32) -> Option<Message> {
         if self.pending_ports.is_empty() {
             return None;
         }
@@ -272,6 +283,7 @@ impl Pusher {
         }
         let mut message = goalstate::diff(&acked, desired, revision)?;
         message
+            .states
             .port_states
             .retain(|id, _| self.pending_ports.contains(id));
         Some(message)
@@ -279,14 +291,18 @@ impl Pusher {
 
     /// Sends one message and takes in its reply: whether every resource
     /// was applied or refused for good (nothing to try again).
-    async fn push(&mut self, desired: &Desired, message: GoalStateV2) -> Result<bool, PushError> {
-        match self.stream.as_mut() {
+    async fn push(&mut self, desired: &Desired, message: Message) -> Result<bool, PushError> {
+        let _in_flight;
+        let sent = match self.stream.as_mut() {
             Some(stream) if stream.endpoint == desired.endpoint => {
+                _in_flight = in_flight(&message).await;
+                let message = Arc::new(message);
                 stream
                     .messages
-                    .send(message)
+                    .send(message.clone())
                     .await
                     .map_err(|_| PushError::Stream("the stream closed".into()))?;
+                message
             }
             _ => {
                 // A new connection: the whole state, sent with the call.
@@ -296,9 +312,12 @@ impl Pusher {
                 let Some(whole) = goalstate::diff(&self.acked, &desired.state, revision) else {
                     return Ok(true);
                 };
-                self.stream = Some(self.connect(&desired.endpoint, whole).await?);
+                _in_flight = in_flight(&whole).await;
+                let whole = Arc::new(whole);
+                self.stream = Some(self.connect(&desired.endpoint, whole.clone()).await?);
+                whole
             }
-        }
+        };
         let stream = self
             .stream
             .as_mut()
@@ -309,11 +328,11 @@ impl Pusher {
             Ok(Ok(None)) => return Err(PushError::Stream("the agent ended the stream".into())),
             Ok(Ok(Some(reply))) => reply,
         };
-        Ok(self.take_reply(&desired.state, &reply).await)
+        Ok(self.take_reply(&desired.state, &sent, &reply))
     }
 
     /// Dials the agent and opens the stream with its first message.
-    async fn connect(&self, endpoint: &str, first: GoalStateV2) -> Result<Stream, PushError> {
+    async fn connect(&self, endpoint: &str, first: Arc<Message>) -> Result<Stream, PushError> {
         let failed = |reason: String| PushError::Connect {
             endpoint: endpoint.to_string(),
             reason,
@@ -338,21 +357,31 @@ impl Pusher {
                     std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
                 ))
             })?;
-        let mut client = GoalStateProvisionerClient::new(channel)
+        let mut client = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (messages, outgoing) = mpsc::channel(1);
         // The first message goes with the call: the agent answers the call
         // once it has a message.
         let _ = messages.try_send(first);
-        let replies = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
-        )
-        .await
-        .map_err(|_| failed("the agent did not open the stream".into()))?
-        .map_err(|status| failed(status.message().to_string()))?
-        .into_inner();
+        let call = async {
+            client
+                .ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            client
+                .streaming(
+                    Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+                    PathAndQuery::from_static(STREAM_PATH),
+                    MessageCodec,
+                )
+                .await
+        };
+        let replies = tokio::time::timeout(CONNECT_TIMEOUT, call)
+            .await
+            .map_err(|_| failed("the agent did not open the stream".into()))?
+            .map_err(|status| failed(status.message().to_string()))?
+            .into_inner();
         Ok(Stream {
             endpoint: endpoint.to_string(),
             messages,
@@ -360,11 +389,17 @@ impl Pusher {
         })
     }
 
-    /// Takes a reply in: what was applied (or refused for good) is
-    /// acknowledged, ports get their statuses.
-    async fn take_reply(&mut self, desired: &HostState, reply: &GoalStateOperationReply) -> bool {
+    /// Takes the reply to `sent` in: what was applied (or refused for good)
+    /// is acknowledged, ports get their statuses.
+    fn take_reply(
+        &mut self,
+        desired: &HostState,
+        sent: &Message,
+        reply: &GoalStateOperationReply,
+    ) -> bool {
         let mut all_done = true;
         let mut ports = Vec::new();
+        let mut neighbors = HashSet::new();
         self.pending_ports.clear();
         for status in &reply.operation_statuses {
             let outcome = OperationStatus::try_from(status.operation_status)
@@ -400,27 +435,88 @@ impl Pusher {
                     detail: status.message.clone(),
                 });
             }
-            if settled && let Some(kind) = kind {
-                acknowledge(&mut self.acked, desired, kind, id);
+            match kind {
+                Some(ResourceType::Neighbor) if settled => {
+                    neighbors.insert(id);
+                }
+                Some(kind) if settled => acknowledge(&mut self.acked, desired, kind, id),
+                _ => {}
             }
         }
+        // Every message carries all its host's neighbors that differ from
+        // what it acknowledged (`diff` from the same states): all of them
+        // settled, it has `desired`'s.
+        self.acked.neighbors = if sent.neighbors.iter().all(|n| neighbors.contains(&*n.id)) {
+            desired.neighbors.clone()
+        } else {
+            self.acked
+                .neighbors
+                .acknowledged(&desired.neighbors, &neighbors)
+        };
         // Whatever the reply did not mention is not acknowledged: it goes
         // again with the next message.
-        if let Err(error) = self
-            .controller
-            .set_port_statuses(&ports, Some(&self.owner))
-            .await
-        {
-            // Not the owner any more: the southbound stops this session
-            // as soon as it sees the owner key change.
-            tracing::warn!(host = %self.host, %error, "cannot record port statuses");
+        if !ports.is_empty() {
+            let _ = self.statuses.send(ports);
         }
         all_done
     }
 }
 
+/// Commits of port statuses on their way at once, at most, for one session.
+const STATUS_COMMITS: usize = 4;
+
+/// Writes the port statuses of a session's replies beside its pushes rather
+/// than between them: a reply of a thousand ports would otherwise hold the
+/// next message up for a thousand writes. The statuses of the replies that
+/// wait are written together (the latest of each port), a few commits at
+/// once, each under the owner key the session was started with: once
+/// another instance serves the host, nothing more is written (`NotTheOwner`),
+/// and that instance's session records the statuses again. Ends once the
+/// session is gone and what it sent is written.
+fn status_writer(
+    host: String,
+    owner: Entry,
+    controller: Arc<Controller>,
+) -> mpsc::UnboundedSender<Vec<PortStatus>> {
+    let (sender, mut batches) = mpsc::unbounded_channel::<Vec<PortStatus>>();
+    tokio::spawn(async move {
+        while let Some(mut statuses) = batches.recv().await {
+            while let Ok(more) = batches.try_recv() {
+                statuses.extend(more);
+            }
+            let latest: Vec<PortStatus> = statuses
+                .into_iter()
+                .map(|status| (status.port_id.clone(), status))
+                .collect::<HashMap<_, _>>()
+                .into_values()
+                .collect();
+            let share = latest.len().div_ceil(STATUS_COMMITS).max(1);
+            let (controller, owner) = (&controller, &owner);
+            let mut writes = futures::stream::iter(latest.chunks(share).map(<[_]>::to_vec))
+                .map(|chunk| async move { controller.set_port_statuses(&chunk, Some(owner)).await })
+                .buffer_unordered(STATUS_COMMITS);
+            while let Some(written) = writes.next().await {
+                if let Err(error) = written {
+                    tracing::warn!(%host, %error, "cannot record port statuses");
+                }
+            }
+        }
+    });
+    sender
+}
+
+/// Waits for `message`'s share of [`IN_FLIGHT_BYTES`].
+async fn in_flight(message: &Message) -> tokio::sync::SemaphorePermit<'static> {
+    let bytes = message.encoded_len().clamp(1, IN_FLIGHT_BYTES);
+    IN_FLIGHT
+        .acquire_many(u32::try_from(bytes).unwrap_or(u32::MAX))
+        .await
+        .expect("the semaphore is never closed")
+}
+
 /// Records that the agent has `kind` `id` as `desired` has it (or, gone
-/// from `desired`, that it has it no more).
+/// from `desired`, that it has it no more). (Neighbors are acknowledged
+/// together: [`goalstate::Neighbors::acknowledged`].)
 fn acknowledge(acked: &mut HostState, desired: &HostState, kind: ResourceType, id: &str) {
     fn copy<C: Clone>(acked: &mut BTreeMap<String, C>, desired: &BTreeMap<String, C>, id: &str) {
         match desired.get(id) {
@@ -437,8 +533,53 @@ fn acknowledge(acked: &mut HostState, desired: &HostState, kind: ResourceType, i
         ResourceType::Subnet => copy(&mut acked.subnets, &desired.subnets, id),
         ResourceType::Port => copy(&mut acked.ports, &desired.ports, id),
         ResourceType::Dhcp => copy(&mut acked.dhcp, &desired.dhcp, id),
-        ResourceType::Neighbor => copy(&mut acked.neighbors, &desired.neighbors, id),
         ResourceType::Router => copy(&mut acked.routers, &desired.routers, id),
-        ResourceType::Securitygroup | ResourceType::Gateway => {}
+        ResourceType::Neighbor | ResourceType::Securitygroup | ResourceType::Gateway => {}
+    }
+}
+
+/// The path of the agent's stream method.
+const STREAM_PATH: &str = "/alcor.schema.GoalStateProvisioner/PushGoalStatesStream";
+
+/// Sends [`Message`]s as the `GoalStateV2`s they are; reads replies with
+/// prost.
+#[derive(Clone, Copy)]
+struct MessageCodec;
+
+impl Codec for MessageCodec {
+    type Encode = Arc<Message>;
+    type Decode = GoalStateOperationReply;
+    type Encoder = MessageCodec;
+    type Decoder = MessageCodec;
+
+    fn encoder(&mut self) -> MessageCodec {
+        *self
+    }
+
+    fn decoder(&mut self) -> MessageCodec {
+        *self
+    }
+}
+
+impl Encoder for MessageCodec {
+    type Item = Arc<Message>;
+    type Error = Status;
+
+    fn encode(&mut self, message: Arc<Message>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(message.encoded_len());
+        message
+            .encode(dst)
+            .map_err(|e| Status::internal(format!("encoding a goal state: {e}")))
+    }
+}
+
+impl Decoder for MessageCodec {
+    type Item = GoalStateOperationReply;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        GoalStateOperationReply::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("failed to decode the agent's reply: {e}")))
     }
 }

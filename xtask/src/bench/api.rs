@@ -11,6 +11,7 @@
 
 use std::{
     net::SocketAddr,
+    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -60,7 +61,7 @@ struct Window {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    release_controller()?;
+    release_controller("api")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut results = Vec::new();
     let mut etcd_puts = None;
@@ -109,11 +110,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 }
 
 /// The release controller, unless `ALCOR_BIN_DIR` names one.
-pub(super) fn release_controller() -> anyhow::Result<()> {
-    if std::env::var_os("ALCOR_BIN_DIR").is_some() {
+pub(super) fn release_controller(benchmark: &str) -> anyhow::Result<()> {
+    if let Some(dir) = std::env::var_os("ALCOR_BIN_DIR") {
+        println!(
+            "bench {benchmark}: running {} (ALCOR_BIN_DIR)",
+            Path::new(&dir).join("alcor-controller").display()
+        );
         return Ok(());
     }
-    println!("bench api: building alcor-controller (release)");
+    println!("bench {benchmark}: building alcor-controller (release)");
     util::run_status(util::cargo().args([
         "build",
         "--quiet",

@@ -410,7 +410,7 @@ async fn one_run(prefix: &str, vms: usize, hosts: usize, udhcpc: bool) -> anyhow
     let usage = |n: usize| Usage {
         provisioning_cpu: cpu_provisioned[n] - cpu_start[n],
         delete_cpu: cpu_end[n] - cpu_delete_start[n],
-        peak_rss_kib: super::peak_rss_kib_of(pids[n]).unwrap_or(0),
+        peak_rss_kib: super::process_status_kib(pids[n], "VmHWM").unwrap_or(0),
     };
     let run = Run {
         vms,

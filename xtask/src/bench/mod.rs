@@ -7,6 +7,7 @@ mod datapath;
 mod datapath_local;
 mod dhcp;
 mod e2e;
+mod fanout;
 mod goalstate;
 mod guest;
 mod http;
@@ -59,6 +60,14 @@ const BENCHES: &[(&str, &str, Bench, bool)] = &[
          store grows to 1M ports (embedded) and 100k (etcd), with p50/p99 latency; etcd's own \
          put rate measured beside",
         |args| api::run(args.quick),
+        true,
+    ),
+    (
+        "fanout",
+        "the controller against 10, 100 and 1,000 simulated hosts (stub agents that decode \
+         and acknowledge): one port added to a VPC spanning them all, and a 10,000-port VPC \
+         converging from nothing: time, bytes pushed, controller CPU and peak RSS",
+        |args| fanout::run(args.quick),
         true,
     ),
     (
@@ -203,15 +212,16 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The agent's peak resident memory (VmHWM), KiB.
 fn peak_rss_kib(agent: &Agent) -> Option<u64> {
-    peak_rss_kib_of(agent.pid()?)
+    process_status_kib(agent.pid()?, "VmHWM")
 }
 
-/// A process's peak resident memory (VmHWM), KiB.
-fn peak_rss_kib_of(pid: u32) -> Option<u64> {
+/// A memory figure of process `pid` from /proc/PID/status (`VmHWM`,
+/// `VmRSS`), KiB.
+fn process_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()

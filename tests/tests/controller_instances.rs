@@ -10,7 +10,11 @@
 //! (SIGKILL): its agents are taken over within a bound, get their whole
 //! state again and forward throughout (pings at 50 per second across the
 //! takeover, none lost), their heartbeats move to the survivor, and a port
-//! created after, through the survivor, becomes ACTIVE and pings.
+//! created after, through the survivor, becomes ACTIVE and pings. Then
+//! etcd itself is killed for longer than the survivor's lease: the survivor
+//! stops pushing, the VMs forward throughout (none of their pings lost),
+//! and once etcd is back on its data the survivor serves every agent
+//! again and a port created then becomes ACTIVE and pings.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -51,7 +55,7 @@ struct Lab {
     instances: Vec<Controller>,
     clis: Vec<Cli>,
     vms: Vec<Netns>,
-    _etcd: EtcdServer,
+    etcd: EtcdServer,
     topology: Topology,
 }
 
@@ -104,7 +108,7 @@ impl Lab {
             instances,
             clis,
             vms: Vec::new(),
-            _etcd: etcd,
+            etcd,
             topology,
         }
     }
@@ -387,4 +391,51 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
         );
     }
     assert!(took < TAKEOVER);
+
+    // etcd killed, down until the survivor's lease has lapsed, then back
+    // on its data: the datapath does not care, and nothing is lost.
+    let count = (2 * PINGS).to_string();
+    let mut across = PingRun::start(
+        lab.vm(vm_b),
+        &address(&vm4),
+        &["-q", "-c", &count, "-i", PING_INTERVAL, "-w", "120"],
+        Duration::from_secs(150),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lab.etcd.kill();
+    wait_for(
+        "the survivor to stop pushing once its lease lapses",
+        CONVERGE,
+        async || {
+            let (_, hosts) = lab.instances[1].serving()?;
+            hosts.is_empty().then_some(())
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| lab.etcd.restart()).unwrap();
+    wait_for(
+        "the survivor serving every agent again",
+        CONVERGE,
+        async || lab.pushers(&[1]).ok(),
+    )
+    .await;
+    let vm5 = lab.create_vm(1, "vm5", &on_b[0]);
+    lab.wait_active(1, "vm5").await;
+    lab.lease("vm5", &vm5);
+    lab.pings("vm5", &vm4).await;
+    lab.pings("vm4", &vm5).await;
+    assert!(
+        across.is_running(),
+        "{vm_b}'s pings ended before etcd was back"
+    );
+    let ping = across.finish().unwrap();
+    eprintln!("{vm_b} across the etcd restart: {}", ping.summary);
+    assert_eq!(
+        ping.lost(),
+        0,
+        "{vm_b} lost pings across the etcd restart: {}\n{}",
+        ping.summary,
+        lab.logs()
+    );
 }

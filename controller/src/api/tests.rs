@@ -256,8 +256,9 @@ async fn ports_in_bulk_are_all_or_nothing_and_taken_addresses_are_409() {
             "POST",
             "/v2.0/ports",
             Some(json!({"ports": [
-                {"network_id": net, "name": "a"},
+                // The asked address first: a random one could take it.
                 {"network_id": net, "name": "b", "fixed_ips": [{"ip_address": "10.1.0.50"}]},
+                {"network_id": net, "name": "a"},
             ]})),
         )
         .await;

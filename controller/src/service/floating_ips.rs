@@ -475,7 +475,11 @@ mod tests {
             .await
             .unwrap();
         let vm = controller
-            .create_ports(&[port(json!({"network_id": internal.meta.id}))])
+            // A set address: the tests name others it does not have.
+            .create_ports(&[port(json!({
+                "network_id": internal.meta.id,
+                "fixed_ips": [{"ip_address": "10.0.0.10"}],
+            }))])
             .await
             .unwrap()
             .remove(0);

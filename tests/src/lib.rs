@@ -7,6 +7,7 @@
 //! its guard drops, panics included.
 
 pub mod agent;
+pub mod cloud;
 pub mod controller;
 pub mod dhcp;
 pub mod etcd;

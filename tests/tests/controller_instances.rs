@@ -19,28 +19,12 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use alcor_tests::{
-    Agent, Netns,
-    controller::{Controller, StoreKind},
-    dhcp::lease_stock,
-    etcd::{self, EtcdServer},
-    openstack::{self, Cli},
-    privileged,
-    topology::Topology,
-    traffic::{self, PingRun},
-    unique_prefix, wait_for,
+    Agent,
+    cloud::{CONVERGE, Cloud, HOSTS, Options, address},
+    traffic::PingRun,
+    wait_for,
 };
-use serde_json::Value;
 
-const HOSTS: [(&str, &str); 3] = [
-    ("h1", "198.18.0.1/24"),
-    ("h2", "198.18.0.2/24"),
-    ("h3", "198.18.0.3/24"),
-];
-const CONTROLLER: (&str, &str) = ("ctl", "198.18.0.100/24");
-/// The two instances' API and agent ports.
-const PORTS: [(u16, u16); 2] = [(9696, 9697), (9706, 9707)];
-/// How long anything may take to converge.
-const CONVERGE: Duration = Duration::from_secs(30);
 /// How long a killed instance's agents may wait for the survivor: its
 /// lease's 5 s, and the rest.
 const TAKEOVER: Duration = Duration::from_secs(15);
@@ -49,183 +33,34 @@ const TAKEOVER: Duration = Duration::from_secs(15);
 const PING_INTERVAL: &str = "0.02";
 const PINGS: u32 = 1_250;
 
-struct Lab {
-    // Dropped first: agents, instances, VMs, etcd, then the topology.
-    agents: Vec<(&'static str, Agent)>,
-    instances: Vec<Controller>,
-    clis: Vec<Cli>,
-    vms: Vec<Netns>,
-    etcd: EtcdServer,
-    topology: Topology,
-}
-
-impl Lab {
-    async fn new(prefix: &str) -> Lab {
-        let mut topology = Topology::new(prefix).unwrap();
-        for (name, address) in HOSTS.iter().chain([&CONTROLLER]) {
-            topology.add_host(name, address).unwrap();
+/// Host → the index of the instance that pushes to it, if each host has
+/// exactly one, every live instance some (of those in `live`), and every
+/// agent exactly one goal-state stream open.
+fn pushers(lab: &Cloud, live: &[usize]) -> Result<BTreeMap<String, usize>, String> {
+    let mut owners = BTreeMap::new();
+    for &index in live {
+        let (_, hosts) = lab.instances[index]
+            .serving()
+            .ok_or_else(|| format!("instance {index} does not answer"))?;
+        if hosts.is_empty() {
+            return Err(format!("instance {index} serves no agent"));
         }
-        let ctl = topology.host(CONTROLLER.0);
-        let etcd = EtcdServer::start_in(ctl.netns()).unwrap();
-        let mut instances = Vec::new();
-        let mut clis = Vec::new();
-        for ports in PORTS {
-            let store = StoreKind::Etcd(vec![etcd.client_url()]);
-            let instance =
-                Controller::start_in_at(ctl.netns(), ctl.underlay_ip(), ports, store, &[]).unwrap();
-            clis.push(
-                Cli::new(&instance.endpoint())
-                    .unwrap()
-                    .in_netns(ctl.netns().name()),
-            );
-            instances.push(instance);
-        }
-        let (a, b) = (instances[0].grpc_endpoint(), instances[1].grpc_endpoint());
-        let mut agents = Vec::new();
-        for (name, _) in HOSTS {
-            let host = topology.host(name);
-            // h2 tries b first: both instances take heartbeats.
-            let controllers = if name == "h2" {
-                format!("{b},{a}")
-            } else {
-                format!("{a},{b}")
-            };
-            let mut options = host.agent_options();
-            options.args.extend(
-                [
-                    "--insecure",
-                    "--controller",
-                    &controllers,
-                    "--host-id",
-                    name,
-                ]
-                .map(String::from),
-            );
-            agents.push((name, Agent::start(host.netns(), options).await));
-        }
-        Lab {
-            agents,
-            instances,
-            clis,
-            vms: Vec::new(),
-            etcd,
-            topology,
-        }
-    }
-
-    /// `openstack ARGS -f json` through instance `through`, which must
-    /// succeed.
-    fn json(&self, through: usize, args: &[&str]) -> Value {
-        self.clis[through]
-            .json(args)
-            .unwrap_or_else(|e| panic!("openstack {}: {e:#}\n{}", args.join(" "), self.logs()))
-    }
-
-    fn agent(&self, host: &str) -> &Agent {
-        &self
-            .agents
-            .iter()
-            .find(|(name, _)| *name == host)
-            .unwrap()
-            .1
-    }
-
-    fn vm(&self, name: &str) -> &Netns {
-        self.vms
-            .iter()
-            .find(|vm| vm.name().ends_with(&format!("-{name}")))
-            .unwrap()
-    }
-
-    /// A VM namespace and its port, bound to `host`, created through
-    /// instance `through`.
-    fn create_vm(&mut self, through: usize, name: &str, host: &str) -> Value {
-        let vm = Netns::new(format!("{}-{name}", self.topology.prefix())).unwrap();
-        traffic::disable_ipv6(&vm).unwrap();
-        let profile = format!("netns={}", vm.name());
-        self.vms.push(vm);
-        self.json(
-            through,
-            &[
-                "port",
-                "create",
-                "--network",
-                "net",
-                "--host",
-                host,
-                "--binding-profile",
-                &profile,
-                name,
-            ],
-        )
-    }
-
-    async fn wait_active(&self, through: usize, port: &str) {
-        wait_for(&format!("port {port} ACTIVE"), CONVERGE, async || {
-            let shown = self.json(through, &["port", "show", port]);
-            (shown["status"] == "ACTIVE").then_some(())
-        })
-        .await;
-    }
-
-    /// The VM leases its port's address with a stock udhcpc.
-    fn lease(&self, vm: &str, port: &Value) {
-        if let Err(error) = lease_stock(self.vm(vm), &address(port)) {
-            panic!("{error:#}\n{}", self.logs());
-        }
-    }
-
-    async fn pings(&self, from: &str, to: &Value) {
-        traffic::wait_ping(self.vm(from), &address(to), CONVERGE).await;
-    }
-
-    /// Host → the index of the instance that pushes to it, if each host
-    /// has exactly one, every live instance some (of those in `live`), and
-    /// every agent exactly one goal-state stream open.
-    fn pushers(&self, live: &[usize]) -> Result<BTreeMap<String, usize>, String> {
-        let mut owners = BTreeMap::new();
-        for &index in live {
-            let (_, hosts) = self.instances[index]
-                .serving()
-                .ok_or_else(|| format!("instance {index} does not answer"))?;
-            if hosts.is_empty() {
-                return Err(format!("instance {index} serves no agent"));
-            }
-            for host in hosts {
-                if let Some(other) = owners.insert(host.clone(), index) {
-                    return Err(format!("{host} served by instances {other} and {index}"));
-                }
+        for host in hosts {
+            if let Some(other) = owners.insert(host.clone(), index) {
+                return Err(format!("{host} served by instances {other} and {index}"));
             }
         }
-        if owners.len() != HOSTS.len() {
-            return Err(format!("served: {owners:?}"));
-        }
-        for (host, agent) in &self.agents {
-            let streams = agent_metric(agent, "alcor_agent_goalstate_streams");
-            if streams != Some(1) {
-                return Err(format!("{host} has {streams:?} goal-state streams open"));
-            }
-        }
-        Ok(owners)
     }
-
-    fn logs(&self) -> String {
-        let mut logs = String::new();
-        for (n, instance) in self.instances.iter().enumerate() {
-            logs.push_str(&format!("controller {n}:\n{}\n", instance.log()));
-        }
-        for (name, agent) in &self.agents {
-            logs.push_str(&format!("agent {name}:\n{}\n", agent.log()));
-        }
-        logs
+    if owners.len() != HOSTS.len() {
+        return Err(format!("served: {owners:?}"));
     }
-}
-
-fn address(port: &Value) -> String {
-    port["fixed_ips"][0]["ip_address"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    for (host, agent) in lab.agents() {
+        let streams = agent_metric(agent, "alcor_agent_goalstate_streams");
+        if streams != Some(1) {
+            return Err(format!("{host} has {streams:?} goal-state streams open"));
+        }
+    }
+    Ok(owners)
 }
 
 /// A metric of the agent without labels, as an integer.
@@ -250,20 +85,13 @@ fn messages_applied(agent: &Agent) -> u64 {
 async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without_a_lost_ping() {
     let test =
         "two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without_a_lost_ping";
-    if !privileged(test) || !openstack::available(test) || !etcd::available(test) {
+    let two = Options {
+        two_instances: true,
+        ..Options::default()
+    };
+    let Some(mut lab) = Cloud::ready(test, "two", two).await else {
         return;
-    }
-    let mut lab = Lab::new(&unique_prefix("two")).await;
-    wait_for("three agents alive", CONVERGE, async || {
-        let agents = lab.json(1, &["network", "agent", "list"]);
-        let alive = agents
-            .as_array()?
-            .iter()
-            .filter(|agent| agent["Alive"] == true)
-            .count();
-        (alive == 3).then_some(())
-    })
-    .await;
+    };
     lab.json(0, &["network", "create", "net"]);
     lab.json(
         0,
@@ -282,7 +110,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     let mut ports = BTreeMap::new();
     for (n, (host, _)) in HOSTS.iter().enumerate() {
         let vm = format!("vm{}", n + 1);
-        let port = lab.create_vm(0, &vm, host);
+        let port = lab.create_vm(0, &vm, host, None);
         ports.insert(host.to_string(), (vm, port));
     }
     for (vm, _) in ports.values() {
@@ -292,7 +120,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
         lab.lease(vm, port);
     }
     let owners = wait_for("the agents split, one pusher each", CONVERGE, async || {
-        lab.pushers(&[0, 1]).ok()
+        pushers(&lab, &[0, 1]).ok()
     })
     .await;
     eprintln!("instance by host: {owners:?}");
@@ -334,7 +162,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     lab.instances[0].kill();
     let killed = std::time::Instant::now();
     wait_for("instance 1 pushing to every agent", TAKEOVER, async || {
-        lab.pushers(&[1]).ok()
+        pushers(&lab, &[1]).ok()
     })
     .await;
     let took = killed.elapsed();
@@ -358,7 +186,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     }
     // The agents' heartbeats moved to the survivor.
     let survivor = lab.instances[1].grpc_endpoint();
-    for (host, agent) in &lab.agents {
+    for (host, agent) in lab.agents() {
         wait_for(
             &format!("{host} heartbeating to the survivor"),
             CONVERGE,
@@ -371,7 +199,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     }
 
     // A port made through the survivor on a host it took over.
-    let vm4 = lab.create_vm(1, "vm4", &on_a[0]);
+    let vm4 = lab.create_vm(1, "vm4", &on_a[0], None);
     lab.wait_active(1, "vm4").await;
     lab.lease("vm4", &vm4);
     lab.pings("vm4", port_b).await;
@@ -403,7 +231,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     )
     .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    lab.etcd.kill();
+    lab.etcd.as_mut().unwrap().kill();
     wait_for(
         "the survivor to stop pushing once its lease lapses",
         CONVERGE,
@@ -413,14 +241,14 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
         },
     )
     .await;
-    tokio::task::block_in_place(|| lab.etcd.restart()).unwrap();
+    tokio::task::block_in_place(|| lab.etcd.as_mut().unwrap().restart()).unwrap();
     wait_for(
         "the survivor serving every agent again",
         CONVERGE,
-        async || lab.pushers(&[1]).ok(),
+        async || pushers(&lab, &[1]).ok(),
     )
     .await;
-    let vm5 = lab.create_vm(1, "vm5", &on_b[0]);
+    let vm5 = lab.create_vm(1, "vm5", &on_b[0], None);
     lab.wait_active(1, "vm5").await;
     lab.lease("vm5", &vm5);
     lab.pings("vm5", &vm4).await;

@@ -154,39 +154,48 @@ impl Controller {
             revision: snapshot.revision,
             ..View::default()
         };
-        let inventory = &mut view.inventory;
-        let kinds = [
-            Network::KIND,
-            Subnet::KIND,
-            Port::KIND,
-            Router::KIND,
-            AGENT,
-            OWNER,
-            INSTANCE,
-            RESYNC,
+        /// What a key under `/alcor/` holds, by its prefix.
+        enum Record {
+            Network,
+            Subnet,
+            Port,
+            Router,
+            Agent,
+            Owner,
+            Instance,
+            Resync,
+        }
+        let prefixes = [
+            (Network::KIND, Record::Network),
+            (Subnet::KIND, Record::Subnet),
+            (Port::KIND, Record::Port),
+            (Router::KIND, Record::Router),
+            (AGENT, Record::Agent),
+            (OWNER, Record::Owner),
+            (INSTANCE, Record::Instance),
+            (RESYNC, Record::Resync),
         ]
-        .map(resource_prefix);
+        .map(|(kind, record)| (resource_prefix(kind), record));
+        let inventory = &mut view.inventory;
         for entry in snapshot.entries {
-            let Some(kind) = kinds
-                .iter()
-                .position(|prefix| entry.key.starts_with(prefix))
-            else {
+            let Some((record, name)) = prefixes.iter().find_map(|(prefix, record)| {
+                Some((record, entry.key.strip_prefix(prefix.as_str())?.to_string()))
+            }) else {
                 continue;
             };
-            let name = entry.key[kinds[kind].len()..].to_string();
-            match kind {
-                0 => inventory.networks.push(decode(&entry)?),
-                1 => inventory.subnets.push(decode(&entry)?),
-                2 => inventory.ports.push(decode(&entry)?),
-                3 => inventory.routers.push(decode(&entry)?),
-                4 => inventory.agents.push(decode(&entry)?),
-                5 => {
+            match record {
+                Record::Network => inventory.networks.push(decode(&entry)?),
+                Record::Subnet => inventory.subnets.push(decode(&entry)?),
+                Record::Port => inventory.ports.push(decode(&entry)?),
+                Record::Router => inventory.routers.push(decode(&entry)?),
+                Record::Agent => inventory.agents.push(decode(&entry)?),
+                Record::Owner => {
                     view.owners.insert(name, entry);
                 }
-                6 => {
+                Record::Instance => {
                     view.instances.insert(name);
                 }
-                _ => {
+                Record::Resync => {
                     view.resyncs.insert(name, entry.mod_revision);
                 }
             }

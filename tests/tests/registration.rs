@@ -271,6 +271,23 @@ fn link_status(agent: &Agent) -> serde_json::Value {
     agent.agentctl_json(&["status"])["controller"].clone()
 }
 
+/// An agent on `host` that registers as `host_id` with the controller at
+/// `addr`, in plain text.
+async fn plaintext_agent(host: &Host, addr: SocketAddr, host_id: &str) -> Agent {
+    let mut options = host.agent_options();
+    options.args.extend(
+        [
+            "--insecure",
+            "--controller",
+            &format!("http://{addr}"),
+            "--host-id",
+            host_id,
+        ]
+        .map(String::from),
+    );
+    Agent::start(host.netns(), options).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_registers_and_asks_for_its_state_at_start_and_after_outages() {
     if !privileged("the_agent_registers_and_asks_for_its_state_at_start_and_after_outages") {
@@ -283,18 +300,7 @@ async fn the_agent_registers_and_asks_for_its_state_at_start_and_after_outages()
     let stub = Stub::start(topology.host("ctl"), addr, recorder.clone(), None);
 
     let host_id = "compute-reg-1";
-    let mut options = h1.agent_options();
-    options.args.extend(
-        [
-            "--insecure",
-            "--controller",
-            &format!("http://{addr}"),
-            "--host-id",
-            host_id,
-        ]
-        .map(String::from),
-    );
-    let mut agent = Agent::start(h1.netns(), options).await;
+    let mut agent = plaintext_agent(h1, addr, host_id).await;
 
     // Registered as itself, then asked for its whole state.
     let (first, _) = registration_since(&recorder, 0, host_id, "the agent to register").await;
@@ -444,18 +450,7 @@ async fn a_refused_state_request_is_asked_again_while_heartbeats_go_on() {
     recorder.1.store(true, Ordering::Relaxed);
     let stub = Stub::start(topology.host("ctl"), addr, recorder.clone(), None);
     let host_id = "compute-refused-1";
-    let mut options = h1.agent_options();
-    options.args.extend(
-        [
-            "--insecure",
-            "--controller",
-            &format!("http://{addr}"),
-            "--host-id",
-            host_id,
-        ]
-        .map(String::from),
-    );
-    let agent = Agent::start(h1.netns(), options).await;
+    let agent = plaintext_agent(h1, addr, host_id).await;
 
     // Refused: a heartbeat before every request, the request asked again
     // (backing off no further than the interval), still registered.

@@ -16,7 +16,7 @@
 //! no PORTS entry is not programmed: its frames pass untouched, as before the
 //! agent knew it.
 //!
-//! Across hosts (VXLAN, `ebpf/datapath/src/tunnel.rs` and `underlay.rs`):
+//! Across hosts (VXLAN, `ebpf/datapath/src/encap.rs` and `underlay.rs`):
 //! the port program encapsulates frames for remote endpoints and sends them
 //! to the underlay device; `underlay_in`, a tc filter on the underlay
 //! device's ingress ([`Datapath::attach_underlay`]), decapsulates VXLAN for

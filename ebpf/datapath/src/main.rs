@@ -1,10 +1,22 @@
 //! Alcor's eBPF datapath: every program the agent loads, in one object so
 //! that they share their maps. Built for `bpfel-unknown-none` only.
+//!
+//! Laid out in layers, each using only those above it:
+//! - [`headers`]: packet headers, bounded reads, checksums;
+//! - [`maps`]: the maps the agent pins and fills, and the counters;
+//! - [`record`]: a trace run's verdict;
+//! - [`encap`]: VXLAN encapsulation;
+//! - one file per attach point: [`port`] (tc on the port devices: what the
+//!   VMs send and receive), [`underlay`] (tc and XDP on the underlay device,
+//!   tc on the agent's VXLAN device: what the other hosts send).
 #![no_std]
 #![no_main]
 
+mod encap;
+mod headers;
+mod maps;
 mod port;
-mod tunnel;
+mod record;
 mod underlay;
 
 #[panic_handler]

@@ -19,7 +19,7 @@
 //! 7. an address on another host is reached the same way, then the frame
 //!    (rewritten if routed: routing happens on the sending host, as DVR
 //!    does) is encapsulated in VXLAN and sent to the underlay
-//!    ([`crate::tunnel`]);
+//!    ([`crate::encap`]);
 //! 8. a packet bigger than the port MTU ([`PortInfo::mtu`]) that would be
 //!    encapsulated or routed: with DF set, the gateway answers ICMP
 //!    "fragmentation needed" (next-hop MTU = the port's), at most
@@ -43,46 +43,30 @@
 use core::mem::size_of;
 
 use alcor_ebpf_common::{
-    DropReason, Endpoint, EndpointKey, ICMP_ERROR_INTERVAL_NS, ICMP_ERRORS_BURST, MAX_ENDPOINTS,
-    MAX_PORTS, MAX_SOURCES, MAX_SUBNETS, NO_PREALLOC, NextHop, PortInfo, PortStats, Redirect,
-    SOURCE_ALLOWED, SOURCE_MAC_ONLY, SUBNET_HAS_GATEWAY, SUBNET_VALID, SourceKey, SubnetInfo,
-    SubnetKey, location, trace,
+    DropReason, Endpoint, EndpointKey, ICMP_ERROR_INTERVAL_NS, ICMP_ERRORS_BURST, MAX_PORTS,
+    NextHop, PortInfo, Redirect, SOURCE_ALLOWED, SOURCE_MAC_ONLY, SUBNET_HAS_GATEWAY, SUBNET_VALID,
+    SourceKey, SubnetInfo, SubnetKey, location, trace,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
         bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 
-use crate::tunnel;
-
-/// Port ifindex → counters. Pinned so that counts survive agent restarts.
-#[map]
-pub(crate) static PORT_COUNTERS: PerCpuHashMap<u32, PortStats> =
-    PerCpuHashMap::pinned(MAX_PORTS, NO_PREALLOC);
-
-/// Port ifindex → the port's VNI, MAC, first IP and its subnet.
-#[map]
-static PORTS: HashMap<u32, PortInfo> = HashMap::pinned(MAX_PORTS, NO_PREALLOC);
-
-/// (ifindex, MAC, IPv4 prefix) → SOURCE_ALLOWED, or SOURCE_MAC_ONLY for the
-/// /0 entry of every MAC the port may use.
-#[map]
-static SOURCES: LpmTrie<SourceKey, u32> = LpmTrie::pinned(MAX_SOURCES, 0);
-
-/// (VNI, IPv4) → MAC and location of every address known in the VPC.
-#[map]
-pub(crate) static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
-    HashMap::pinned(MAX_ENDPOINTS, NO_PREALLOC);
-
-/// (VNI, IPv4 prefix) → subnet: gateway and router.
-#[map]
-static SUBNETS: LpmTrie<SubnetKey, SubnetInfo> = LpmTrie::pinned(MAX_SUBNETS, 0);
+use crate::{
+    encap::{self, Tunneled},
+    headers::{
+        ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, Ipv4Hdr, MAX_IP_HLEN, csum_replace, fold, header, ip4,
+    },
+    maps::{ENDPOINTS, PORTS, SOURCES, SUBNETS, with_stats},
+    record::write_record,
+};
 
 /// Room to build an ICMP error in, off the stack (the verifier allows 512
 /// bytes of it for the whole program). Not pinned: nothing is kept in it.
@@ -96,56 +80,17 @@ static SCRATCH: PerCpuArray<IcmpErrorScratch> = PerCpuArray::with_max_entries(1,
 #[map]
 static ICMP_ERRORS_DUE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PORTS, 0);
 
-/// Zeroes for a port's first counters: inserted from here rather than from
-/// the stack, which has no room for them.
-static ZERO_STATS: PortStats = PortStats {
-    traffic: alcor_ebpf_common::PortCounters {
-        rx_packets: 0,
-        rx_bytes: 0,
-        tx_packets: 0,
-        tx_bytes: 0,
-    },
-    tunnel: alcor_ebpf_common::TunnelCounters {
-        encap_packets: 0,
-        encap_bytes: 0,
-        decap_packets: 0,
-        decap_bytes: 0,
-    },
-    drops: [0; DropReason::COUNT],
-};
-
-pub(crate) const ETH_LEN: usize = 14;
-pub(crate) const ETH_P_IP: u16 = 0x0800;
-pub(crate) const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-pub(crate) const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
-/// IPv4 flags: don't fragment.
-const IP_DF: u16 = 0x4000;
 /// TTL of the packets the gateway sends (echo replies, ICMP errors).
 const GATEWAY_TTL: u8 = 64;
-/// The longest IPv4 header (with options).
-pub(crate) const MAX_IP_HLEN: usize = 60;
 /// Longest quote of the offending packet in an ICMP error: its IP header and
 /// 8 bytes (RFC 792), or 20 where the kernel will not trim below a TCP
 /// header whose checksum is left to offload.
 const MAX_QUOTE: usize = MAX_IP_HLEN + 20;
-
-/// Ethernet header; every multi-byte field is a byte array, so that headers
-/// are read at any alignment.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto: [u8; 2],
-}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -166,21 +111,6 @@ struct ArpHdr {
 struct ArpFrame {
     eth: EthHdr,
     arp: ArpHdr,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Ipv4Hdr {
-    pub vihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
 }
 
 /// Ethernet and IPv4 headers, as an echo reply is written.
@@ -242,7 +172,7 @@ struct IcmpErrorScratch {
 
 /// What the program does with a frame from the VM.
 #[derive(Clone, Copy)]
-pub(crate) enum Decision {
+enum Decision {
     /// To the host stack (`trace::PASS_*`).
     Pass(u32),
     Drop(DropReason),
@@ -352,27 +282,7 @@ fn account(ifindex: u32, len: u64, decision: Decision) {
         });
     }
     if let Decision::Encap { next_hop, .. } = decision {
-        tunnel::count_encap(len, next_hop);
-    }
-}
-
-#[inline(always)]
-pub(crate) fn with_stats(ifindex: u32, add: impl Fn(&mut PortStats)) {
-    if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
-        // SAFETY: the value is this CPU's slot of a per-CPU map, and tc
-        // programs do not preempt each other on a CPU.
-        add(unsafe { &mut *stats });
-        return;
-    }
-    // The agent creates the entry when it attaches the port; a frame may
-    // still come first (or after a detach). NOEXIST: a program on another
-    // CPU may have created it since our lookup.
-    // By reference: a copy would take the stack this avoids.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let _ = PORT_COUNTERS.insert(ifindex, &ZERO_STATS, u64::from(BPF_NOEXIST));
-    if let Some(stats) = PORT_COUNTERS.get_ptr_mut(ifindex) {
-        // SAFETY: as above.
-        add(unsafe { &mut *stats });
+        encap::count_encap(len, next_hop);
     }
 }
 
@@ -408,38 +318,6 @@ fn record(ctx: &TcContext, ifindex: u32, decision: Decision) {
         ),
     };
     write_record(ctx, record);
-}
-
-/// Writes a trace record (action, detail, ifindex, extra) into the skb's
-/// control block.
-#[inline(always)]
-pub(crate) fn write_record(ctx: &TcContext, (action, detail, target, extra): (u32, u32, u32, u32)) {
-    let skb = ctx.skb.skb;
-    // SAFETY: cb is five u32 of the context, writable by tc programs.
-    unsafe {
-        (*skb).cb[0] = action;
-        (*skb).cb[1] = detail;
-        (*skb).cb[2] = target;
-        (*skb).cb[3] = extra;
-        (*skb).cb[4] = trace::MAGIC;
-    }
-}
-
-/// A header at `offset` of the packet's linear data, if it is all there.
-#[inline(always)]
-pub(crate) fn header<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    let start = ctx.data() + offset;
-    if start + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: within [data, data_end), checked above; T is plain bytes with
-    // alignment 1.
-    Some(unsafe { *(start as *const T) })
-}
-
-#[inline(always)]
-pub(crate) fn ip4(bytes: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(bytes)
 }
 
 /// The sending port, as the decision's helpers need it.
@@ -662,13 +540,19 @@ fn ipv4(ctx: &TcContext, sender: &Sender, eth: &EthHdr) -> Decision {
     if target.location == location::REMOTE {
         // The frame goes as the VM sent it.
         return match oversized(ctx, port, &ip, hlen) {
-            None => tunnel::encapsulate(ctx, port.vni, target.remote_host, eth, false),
+            None => tunneled(
+                encap::encapsulate(ctx, port.vni, target.remote_host, eth),
+                target.remote_host,
+                false,
+            ),
             Some(Fragmenting::Forbidden) => {
                 frag_needed(ctx, sender, &subnet, eth, &ip, hlen, tot_len)
             }
-            Some(Fragmenting::Allowed) => {
-                tunnel::through_device(ctx, port.vni, target.remote_host, false)
-            }
+            Some(Fragmenting::Allowed) => tunneled(
+                encap::through_device(ctx, port.vni, target.remote_host),
+                target.remote_host,
+                false,
+            ),
         };
     }
     deliver(&target, false)
@@ -778,20 +662,18 @@ fn deliver(target: &Endpoint, routed: bool) -> Decision {
     }
 }
 
-/// RFC 1624 (eqn. 3): the checksum `check` once a 16-bit word of what it
-/// covers changes from `old` to `new` (words as big-endian numbers).
+/// To `host` in VXLAN, as the encapsulation went.
 #[inline(always)]
-fn csum_replace(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
-    let sum = u32::from(!u16::from_be_bytes(check)) + u32::from(!old) + u32::from(new);
-    (!fold(sum)).to_be_bytes()
-}
-
-/// A 32-bit one's complement sum folded to 16 bits.
-#[inline(always)]
-pub(crate) fn fold(sum: u32) -> u16 {
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
+fn tunneled(sent: Result<Tunneled, DropReason>, host: u32, routed: bool) -> Decision {
+    match sent {
+        Ok(Tunneled { ifindex, next_hop }) => Decision::Encap {
+            ifindex,
+            host,
+            next_hop,
+            routed,
+        },
+        Err(reason) => Decision::Drop(reason),
+    }
 }
 
 /// Packets to the gateway's own address: ICMP echo is answered in place.
@@ -900,7 +782,11 @@ fn route(
         if ctx.store(ETH_LEN + 8, &ttl_check, 0).is_err() {
             return Decision::Drop(DropReason::HelperFailed);
         }
-        return tunnel::encapsulate(ctx, vni, target.remote_host, &routed_eth, true);
+        return tunneled(
+            encap::encapsulate(ctx, vni, target.remote_host, &routed_eth),
+            target.remote_host,
+            true,
+        );
     }
     // One store: both MACs, the EtherType and the IPv4 header up to its
     // checksum, with the TTL decremented.
@@ -918,7 +804,11 @@ fn route(
     }
     if target.location == location::REMOTE {
         // Too big, DF clear: the kernel's VXLAN device fragments it.
-        return tunnel::through_device(ctx, vni, target.remote_host, true);
+        return tunneled(
+            encap::through_device(ctx, vni, target.remote_host),
+            target.remote_host,
+            true,
+        );
     }
     // A local port takes it as it is, even if too big for its MTU: nothing
     // is lost by trying.

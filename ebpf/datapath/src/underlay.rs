@@ -1,10 +1,10 @@
-//! The programs on the underlay device, and the maps that describe this
-//! host as a tunnel endpoint.
+//! The programs on the underlay device (and on the agent's VXLAN device):
+//! what arrives from the other hosts.
 //!
 //! [`underlay_in`] (tc ingress) takes VXLAN addressed to this host's
 //! underlay address and port 4789: for a VNI served here ([`VNIS`]), from a
 //! known host ([`HOSTS`]), to a port of this host (the inner destination in
-//! [`ENDPOINTS`](crate::port::ENDPOINTS), local, with its MAC), it strips
+//! [`ENDPOINTS`], local, with its MAC), it strips
 //! the outer headers and delivers the inner frame like the port program
 //! delivers locally: `bpf_redirect_peer` into a veth port's namespace,
 //! `bpf_redirect` to a tap's egress. VXLAN that fails a check is dropped and
@@ -42,10 +42,7 @@
 //! packet needs, so one level of "checksum verified" is dropped, as the
 //! kernel's UDP tunnel receive path does.
 
-use alcor_ebpf_common::{
-    EndpointKey, HostInfo, MAX_HOSTS, MAX_VNIS, NO_PREALLOC, Redirect, UnderlayDropReason,
-    UnderlayInfo, UnderlayStats, VXLAN_PORT, location, trace,
-};
+use alcor_ebpf_common::{EndpointKey, Redirect, UnderlayDropReason, VXLAN_PORT, location, trace};
 use aya_ebpf::{
     bindings::{
         BPF_CSUM_LEVEL_DEC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
@@ -56,34 +53,18 @@ use aya_ebpf::{
         bpf_csum_level, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
         bpf_skb_get_tunnel_key, bpf_skb_load_bytes_relative, bpf_skb_pull_data,
     },
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
 use crate::{
-    port::{
-        ENDPOINTS, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, MAX_IP_HLEN, header,
-        ip4, with_stats, write_record,
+    headers::{
+        ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, MAX_IP_HLEN, UdpHdr,
+        VXLAN_FLAG_VNI, VxlanHdr, header, ip4, xdp_header,
     },
-    tunnel::{UdpHdr, VXLAN_FLAG_VNI, VxlanHdr},
+    maps::{ENDPOINTS, HOSTS, UNDERLAY, VNIS, with_stats, with_underlay_stats},
+    record::write_record,
 };
-
-/// This host as a tunnel endpoint (one entry).
-#[map]
-pub(crate) static UNDERLAY: Array<UnderlayInfo> = Array::pinned(1, 0);
-
-/// VNIs served here → VNI_SERVED.
-#[map]
-pub(crate) static VNIS: HashMap<u32, u32> = HashMap::pinned(MAX_VNIS, NO_PREALLOC);
-
-/// Known hosts (underlay IPv4) → next-hop MAC, if known.
-#[map]
-pub(crate) static HOSTS: HashMap<u32, HostInfo> = HashMap::pinned(MAX_HOSTS, NO_PREALLOC);
-
-/// Tunnel traffic and underlay drops (one entry per CPU).
-#[map]
-pub(crate) static UNDERLAY_STATS: PerCpuArray<UnderlayStats> = PerCpuArray::pinned(1, 0);
 
 /// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (uapi/linux/bpf.h, after 6.18): the
 /// kernel also clears the tunnel GSO type and `skb->encapsulation`.
@@ -141,9 +122,8 @@ pub fn vxlan_in(ctx: TcContext) -> i32 {
         record(&ctx, decision);
     } else {
         account(decision);
-        if let (Decap::Deliver { .. }, Some(stats)) = (decision, UNDERLAY_STATS.get_ptr_mut(0)) {
-            // SAFETY: this CPU's slot of a per-CPU array.
-            unsafe { (*stats).device_decap_packets += 1 };
+        if let Decap::Deliver { .. } = decision {
+            with_underlay_stats(|stats| stats.device_decap_packets += 1);
         }
     }
     act(decision)
@@ -384,22 +364,15 @@ fn restore_mac_header(ctx: &TcContext, local_ip: u32) -> bool {
 
 #[inline(always)]
 fn account(decision: Decap) {
-    let Some(stats) = UNDERLAY_STATS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array.
-    let stats = unsafe { &mut *stats };
     match decision {
         Decap::Pass | Decap::ToDevice { .. } => {}
-        Decap::Drop(reason) => {
-            if let Some(drops) = stats.drops.get_mut(reason as usize) {
-                *drops += 1;
-            }
-        }
+        Decap::Drop(reason) => count_drop(reason),
         Decap::Deliver { ifindex, len, .. } => {
             let len = u64::from(len);
-            stats.decap_packets += 1;
-            stats.decap_bytes += len;
+            with_underlay_stats(|stats| {
+                stats.decap_packets += 1;
+                stats.decap_bytes += len;
+            });
             // A tap's egress counts its own; a peer delivery skips it.
             with_stats(ifindex, |port| {
                 port.tunnel.decap_packets += 1;
@@ -439,16 +412,13 @@ fn record(ctx: &TcContext, decision: Decap) {
     write_record(ctx, record);
 }
 
-/// A header at `offset` of an XDP frame's first buffer, if it is all there.
 #[inline(always)]
-fn xdp_header<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    let start = ctx.data() + offset;
-    if start + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: within [data, data_end), checked above; T is plain bytes with
-    // alignment 1.
-    Some(unsafe { *(start as *const T) })
+fn count_drop(reason: UnderlayDropReason) {
+    with_underlay_stats(|stats| {
+        if let Some(drops) = stats.drops.get_mut(reason as usize) {
+            *drops += 1;
+        }
+    });
 }
 
 /// XDP on the underlay device: VXLAN to this host for a VNI not served here
@@ -460,13 +430,7 @@ pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     match early_drop(&ctx) {
         None => xdp_action::XDP_PASS,
         Some(reason) => {
-            if let Some(stats) = UNDERLAY_STATS.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot of a per-CPU array.
-                let stats = unsafe { &mut *stats };
-                if let Some(drops) = stats.drops.get_mut(reason as usize) {
-                    *drops += 1;
-                }
-            }
+            count_drop(reason);
             xdp_action::XDP_DROP
         }
     }

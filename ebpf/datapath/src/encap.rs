@@ -1,6 +1,7 @@
 //! VXLAN encapsulation (RFC 7348) for frames whose destination is on
 //! another host, called by the port program once it has decided (and, if
-//! routed, rewritten) the frame.
+//! routed, rewritten) the frame; it says how the frame leaves
+//! ([`Tunneled`]), and the port program decides with that.
 //!
 //! `bpf_skb_adjust_room(+50, BPF_ADJ_ROOM_MAC, ...)` makes room after the
 //! Ethernet header with the encapsulation flags, which tell the kernel the
@@ -45,31 +46,20 @@ use aya_ebpf::{
 };
 
 use crate::{
-    port::{Decision, ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, fold},
-    underlay::{HOSTS, UNDERLAY, UNDERLAY_STATS},
+    headers::{
+        ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, VXLAN_FLAG_VNI, VxlanHdr,
+        ipv4_checksum,
+    },
+    maps::{HOSTS, UNDERLAY, with_underlay_stats},
 };
 
-/// A UDP header.
-#[repr(C)]
+/// How an encapsulated frame leaves: out of the device `ifindex` (the
+/// underlay, or the agent's VXLAN device), by `next_hop`.
 #[derive(Clone, Copy)]
-pub(crate) struct UdpHdr {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
+pub(crate) struct Tunneled {
+    pub ifindex: u32,
+    pub next_hop: NextHop,
 }
-
-/// A VXLAN header: flags (0x08: the VNI is valid), reserved, VNI (24
-/// bits), reserved.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct VxlanHdr {
-    pub flags: [u8; 4],
-    pub vni: [u8; 4],
-}
-
-/// [`VxlanHdr::flags`]`[0]`: the VNI is valid.
-pub(crate) const VXLAN_FLAG_VNI: u8 = 0x08;
 
 /// Everything written in front of the inner IPv4 header.
 #[repr(C)]
@@ -91,21 +81,15 @@ const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
 
 /// Encapsulates the frame in VXLAN with `vni` for `host` (its underlay
 /// IPv4, network order), with `inner` as the inner Ethernet header (the
-/// frame's own, or its rewrite if routed), and decides how it leaves.
+/// frame's own, or its rewrite if routed).
 #[inline(always)]
 pub(crate) fn encapsulate(
     ctx: &TcContext,
     vni: u32,
     host: u32,
     inner: &EthHdr,
-    routed: bool,
-) -> Decision {
-    let Some(underlay) = UNDERLAY.get(0).copied() else {
-        return Decision::Drop(DropReason::NoUnderlay);
-    };
-    if underlay.ip == 0 || underlay.ifindex == 0 {
-        return Decision::Drop(DropReason::NoUnderlay);
-    }
+) -> Result<Tunneled, DropReason> {
+    let underlay = this_host()?;
     let skb = ctx.skb.skb;
     // SAFETY: plain helper call on this program's skb.
     let hash = unsafe { bpf_get_hash_recalc(skb) };
@@ -113,7 +97,7 @@ pub(crate) fn encapsulate(
         .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .is_err()
     {
-        return Decision::Drop(DropReason::HelperFailed);
+        return Err(DropReason::HelperFailed);
     }
     let (next_hop, dst_mac) = next_hop(&underlay, host);
     let tot_len = (ctx.len() - ETH_LEN as u32).min(0xffff) as u16;
@@ -150,14 +134,12 @@ pub(crate) fn encapsulate(
     };
     headers.ip.check = ipv4_checksum(&headers.ip);
     if ctx.store(0, &headers, 0).is_err() {
-        return Decision::Drop(DropReason::HelperFailed);
+        return Err(DropReason::HelperFailed);
     }
-    Decision::Encap {
+    Ok(Tunneled {
         ifindex: underlay.ifindex,
-        host,
         next_hop,
-        routed,
-    }
+    })
 }
 
 /// Sends the frame (its Ethernet header already the inner one) to `host`
@@ -165,15 +147,10 @@ pub(crate) fn encapsulate(
 /// the outer headers from the tunnel key, DF clear, and fragments the outer
 /// packet where the underlay needs it.
 #[inline(always)]
-pub(crate) fn through_device(ctx: &TcContext, vni: u32, host: u32, routed: bool) -> Decision {
-    let Some(underlay) = UNDERLAY.get(0).copied() else {
-        return Decision::Drop(DropReason::NoUnderlay);
-    };
-    if underlay.ip == 0 || underlay.ifindex == 0 {
-        return Decision::Drop(DropReason::NoUnderlay);
-    }
+pub(crate) fn through_device(ctx: &TcContext, vni: u32, host: u32) -> Result<Tunneled, DropReason> {
+    let underlay = this_host()?;
     if underlay.vxlan_ifindex == 0 {
-        return Decision::Drop(DropReason::TooBig);
+        return Err(DropReason::TooBig);
     }
     // SAFETY: all zeroes is a valid key (plain integers and unions of them).
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
@@ -188,13 +165,20 @@ pub(crate) fn through_device(ctx: &TcContext, vni: u32, host: u32, routed: bool)
         bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if set != 0 {
-        return Decision::Drop(DropReason::HelperFailed);
+        return Err(DropReason::HelperFailed);
     }
-    Decision::Encap {
+    Ok(Tunneled {
         ifindex: underlay.vxlan_ifindex,
-        host,
         next_hop: NextHop::VxlanDevice,
-        routed,
+    })
+}
+
+/// This host as a tunnel endpoint, once the agent has said what it is.
+#[inline(always)]
+fn this_host() -> Result<UnderlayInfo, DropReason> {
+    match UNDERLAY.get(0).copied() {
+        Some(underlay) if underlay.ip != 0 && underlay.ifindex != 0 => Ok(underlay),
+        _ => Err(DropReason::NoUnderlay),
     }
 }
 
@@ -224,32 +208,14 @@ fn source_port(hash: u32) -> u16 {
     VXLAN_SPORT_MIN + ((u64::from(hash) * range) >> 32) as u16
 }
 
-/// The checksum of an IPv4 header without options (its `check` zero).
-#[inline(always)]
-fn ipv4_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
-    let word = |bytes: [u8; 2]| u32::from(u16::from_be_bytes(bytes));
-    let sum = word([ip.vihl, ip.tos])
-        + word(ip.tot_len)
-        + word(ip.id)
-        + word(ip.frag)
-        + word([ip.ttl, ip.proto])
-        + word([ip.src[0], ip.src[1]])
-        + word([ip.src[2], ip.src[3]])
-        + word([ip.dst[0], ip.dst[1]])
-        + word([ip.dst[2], ip.dst[3]]);
-    (!fold(sum)).to_be_bytes()
-}
-
 /// Counts an encapsulated frame of `len` bytes in the host's tunnel stats.
 #[inline(always)]
 pub(crate) fn count_encap(len: u64, next_hop: NextHop) {
-    if let Some(stats) = UNDERLAY_STATS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        let stats = unsafe { &mut *stats };
+    with_underlay_stats(|stats| {
         stats.encap_packets += 1;
         stats.encap_bytes += len;
         if next_hop == NextHop::VxlanDevice {
             stats.device_encap_packets += 1;
         }
-    }
+    });
 }

@@ -81,8 +81,6 @@ const RESOURCES_TAG: u32 = 1;
 const LEASES_TAG: u32 = 2;
 /// A log is compacted only past this size (and twice its live data).
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
-/// The file of the store before it was a log; no longer read.
-const OLD_FILE_NAME: &str = "desired-state.redb";
 
 /// A stored resource: its operation and configuration as received.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,15 +172,6 @@ impl Store {
                 ));
             }
             Err(TryLockError::Error(e)) => return Err(lock_failed("locking", e)),
-        }
-        let old = state_dir.join(OLD_FILE_NAME);
-        if old.exists() {
-            tracing::warn!(
-                path = %old.display(),
-                "a state store of the old format (redb) is ignored: the desired state is \
-                 stored in {} now; remove the old file",
-                Self::FILE_NAME
-            );
         }
         Ok(Store {
             resources: Log::open(state_dir, Self::FILE_NAME, RESOURCES_TAG, compact_min)?,

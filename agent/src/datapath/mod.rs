@@ -114,10 +114,6 @@ const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 /// program reads it), so it is created here rather than in the object.
 const ATTACHED_PORTS: &str = "ATTACHED_PORTS";
 
-/// Where the previous build pinned a tcx link per port and hook, named
-/// `port-<ifindex>-<ingress|egress>`; replaced by filters on open.
-const TCX_LINKS_DIR: &str = "links";
-
 /// Where the XDP program's link to an underlay device is pinned:
 /// `xdp-<ifindex>-<native|generic>`. Pinned, the link (and the program)
 /// stays attached when the agent stops; a successor swaps its own program
@@ -167,7 +163,7 @@ pub enum DatapathError {
         #[source]
         source: PinError,
     },
-    /// A tcx link pinned by the previous build.
+    /// A pinned link: the XDP program's on an underlay device.
     #[error("link pinned at {}", path.display())]
     Link {
         path: PathBuf,
@@ -283,8 +279,6 @@ impl Datapath {
     /// agent restarts. Mounts bpffs at /sys/fs/bpf if it is not mounted. Creates pin_dir.
     ///
     /// Forgets the ports (and counters) of devices deleted while no agent ran.
-    /// Ports attached by the previous build with pinned tcx links are given
-    /// filters and lose their links.
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
         bpffs::ensure_mounted()?;
         fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
@@ -351,7 +345,6 @@ impl Datapath {
             spare_endpoints: Vec::new(),
             pin_dir: pin_dir.to_owned(),
         };
-        datapath.replace_tcx_links(&pin_dir.join(TCX_LINKS_DIR))?;
         datapath.forget_deleted_devices()?;
         Ok(datapath)
     }
@@ -463,10 +456,7 @@ impl Datapath {
             .attach_to_if_index(ifindex, mode)
             .map_err(xdp_error)?;
         let link = program.take_link(id).map_err(xdp_error)?;
-        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-            path: path.clone(),
-            source,
-        })?;
+        let link = FdLink::try_from(link).map_err(link_error(&path))?;
         link.pin(&path).map_err(|source| DatapathError::Pin {
             path: path.clone(),
             source,
@@ -645,39 +635,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Replaces the previous build's tcx links (pinned under `dir`) with
-    /// filters, so that no port keeps both. A tcx program letting a frame
-    /// through skips the device's tc filters, so each port goes from the old
-    /// program to the new one without a moment with neither.
-    fn replace_tcx_links(&mut self, dir: &Path) -> Result<(), DatapathError> {
-        let io_error = |source| DatapathError::Io {
-            what: format!("cannot clean up {}", dir.display()),
-            source,
-        };
-        let entries = match fs::read_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            entries => entries.map_err(io_error)?,
-        };
-        for entry in entries {
-            let path = entry.map_err(io_error)?.path();
-            let link = PinnedLink::from_pin(&path).map_err(link_error(&path))?;
-            let link = FdLink::from(link);
-            let ifindex = path
-                .file_name()
-                .and_then(|name| name.to_str()?.strip_prefix("port-")?.split_once('-'))
-                .and_then(|(ifindex, _hook)| ifindex.parse().ok());
-            if let Some(ifindex) = ifindex
-                && tcx_link_attached(&link, &path, ifindex)?
-            {
-                self.attach_port(ifindex)?;
-            }
-            fs::remove_file(&path).map_err(io_error)?;
-            // Ours is now the last reference: closing it detaches the link.
-            drop(link);
-        }
-        fs::remove_dir(dir).map_err(io_error)
-    }
-
     /// Drops the entries of devices that are gone: `attached_ports` does
     /// not list them, so nothing would detach them.
     fn forget_deleted_devices(&mut self) -> Result<(), DatapathError> {
@@ -778,22 +735,6 @@ fn attached_ports_map(path: &Path) -> Result<HashMap<MapData, u32, u8>, Datapath
         }),
         map => map.map_err(map_error(ATTACHED_PORTS)),
     }
-}
-
-/// Whether the tcx `link` pinned at `path` is attached to device `ifindex`.
-fn tcx_link_attached(link: &FdLink, path: &Path, ifindex: u32) -> Result<bool, DatapathError> {
-    let Some(ifname) = ifname(ifindex)? else {
-        return Ok(false);
-    };
-    let program = link.info().map_err(link_error(path))?.program_id();
-    for hook in Hook::ALL {
-        let (_, attached) = SchedClassifier::query_tcx(&ifname, hook.attach_type())
-            .map_err(filter_error(ifindex, hook))?;
-        if attached.iter().any(|p| p.id() == program) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// A map entry's removal, where none to remove is fine.

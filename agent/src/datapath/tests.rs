@@ -16,7 +16,7 @@ use std::{
 };
 
 use alcor_ebpf_common::programs::{PORT_FROM_VM, PORT_TO_VM, UNDERLAY_IN, UNDERLAY_XDP, VXLAN_IN};
-use aya::programs::{LinkOrder, TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions};
 use futures::TryStreamExt;
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
 use nix::sched::{CloneFlags, unshare};
@@ -362,12 +362,6 @@ fn wait_for_counters(datapath: &Datapath, ifindex: u32, expected: PortCounters) 
     }
 }
 
-/// Ids of the programs attached to a device's hook with tcx.
-fn tcx_programs(ifname: &str, hook: Hook) -> Vec<u32> {
-    let (_, programs) = SchedClassifier::query_tcx(ifname, hook.attach_type()).unwrap();
-    programs.iter().map(|program| program.id()).collect()
-}
-
 fn add(counters: &mut PortCounters, hook: Hook, len: usize, count: usize) {
     let (packets, bytes) = match hook {
         Hook::FromVm => (&mut counters.rx_packets, &mut counters.rx_bytes),
@@ -545,57 +539,6 @@ fn a_deleted_device_is_forgotten() {
             datapath.port_counters(port).unwrap(),
             PortCounters::default()
         );
-    });
-}
-
-#[test]
-fn tcx_links_of_the_previous_build_are_replaced() {
-    if !privileged() {
-        return;
-    }
-    in_new_netns(|| {
-        let pins = PinDir::new();
-        let netlink = Netlink::new();
-        let (port, vm) = netlink.add_veth("port2", "vm2", None);
-        let (gone, _) = netlink.add_veth("port3", "vm3", None);
-
-        // What the previous build left: a pinned tcx link per port and hook.
-        let links_dir = pins.0.join(TCX_LINKS_DIR);
-        let mut datapath = Datapath::open(&pins.0).unwrap();
-        fs::create_dir(&links_dir).unwrap();
-        for (ifindex, ifname) in [(port, "port2"), (gone, "port3")] {
-            for (hook, suffix) in Hook::ALL.into_iter().zip(["ingress", "egress"]) {
-                let program = datapath.program_mut(hook).unwrap();
-                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-                let id = program
-                    .attach_with_options(ifname, hook.attach_type(), options)
-                    .unwrap();
-                let link = FdLink::try_from(program.take_link(id).unwrap()).unwrap();
-                link.pin(links_dir.join(format!("port-{ifindex}-{suffix}")))
-                    .unwrap();
-            }
-        }
-        let tcx = Hook::ALL.map(|hook| tcx_programs("port2", hook));
-        drop(datapath);
-        netlink.delete(gone);
-        let mut expected = PortCounters::default();
-        send_frames(vm, 60, 1);
-        add(&mut expected, Hook::FromVm, 60, 1);
-
-        let mut datapath = Datapath::open(&pins.0).unwrap();
-        assert!(!links_dir.exists());
-        assert_eq!(datapath.attached_ports().unwrap(), [port]);
-        for (hook, tcx) in Hook::ALL.into_iter().zip(tcx) {
-            assert_eq!(tcx.len(), 1, "{hook:?}");
-            assert!(tcx_programs("port2", hook).is_empty(), "{hook:?}");
-            let filter = our_filter(&mut datapath, hook);
-            assert_eq!(netlink.filters(port, hook), [filter], "{hook:?}");
-        }
-        // Counted by the tcx program, then by the filter.
-        wait_for_counters(&datapath, port, expected);
-        send_frames(port, 90, 1);
-        add(&mut expected, Hook::ToVm, 90, 1);
-        wait_for_counters(&datapath, port, expected);
     });
 }
 

@@ -17,12 +17,14 @@ pub mod datapath;
 pub mod desired;
 pub mod dhcp;
 pub mod engine;
+pub mod error;
 pub mod forwarding;
 #[cfg(test)]
 mod fuzzing;
 pub mod goalstate;
 pub mod metrics;
 pub mod model;
+pub mod packet;
 pub mod plumbing;
 pub mod registration;
 pub mod store;

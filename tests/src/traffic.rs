@@ -725,7 +725,9 @@ pub fn udp_frame(
     frame
 }
 
-/// The Internet checksum (RFC 1071) of `bytes`.
+/// The Internet checksum (RFC 1071) of `bytes`. (The agent's
+/// `packet::checksum`, which this harness cannot use: xtask builds it
+/// before the eBPF toolchain the agent needs is installed.)
 pub fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)

@@ -15,12 +15,12 @@ use alcor_proto::{
 
 use super::table::{Table, left, right};
 use crate::{
-    control::hexdump,
     datapath,
     dhcp::{
         counters::{ClientMessage, DropReason, ServerMessage},
         leases::unix_now,
     },
+    packet::hexdump,
 };
 
 /// A reply as an operator reads it.

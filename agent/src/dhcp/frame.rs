@@ -4,7 +4,10 @@
 use std::net::Ipv4Addr;
 
 use super::counters::DropReason;
-use crate::model::Mac;
+use crate::{
+    model::Mac,
+    packet::{checksum, pseudo_header},
+};
 
 pub const ETHERNET_HEADER_LEN: usize = 14;
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -137,36 +140,13 @@ pub fn finish(frame: &mut [u8], source: Source, destination: Destination) {
     udp[2..4].copy_from_slice(&destination.port.to_be_bytes());
     udp[4..6].copy_from_slice(&udp_len_field.to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]);
-    let mut pseudo_header = [0u8; 12];
-    pseudo_header[0..4].copy_from_slice(&source.ip.octets());
-    pseudo_header[4..8].copy_from_slice(&destination.ip.octets());
-    pseudo_header[9] = IP_PROTOCOL_UDP;
-    pseudo_header[10..12].copy_from_slice(&udp_len_field.to_be_bytes());
+    let pseudo = pseudo_header(source.ip, destination.ip, IP_PROTOCOL_UDP, udp_len_field);
     // 0 means "no checksum" in UDP over IPv4: a computed 0 is sent as ~0.
-    let udp_checksum = match checksum(&[&pseudo_header, udp]) {
+    let udp_checksum = match checksum(&[&pseudo, udp]) {
         0 => 0xffff,
         sum => sum,
     };
     udp[6..8].copy_from_slice(&udp_checksum.to_be_bytes());
-}
-
-/// The Internet checksum (RFC 1071) of the concatenated parts, each of
-/// even length but the last.
-pub fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u64 = 0;
-    for part in parts {
-        let mut words = part.chunks_exact(2);
-        for word in &mut words {
-            sum += u64::from(u16::from_be_bytes([word[0], word[1]]));
-        }
-        if let [last] = words.remainder() {
-            sum += u64::from(*last) << 8;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn octets<const N: usize>(bytes: &[u8]) -> [u8; N] {

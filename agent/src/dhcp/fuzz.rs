@@ -179,7 +179,7 @@ fn check_handler(received: &[u8], ifindex: u32) -> Result<(), TestCaseError> {
 
     let ip = &out[ETHERNET_HEADER_LEN..];
     prop_assert_eq!(
-        frame::checksum(&[&ip[..IPV4_HEADER_LEN]]),
+        crate::packet::checksum(&[&ip[..IPV4_HEADER_LEN]]),
         0,
         "IPv4 checksum"
     );
@@ -190,7 +190,7 @@ fn check_handler(received: &[u8], ifindex: u32) -> Result<(), TestCaseError> {
     let mut pseudo = ip[12..20].to_vec();
     pseudo.extend_from_slice(&[0, 17]);
     pseudo.extend_from_slice(&udp[4..6]);
-    prop_assert_eq!(frame::checksum(&[&pseudo, udp]), 0, "UDP checksum");
+    prop_assert_eq!(crate::packet::checksum(&[&pseudo, udp]), 0, "UDP checksum");
 
     let message = &udp[8..];
     prop_assert!(message.len() >= 300, "{} bytes", message.len());

@@ -261,7 +261,7 @@ fn attach(
     };
     match datapath.attach_xdp(ifindex, mode) {
         Err(refused) if xdp == UnderlayXdp::Native => {
-            let reason = crate::control::chain(&refused);
+            let reason = crate::error::chain(&refused);
             tracing::warn!(
                 device,
                 %reason,

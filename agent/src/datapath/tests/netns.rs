@@ -322,7 +322,7 @@ fn vms_talk_through_the_datapath_and_nothing_else_does() {
         );
         assert!(matches!(quote.len(), 28 | 40), "{exceeded:?}");
         assert_eq!(
-            super::packets::checksum(&exceeded[20..]),
+            crate::packet::checksum(&[&exceeded[20..]]),
             0,
             "ICMP checksum as it reached the VM"
         );

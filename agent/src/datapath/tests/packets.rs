@@ -3,24 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::Mac;
+use crate::{model::Mac, packet::checksum};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const BROADCAST: Mac = Mac([0xff; 6]);
-
-/// The Internet checksum (RFC 1071) of `bytes`.
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 pub fn ether(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(14 + payload.len());
@@ -91,7 +79,7 @@ impl Ipv4 {
         header.extend([self.ttl, self.proto, 0, 0]);
         header.extend(self.src.octets());
         header.extend(self.dst.octets());
-        let check = checksum(&header);
+        let check = checksum(&[&header]);
         header[10..12].copy_from_slice(&check.to_be_bytes());
         header.extend(payload);
         header
@@ -107,7 +95,7 @@ pub fn icmp(kind: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
     let mut message = vec![kind, code, 0, 0];
     message.extend(rest);
     message.extend(data);
-    let check = checksum(&message);
+    let check = checksum(&[&message]);
     message[2..4].copy_from_slice(&check.to_be_bytes());
     message
 }

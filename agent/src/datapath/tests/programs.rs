@@ -11,7 +11,10 @@ use super::{
     packets::{self, *},
     privileged,
 };
-use crate::model::{AddressPair, GatewayAddress, Mac, Vni};
+use crate::{
+    model::{AddressPair, GatewayAddress, Mac, Vni},
+    packet::checksum,
+};
 
 pub const VNI1: u64 = 100;
 pub const VNI2: u64 = 200;
@@ -288,8 +291,12 @@ fn gateway_ping_is_answered_in_place_with_right_checksums() {
             &reply.packet(&icmp(0, 0, [0, 0x42, 0, 7], &data)),
         );
         assert_eq!(result.output, expected);
-        assert_eq!(checksum(&result.output[14..34]), 0, "IPv4 header checksum");
-        assert_eq!(checksum(&result.output[34..]), 0, "ICMP checksum");
+        assert_eq!(
+            checksum(&[&result.output[14..34]]),
+            0,
+            "IPv4 header checksum"
+        );
+        assert_eq!(checksum(&[&result.output[34..]]), 0, "ICMP checksum");
 
         // Anything else to the gateway is dropped.
         let udp = from_a(GW1_MAC, "10.0.1.1", UDP, &packets::udp(1000, 53, b"?"));
@@ -400,7 +407,7 @@ fn traffic_between_subnets_of_a_router_is_routed() {
         let routed = Ipv4 { ttl: 16, ..sent };
         let expected = ether(C_MAC, GW2_MAC, ETH_P_IP, &routed.packet(&payload));
         assert_eq!(result.output, expected);
-        assert_eq!(checksum(&result.output[14..34]), 0);
+        assert_eq!(checksum(&[&result.output[14..34]]), 0);
 
         // And back: C (a tap) to A (a veth).
         let back = Ipv4::new(ip("10.0.2.20"), ip("10.0.1.10"), UDP);
@@ -444,8 +451,12 @@ fn ttl_running_out_at_the_router_is_answered_with_time_exceeded() {
         let time_exceeded = (11, 0, [0; 4]);
         let expected = icmp_error_frame(gateway, A_MAC, time_exceeded, &original);
         assert_eq!(result.output, expected);
-        assert_eq!(checksum(&result.output[14..34]), 0, "IPv4 header checksum");
-        assert_eq!(checksum(&result.output[34..]), 0, "ICMP checksum");
+        assert_eq!(
+            checksum(&[&result.output[14..34]]),
+            0,
+            "IPv4 header checksum"
+        );
+        assert_eq!(checksum(&[&result.output[34..]]), 0, "ICMP checksum");
 
         // A packet shorter than its header and 8 bytes is quoted whole.
         let short = sent.packet(&[1, 2, 3]);

@@ -29,7 +29,8 @@ use futures::{StreamExt, stream};
 use prost::Message;
 
 use crate::{
-    datapath::HostSpec,
+    control::chain,
+    datapath::{DatapathError, HostSpec},
     desired::{DesiredState, Entry},
     dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
     forwarding,
@@ -405,7 +406,7 @@ impl Engine {
             self.plumber
                 .datapath()?
                 .set_host_macs(&hosts)
-                .map_err(|e| format!("writing host MACs: {e}"))
+                .map_err(|e| format!("writing host MACs: {}", chain(&e)))
         });
         match written {
             Ok(written) => tracing::debug!(?changes, written, "underlay neighbours changed"),
@@ -680,7 +681,7 @@ impl Engine {
             .collect();
         let synced = tokio::task::block_in_place(|| {
             let mut datapath = self.plumber.datapath()?;
-            let programming = |e| format!("programming the datapath: {e}");
+            let programming = |e: DatapathError| format!("programming the datapath: {}", chain(&e));
             let synced = datapath
                 .sync_endpoints(&delta.write, &delta.remove)
                 .map_err(programming)?;
@@ -707,7 +708,7 @@ impl Engine {
             self.plumber
                 .datapath()?
                 .sync(&model)
-                .map_err(|e| format!("programming the datapath: {e}"))
+                .map_err(|e| format!("programming the datapath: {}", chain(&e)))
         })?;
         for conflict in &stats.conflicts {
             tracing::warn!(%conflict, "datapath record left out");

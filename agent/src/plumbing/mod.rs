@@ -23,6 +23,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use self::link::Link;
 pub use self::watch::{LinkEvent, watch_links};
 use crate::{
+    control::chain,
     datapath::Datapath,
     model::{Binding, Mac, NetnsRef, device_name},
 };
@@ -294,7 +295,7 @@ impl Plumber {
         tokio::task::block_in_place(|| {
             self.datapath()?
                 .attach_port(ifindex)
-                .map_err(|e| format!("attaching the datapath: {e}"))
+                .map_err(|e| format!("attaching the datapath: {}", chain(&e)))
         })
     }
 
@@ -302,7 +303,7 @@ impl Plumber {
         tokio::task::block_in_place(|| {
             self.datapath()?
                 .detach_port(ifindex)
-                .map_err(|e| format!("detaching the datapath: {e}"))
+                .map_err(|e| format!("detaching the datapath: {}", chain(&e)))
         })
     }
 

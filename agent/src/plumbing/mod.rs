@@ -17,7 +17,8 @@ use std::{
     time::Instant,
 };
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use futures::{StreamExt, stream};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use self::link::Link;
@@ -27,6 +28,10 @@ use crate::{
     datapath::Datapath,
     model::{Binding, Mac, NetnsRef, device_name},
 };
+
+/// How many ports are plumbed at once: enough to keep netlink busy while
+/// each request waits for the kernel.
+const CONCURRENCY: usize = 8;
 
 /// The name of the VM-side end of a netns-bound port's veth pair.
 pub const VM_DEVICE: &str = "eth0";
@@ -80,6 +85,17 @@ pub struct Plumber {
 /// whose own `eth0` keeps the port MTU.
 const HOST_SIDE_MTU: u32 = 65535;
 
+/// How far [`Plumber::prepare`] took a port's device.
+enum Prepared {
+    /// A tap that does not exist yet.
+    Pending,
+    /// The agent's veth, as planned (IPv6 was turned off at its creation).
+    Ready(u32),
+    /// A device to turn IPv6 off on: a veth just created (`new`: still
+    /// down), or a tap.
+    Silence { ifindex: u32, new: bool },
+}
+
 /// Who owns the port device called by a port's name.
 enum Owner {
     /// Created by the agent for this port, with this spec.
@@ -105,11 +121,86 @@ impl Plumber {
         link::all(&self.handle).await
     }
 
-    /// Makes the port's device exist as planned and attaches the datapath.
-    pub async fn apply(&self, plan: &PortPlan) -> Report {
+    /// Makes the ports' devices exist as planned and attaches the datapath,
+    /// concurrently; the reports come in the order of `plans`.
+    ///
+    /// IPv6 goes off on new devices between their creation and their
+    /// bringing up ([`silence_ipv6`]), for all of them in one pass once
+    /// every device of the batch exists. That write takes the rtnl lock
+    /// with a trylock, which the kernel retries at once: a busy loop as long
+    /// as a netlink request holds the lock. Between the batch's own
+    /// creates, it spun against them (stalling an async worker meanwhile);
+    /// after them, only other users of the lock are left. (16 agents on one
+    /// kernel, 150 veths each, create to up: 3.4-7.6 s with the write
+    /// between, 1.3-1.4 s in one pass after, 1.3-1.7 s without it.)
+    pub async fn apply_all(&self, plans: &[PortPlan]) -> Vec<Report> {
+        // Futures made up front (run `CONCURRENCY` at a time): a stream
+        // closure over borrowed plans is not `Send` for the compiler.
+        let preparing: Vec<_> = plans.iter().map(|plan| self.prepare_timed(plan)).collect();
+        let prepared: Vec<(Result<Prepared, String>, u32)> = stream::iter(preparing)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+
+        let silence_us: Vec<u32> = tokio::task::block_in_place(|| {
+            plans
+                .iter()
+                .zip(&prepared)
+                .map(|(plan, (prepared, _))| match prepared {
+                    Ok(Prepared::Silence { .. }) => {
+                        let started = Instant::now();
+                        silence_ipv6(&plan.device);
+                        micros_since(started)
+                    }
+                    _ => 0,
+                })
+                .collect()
+        });
+
+        let finishing: Vec<_> = plans
+            .iter()
+            .zip(prepared)
+            .zip(silence_us)
+            .map(|((plan, (prepared, prepare_us)), silence_us)| {
+                self.finish(plan, prepared, prepare_us.saturating_add(silence_us))
+            })
+            .collect();
+        stream::iter(finishing)
+            .buffered(CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn prepare_timed(&self, plan: &PortPlan) -> (Result<Prepared, String>, u32) {
         let started = Instant::now();
-        let plumbed = self.plumb(plan).await;
-        let network_us = micros_since(started);
+        let prepared = self.prepare(plan).await;
+        (prepared, micros_since(started))
+    }
+
+    /// Brings a prepared port's device up if new, attaches the datapath to
+    /// it and reports; `network_us`: the plumbing so far.
+    async fn finish(
+        &self,
+        plan: &PortPlan,
+        prepared: Result<Prepared, String>,
+        network_us: u32,
+    ) -> Report {
+        let started = Instant::now();
+        let plumbed = match prepared {
+            Ok(Prepared::Pending) => Ok(None),
+            Ok(
+                Prepared::Ready(ifindex)
+                | Prepared::Silence {
+                    ifindex,
+                    new: false,
+                },
+            ) => Ok(Some(ifindex)),
+            Ok(Prepared::Silence { ifindex, new: true }) => {
+                self.finish_veth(plan, ifindex).await.map(Some)
+            }
+            Err(reason) => Err(reason),
+        };
+        let network_us = network_us.saturating_add(micros_since(started));
         let mut dataplane_us = 0;
         let outcome = match plumbed {
             Ok(Some(ifindex)) => {
@@ -137,7 +228,14 @@ impl Plumber {
         }
     }
 
-    /// Undoes what `apply` did: deletes a device the agent created, forgets
+    /// Undoes what [`Self::apply_all`] did for these ports, concurrently;
+    /// the results come in the order of `port_ids`.
+    pub async fn remove_all(&self, port_ids: &[&str]) -> Vec<Result<(), String>> {
+        let removing: Vec<_> = port_ids.iter().map(|id| self.remove(id)).collect();
+        stream::iter(removing).buffered(CONCURRENCY).collect().await
+    }
+
+    /// Undoes what `apply_all` did: deletes a device the agent created, forgets
     /// (detaches from) one it adopted.
     pub async fn remove(&self, port_id: &str) -> Result<(), String> {
         let device = device_name(port_id);
@@ -171,28 +269,30 @@ impl Plumber {
             .map_err(|e| format!("looking up {device}: {e}"))
     }
 
-    /// Returns the device's ifindex once it is as planned, `None` for a tap
-    /// that does not exist yet.
-    async fn plumb(&self, plan: &PortPlan) -> Result<Option<u32>, String> {
+    /// Makes the port's device exist, as far as it can before IPv6 is
+    /// turned off on it.
+    async fn prepare(&self, plan: &PortPlan) -> Result<Prepared, String> {
         let found = self.find(&plan.device).await?;
         match (&plan.binding, found) {
             (Binding::Unbound, _) => Err("an unbound port has no device".into()),
-            (Binding::Tap, None) => Ok(None),
+            (Binding::Tap, None) => Ok(Prepared::Pending),
             (Binding::Tap, Some(found)) => match self.owner(plan, &found) {
-                Owner::Other => {
-                    silence_ipv6(&plan.device);
-                    Ok(Some(found.index))
-                }
+                Owner::Other => Ok(Prepared::Silence {
+                    ifindex: found.index,
+                    new: false,
+                }),
                 // The port was netns-bound before: its veth goes, the tap will come.
                 Owner::Agent { .. } => {
                     self.delete_orphan(&found).await?;
-                    Ok(None)
+                    Ok(Prepared::Pending)
                 }
             },
             (Binding::Netns(netns), found) => {
                 if let Some(found) = found {
                     match self.owner(plan, &found) {
-                        Owner::Agent { spec_matches: true } => return Ok(Some(found.index)),
+                        Owner::Agent { spec_matches: true } => {
+                            return Ok(Prepared::Ready(found.index));
+                        }
                         Owner::Agent {
                             spec_matches: false,
                         } => self.delete_orphan(&found).await?,
@@ -204,7 +304,8 @@ impl Plumber {
                         }
                     }
                 }
-                self.create_veth(plan, netns).await.map(Some)
+                let ifindex = self.create_veth(plan, netns).await?;
+                Ok(Prepared::Silence { ifindex, new: true })
             }
         }
     }
@@ -235,9 +336,10 @@ impl Plumber {
 
     /// Creates the veth pair in one netlink request whose main device is the
     /// VM side, created directly in its namespace, named, addressed, sized
-    /// and up; its peer, the host side, stays here. (The other way round
-    /// fails: a veth cannot go up at creation before its peer exists.) Then
-    /// the host side is labelled and brought up.
+    /// and up; its peer, the host side, stays here, down. (The other way
+    /// round fails: a veth cannot go up at creation before its peer
+    /// exists.) Then the host side is labelled at once, so that an agent
+    /// that dies before it is up still knows it for its own.
     async fn create_veth(&self, plan: &PortPlan, netns: &NetnsRef) -> Result<u32, String> {
         let path = netns.path();
         let namespace = File::open(&path).map_err(|e| {
@@ -275,18 +377,34 @@ impl Plumber {
             .find(&plan.device)
             .await?
             .ok_or_else(|| format!("veth {} vanished right after its creation", plan.device))?;
-        // Before it goes up, so that it never sends anything of its own.
-        silence_ipv6(&plan.device);
-        // The kernel ignores an alias given at creation: set it with `up`.
-        let finish = LinkUnspec::new_with_index(created.index)
+        // The kernel ignores an alias given at creation.
+        let label = LinkUnspec::new_with_index(created.index)
             .append_extra_attribute(LinkAttribute::IfAlias(self.alias(plan)))
-            .up()
             .build();
-        if let Err(error) = self.handle.link().set(finish).execute().await {
-            let _ = link::delete(&self.handle, created.index).await;
-            return Err(format!("bringing up veth {}: {error}", plan.device));
+        self.set_or_delete(label, created.index, "labelling", plan)
+            .await
+    }
+
+    /// Brings a new veth's host side up, once IPv6 is off on it (so that it
+    /// never sends anything of its own).
+    async fn finish_veth(&self, plan: &PortPlan, ifindex: u32) -> Result<u32, String> {
+        let up = LinkUnspec::new_with_index(ifindex).up().build();
+        self.set_or_delete(up, ifindex, "bringing up", plan).await
+    }
+
+    /// Changes a new veth; deletes it if that fails.
+    async fn set_or_delete(
+        &self,
+        change: LinkMessage,
+        ifindex: u32,
+        what: &str,
+        plan: &PortPlan,
+    ) -> Result<u32, String> {
+        if let Err(error) = self.handle.link().set(change).execute().await {
+            let _ = link::delete(&self.handle, ifindex).await;
+            return Err(format!("{what} veth {}: {error}", plan.device));
         }
-        Ok(created.index)
+        Ok(ifindex)
     }
 
     // Datapath calls are blocking syscalls under a mutex: let the runtime

@@ -298,7 +298,10 @@ impl Engine {
                 device = orphan.name,
                 "deleting a device of a port that is gone"
             );
-            if let Err(reason) = self.plumber.delete_orphan(orphan).await {
+        }
+        let deleted = self.plumber.delete_orphans(&orphans).await;
+        for (orphan, deleted) in orphans.iter().zip(deleted) {
+            if let Err(reason) = deleted {
                 tracing::warn!(device = orphan.name, %reason, "could not delete");
             }
         }

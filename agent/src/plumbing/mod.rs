@@ -231,33 +231,68 @@ impl Plumber {
         }
     }
 
-    /// Undoes what [`Self::apply_all`] did for these ports, concurrently;
-    /// the results come in the order of `port_ids`.
+    /// Undoes what [`Self::apply_all`] did for these ports: deletes the
+    /// devices the agent created ([`Self::delete_orphans`]), forgets
+    /// (detaches from) those it adopted. The results come in the order of
+    /// `port_ids`.
     pub async fn remove_all(&self, port_ids: &[&str]) -> Vec<Result<(), String>> {
-        let removing: Vec<_> = port_ids.iter().map(|id| self.remove(id)).collect();
-        stream::iter(removing).buffered(CONCURRENCY).collect().await
+        let devices: Vec<String> = port_ids.iter().map(|id| device_name(id)).collect();
+        let finding: Vec<_> = devices.iter().map(|device| self.find(device)).collect();
+        let found: Vec<_> = stream::iter(finding).buffered(CONCURRENCY).collect().await;
+        let mut results = Vec::with_capacity(port_ids.len());
+        let (mut doomed, mut positions) = (Vec::new(), Vec::new());
+        for (port_id, found) in port_ids.iter().zip(found) {
+            results.push(match found {
+                Ok(Some(found)) if Self::created_for(port_id, &found) => {
+                    positions.push(results.len());
+                    doomed.push(found);
+                    Ok(())
+                }
+                Ok(Some(found)) => self.detach(found.index),
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
+            });
+        }
+        for (position, deleted) in positions
+            .into_iter()
+            .zip(self.delete_orphans(&doomed).await)
+        {
+            results[position] = deleted;
+        }
+        results
     }
 
-    /// Undoes what `apply_all` did: deletes a device the agent created, forgets
-    /// (detaches from) one it adopted.
+    /// Undoes what `apply_all` did for one port.
     pub async fn remove(&self, port_id: &str) -> Result<(), String> {
-        let device = device_name(port_id);
-        let Some(found) = self.find(&device).await? else {
-            return Ok(());
-        };
-        if Self::created_for(port_id, &found) {
-            self.delete_orphan(&found).await
-        } else {
-            self.detach(found.index)
-        }
+        self.remove_all(&[port_id]).await.pop().unwrap_or(Ok(()))
     }
 
     /// Deletes a device the agent created for a port that no longer exists.
     pub async fn delete_orphan(&self, found: &Link) -> Result<(), String> {
-        self.detach(found.index)?;
-        link::delete(&self.handle, found.index)
+        self.delete_orphans(std::slice::from_ref(found))
             .await
-            .map_err(|e| format!("deleting {}: {e}", found.name))
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Deletes devices the agent created for ports that no longer exist,
+    /// all in one request when there are several ([`link::delete_all`]),
+    /// then has the datapath forget them: their filters went with them.
+    /// (Detached first, each would cost two more requests under the rtnl
+    /// lock.) The results come in the order of `found`.
+    pub async fn delete_orphans(&self, found: &[Link]) -> Vec<Result<(), String>> {
+        let indexes: Vec<u32> = found.iter().map(|link| link.index).collect();
+        let deleted = link::delete_all(&self.handle, &indexes, CONCURRENCY).await;
+        found
+            .iter()
+            .zip(deleted)
+            .map(|(link, deleted)| {
+                let deleted = deleted.map_err(|e| format!("deleting {}: {e}", link.name));
+                // A device that is still there is detached in full.
+                let detached = self.detach(link.index);
+                deleted.and(detached)
+            })
+            .collect()
     }
 
     /// The port id in the alias of a device the agent created.
@@ -506,7 +541,109 @@ pub fn micros_since(start: Instant) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use rtnetlink::LinkVeth;
+
     use super::*;
+
+    /// Runs `test` with rtnetlink inside a new network namespace, on a thread
+    /// of its own (namespaces are per thread); the namespace goes away with
+    /// its devices when the thread ends. False, without running it, where
+    /// it cannot run: it needs root, which CI must give.
+    fn in_new_netns(test: impl FnOnce(&tokio::runtime::Runtime, &Handle) + Send + 'static) -> bool {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run these as root"
+            );
+            return false;
+        }
+        let thread = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            let (connection, handle, _) = {
+                let _context = runtime.enter();
+                rtnetlink::new_connection().unwrap()
+            };
+            runtime.spawn(connection);
+            test(&runtime, &handle);
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+        true
+    }
+
+    fn add_veth(runtime: &tokio::runtime::Runtime, handle: &Handle, name: &str) -> u32 {
+        let peer = format!("{name}-peer");
+        let veth = LinkVeth::new(name, &peer).build();
+        runtime.block_on(handle.link().add(veth).execute()).unwrap();
+        index_of(runtime, handle, name)
+    }
+
+    fn index_of(runtime: &tokio::runtime::Runtime, handle: &Handle, name: &str) -> u32 {
+        let found = runtime.block_on(link::by_name(handle, name)).unwrap();
+        found.unwrap().index
+    }
+
+    fn names(runtime: &tokio::runtime::Runtime, handle: &Handle) -> BTreeSet<String> {
+        let links = runtime.block_on(link::all(handle)).unwrap();
+        links.into_iter().map(|link| link.name).collect()
+    }
+
+    #[test]
+    fn several_links_are_deleted_at_once_and_no_other() {
+        let ran = in_new_netns(|runtime, handle| {
+            let doomed: Vec<u32> = ["port0", "port1", "port2"]
+                .map(|name| add_veth(runtime, handle, name))
+                .into();
+            let kept = add_veth(runtime, handle, "port3");
+            let bystander = add_veth(runtime, handle, "other");
+            let gone = add_veth(runtime, handle, "gone");
+            runtime.block_on(link::delete(handle, gone)).unwrap();
+
+            // With one that is gone already, which is not an error.
+            let indexes = [doomed.as_slice(), &[gone]].concat();
+            let deleted = runtime.block_on(link::delete_all(handle, &indexes, 2));
+            assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+            let left = ["lo", "other", "other-peer", "port3", "port3-peer"];
+            assert_eq!(names(runtime, handle), left.map(String::from).into());
+            assert_eq!(index_of(runtime, handle, "other"), bystander);
+
+            // One alone, the plain way.
+            let deleted = runtime.block_on(link::delete_all(handle, &[kept], 2));
+            assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+            let left = ["lo", "other", "other-peer"];
+            assert_eq!(names(runtime, handle), left.map(String::from).into());
+        });
+        if !ran {
+            eprintln!("SKIPPED: needs root");
+        }
+    }
+
+    #[test]
+    fn ipv6_goes_off_on_the_devices_named_only() {
+        let ran = in_new_netns(|runtime, handle| {
+            add_veth(runtime, handle, "port0");
+            let ipv6 = Ipv6Settings::open();
+            ipv6.turn_off("port0");
+            // A device that is gone is no error.
+            ipv6.turn_off("gone");
+            let setting = |device: &str| {
+                let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+                std::fs::read_to_string(path).unwrap()
+            };
+            assert_eq!(setting("port0").trim(), "1");
+            assert_eq!(setting("port0-peer").trim(), "0");
+        });
+        if !ran {
+            eprintln!("SKIPPED: needs root");
+        }
+    }
 
     #[test]
     fn the_vxlan_device_is_not_taken_for_a_port_device() {

@@ -1,8 +1,7 @@
 //! Thin helpers over rtnetlink for the few link operations the agent needs
 //! (port devices, the underlay device, the VXLAN device).
 
-use std::hash::BuildHasher;
-use std::net::Ipv4Addr;
+use std::{hash::BuildHasher, net::Ipv4Addr};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use netlink_packet_route::{
@@ -160,9 +159,9 @@ pub async fn delete(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error>
 /// Deletes links (those already gone are not an error); the results come in
 /// the order of `indexes`.
 ///
-/// Several go in one request: each is put in a device group of its own for
-/// the occasion, at most `concurrency` requests at a time, then the group
-/// is deleted. A delete waits for RCU grace periods under the rtnl lock,
+/// Several go in one request: they are put in a device group of their own
+/// for the occasion (`concurrency` requests at a time), then the group is
+/// deleted. A delete waits for RCU grace periods under the rtnl lock,
 /// stalling every netlink user of the host meanwhile; a group delete waits
 /// once for all its devices (150 veths here: 3 s one by one, 60 ms as a
 /// group). Any device that did not go with the group is deleted alone.

@@ -144,21 +144,27 @@ impl Plumber {
             .collect()
             .await;
 
-        let silence_us: Vec<u32> = tokio::task::block_in_place(|| {
-            let ipv6 = Ipv6Settings::open();
-            plans
-                .iter()
-                .zip(&prepared)
-                .map(|(plan, (prepared, _))| match prepared {
-                    Ok(Prepared::Silence { .. }) => {
+        let silence =
+            |prepared: &Result<Prepared, String>| matches!(prepared, Ok(Prepared::Silence { .. }));
+        let silence_us: Vec<u32> = if prepared.iter().any(|(prepared, _)| silence(prepared)) {
+            tokio::task::block_in_place(|| {
+                let ipv6 = Ipv6Settings::open();
+                plans
+                    .iter()
+                    .zip(&prepared)
+                    .map(|(plan, (prepared, _))| {
+                        if !silence(prepared) {
+                            return 0;
+                        }
                         let started = Instant::now();
                         ipv6.turn_off(&plan.device);
                         micros_since(started)
-                    }
-                    _ => 0,
-                })
-                .collect()
-        });
+                    })
+                    .collect()
+            })
+        } else {
+            vec![0; plans.len()]
+        };
 
         let finishing: Vec<_> = plans
             .iter()

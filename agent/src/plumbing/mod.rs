@@ -269,12 +269,12 @@ impl Plumber {
     }
 
     /// Undoes what `apply_all` did for one port.
-    pub async fn remove(&self, port_id: &str) -> Result<(), String> {
+    async fn remove(&self, port_id: &str) -> Result<(), String> {
         self.remove_all(&[port_id]).await.pop().unwrap_or(Ok(()))
     }
 
     /// Deletes a device the agent created for a port that no longer exists.
-    pub async fn delete_orphan(&self, found: &Link) -> Result<(), String> {
+    async fn delete_orphan(&self, found: &Link) -> Result<(), String> {
         self.delete_orphans(std::slice::from_ref(found))
             .await
             .pop()

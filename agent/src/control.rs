@@ -528,9 +528,9 @@ impl AgentControl for ControlService {
         let ports = ports
             .into_iter()
             .map(|(id, ifindex)| {
-                let counters = datapath
-                    .port_counters(ifindex)
-                    .map_err(|e| Status::internal(format!("reading counters of {id}: {e}")))?;
+                let counters = datapath.port_counters(ifindex).map_err(|e| {
+                    Status::internal(format!("reading counters of {id}: {}", chain(&e)))
+                })?;
                 Ok(api::PortCounters {
                     device: device_name(&id),
                     port_id: id,
@@ -2204,6 +2204,25 @@ mod tests {
         },
         model::{AddressPair, GatewayAddress, Mac, Vni},
     };
+
+    #[test]
+    fn a_datapath_error_reads_with_its_causes() {
+        // A map update refused under load must say why (the errno), not
+        // only which map.
+        let error = crate::datapath::DatapathError::Map {
+            name: "PORT_COUNTERS",
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(libc::ENOMEM),
+            }),
+        };
+        let text = super::chain(&error);
+        assert!(
+            text.starts_with("map PORT_COUNTERS: `bpf_map_update_elem` failed: ")
+                && text.contains("os error 12"),
+            "{text}"
+        );
+    }
 
     fn mac(text: &str) -> Mac {
         text.parse().unwrap()

@@ -25,13 +25,13 @@ use alcor_proto::schema::{
     GoalStateOperationReply, OperationStatus, OperationType, ResourceType,
     goal_state_operation_reply::GoalStateOperationStatus,
 };
-use futures::{StreamExt, stream};
 use prost::Message;
 
 use crate::{
-    datapath::HostSpec,
+    datapath::{DatapathError, HostSpec},
     desired::{DesiredState, Entry},
     dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
+    error::chain,
     forwarding,
     goalstate::{
         batch::{Action, Batch, Batched, Op},
@@ -43,10 +43,6 @@ use crate::{
     store::{Record, Store, StoreError},
     underlay::neighbours::NeighbourChange,
 };
-
-/// How many ports are plumbed at once: enough to keep netlink busy while
-/// each request waits for the kernel.
-const PLUMB_CONCURRENCY: usize = 8;
 
 /// What a port is, on this host, right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,7 +298,10 @@ impl Engine {
                 device = orphan.name,
                 "deleting a device of a port that is gone"
             );
-            if let Err(reason) = self.plumber.delete_orphan(orphan).await {
+        }
+        let deleted = self.plumber.delete_orphans(&orphans).await;
+        for (orphan, deleted) in orphans.iter().zip(deleted) {
+            if let Err(reason) = deleted {
                 tracing::warn!(device = orphan.name, %reason, "could not delete");
             }
         }
@@ -405,7 +404,7 @@ impl Engine {
             self.plumber
                 .datapath()?
                 .set_host_macs(&hosts)
-                .map_err(|e| format!("writing host MACs: {e}"))
+                .map_err(|e| format!("writing host MACs: {}", chain(&e)))
         });
         match written {
             Ok(written) => tracing::debug!(?changes, written, "underlay neighbours changed"),
@@ -424,37 +423,41 @@ impl Engine {
         }
     }
 
-    /// Plumbs (or unplumbs) the given ports concurrently, in order.
+    /// Plumbs (or unplumbs) the given ports, concurrently; the reports come
+    /// in the order of `ids`. Removals go first: a port that goes may leave
+    /// its VM's namespace (its `eth0`) to one that comes.
     async fn plumb(&self, ids: &[String]) -> Vec<Option<Report>> {
-        let plans: Vec<(String, Option<PortPlan>)> = {
+        let (mut wanted, mut gone) = (Vec::new(), Vec::new());
+        let planned: Vec<bool> = {
             let state = self.read();
             ids.iter()
                 .map(|id| {
-                    (
-                        id.clone(),
-                        state.desired.ports.get(id).and_then(|e| plan(&e.spec)),
-                    )
+                    let plan = state.desired.ports.get(id).and_then(|e| plan(&e.spec));
+                    let planned = plan.is_some();
+                    match plan {
+                        Some(plan) => wanted.push(plan),
+                        None => gone.push(id.as_str()),
+                    }
+                    planned
                 })
                 .collect()
         };
-        let plumber = &self.plumber;
-        stream::iter(plans)
-            .map(|(id, plan)| async move {
-                match plan {
-                    Some(plan) => Some(plumber.apply(&plan).await),
-                    None => match plumber.remove(&id).await {
-                        Ok(()) => None,
-                        Err(reason) => Some(Report {
-                            outcome: Outcome::Failed(reason),
-                            network_us: 0,
-                            dataplane_us: 0,
-                        }),
-                    },
+        let mut removed = self.plumber.remove_all(&gone).await.into_iter();
+        let mut applied = self.plumber.apply_all(&wanted).await.into_iter();
+        planned
+            .into_iter()
+            .map(|planned| {
+                if planned {
+                    return applied.next();
                 }
+                let reason = removed.next()?.err()?;
+                Some(Report {
+                    outcome: Outcome::Failed(reason),
+                    network_us: 0,
+                    dataplane_us: 0,
+                })
             })
-            .buffered(PLUMB_CONCURRENCY)
             .collect()
-            .await
     }
 
     /// Applies goal-state messages that arrived together, in order, as one
@@ -680,7 +683,7 @@ impl Engine {
             .collect();
         let synced = tokio::task::block_in_place(|| {
             let mut datapath = self.plumber.datapath()?;
-            let programming = |e| format!("programming the datapath: {e}");
+            let programming = |e: DatapathError| format!("programming the datapath: {}", chain(&e));
             let synced = datapath
                 .sync_endpoints(&delta.write, &delta.remove)
                 .map_err(programming)?;
@@ -707,7 +710,7 @@ impl Engine {
             self.plumber
                 .datapath()?
                 .sync(&model)
-                .map_err(|e| format!("programming the datapath: {e}"))
+                .map_err(|e| format!("programming the datapath: {}", chain(&e)))
         })?;
         for conflict in &stats.conflicts {
             tracing::warn!(%conflict, "datapath record left out");

@@ -339,9 +339,9 @@ impl AgentControl for ControlService {
         let ports = ports
             .into_iter()
             .map(|(id, ifindex)| {
-                let counters = datapath
-                    .port_counters(ifindex)
-                    .map_err(|e| Status::internal(format!("reading counters of {id}: {e}")))?;
+                let counters = datapath.port_counters(ifindex).map_err(|e| {
+                    Status::internal(format!("reading counters of {id}: {}", chain(&e)))
+                })?;
                 Ok(api::PortCounters {
                     device: device_name(&id),
                     port_id: id,

@@ -1,15 +1,15 @@
 //! Thin helpers over rtnetlink for the few link operations the agent needs
 //! (port devices, the underlay device, the VXLAN device).
 
-use std::net::Ipv4Addr;
+use std::{hash::BuildHasher, net::Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt, stream};
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
-use rtnetlink::Handle;
+use rtnetlink::{Handle, LinkUnspec};
 
 use crate::model::Mac;
 
@@ -153,7 +153,73 @@ pub async fn ipv4_addresses(
 
 /// Deletes a link; one that is already gone is not an error.
 pub async fn delete(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
-    match handle.link().del(index).execute().await {
+    gone_is_ok(handle.link().del(index).execute().await)
+}
+
+/// Deletes links (those already gone are not an error); the results come in
+/// the order of `indexes`.
+///
+/// Several go in one request: they are put in a device group of their own
+/// for the occasion (`concurrency` requests at a time), then the group is
+/// deleted. A delete waits for RCU grace periods under the rtnl lock,
+/// stalling every netlink user of the host meanwhile; a group delete waits
+/// once for all its devices (150 veths here: 3 s one by one, 60 ms as a
+/// group). Any device that did not go with the group is deleted alone.
+pub async fn delete_all(
+    handle: &Handle,
+    indexes: &[u32],
+    concurrency: usize,
+) -> Vec<Result<(), rtnetlink::Error>> {
+    if let [index] = indexes {
+        return vec![delete(handle, *index).await];
+    }
+    let group = scratch_group();
+    let grouping: Vec<_> = indexes
+        .iter()
+        .map(|&index| {
+            let message = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::Group(group))
+                .build();
+            handle.link().set(message).execute()
+        })
+        .collect();
+    let grouped: Vec<_> = stream::iter(grouping)
+        .buffered(concurrency)
+        .map(gone_is_ok)
+        .collect()
+        .await;
+    let group_deleted = if grouped.iter().any(Result::is_ok) {
+        let mut request = handle.link().del(0);
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        // ENODEV: no device left in the group, they all went meanwhile.
+        gone_is_ok(request.execute().await).is_ok()
+    } else {
+        false
+    };
+    let mut results = Vec::with_capacity(indexes.len());
+    for (&index, grouped) in indexes.iter().zip(grouped) {
+        results.push(match grouped {
+            Ok(()) if group_deleted => Ok(()),
+            _ => delete(handle, index).await,
+        });
+    }
+    results
+}
+
+/// A device group no one else uses: random, in the upper half of the
+/// range (administrators number theirs from 1). A device of somebody else's
+/// in it would be deleted with ours.
+fn scratch_group() -> u32 {
+    let random = std::hash::RandomState::new().hash_one(std::time::SystemTime::now());
+    (random as u32) | 0x8000_0000
+}
+
+/// An operation on a link that is already gone did what it was for.
+fn gone_is_ok(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match result {
         Err(error) if errno(&error) == Some(nix::libc::ENODEV) => Ok(()),
         other => other,
     }

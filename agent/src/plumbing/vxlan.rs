@@ -15,8 +15,8 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use super::{
+    Ipv6Settings,
     link::{self, Link},
-    silence_ipv6,
 };
 
 /// The alias of the agent's VXLAN device. Unlike port devices' aliases it
@@ -129,7 +129,7 @@ async fn create(handle: &Handle, name: &str, mtu: u32) -> Result<u32, String> {
         .map_err(|e| format!("looking up {name}: {e}"))?
         .ok_or_else(|| format!("VXLAN device {name} vanished right after its creation"))?;
     // It never sends anything of its own: no router solicitations, no MLD.
-    silence_ipv6(name);
+    Ipv6Settings::open().turn_off(name);
     // The kernel ignores an alias given at creation: set it with `up`.
     let finish = LinkUnspec::new_with_index(created.index)
         .append_extra_attribute(LinkAttribute::IfAlias(VXLAN_ALIAS.into()))

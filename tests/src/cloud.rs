@@ -186,6 +186,24 @@ impl Cloud {
         );
     }
 
+    /// Network `net` with its `subnets` (name, CIDR), made through
+    /// instance 0.
+    pub fn network(&self, subnets: &[(&str, &str)]) {
+        self.json(0, &["network", "create", "net"]);
+        for (name, cidr) in subnets {
+            let args = [
+                "subnet",
+                "create",
+                "--network",
+                "net",
+                "--subnet-range",
+                cidr,
+                name,
+            ];
+            self.json(0, &args);
+        }
+    }
+
     pub fn agents(&self) -> impl Iterator<Item = (&'static str, &Agent)> {
         self.agents.iter().map(|(name, agent)| (*name, agent))
     }

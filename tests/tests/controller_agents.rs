@@ -25,21 +25,7 @@ async fn the_cli_makes_vms_that_lease_ping_move_survive_and_go() {
         return;
     };
 
-    lab.json(0, &["network", "create", "net"]);
-    for (name, cidr) in [("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")] {
-        lab.json(
-            0,
-            &[
-                "subnet",
-                "create",
-                "--network",
-                "net",
-                "--subnet-range",
-                cidr,
-                name,
-            ],
-        );
-    }
+    lab.network(&[("sn1", "10.0.1.0/24"), ("sn2", "10.0.2.0/24")]);
     lab.json(0, &["router", "create", "r"]);
     for subnet in ["sn1", "sn2"] {
         lab.run(0, &["router", "add", "subnet", "r", subnet]);
@@ -165,19 +151,7 @@ async fn with_mutual_tls_agents_register_and_get_their_state() {
         Some(HOSTS.len()),
         "{agents}"
     );
-    lab.json(0, &["network", "create", "net"]);
-    lab.json(
-        0,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "net",
-            "--subnet-range",
-            "10.0.1.0/24",
-            "sn1",
-        ],
-    );
+    lab.network(&[("sn1", "10.0.1.0/24")]);
     let vm1 = lab.create_vm(0, "vm1", "h1", Some("sn1"));
     let vm2 = lab.create_vm(0, "vm2", "h2", Some("sn1"));
     for (vm, port) in [("vm1", &vm1), ("vm2", &vm2)] {

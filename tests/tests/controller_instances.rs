@@ -92,19 +92,7 @@ async fn two_instances_share_the_agents_and_a_killed_ones_are_taken_over_without
     let Some(mut lab) = Cloud::ready(test, "two", two).await else {
         return;
     };
-    lab.json(0, &["network", "create", "net"]);
-    lab.json(
-        0,
-        &[
-            "subnet",
-            "create",
-            "--network",
-            "net",
-            "--subnet-range",
-            "10.0.1.0/24",
-            "sn1",
-        ],
-    );
+    lab.network(&[("sn1", "10.0.1.0/24")]);
 
     // Every VM made through instance 0, whichever instance serves its host.
     let mut ports = BTreeMap::new();

@@ -20,11 +20,12 @@ use crate::{
     control::ControlService,
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
-    engine::{AgentState, DhcpPublisher, Engine, SharedState},
+    engine::{DhcpPublisher, Engine},
     goalstate::{GoalStateRoutes, GoalStateService},
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
     registration::{self, Registration},
+    status::{AgentState, SharedState},
     store::Store,
     underlay::{self, Underlay, neighbours},
 };

@@ -17,7 +17,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, RwLockReadGuard, RwLockWriteGuard},
     time::Instant,
 };
 
@@ -40,45 +40,10 @@ use crate::{
     metrics::{Metrics, PhaseLabels, ResourceLabels},
     model::*,
     plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
+    status::{AgentState, PortPhase, PortStatus, SharedState},
     store::{Record, Store, StoreError},
     underlay::neighbours::NeighbourChange,
 };
-
-/// What a port is, on this host, right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortPhase {
-    Unbound,
-    Pending,
-    Ready,
-    Failed,
-}
-
-impl PortPhase {
-    pub const ALL: [PortPhase; 4] = [
-        PortPhase::Unbound,
-        PortPhase::Pending,
-        PortPhase::Ready,
-        PortPhase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PortPhase::Unbound => "unbound",
-            PortPhase::Pending => "pending",
-            PortPhase::Ready => "ready",
-            PortPhase::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortStatus {
-    pub phase: PortPhase,
-    /// Host-side device index while ready.
-    pub ifindex: u32,
-    /// Why the port is pending or failed.
-    pub reason: String,
-}
 
 impl PortStatus {
     fn from_outcome(outcome: &Outcome, device: &str) -> PortStatus {
@@ -105,35 +70,7 @@ impl PortStatus {
             reason: String::new(),
         }
     }
-
-    /// The operation status a push reports for a port in this state.
-    fn operation_status(&self) -> OperationStatus {
-        match self.phase {
-            PortPhase::Ready | PortPhase::Unbound => OperationStatus::Success,
-            PortPhase::Pending => OperationStatus::Pending,
-            PortPhase::Failed => OperationStatus::Failure,
-        }
-    }
 }
-
-/// What readers (the control socket) see: the desired state and how far the
-/// host is from it.
-#[derive(Default)]
-pub struct AgentState {
-    pub desired: DesiredState,
-    pub ports: HashMap<String, PortStatus>,
-    pub messages_applied: u64,
-    /// This host's tunnel endpoint, set once at start (`--underlay-dev`).
-    pub underlay: Option<crate::datapath::UnderlaySpec>,
-    /// The ports' MTU, set once at start (the underlay's minus 50).
-    pub port_mtu: u32,
-    /// The MACs of the underlay device's neighbours, the other hosts' among
-    /// them, kept as the kernel's neighbour table says
-    /// ([`crate::underlay::neighbours`]).
-    pub host_macs: crate::underlay::neighbours::NeighbourMacs,
-}
-
-pub type SharedState = Arc<RwLock<AgentState>>;
 
 pub struct Engine {
     state: SharedState,

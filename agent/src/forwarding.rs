@@ -13,8 +13,8 @@ use std::{
 use crate::{
     datapath::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, Redirect, SubnetSpec},
     desired::DesiredState,
-    engine::{AgentState, PortPhase},
     model::{Binding, Neighbor, Vni},
+    status::{AgentState, PortPhase},
     underlay::neighbours::NeighbourMacs,
 };
 

@@ -27,5 +27,6 @@ pub mod model;
 pub mod packet;
 pub mod plumbing;
 pub mod registration;
+pub mod status;
 pub mod store;
 pub mod underlay;

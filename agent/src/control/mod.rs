@@ -33,10 +33,10 @@ use crate::{
         self, Leases,
         counters::{ClientMessage, DropReason, ServerMessage},
     },
-    engine::{AgentState, PortPhase, SharedState},
     error::chain,
     model::*,
     registration::SharedLinkStatus,
+    status::{AgentState, PortPhase, SharedState},
     underlay::{self, Underlay},
 };
 

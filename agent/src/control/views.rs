@@ -7,8 +7,8 @@ use alcor_proto::control as api;
 use crate::{
     datapath::{self as dp, Location, Redirect},
     desired::{Entry, Resource, Table},
-    engine::{AgentState, PortPhase},
     model::*,
+    status::{AgentState, PortPhase},
 };
 
 /// Entries sorted by id, for stable listings.

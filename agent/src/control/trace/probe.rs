@@ -10,10 +10,10 @@ use tonic::Status;
 use crate::{
     control::views::ports_by_ifindex,
     datapath::{EndpointSpec, SubnetSpec, TraceResult},
-    engine::{AgentState, PortPhase},
     forwarding,
     model::{AddressPair, Mac},
     packet,
+    status::{AgentState, PortPhase},
 };
 
 /// What a trace needs to know of the sending port and its VPC, copied

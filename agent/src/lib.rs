@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod packet;
 pub mod plumbing;
+pub mod provisioner;
 pub mod registration;
 pub mod status;
 pub mod store;

@@ -1,9 +1,8 @@
-//! The goal-state API: Alcor's `GoalStateProvisioner` service, the message
-//! normalisation into batches, and the validation of each resource.
+//! Goal-state messages as the engine takes them: read from the wire
+//! ([`wire`]), normalised into batches ([`batch`]), each resource checked
+//! on its own ([`validate`]). The gRPC service that receives them is
+//! [`crate::provisioner`].
 
 pub mod batch;
-mod service;
 pub mod validate;
 pub mod wire;
-
-pub use service::{GoalStateRoutes, GoalStateService};

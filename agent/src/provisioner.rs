@@ -26,9 +26,9 @@ use tonic::{
     server::{Grpc, NamedService, StreamingService},
 };
 
-use super::batch::Batch;
 use crate::{
     engine::Engine,
+    goalstate::batch::Batch,
     metrics::{ApiLabels, Metrics},
 };
 

@@ -50,6 +50,7 @@ use prost::{
 use crate::model::{
     Network, Port, Router, Subnet,
     agent::AgentRecord,
+    port::NETNS_PROFILE_KEY,
     router::{ROUTER_GATEWAY, ROUTER_INTERFACE},
 };
 
@@ -809,9 +810,6 @@ fn is_plugged(port: &Port) -> bool {
         && port.device_owner != ROUTER_INTERFACE
         && port.device_owner != ROUTER_GATEWAY
 }
-
-/// The `binding:profile` key that binds a port to a network namespace.
-pub const NETNS_PROFILE_KEY: &str = "netns";
 
 /// The namespace a port is bound to, if its profile names one.
 pub fn netns_of(port: &Port) -> Option<&str> {

@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Meta, Resource, network::MAX_TEXT};
-use crate::goalstate::NETNS_PROFILE_KEY;
 use crate::{
     body::Attrs,
     error::{ApiError, ApiResult},
 };
+
+/// The `binding:profile` key that binds a port to a network namespace.
+pub const NETNS_PROFILE_KEY: &str = "netns";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FixedIp {

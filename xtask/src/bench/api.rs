@@ -11,7 +11,6 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
     process::Command,
     sync::{
         Arc,
@@ -21,7 +20,6 @@ use std::{
 };
 
 use super::{http::Client, load_average, median, write_json};
-use crate::util;
 use alcor_tests::{
     controller::{Controller, StoreKind, request},
     etcd::EtcdServer,
@@ -61,7 +59,7 @@ struct Window {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    release_controller("api")?;
+    super::release_binaries("api", &[super::Binary::Controller])?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut results = Vec::new();
     let mut etcd_puts = None;
@@ -107,29 +105,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
     });
     write_json("api", document)
-}
-
-/// The release controller, unless `ALCOR_BIN_DIR` names one.
-pub(super) fn release_controller(benchmark: &str) -> anyhow::Result<()> {
-    if let Some(dir) = std::env::var_os("ALCOR_BIN_DIR") {
-        println!(
-            "bench {benchmark}: running {} (ALCOR_BIN_DIR)",
-            Path::new(&dir).join("alcor-controller").display()
-        );
-        return Ok(());
-    }
-    println!("bench {benchmark}: building alcor-controller (release)");
-    util::run_status(util::cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "alcor-controller",
-    ]))?;
-    let dir = util::target_dir().join("release");
-    // SAFETY: set before any other thread of this process starts.
-    unsafe { std::env::set_var("ALCOR_BIN_DIR", &dir) };
-    Ok(())
 }
 
 /// etcd's own put rate here: `etcdctl check perf --load=l` (500 clients

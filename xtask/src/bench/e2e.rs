@@ -61,7 +61,7 @@ use nix::libc;
 use serde_json::{Value, json};
 
 use super::{Args, http::Client};
-use crate::{setup, util};
+use crate::setup;
 
 const TAG: &str = "xbe2e";
 /// The runs without `--vms`; `--quick` makes only the first.
@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     require("udhcpc", "udhcpc")?;
     require("ping", "iputils-ping")?;
     setup::mount_bpffs()?;
-    release_binaries()?;
+    super::release_binaries("e2e", &[super::Binary::Controller, super::Binary::Agent])?;
     sweep_etc_netns()?;
     let mut runs = Vec::new();
     for vms in sizes {
@@ -116,34 +116,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         })?;
     }
     report(&runs)
-}
-
-/// The release controller and agent, unless `ALCOR_BIN_DIR` names a
-/// directory that has both.
-fn release_binaries() -> anyhow::Result<()> {
-    if let Some(dir) = std::env::var_os("ALCOR_BIN_DIR") {
-        for binary in ["alcor-controller", "alcor-agent"] {
-            let path = Path::new(&dir).join(binary);
-            ensure!(path.is_file(), "ALCOR_BIN_DIR: no {}", path.display());
-        }
-        println!(
-            "bench e2e: running the binaries in {} (ALCOR_BIN_DIR)",
-            Path::new(&dir).display()
-        );
-        return Ok(());
-    }
-    println!("bench e2e: building alcor-controller and alcor-agent (release)");
-    util::run_status(util::cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "alcor-controller",
-        "--bin",
-        "alcor-controller",
-    ]))?;
-    util::build_agent(true)?;
-    Ok(())
 }
 
 /// `/etc/netns/NAME` directories (udhcpc's resolv.conf) of runs that were

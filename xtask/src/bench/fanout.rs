@@ -99,7 +99,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         }
         return util::run_status(&mut command);
     }
-    super::api::release_controller("fanout")?;
+    super::release_binaries("fanout", &[super::Binary::Controller])?;
     // FANOUT_HOSTS=1000 (or 10,100) runs those counts only.
     let chosen: Option<Vec<usize>> = std::env::var("FANOUT_HOSTS").ok().map(|counts| {
         counts

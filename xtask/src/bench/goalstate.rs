@@ -43,7 +43,7 @@ const SUBNET: (&str, &str, &str) = ("subnet-bench", "10.1.0.0/16", "10.1.0.1");
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
-    super::release_agent("goalstate")?;
+    super::release_binaries("goalstate", &[super::Binary::Agent])?;
     super::in_namespaces(TAG, bench)
 }
 

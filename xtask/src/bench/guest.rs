@@ -75,7 +75,7 @@ const QUICK: Plan = Plan {
 pub fn run(quick: bool) -> anyhow::Result<()> {
     setup::run()?;
     alcor_tests::dhcp::require("iperf3", "iperf3")?;
-    super::release_agent("guest")?;
+    super::release_binaries("guest", &[super::Binary::Agent])?;
     let plan = if quick { QUICK } else { PLAN };
     super::in_namespaces(TAG, async |prefix| bench(prefix, plan).await)
 }

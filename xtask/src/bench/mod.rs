@@ -175,22 +175,61 @@ fn in_namespaces(
     outcome
 }
 
+/// A binary a benchmark runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Binary {
+    Agent,
+    Controller,
+}
+
+impl Binary {
+    fn name(self) -> &'static str {
+        match self {
+            Binary::Agent => "alcor-agent",
+            Binary::Controller => "alcor-controller",
+        }
+    }
+}
+
 /// Makes the binaries in `ALCOR_BIN_DIR` the ones the benchmark runs when
 /// it is set (another commit's release build, to compare before and after
-/// in one sitting); otherwise builds this workspace's release agent and
-/// points `ALCOR_BIN_DIR` at it.
-fn release_agent(benchmark: &str) -> anyhow::Result<()> {
+/// in one sitting); otherwise builds this workspace's release `binaries`
+/// and points `ALCOR_BIN_DIR` at them.
+fn release_binaries(benchmark: &str, binaries: &[Binary]) -> anyhow::Result<()> {
+    let names: Vec<&str> = binaries.iter().map(|binary| binary.name()).collect();
     if let Some(dir) = std::env::var_os("ALCOR_BIN_DIR") {
-        let agent = Path::new(&dir).join("alcor-agent");
-        ensure!(agent.is_file(), "ALCOR_BIN_DIR: no {}", agent.display());
+        for name in &names {
+            let path = Path::new(&dir).join(name);
+            ensure!(path.is_file(), "ALCOR_BIN_DIR: no {}", path.display());
+        }
         println!(
-            "bench {benchmark}: running {} (ALCOR_BIN_DIR)",
-            agent.display()
+            "bench {benchmark}: running {} in {} (ALCOR_BIN_DIR)",
+            names.join(" and "),
+            Path::new(&dir).display()
         );
         return Ok(());
     }
-    println!("bench {benchmark}: building alcor-agent (release)");
-    util::build_agent(true)?;
+    println!(
+        "bench {benchmark}: building {} (release)",
+        names.join(" and ")
+    );
+    if binaries.contains(&Binary::Controller) {
+        util::run_status(util::cargo().args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "alcor-controller",
+            "--bin",
+            "alcor-controller",
+        ]))?;
+        let dir = util::target_dir().join("release");
+        // SAFETY: set before any other thread of this process starts.
+        unsafe { std::env::set_var("ALCOR_BIN_DIR", &dir) };
+    }
+    if binaries.contains(&Binary::Agent) {
+        util::build_agent(true)?;
+    }
     Ok(())
 }
 

@@ -46,7 +46,7 @@ const SUBNET: (&str, &str, &str) = ("subnet-nbr", "10.0.0.0/8", "10.0.0.1");
 
 pub fn run(_quick: bool) -> anyhow::Result<()> {
     setup::run()?;
-    super::release_agent("neighbors")?;
+    super::release_binaries("neighbors", &[super::Binary::Agent])?;
     super::in_namespaces(TAG, bench)
 }
 

@@ -83,7 +83,7 @@ pub fn prepare(benchmark: &str) -> anyhow::Result<()> {
     for (program, package) in [("iperf3", "iperf3"), ("trafgen", "netsniff-ng")] {
         alcor_tests::dhcp::require(program, package)?;
     }
-    super::release_agent(benchmark)
+    super::release_binaries(benchmark, &[super::Binary::Agent])
 }
 
 /// Pushes `goal_state` to `agent`, which must accept all of it, waits

@@ -79,19 +79,10 @@ impl Cloud {
         }
         let ctl = topology.host(CONTROLLER.0);
         let pki = options.tls.then(|| Pki::new(prefix).unwrap());
-        let mut tls_args = Vec::new();
-        if let Some(pki) = &pki {
+        let tls_args = pki.as_ref().map_or_else(Vec::new, |pki| {
             let cert = pki.server("controller", ctl.underlay_ip().into()).unwrap();
-            tls_args = [
-                "--agent-tls-cert".to_string(),
-                cert.cert.display().to_string(),
-                "--agent-tls-key".into(),
-                cert.key.display().to_string(),
-                "--agent-tls-ca".into(),
-                pki.ca_file().display().to_string(),
-            ]
-            .to_vec();
-        }
+            pki.controller_args(&cert)
+        });
         let tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
         let etcd = options
             .two_instances
@@ -118,7 +109,7 @@ impl Cloud {
             );
             instances.push(instance);
         }
-        let mut endpoints: Vec<String> = instances
+        let endpoints: Vec<String> = instances
             .iter()
             .map(|instance| match pki {
                 Some(_) => instance.grpc_endpoint().replace("http://", "https://"),
@@ -138,13 +129,11 @@ impl Cloud {
             }
             // h2 lists the instances the other way round: with two, both
             // take heartbeats.
+            let mut order = endpoints.clone();
             if name == "h2" {
-                endpoints.reverse();
+                order.reverse();
             }
-            let controllers = endpoints.join(",");
-            if name == "h2" {
-                endpoints.reverse();
-            }
+            let controllers = order.join(",");
             options
                 .args
                 .extend(["--controller", &controllers, "--host-id", name].map(String::from));

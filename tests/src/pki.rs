@@ -89,6 +89,19 @@ impl Pki {
         Ok(files)
     }
 
+    /// Flags that make a controller serve its agents with `server`, accept
+    /// only agents this CA signed, and trust agents' certificates it signed.
+    pub fn controller_args(&self, server: &CertFiles) -> Vec<String> {
+        vec![
+            "--agent-tls-cert".into(),
+            server.cert.display().to_string(),
+            "--agent-tls-key".into(),
+            server.key.display().to_string(),
+            "--agent-tls-ca".into(),
+            self.ca_file().display().to_string(),
+        ]
+    }
+
     /// Flags that make an agent serve with `server` and accept only clients
     /// this CA signed.
     pub fn agent_args(&self, server: &CertFiles) -> Vec<String> {

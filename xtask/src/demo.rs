@@ -349,14 +349,7 @@ impl Demo {
         let pki = self.pki.as_ref().context("no PKI")?;
         let cert = self.controller_cert.as_ref().context("no certificate")?;
         let ctl = self.topology()?.host(CONTROLLER.0);
-        let tls = [
-            "--agent-tls-cert".to_string(),
-            cert.cert.display().to_string(),
-            "--agent-tls-key".into(),
-            cert.key.display().to_string(),
-            "--agent-tls-ca".into(),
-            pki.ca_file().display().to_string(),
-        ];
+        let tls = pki.controller_args(cert);
         let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
         let controller =
             Controller::start_in(ctl.netns(), ctl.underlay_ip(), StoreKind::Embedded, &tls)?;

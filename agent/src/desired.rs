@@ -324,6 +324,19 @@ impl DesiredState {
         writes
     }
 
+    /// Subnet id → the id of the router that has an interface in it.
+    pub fn router_of_subnets(&self) -> HashMap<&str, &str> {
+        self.routers
+            .specs()
+            .flat_map(|router| {
+                router
+                    .subnet_tables
+                    .iter()
+                    .map(move |table| (table.subnet_id.as_str(), router.id.as_str()))
+            })
+            .collect()
+    }
+
     /// Whether the current transaction changed anything.
     pub fn has_pending_writes(&self) -> bool {
         let mut pending = false;

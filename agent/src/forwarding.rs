@@ -196,16 +196,7 @@ pub fn model(state: &AgentState, claims: &mut Claims) -> DatapathModel {
         .sort_unstable_by_key(|endpoint| (endpoint.vni, endpoint.ip, endpoint.location));
     model.hosts = hosts_with_macs(&state.host_macs, &model.endpoints);
 
-    let router_of: HashMap<&str, &str> = desired
-        .routers
-        .specs()
-        .flat_map(|router| {
-            router
-                .subnet_tables
-                .iter()
-                .map(move |table| (table.subnet_id.as_str(), router.id.as_str()))
-        })
-        .collect();
+    let router_of = desired.router_of_subnets();
     for subnet in desired.subnets.specs() {
         model.subnets.push(SubnetSpec {
             vni: subnet.vni,

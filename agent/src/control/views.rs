@@ -163,16 +163,7 @@ pub(super) fn subnet_ids(
     state: &AgentState,
 ) -> HashMap<(u32, ipnet::Ipv4Net), (String, Option<String>)> {
     let desired = &state.desired;
-    let router_of: HashMap<&str, &str> = desired
-        .routers
-        .specs()
-        .flat_map(|router| {
-            router
-                .subnet_tables
-                .iter()
-                .map(move |table| (table.subnet_id.as_str(), router.id.as_str()))
-        })
-        .collect();
+    let router_of = desired.router_of_subnets();
     desired
         .subnets
         .specs()

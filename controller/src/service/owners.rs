@@ -178,11 +178,16 @@ impl Controller {
         .map(|(kind, record)| (resource_prefix(kind), record));
         let inventory = &mut view.inventory;
         for entry in snapshot.entries {
-            let Some((record, name)) = prefixes.iter().find_map(|(prefix, record)| {
-                Some((record, entry.key.strip_prefix(prefix.as_str())?.to_string()))
-            }) else {
+            let Some((record, prefix_len)) = prefixes
+                .iter()
+                .find(|(prefix, _)| entry.key.starts_with(prefix.as_str()))
+                .map(|(prefix, record)| (record, prefix.len()))
+            else {
                 continue;
             };
+            // Only the agents' ownership records are kept by name: not a
+            // string for every port of every round.
+            let name = |entry: &Entry| entry.key[prefix_len..].to_string();
             match record {
                 Record::Network => inventory.networks.push(decode(&entry)?),
                 Record::Subnet => inventory.subnets.push(decode(&entry)?),
@@ -190,13 +195,13 @@ impl Controller {
                 Record::Router => inventory.routers.push(decode(&entry)?),
                 Record::Agent => inventory.agents.push(decode(&entry)?),
                 Record::Owner => {
-                    view.owners.insert(name, entry);
+                    view.owners.insert(name(&entry), entry);
                 }
                 Record::Instance => {
-                    view.instances.insert(name);
+                    view.instances.insert(name(&entry));
                 }
                 Record::Resync => {
-                    view.resyncs.insert(name, entry.mod_revision);
+                    view.resyncs.insert(name(&entry), entry.mod_revision);
                 }
             }
         }

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::{
     config::Config,
     control::ControlService,
+    core::status::{AgentState, SharedState},
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
     engine::{DhcpPublisher, Engine},
@@ -25,7 +26,6 @@ use crate::{
     plumbing::{self, Plumber},
     provisioner::{GoalStateRoutes, GoalStateService},
     registration::{self, Registration},
-    status::{AgentState, SharedState},
     store::Store,
     underlay::{self, Underlay, neighbours},
 };

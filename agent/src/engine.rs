@@ -2,7 +2,7 @@
 //! arrive faster than it applies them, a group at a time:
 //!
 //! 1. every resource, already checked on its own as its message was read
-//!    ([`crate::goalstate::batch`]), is checked against the desired state,
+//!    ([`crate::core::goalstate::batch`]), is checked against the desired state,
 //!    in dependency order (creates and updates from VPCs down to DHCP
 //!    entries, then deletes from the bottom up), honouring revision numbers;
 //! 2. the ports it changed are plumbed, concurrently; a port the kernel
@@ -28,19 +28,20 @@ use alcor_proto::schema::{
 use prost::Message;
 
 use crate::{
-    datapath::{DatapathError, HostSpec},
-    desired::{DesiredState, Entry},
-    dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
-    error::chain,
-    forwarding,
-    goalstate::{
+    core::desired::{DesiredState, Entry},
+    core::forwarding,
+    core::forwarding::HostSpec,
+    core::goalstate::{
         batch::{Action, Batch, Batched, Op},
         validate::Validate,
     },
+    core::model::*,
+    core::status::{AgentState, PortPhase, PortStatus, SharedState},
+    datapath::DatapathError,
+    dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
+    error::chain,
     metrics::{Metrics, PhaseLabels, ResourceLabels},
-    model::*,
     plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
-    status::{AgentState, PortPhase, PortStatus, SharedState},
     store::{Record, Store, StoreError},
     underlay::neighbours::NeighbourChange,
 };

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use alcor_proto::control as api;
 
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 pub const BROADCAST: Mac = Mac([0xff; 6]);
 const ETHERTYPE_IPV4: u16 = 0x0800;

@@ -27,8 +27,8 @@ use tonic::{
 };
 
 use crate::{
+    core::goalstate::batch::Batch,
     engine::Engine,
-    goalstate::batch::Batch,
     metrics::{ApiLabels, Metrics},
 };
 

@@ -37,8 +37,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::{
     config::{Config, ControllerLink},
+    core::status::{PortPhase, SharedState},
     metrics::{Metrics, ResultLabels},
-    status::{PortPhase, SharedState},
 };
 
 /// Every call's deadline, connecting included.

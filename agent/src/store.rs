@@ -75,6 +75,7 @@ use std::{
 };
 
 use self::log::Log;
+use crate::core::desired::StoreWrite;
 
 /// The table tags of the two logs' headers.
 const RESOURCES_TAG: u32 = 1;
@@ -118,16 +119,6 @@ enum Cause {
     Corrupt { offset: u64, reason: String },
     #[error("refusing writes until the agent restarts: {0}")]
     Broken(String),
-}
-
-/// One resource to write, borrowed from the desired state.
-#[derive(Clone, Copy, Debug)]
-pub struct StoreWrite<'a> {
-    pub kind: i32,
-    pub id: &'a str,
-    /// The operation (wire value) and the encoded configuration, or `None`
-    /// to delete.
-    pub record: Option<(i32, &'a [u8])>,
 }
 
 /// One lease to write, or to delete (`None`).

@@ -23,12 +23,14 @@ use std::{
 };
 
 use alcor_agent::{
-    desired::{DesiredState, Entry, Resource},
+    core::{
+        desired::{DesiredState, Entry, Resource},
+        model::*,
+    },
     dhcp::{
         Counters, DhcpSettings, DhcpView, LeaseState, Leases, Responder, SharedView,
         counters::{DropReason, ServerMessage},
     },
-    model::*,
     store::Store,
 };
 use alcor_proto::schema::OperationType;

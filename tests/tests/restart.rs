@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use alcor_agent::model::device_name;
+use alcor_agent::core::model::device_name;
 use alcor_proto::{
     control::{ListRequest, Port, PortPhase},
     schema::GoalState,

@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use self::{error::Error, view::Human};
-use crate::{config::Config, model::Mac};
+use crate::{config::Config, core::model::Mac};
 
 #[derive(Debug, Parser)]
 #[command(

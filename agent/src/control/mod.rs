@@ -28,15 +28,16 @@ use self::views::{
 };
 use crate::{
     config::Config,
-    datapath::{self as dp, Datapath, DatapathError, Location},
+    core::forwarding::Location,
+    core::model::*,
+    core::status::{AgentState, PortPhase, SharedState},
+    datapath::{self as dp, Datapath, DatapathError},
     dhcp::{
         self, Leases,
         counters::{ClientMessage, DropReason, ServerMessage},
     },
     error::chain,
-    model::*,
     registration::SharedLinkStatus,
-    status::{AgentState, PortPhase, SharedState},
     underlay::{self, Underlay},
 };
 

@@ -4,10 +4,11 @@ use alcor_proto::control as api;
 
 use super::trace::{Outcome, Probe, Protocol, Resolution, Setup, drop_words, reply};
 use crate::{
-    datapath::{
-        DropReason, EndpointSpec, Location, NextHop, Redirect, SubnetSpec, TraceResult, Verdict,
+    core::{
+        forwarding::{EndpointSpec, Location, Redirect, SubnetSpec},
+        model::{AddressPair, GatewayAddress, Mac, Vni},
     },
-    model::{AddressPair, GatewayAddress, Mac, Vni},
+    datapath::{DropReason, NextHop, TraceResult, Verdict},
     packet as frames,
 };
 

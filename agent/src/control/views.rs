@@ -5,10 +5,11 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use alcor_proto::control as api;
 
 use crate::{
-    datapath::{self as dp, Location, Redirect},
-    desired::{Entry, Resource, Table},
-    model::*,
-    status::{AgentState, PortPhase},
+    core::desired::{Entry, Resource, Table},
+    core::forwarding::{Location, Redirect},
+    core::model::*,
+    core::status::{AgentState, PortPhase},
+    datapath as dp,
 };
 
 /// Entries sorted by id, for stable listings.

@@ -32,14 +32,17 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Datapath, DatapathError, EndpointSpec, bpf as batch, map_error,
-    model::{
-        DatapathModel, Entries, HostSpec, Location, endpoint_entry, endpoint_key,
-        endpoint_location, from_net_u32, host_info, hosts_of, net_u32,
+    Datapath, DatapathError, bpf as batch,
+    entries::{
+        Entries, endpoint_entry, endpoint_key, endpoint_location, from_net_u32, host_info,
+        hosts_of, net_u32,
     },
-    removed,
+    map_error, removed,
 };
-use crate::model::{GatewayAddress, Mac, Vni};
+use crate::core::{
+    forwarding::{DatapathModel, EndpointSpec, HostSpec, Location},
+    model::{GatewayAddress, Mac, Vni},
+};
 
 /// From this many changes in one map on, they are written (or removed) in
 /// batches rather than one syscall each.

@@ -12,7 +12,7 @@ use std::{fmt, net::Ipv4Addr};
 use alcor_ebpf_common::{DropReason, NextHop, Redirect, UnderlayDropReason, programs, trace};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 
-use super::{Datapath, DatapathError, errno, model::from_net_u32};
+use super::{Datapath, DatapathError, entries::from_net_u32, errno};
 
 /// What `port_from_vm` does with a frame the VM sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::counters::DropReason;
 use crate::{
-    model::Mac,
+    core::model::Mac,
     packet::{checksum, pseudo_header},
 };
 

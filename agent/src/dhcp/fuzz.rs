@@ -26,7 +26,7 @@ use super::{
     testing::*,
     view::{DhcpSettings, DhcpView},
 };
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 static VIEW: LazyLock<DhcpView> = LazyLock::new(|| {
     DhcpView::build(

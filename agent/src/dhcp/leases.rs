@@ -23,7 +23,7 @@ use prost::Message;
 
 use super::view::Binding;
 use crate::{
-    model::Mac,
+    core::model::Mac,
     store::{LeaseWrite, Store, StoreError},
 };
 

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 
 use super::counters::{ClientMessage, DropReason};
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 /// Bytes of the fixed BOOTP header, up to and excluding the magic cookie.
 const FIXED_LEN: usize = 236;

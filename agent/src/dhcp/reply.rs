@@ -222,6 +222,7 @@ mod tests {
     use dhcproto::Decodable;
 
     use super::*;
+    use crate::core::model::{DhcpOption as ExtraDhcpOption, Subnet};
     use crate::dhcp::{
         frame::HEADERS_LEN,
         leases::LeaseTable,
@@ -230,7 +231,6 @@ mod tests {
         testing::*,
         view::{DhcpSettings, DhcpView},
     };
-    use crate::model::{DhcpOption as ExtraDhcpOption, Subnet};
 
     fn view_with(fixture: &Fixture, settings: &DhcpSettings) -> DhcpView {
         DhcpView::build(&fixture.desired, Fixture::ready_ports(), settings)

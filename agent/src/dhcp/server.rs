@@ -16,7 +16,7 @@ use super::{
     message::{Request, RequestKind},
     view::{Binding, DhcpView},
 };
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 /// Where a request came from.
 #[derive(Clone, Copy, Debug)]
@@ -237,13 +237,13 @@ fn destination(request: &Request, arrival: Arrival, nak: bool, yiaddr: Ipv4Addr)
 mod tests {
     use super::*;
     use crate::{
+        core::model::{FixedIp, Port},
         dhcp::{
             leases::LeaseState,
             message::{code, decode},
             testing::*,
             view::DhcpSettings,
         },
-        model::{FixedIp, Port},
     };
 
     const NOW: u64 = 1_800_000_000;

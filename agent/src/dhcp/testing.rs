@@ -11,8 +11,8 @@ use super::{
     message::code,
 };
 use crate::{
-    desired::{DesiredState, Entry, Resource},
-    model::*,
+    core::desired::{DesiredState, Entry, Resource},
+    core::model::*,
 };
 
 pub const CLIENT_MAC: Mac = Mac([0xfa, 0x16, 0x3e, 0, 0x10, 0x01]);

@@ -23,8 +23,8 @@ use super::{
     options::{ExtraOption, OptionTable, parse_extra},
 };
 use crate::{
-    desired::DesiredState,
-    model::{DhcpEntry, Mac, Port, Subnet},
+    core::desired::DesiredState,
+    core::model::{DhcpEntry, Mac, Port, Subnet},
 };
 
 /// The view the engine publishes and the responder reads.
@@ -396,8 +396,8 @@ fn classless_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::{DhcpOption as ExtraDhcpOption, Route, Router, SubnetRoutes};
     use crate::dhcp::testing::*;
-    use crate::model::{DhcpOption as ExtraDhcpOption, Route, Router, SubnetRoutes};
 
     fn build(fixture: &Fixture) -> DhcpView {
         DhcpView::build(

@@ -11,7 +11,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 /// What the agent needs to know of a kernel link.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,9 +26,9 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use self::link::Link;
 pub use self::watch::{LinkEvent, watch_links};
 use crate::{
+    core::model::{Binding, Mac, NetnsRef, device_name},
     datapath::Datapath,
     error::chain,
-    model::{Binding, Mac, NetnsRef, device_name},
 };
 
 /// How many ports are plumbed at once: enough to keep netlink busy while

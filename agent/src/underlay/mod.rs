@@ -19,7 +19,8 @@ use rtnetlink::Handle;
 
 use crate::{
     config::{Config, UnderlayXdp},
-    datapath::{Datapath, DatapathError, UnderlaySpec, XdpMode},
+    core::forwarding::UnderlaySpec,
+    datapath::{Datapath, DatapathError, XdpMode},
     plumbing::{
         link,
         vxlan::{self, VxlanOutcome},
@@ -297,7 +298,7 @@ mod tests {
             spec: UnderlaySpec {
                 ifindex: 2,
                 ip: Ipv4Addr::new(198, 18, 0, 1),
-                mac: crate::model::Mac([2, 0, 0, 0, 0, 1]),
+                mac: crate::core::model::Mac([2, 0, 0, 0, 0, 1]),
                 mtu: 9000,
                 gateway_mac: None,
                 vxlan_ifindex: 3,

@@ -26,7 +26,7 @@
 //! address has, not the kernel's every state transition (REACHABLE to STALE
 //! and back is no change).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
@@ -41,7 +41,7 @@ use netlink_sys::AsyncSocket;
 use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
 use tokio::sync::mpsc;
 
-use crate::model::Mac;
+use crate::core::{model::Mac, status::NeighbourMacs};
 
 /// Room for bursts of neighbour events.
 const RECEIVE_BUFFER: usize = 1 << 20;
@@ -53,9 +53,6 @@ pub struct NeighbourChange {
     pub ip: Ipv4Addr,
     pub mac: Option<Mac>,
 }
-
-/// The usable MACs of the underlay device's neighbours, by address.
-pub type NeighbourMacs = BTreeMap<Ipv4Addr, Mac>;
 
 /// The neighbours of the underlay device now, and from then on their
 /// changes, until the receiver is dropped. Subscribes before it dumps, so

@@ -10,8 +10,8 @@ pub use self::{
     probe::{Outcome, Probe, Protocol, Resolution, Setup, Tunnel},
 };
 use crate::{
+    core::model::Mac,
     datapath::{Answer, Datapath, DatapathError, Verdict},
-    model::Mac,
     packet,
 };
 

@@ -9,11 +9,12 @@ use tonic::Status;
 
 use crate::{
     control::views::ports_by_ifindex,
-    datapath::{EndpointSpec, SubnetSpec, TraceResult},
-    forwarding,
-    model::{AddressPair, Mac},
+    core::forwarding,
+    core::forwarding::{EndpointSpec, SubnetSpec},
+    core::model::{AddressPair, Mac},
+    core::status::{AgentState, PortPhase},
+    datapath::TraceResult,
     packet,
-    status::{AgentState, PortPhase},
 };
 
 /// What a trace needs to know of the sending port and its VPC, copied

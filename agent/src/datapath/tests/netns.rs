@@ -26,7 +26,7 @@ use super::{
     Netlink, PinDir, in_new_netns, privileged,
     programs::{GW1_MAC, VNI1, VNI2, model, port},
 };
-use crate::model::Mac;
+use crate::core::model::Mac;
 
 /// A network namespace held by a descriptor only: no name, no process; it
 /// goes away with the descriptor (and the devices in it with it).

@@ -29,7 +29,10 @@ use super::{
     privileged,
     programs::{GW1_MAC, GW2_MAC, VNI1, ip, subnet},
 };
-use crate::model::Mac;
+use crate::core::{
+    forwarding::{DatapathModel, EndpointSpec, Location, PortSpec, UnderlaySpec},
+    model::Mac,
+};
 
 /// The underlay device of each host, its VXLAN device, and the bridge of
 /// the fabric.

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::{model::Mac, packet::checksum};
+use crate::{core::model::Mac, packet::checksum};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;

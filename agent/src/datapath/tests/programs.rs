@@ -12,7 +12,10 @@ use super::{
     privileged,
 };
 use crate::{
-    model::{AddressPair, GatewayAddress, Mac, Vni},
+    core::{
+        forwarding::{DatapathModel, EndpointSpec, Location, PortSpec, SubnetSpec},
+        model::{AddressPair, GatewayAddress, Mac, Vni},
+    },
     packet::checksum,
 };
 

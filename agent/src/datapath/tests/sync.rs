@@ -9,7 +9,10 @@ use super::{
 };
 use std::io::{self, Write as _};
 
-use crate::model::GatewayAddress;
+use crate::core::{
+    forwarding::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec},
+    model::GatewayAddress,
+};
 
 /// Ports need no devices to be synced: ifindexes that exist nowhere.
 const P1: u32 = 100_001;
@@ -111,7 +114,7 @@ fn sync_writes_only_what_changed() {
     // its MAC; its address becomes an endpoint.
     model.ports[0]
         .allowed_address_pairs
-        .push(crate::model::AddressPair {
+        .push(crate::core::model::AddressPair {
             ip: "10.0.1.100/32".parse().unwrap(),
             mac: mac(0x64),
         });
@@ -205,7 +208,7 @@ fn listings_read_back_the_maps() {
     let mut model = three_ports();
     model.ports[0]
         .allowed_address_pairs
-        .push(crate::model::AddressPair {
+        .push(crate::core::model::AddressPair {
             ip: "192.168.0.0/16".parse().unwrap(),
             mac: mac(1),
         });
@@ -374,7 +377,7 @@ fn remote_endpoints(count: u32, hosts: u32) -> Vec<EndpointSpec> {
             EndpointSpec {
                 vni: vni(100 + u64::from(i >> 24)),
                 ip: std::net::Ipv4Addr::new(10, x, y, z),
-                mac: crate::model::Mac([0xfa, 0x16, 0x3e, x, y, z]),
+                mac: crate::core::model::Mac([0xfa, 0x16, 0x3e, x, y, z]),
                 location: Location::Remote {
                     host: std::net::Ipv4Addr::from(u32::from(ip("198.18.0.1")) + 1 + i / per_host),
                 },
@@ -535,7 +538,7 @@ fn a_million_neighbors() {
     };
     report("model of 1M remote endpoints built", started);
     let started = Instant::now();
-    let entries = super::super::model::Entries::from_model(&model);
+    let entries = super::super::entries::Entries::from_model(&model);
     report("its map entries (sorted, checked)", started);
     drop(entries);
     let started = Instant::now();

@@ -22,7 +22,7 @@ use super::{
     overlay::{Host, HostVm, within},
     programs::port,
 };
-use crate::{datapath::Redirect, model::Mac};
+use crate::{core::model::Mac, datapath::Redirect};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;

@@ -17,7 +17,13 @@ use super::{
     privileged,
     programs::{GW1_MAC, GW2_MAC, VNI1, VNI2, ip, mac, port, run_for_real, subnet, vni},
 };
-use crate::{model::Mac, packet::checksum};
+use crate::{
+    core::{
+        forwarding::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, UnderlaySpec},
+        model::Mac,
+    },
+    packet::checksum,
+};
 
 const A_MAC: Mac = Mac([0xfa, 0x16, 0x3e, 0, 0x40, 0x0a]);
 const C_MAC: Mac = Mac([0xfa, 0x16, 0x3e, 0, 0x40, 0x0c]);

@@ -10,12 +10,17 @@ use std::{
     net::Ipv4Addr,
 };
 
-use crate::{
-    datapath::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, Redirect, SubnetSpec},
+mod model;
+
+pub use alcor_ebpf_common::Redirect;
+
+pub use self::model::{
+    DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, SubnetSpec, UnderlaySpec,
+};
+use crate::core::{
     desired::DesiredState,
     model::{Binding, Neighbor, Vni},
-    status::{AgentState, PortPhase},
-    underlay::neighbours::NeighbourMacs,
+    status::{AgentState, NeighbourMacs, PortPhase},
 };
 
 type Hasher = foldhash::fast::RandomState;
@@ -243,8 +248,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        desired::Entry,
-        model::{Mac, NeighborIp, Vpc},
+        core::desired::Entry,
+        core::model::{Mac, NeighborIp, Vpc},
     };
 
     const VPC: &str = "vpc-1";

@@ -3,13 +3,14 @@
 //! the registration) see. Written by the engine alone.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
     sync::{Arc, RwLock},
 };
 
 use alcor_proto::schema::OperationStatus;
 
-use crate::desired::DesiredState;
+use crate::core::{desired::DesiredState, forwarding::UnderlaySpec, model::Mac};
 
 /// What a port is, on this host, right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +67,16 @@ pub struct AgentState {
     pub ports: HashMap<String, PortStatus>,
     pub messages_applied: u64,
     /// This host's tunnel endpoint, set once at start (`--underlay-dev`).
-    pub underlay: Option<crate::datapath::UnderlaySpec>,
+    pub underlay: Option<UnderlaySpec>,
     /// The ports' MTU, set once at start (the underlay's minus 50).
     pub port_mtu: u32,
     /// The MACs of the underlay device's neighbours, the other hosts' among
     /// them, kept as the kernel's neighbour table says
     /// ([`crate::underlay::neighbours`]).
-    pub host_macs: crate::underlay::neighbours::NeighbourMacs,
+    pub host_macs: NeighbourMacs,
 }
+
+/// The usable MACs of the underlay device's neighbours, by address.
+pub type NeighbourMacs = BTreeMap<Ipv4Addr, Mac>;
 
 pub type SharedState = Arc<RwLock<AgentState>>;

@@ -12,8 +12,8 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::wire::{AddressPairRef, NeighborConfigurationRef};
 use crate::{
-    desired::{DesiredState, Resource},
-    model::*,
+    core::desired::{DesiredState, Resource},
+    core::model::*,
 };
 
 /// Longest id, name or other free text accepted in a configuration.

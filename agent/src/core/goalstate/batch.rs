@@ -9,7 +9,7 @@ use super::{
     validate::{Check, SharedIds, check_id, check_neighbor},
     wire::{self, NeighborConfigurationRef, WireError},
 };
-use crate::model::*;
+use crate::core::model::*;
 
 /// One resource state of a message.
 pub struct Op<R: Check> {

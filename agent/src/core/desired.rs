@@ -16,8 +16,17 @@ type Hasher = foldhash::fast::RandomState;
 use alcor_proto::schema::{self, OperationType, ResourceType};
 use prost::Message;
 
-use crate::model::{DhcpEntry, Gateway, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc};
-use crate::store::StoreWrite;
+use crate::core::model::{DhcpEntry, Gateway, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc};
+
+/// One resource for the store to write, borrowed from the desired state.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreWrite<'a> {
+    pub kind: i32,
+    pub id: &'a str,
+    /// The operation (wire value) and the encoded configuration, or `None`
+    /// to delete.
+    pub record: Option<(i32, &'a [u8])>,
+}
 
 /// A resource kind of the goal state: its configuration message, and where
 /// its table is.
@@ -386,7 +395,7 @@ impl<R: Resource> Table<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Vni, Vpc};
+    use crate::core::model::{Vni, Vpc};
 
     fn vpc(id: &str, revision: u32) -> Entry<Vpc> {
         let spec = Vpc {

@@ -6,7 +6,7 @@ use std::{
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
 };
 
 use alcor_proto::control::agent_control_server::AgentControlServer;
@@ -21,7 +21,7 @@ use crate::{
     core::status::{AgentState, SharedState},
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
-    engine::{DhcpPublisher, Engine},
+    engine::Engine,
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
     provisioner::{GoalStateRoutes, GoalStateService},
@@ -41,17 +41,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .create(&config.state_dir)
         .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
     let store = Arc::new(Store::open(&config.state_dir)?);
-    let datapath = Datapath::open(&config.bpf_pin_dir).with_context(|| {
+    let mut datapath = Datapath::open(&config.bpf_pin_dir).with_context(|| {
         format!(
             "loading the datapath (pins in {})",
             config.bpf_pin_dir.display()
         )
     })?;
-    let datapath = Arc::new(Mutex::new(datapath));
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-    let underlay = Underlay::start(&handle, &datapath, &config).await?;
+    let underlay = Underlay::start(&handle, &mut datapath, &config).await?;
+    // The engine will own the datapath, its one writer; the control socket
+    // and the metrics read through handles of their own.
+    let reader = || datapath.reader().context("opening the datapath's maps");
+    let (control_reader, metrics_reader) = (reader()?, reader()?);
     let port_mtu = underlay::port_mtu(underlay.as_ref());
     // Subscribe before adopting, so that no device appearing meanwhile is missed.
     let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
@@ -67,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let dhcp_counters = Arc::new(dhcp::Counters::default());
-    let metrics = Arc::new(Metrics::new(dhcp_counters.clone(), datapath.clone()));
+    let metrics = Arc::new(Metrics::new(dhcp_counters.clone()).with_datapath(metrics_reader));
     // The tunnel endpoint is set once: the forwarding model carries it into
     // every sync.
     let state: SharedState = Arc::new(RwLock::new(AgentState {
@@ -76,7 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         host_macs,
         ..AgentState::default()
     }));
-    let plumber = Plumber::new(handle, datapath.clone(), port_mtu);
+    let plumber = Plumber::new(handle, port_mtu);
     let dhcp_view = DhcpView::default().into_shared();
     let dhcp_settings = DhcpSettings {
         port_mtu,
@@ -84,13 +87,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         domain: config.dhcp_domain.clone(),
     };
     let leases = Arc::new(Leases::load(store.clone())?);
-    let publisher = DhcpPublisher::spawn(
+    let state_changed = dhcp::publisher::spawn(
         state.clone(),
         dhcp_view.clone(),
         leases.clone(),
         dhcp_settings,
     );
-    let mut engine = Engine::new(state.clone(), store, plumber, metrics.clone(), publisher);
+    let mut engine = Engine::new(
+        state.clone(),
+        store,
+        plumber,
+        datapath,
+        metrics.clone(),
+        state_changed,
+    );
     let loaded = engine.load()?;
     engine.adopt().await?;
     tracing::info!(
@@ -127,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
     let control = ControlService::new(
         state.clone(),
-        datapath,
+        control_reader,
         leases,
         dhcp_counters,
         config.clone(),

@@ -1,9 +1,6 @@
 //! Prometheus metrics, served in the text format on `--metrics-listen`.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, http::header, routing::get};
 use prometheus_client::{
@@ -20,7 +17,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    datapath::{Datapath, UnderlayDropReason},
+    datapath::{DatapathReader, UnderlayDropReason},
     dhcp::{
         self,
         counters::{ClientMessage, DropReason, ServerMessage},
@@ -76,12 +73,10 @@ pub struct ReasonLabels {
 }
 
 impl Metrics {
-    /// The agent's metrics, including the DHCP responder's `dhcp` counters
-    /// and the datapath's tunnel counters.
-    pub fn new(dhcp: Arc<dhcp::Counters>, datapath: Arc<Mutex<Datapath>>) -> Self {
+    /// The agent's metrics, including the DHCP responder's `dhcp` counters.
+    pub fn new(dhcp: Arc<dhcp::Counters>) -> Self {
         let mut registry = Registry::with_prefix("alcor_agent");
         registry.register_collector(Box::new(DhcpCollector(dhcp)));
-        registry.register_collector(Box::new(UnderlayCollector(datapath)));
         let messages = Family::<ApiLabels, Counter>::default();
         registry.register(
             "goalstate_messages",
@@ -213,7 +208,7 @@ impl Collector for DhcpCollector {
 
 /// The host's tunnel counters live in a per-CPU map the programs write;
 /// they are read (and summed) at scrape time.
-struct UnderlayCollector(Arc<Mutex<Datapath>>);
+struct UnderlayCollector(DatapathReader);
 
 impl std::fmt::Debug for UnderlayCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,11 +218,7 @@ impl std::fmt::Debug for UnderlayCollector {
 
 impl Collector for UnderlayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = match self.0.lock() {
-            Ok(datapath) => datapath.underlay_stats(),
-            Err(poisoned) => poisoned.into_inner().underlay_stats(),
-        };
-        let stats = match stats {
+        let stats = match self.0.underlay_stats() {
             Ok(stats) => stats,
             Err(error) => {
                 tracing::warn!(%error, "metrics: cannot read the underlay counters");
@@ -288,6 +279,14 @@ impl Collector for UnderlayCollector {
 }
 
 impl Metrics {
+    /// Adds the datapath's tunnel counters, read at each scrape through a
+    /// reader of its own.
+    pub fn with_datapath(mut self, datapath: DatapathReader) -> Self {
+        self.registry
+            .register_collector(Box::new(UnderlayCollector(datapath)));
+        self
+    }
+
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.

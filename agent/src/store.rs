@@ -106,6 +106,12 @@ impl StoreError {
             cause,
         }
     }
+
+    /// What a store that refuses writes says (for fakes of it).
+    #[cfg(test)]
+    pub(crate) fn refusing(reason: &str) -> StoreError {
+        StoreError::new(Path::new("(fake)"), Cause::Broken(reason.into()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

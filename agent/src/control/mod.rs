@@ -12,7 +12,7 @@ mod trace;
 mod views;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -31,7 +31,7 @@ use crate::{
     core::forwarding::Location,
     core::model::*,
     core::status::{AgentState, PortPhase, SharedState},
-    datapath::{self as dp, Datapath, DatapathError},
+    datapath::{self as dp, DatapathError, DatapathReader},
     dhcp::{
         self, Leases,
         counters::{ClientMessage, DropReason, ServerMessage},
@@ -43,7 +43,7 @@ use crate::{
 
 pub struct ControlService {
     state: SharedState,
-    datapath: Arc<Mutex<Datapath>>,
+    datapath: Arc<DatapathReader>,
     leases: Arc<Leases>,
     dhcp_counters: Arc<dhcp::Counters>,
     config: Config,
@@ -56,7 +56,7 @@ pub struct ControlService {
 impl ControlService {
     pub fn new(
         state: SharedState,
-        datapath: Arc<Mutex<Datapath>>,
+        datapath: DatapathReader,
         leases: Arc<Leases>,
         dhcp_counters: Arc<dhcp::Counters>,
         config: Config,
@@ -65,7 +65,7 @@ impl ControlService {
     ) -> Self {
         ControlService {
             state,
-            datapath,
+            datapath: Arc::new(datapath),
             leases,
             dhcp_counters,
             config,
@@ -142,15 +142,9 @@ impl ControlService {
     /// listing is a syscall per entry).
     fn with_datapath<T>(
         &self,
-        read: impl FnOnce(&Datapath) -> Result<T, DatapathError>,
+        read: impl FnOnce(&DatapathReader) -> Result<T, DatapathError>,
     ) -> Result<T, Status> {
-        tokio::task::block_in_place(|| {
-            let datapath = self
-                .datapath
-                .lock()
-                .map_err(|_| Status::internal("the datapath lock is poisoned"))?;
-            read(&datapath).map_err(datapath_status)
-        })
+        tokio::task::block_in_place(|| read(&self.datapath).map_err(datapath_status))
     }
 }
 
@@ -333,14 +327,10 @@ impl AgentControl for ControlService {
         request: Request<api::GetCountersRequest>,
     ) -> Result<Response<api::CounterList>, Status> {
         let ports = self.ready_ports(&request.into_inner().port_id)?;
-        let datapath = self
-            .datapath
-            .lock()
-            .map_err(|_| Status::internal("the datapath lock is poisoned"))?;
         let ports = ports
             .into_iter()
             .map(|(id, ifindex)| {
-                let counters = datapath.port_counters(ifindex).map_err(|e| {
+                let counters = self.datapath.port_counters(ifindex).map_err(|e| {
                     Status::internal(format!("reading counters of {id}: {}", chain(&e)))
                 })?;
                 Ok(api::PortCounters {
@@ -408,7 +398,7 @@ impl AgentControl for ControlService {
         _: Request<api::ListRequest>,
     ) -> Result<Response<api::DpPortList>, Status> {
         let names = self.read(ports_by_ifindex);
-        let entries = self.with_datapath(Datapath::ports)?;
+        let entries = self.with_datapath(DatapathReader::ports)?;
         let ports = entries
             .into_iter()
             .map(|entry| {
@@ -442,7 +432,7 @@ impl AgentControl for ControlService {
     ) -> Result<Response<api::DpEndpointList>, Status> {
         let (ports, neighbors) = self.read(|state| (ports_by_ifindex(state), neighbor_ids(state)));
         let endpoints = self
-            .with_datapath(Datapath::endpoints)?
+            .with_datapath(DatapathReader::endpoints)?
             .iter()
             .map(|endpoint| dp_endpoint(endpoint, &ports, &neighbors))
             .collect();
@@ -455,7 +445,7 @@ impl AgentControl for ControlService {
     ) -> Result<Response<api::DpRouteList>, Status> {
         let subnets = self.read(subnet_ids);
         let routes = self
-            .with_datapath(Datapath::routes)?
+            .with_datapath(DatapathReader::routes)?
             .into_iter()
             .map(|route| {
                 let from = subnets.get(&(route.vni, route.from));
@@ -528,7 +518,7 @@ impl AgentControl for ControlService {
     ) -> Result<Response<api::DpNeighborList>, Status> {
         let ids = self.read(neighbor_ids);
         let neighbors = self
-            .with_datapath(Datapath::endpoints)?
+            .with_datapath(DatapathReader::endpoints)?
             .into_iter()
             .filter_map(|endpoint| match endpoint.location {
                 Some(Location::Remote { host }) => Some(api::DpNeighbor {
@@ -554,7 +544,7 @@ impl AgentControl for ControlService {
         let (programmed, xdp, vnis, hosts, stats) = self.with_datapath(|datapath| {
             let programmed = datapath.underlay()?;
             let xdp = match &programmed {
-                Some(underlay) => datapath.xdp_mode(underlay.ifindex)?,
+                Some(underlay) => datapath.xdp_mode(underlay.ifindex),
                 None => None,
             };
             Ok((
@@ -625,9 +615,6 @@ impl AgentControl for ControlService {
         // BPF_PROG_TEST_RUN looks the device up in the calling thread's
         // network namespace: every thread of the agent is in its own.
         let reply = tokio::task::spawn_blocking(move || {
-            let datapath = datapath
-                .lock()
-                .map_err(|_| Status::internal("the datapath lock is poisoned"))?;
             let outcome = trace::run(&datapath, &setup, &probe).map_err(datapath_status)?;
             drop(datapath);
             Ok::<_, Status>(trace::reply(&setup, &probe, &outcome))

@@ -8,10 +8,13 @@
 //! - [`desired`]: the desired state, staged and committed in transactions;
 //! - [`status`]: the agent's state: the desired state and how each port is
 //!   doing on this host;
+//! - [`devices`]: what the engine asks of a port's devices, and what came
+//!   of it;
 //! - [`forwarding`]: what the datapath must do ([`forwarding::DatapathModel`]),
 //!   computed from the state.
 
 pub mod desired;
+pub mod devices;
 pub mod forwarding;
 pub mod goalstate;
 pub mod model;

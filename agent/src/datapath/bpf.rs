@@ -1,6 +1,8 @@
 //! The bpf(2) calls aya 0.14 does not offer: batched map operations
 //! (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, `BPF_MAP_LOOKUP_BATCH`,
-//! Linux 5.6), and `BPF_LINK_DETACH` ([`detach_pinned_link`]).
+//! Linux 5.6), `BPF_LINK_DETACH` ([`detach_pinned_link`]), and a test run
+//! of a program known only by a descriptor ([`test_run`]: aya's needs the
+//! program object, which the datapath's writer keeps).
 //!
 //! Batches: one
 //! bpf(2) call writes, removes or reads thousands of entries, where one
@@ -23,7 +25,7 @@ use std::{
     io,
     mem::size_of,
     os::{
-        fd::{AsFd as _, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -36,6 +38,7 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Entries per bpf(2) call: big enough that the syscall costs nothing per
@@ -109,6 +112,81 @@ unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<u32> 
     } else {
         Ok(attr.count)
     }
+}
+
+/// `union bpf_attr`'s `test` member (`BPF_PROG_TEST_RUN`), as the kernel
+/// reads it.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// What a test run returned: the program's return value, and how many
+/// bytes of `data_out` it filled.
+pub struct TestRun {
+    pub return_value: u32,
+    pub data_size_out: u32,
+}
+
+/// Runs the program `program` once on `data_in` with the context `ctx_in`
+/// (`BPF_PROG_TEST_RUN`, Linux 4.12); the frame it leaves goes to
+/// `data_out`, the context to `ctx_out`.
+pub fn test_run(
+    program: BorrowedFd<'_>,
+    data_in: &[u8],
+    data_out: &mut [u8],
+    ctx_in: &[u8],
+    ctx_out: &mut [u8],
+) -> io::Result<TestRun> {
+    let size = |buffer: &[u8]| {
+        u32::try_from(buffer.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        data_size_in: size(data_in)?,
+        data_size_out: size(data_out)?,
+        data_in: data_in.as_ptr() as u64,
+        data_out: data_out.as_mut_ptr() as u64,
+        ctx_size_in: size(ctx_in)?,
+        ctx_size_out: size(ctx_out)?,
+        ctx_in: ctx_in.as_ptr() as u64,
+        ctx_out: ctx_out.as_mut_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: the attribute is a valid `bpf_attr` prefix of the size given;
+    // its buffers are valid for the sizes given, which the kernel honours
+    // (it fails with ENOSPC rather than write past `data_size_out`).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            std::ptr::from_mut(&mut attr),
+            size_of::<TestRunAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TestRun {
+        return_value: attr.retval,
+        data_size_out: attr.data_size_out,
+    })
 }
 
 /// Detaches the link pinned at `path` from its hook now (Linux 5.9; XDP,

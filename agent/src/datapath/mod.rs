@@ -72,7 +72,8 @@ use aya::{
     },
     pin::PinError,
     programs::{
-        Link, Program, ProgramError, SchedClassifier, TcAttachType, TcError, TcHandle, Xdp,
+        Link, Program, ProgramError, ProgramFd, SchedClassifier, TcAttachType, TcError, TcHandle,
+        Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
@@ -245,10 +246,10 @@ impl Hook {
     }
 }
 
-/// One agent's datapath: its loaded programs and their maps. Dropping it
-/// leaves the filters attached and counting, and the maps pinned.
-pub struct Datapath {
-    ebpf: Ebpf,
+/// Handles on the programs' pinned maps. The writer ([`Datapath`]) has
+/// its own, and so has each reader ([`DatapathReader`]): the kernel keeps
+/// each entry's reads and writes atomic, so neither waits on the other.
+struct Maps {
     counters: PerCpuHashMap<MapData, u32, PortStats>,
     ports: HashMap<MapData, u32, PortInfo>,
     sources: LpmTrie<MapData, SourceKey, u32>,
@@ -258,6 +259,54 @@ pub struct Datapath {
     vnis: HashMap<MapData, u32, u32>,
     hosts: HashMap<MapData, u32, HostInfo>,
     underlay_stats: PerCpuArray<MapData, alcor_ebpf_common::UnderlayStats>,
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir`.
+    fn open(pin_dir: &Path) -> Result<Maps, DatapathError> {
+        Ok(Maps {
+            counters: pinned(pin_dir, maps::PORT_COUNTERS)?,
+            ports: pinned(pin_dir, maps::PORTS)?,
+            sources: pinned(pin_dir, maps::SOURCES)?,
+            endpoints: pinned(pin_dir, maps::ENDPOINTS)?,
+            subnets: pinned(pin_dir, maps::SUBNETS)?,
+            underlay: pinned(pin_dir, maps::UNDERLAY)?,
+            vnis: pinned(pin_dir, maps::VNIS)?,
+            hosts: pinned(pin_dir, maps::HOSTS)?,
+            underlay_stats: pinned(pin_dir, maps::UNDERLAY_STATS)?,
+        })
+    }
+}
+
+/// The map pinned under `pin_dir` by its name, as the typed map `T`.
+fn pinned<T: TryFrom<Map, Error = MapError>>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    MapData::from_pin(pin_dir.join(name))
+        .and_then(Map::from_map_data)
+        .and_then(T::try_from)
+        .map_err(map_error(name))
+}
+
+/// What the control socket and the metrics read of the datapath: the maps
+/// (listings, counters), XDP attachments, and traces, through handles of
+/// its own ([`Datapath::reader`]), so that a read never waits on the
+/// engine's programming, nor the engine on a read.
+pub struct DatapathReader {
+    maps: Maps,
+    /// The programs a trace runs.
+    port_from_vm: ProgramFd,
+    underlay_in: ProgramFd,
+    pin_dir: PathBuf,
+}
+
+/// One agent's datapath: its loaded programs and their maps; the engine
+/// owns it, the only writer. Dropping it leaves the filters attached and
+/// counting, and the maps pinned.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
     attached: HashMap<MapData, u32, u8>,
     /// What the forwarding maps hold as of the last successful sync; `None`
     /// until the first one, which reads them from the kernel.
@@ -307,36 +356,12 @@ impl Datapath {
             loaded.map_err(program_error(name))?;
         }
 
-        let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, maps::PORT_COUNTERS)?)
-            .map_err(map_error(maps::PORT_COUNTERS))?;
-        let ports =
-            HashMap::try_from(take_map(&mut ebpf, maps::PORTS)?).map_err(map_error(maps::PORTS))?;
-        let sources = LpmTrie::try_from(take_map(&mut ebpf, maps::SOURCES)?)
-            .map_err(map_error(maps::SOURCES))?;
-        let endpoints = HashMap::try_from(take_map(&mut ebpf, maps::ENDPOINTS)?)
-            .map_err(map_error(maps::ENDPOINTS))?;
-        let subnets = LpmTrie::try_from(take_map(&mut ebpf, maps::SUBNETS)?)
-            .map_err(map_error(maps::SUBNETS))?;
-        let underlay = Array::try_from(take_map(&mut ebpf, maps::UNDERLAY)?)
-            .map_err(map_error(maps::UNDERLAY))?;
-        let vnis =
-            HashMap::try_from(take_map(&mut ebpf, maps::VNIS)?).map_err(map_error(maps::VNIS))?;
-        let hosts =
-            HashMap::try_from(take_map(&mut ebpf, maps::HOSTS)?).map_err(map_error(maps::HOSTS))?;
-        let underlay_stats = PerCpuArray::try_from(take_map(&mut ebpf, maps::UNDERLAY_STATS)?)
-            .map_err(map_error(maps::UNDERLAY_STATS))?;
+        // Loading pinned every map (or reused its pin).
+        let maps = Maps::open(pin_dir)?;
         let attached = attached_ports_map(&pin_dir.join(ATTACHED_PORTS))?;
         let mut datapath = Self {
             ebpf,
-            counters,
-            ports,
-            sources,
-            endpoints,
-            subnets,
-            underlay,
-            vnis,
-            hosts,
-            underlay_stats,
+            maps,
             attached,
             held: None,
             spare_endpoints: Vec::new(),
@@ -430,8 +455,8 @@ impl Datapath {
         if ifname(ifindex)?.is_none() {
             return Err(DatapathError::NoSuchDevice(ifindex));
         }
-        let path = self.xdp_pin(ifindex, mode);
-        for (existing, existing_mode) in self.xdp_pins(ifindex)? {
+        let path = xdp_pin(&self.pin_dir, ifindex, mode);
+        for (existing, existing_mode) in xdp_pins(&self.pin_dir, ifindex) {
             if existing_mode == mode
                 && let Ok(link) = PinnedLink::from_pin(&existing)
                 && let Ok(link) = XdpLink::try_from(FdLink::from(link))
@@ -464,43 +489,33 @@ impl Datapath {
     /// Removes the XDP program from the device, if attached (in any mode).
     /// When this returns, the program no longer runs there.
     pub fn detach_xdp(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        for (path, _) in self.xdp_pins(ifindex)? {
+        for (path, _) in xdp_pins(&self.pin_dir, ifindex) {
             detach_pinned_link(&path)?;
         }
         Ok(())
     }
 
-    /// The mode the XDP program is attached to the device in, if it is.
-    pub fn xdp_mode(&self, ifindex: u32) -> Result<Option<XdpMode>, DatapathError> {
-        Ok(self.xdp_pins(ifindex)?.first().map(|&(_, mode)| mode))
-    }
-
-    fn xdp_pin(&self, ifindex: u32, mode: XdpMode) -> PathBuf {
-        let mode = match mode {
-            XdpMode::Driver => "native",
-            XdpMode::Skb => "generic",
-            XdpMode::Hardware => "offload",
-            XdpMode::Default => "default",
+    /// A reader of this datapath with handles of its own: its maps
+    /// reopened from their pins, its traced programs' descriptors
+    /// duplicated.
+    pub fn reader(&self) -> Result<DatapathReader, DatapathError> {
+        let program_fd = |name: &'static str| {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or(DatapathError::Missing(name))?;
+            let fd = program.fd().map_err(program_error(name))?;
+            fd.try_clone().map_err(|source| DatapathError::Io {
+                what: format!("cannot duplicate the descriptor of program {name}"),
+                source,
+            })
         };
-        self.pin_dir
-            .join(format!("{XDP_LINK_PREFIX}{ifindex}-{mode}"))
-    }
-
-    /// The pinned XDP links of the device, with their modes.
-    fn xdp_pins(&self, ifindex: u32) -> Result<Vec<(PathBuf, XdpMode)>, DatapathError> {
-        let mut pins = Vec::new();
-        for mode in [
-            XdpMode::Driver,
-            XdpMode::Skb,
-            XdpMode::Hardware,
-            XdpMode::Default,
-        ] {
-            let path = self.xdp_pin(ifindex, mode);
-            if path.exists() {
-                pins.push((path, mode));
-            }
-        }
-        Ok(pins)
+        Ok(DatapathReader {
+            maps: Maps::open(&self.pin_dir)?,
+            port_from_vm: program_fd(programs::PORT_FROM_VM)?,
+            underlay_in: program_fd(programs::UNDERLAY_IN)?,
+            pin_dir: self.pin_dir.clone(),
+        })
     }
 
     fn xdp_program(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -556,12 +571,6 @@ impl Datapath {
         Ok(ports)
     }
 
-    /// Counters summed over CPUs; zero if the port has none. (Drops by
-    /// reason: [`Self::port_stats`].)
-    pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
-        Ok(self.port_stats(ifindex)?.traffic)
-    }
-
     /// Zeroed counters for the port unless it has some, so that the
     /// programs never have to allocate them while forwarding.
     fn create_counters(&mut self, ifindex: u32) -> Result<(), DatapathError> {
@@ -577,7 +586,7 @@ impl Datapath {
                 }
             })?;
         const NOEXIST: u64 = 1;
-        match self.counters.insert(ifindex, zeroes, NOEXIST) {
+        match self.maps.counters.insert(ifindex, zeroes, NOEXIST) {
             Err(MapError::SyscallError(SyscallError { io_error, .. }))
                 if io_error.kind() == io::ErrorKind::AlreadyExists =>
             {
@@ -640,7 +649,7 @@ impl Datapath {
             let ifindex = ifindex.map_err(map_error(ATTACHED_PORTS))?;
             gone.extend(ifname(ifindex)?.is_none().then_some(ifindex));
         }
-        for ifindex in self.counters.keys() {
+        for ifindex in self.maps.counters.keys() {
             let ifindex = ifindex.map_err(map_error(maps::PORT_COUNTERS))?;
             gone.extend(ifname(ifindex)?.is_none().then_some(ifindex));
         }
@@ -650,7 +659,7 @@ impl Datapath {
 
     /// Drops the port's counters, then its entry in the attached ports.
     fn forget(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        removed(self.counters.remove(&ifindex)).map_err(map_error(maps::PORT_COUNTERS))?;
+        removed(self.maps.counters.remove(&ifindex)).map_err(map_error(maps::PORT_COUNTERS))?;
         // Last: should the agent die halfway, its successor still lists the
         // port, and can detach it again.
         removed(self.attached.remove(&ifindex)).map_err(map_error(ATTACHED_PORTS))
@@ -664,6 +673,46 @@ impl Datapath {
             .try_into()
             .map_err(program_error(name))
     }
+}
+
+impl DatapathReader {
+    /// Counters summed over CPUs; zero if the port has none. (Drops by
+    /// reason: [`Self::port_stats`].)
+    pub fn port_counters(&self, ifindex: u32) -> Result<PortCounters, DatapathError> {
+        Ok(self.port_stats(ifindex)?.traffic)
+    }
+
+    /// The mode the XDP program is attached to the device in, if it is.
+    pub fn xdp_mode(&self, ifindex: u32) -> Option<XdpMode> {
+        xdp_pins(&self.pin_dir, ifindex)
+            .first()
+            .map(|&(_, mode)| mode)
+    }
+}
+
+/// Where the XDP link of the device in `mode` is pinned.
+fn xdp_pin(pin_dir: &Path, ifindex: u32, mode: XdpMode) -> PathBuf {
+    let mode = match mode {
+        XdpMode::Driver => "native",
+        XdpMode::Skb => "generic",
+        XdpMode::Hardware => "offload",
+        XdpMode::Default => "default",
+    };
+    pin_dir.join(format!("{XDP_LINK_PREFIX}{ifindex}-{mode}"))
+}
+
+/// The pinned XDP links of the device, with their modes.
+fn xdp_pins(pin_dir: &Path, ifindex: u32) -> Vec<(PathBuf, XdpMode)> {
+    [
+        XdpMode::Driver,
+        XdpMode::Skb,
+        XdpMode::Hardware,
+        XdpMode::Default,
+    ]
+    .into_iter()
+    .map(|mode| (xdp_pin(pin_dir, ifindex, mode), mode))
+    .filter(|(path, _)| path.exists())
+    .collect()
 }
 
 /// Adds a clsact qdisc to the device unless it has one; true if added.
@@ -879,10 +928,6 @@ fn check_pinned_layout(
         });
     }
     Ok(())
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
-    ebpf.take_map(name).ok_or(DatapathError::Missing(name))
 }
 
 /// The name of device `ifindex` in this thread's network namespace; `None`

@@ -32,7 +32,7 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Datapath, DatapathError, bpf as batch,
+    Datapath, DatapathError, DatapathReader, Maps, bpf as batch,
     entries::{
         Entries, endpoint_entry, endpoint_key, endpoint_location, from_net_u32, host_info,
         hosts_of, net_u32,
@@ -369,13 +369,13 @@ impl Datapath {
         let held = match self.held.take() {
             Some(held) => held,
             None => Entries {
-                ports: read_hash(&self.ports, maps::PORTS)?,
-                sources: read_lpm(&self.sources, maps::SOURCES)?,
-                endpoints: read_hash_batched(&self.endpoints, maps::ENDPOINTS)?,
-                subnets: read_lpm(&self.subnets, maps::SUBNETS)?,
-                underlay: self.read_underlay()?,
-                vnis: read_hash(&self.vnis, maps::VNIS)?,
-                hosts: read_hash(&self.hosts, maps::HOSTS)?,
+                ports: read_hash(&self.maps.ports, maps::PORTS)?,
+                sources: read_lpm(&self.maps.sources, maps::SOURCES)?,
+                endpoints: read_hash_batched(&self.maps.endpoints, maps::ENDPOINTS)?,
+                subnets: read_lpm(&self.maps.subnets, maps::SUBNETS)?,
+                underlay: self.maps.read_underlay()?,
+                vnis: read_hash(&self.maps.vnis, maps::VNIS)?,
+                hosts: read_hash(&self.maps.hosts, maps::HOSTS)?,
                 listed_hosts: BTreeMap::new(),
             },
         };
@@ -392,22 +392,23 @@ impl Datapath {
         // before the port record that makes them matter, the VNIs after the
         // ports that bring them; removals last, in reverse.
         if let [(index, value)] = underlay.write[..] {
-            self.underlay
+            self.maps
+                .underlay
                 .set(index, value, 0)
                 .map_err(map_error(maps::UNDERLAY))?;
         }
-        write_hash(&mut self.hosts, maps::HOSTS, &hosts.write)?;
-        write_lpm(&mut self.subnets, maps::SUBNETS, &subnets.write)?;
-        write_hash(&mut self.endpoints, maps::ENDPOINTS, &endpoints.write)?;
-        write_lpm(&mut self.sources, maps::SOURCES, &sources.write)?;
-        write_hash(&mut self.ports, maps::PORTS, &ports.write)?;
-        write_hash(&mut self.vnis, maps::VNIS, &vnis.write)?;
-        remove_hash(&mut self.vnis, maps::VNIS, &vnis.remove)?;
-        remove_hash(&mut self.ports, maps::PORTS, &ports.remove)?;
-        remove_lpm(&mut self.sources, maps::SOURCES, &sources.remove)?;
-        remove_hash(&mut self.endpoints, maps::ENDPOINTS, &endpoints.remove)?;
-        remove_lpm(&mut self.subnets, maps::SUBNETS, &subnets.remove)?;
-        remove_hash(&mut self.hosts, maps::HOSTS, &hosts.remove)?;
+        write_hash(&mut self.maps.hosts, maps::HOSTS, &hosts.write)?;
+        write_lpm(&mut self.maps.subnets, maps::SUBNETS, &subnets.write)?;
+        write_hash(&mut self.maps.endpoints, maps::ENDPOINTS, &endpoints.write)?;
+        write_lpm(&mut self.maps.sources, maps::SOURCES, &sources.write)?;
+        write_hash(&mut self.maps.ports, maps::PORTS, &ports.write)?;
+        write_hash(&mut self.maps.vnis, maps::VNIS, &vnis.write)?;
+        remove_hash(&mut self.maps.vnis, maps::VNIS, &vnis.remove)?;
+        remove_hash(&mut self.maps.ports, maps::PORTS, &ports.remove)?;
+        remove_lpm(&mut self.maps.sources, maps::SOURCES, &sources.remove)?;
+        remove_hash(&mut self.maps.endpoints, maps::ENDPOINTS, &endpoints.remove)?;
+        remove_lpm(&mut self.maps.subnets, maps::SUBNETS, &subnets.remove)?;
+        remove_hash(&mut self.maps.hosts, maps::HOSTS, &hosts.remove)?;
         self.held = Some(desired);
 
         Ok(SyncStats {
@@ -458,10 +459,10 @@ impl Datapath {
         let hosts = Plan::new(held.hosts, desired_hosts.iter().map(|(k, v)| (*k, *v)));
 
         // On failure the maps are read back at the next sync.
-        write_hash(&mut self.hosts, maps::HOSTS, &hosts.write)?;
-        write_hash(&mut self.endpoints, maps::ENDPOINTS, &plan.write)?;
-        remove_hash(&mut self.endpoints, maps::ENDPOINTS, &plan.remove)?;
-        remove_hash(&mut self.hosts, maps::HOSTS, &hosts.remove)?;
+        write_hash(&mut self.maps.hosts, maps::HOSTS, &hosts.write)?;
+        write_hash(&mut self.maps.endpoints, maps::ENDPOINTS, &plan.write)?;
+        remove_hash(&mut self.maps.endpoints, maps::ENDPOINTS, &plan.remove)?;
+        remove_hash(&mut self.maps.hosts, maps::HOSTS, &hosts.remove)?;
         self.held = Some(Entries {
             endpoints,
             hosts: desired_hosts,
@@ -490,7 +491,7 @@ impl Datapath {
             let current = match &self.held {
                 Some(held) => held.hosts.get(&key).copied(),
                 // No sync has succeeded yet: the kernel says what is there.
-                None => match self.hosts.get(&key, 0) {
+                None => match self.maps.hosts.get(&key, 0) {
                     Ok(info) => Some(info),
                     Err(MapError::KeyNotFound) => None,
                     Err(e) => return Err(map_error(maps::HOSTS)(e)),
@@ -500,7 +501,8 @@ impl Datapath {
             if current.is_none_or(|current| current == info) {
                 continue;
             }
-            self.hosts
+            self.maps
+                .hosts
                 .insert(key, info, 0)
                 .map_err(map_error(maps::HOSTS))?;
             if let Some(held) = &mut self.held {
@@ -515,14 +517,18 @@ impl Datapath {
         }
         Ok(written)
     }
+}
 
+impl Maps {
     fn read_underlay(&self) -> Result<UnderlayInfo, DatapathError> {
         self.underlay.get(&0, 0).map_err(map_error(maps::UNDERLAY))
     }
+}
 
+impl DatapathReader {
     /// This host's tunnel endpoint as programmed; `None` if there is none.
     pub fn underlay(&self) -> Result<Option<UnderlayEntry>, DatapathError> {
-        let info = self.read_underlay()?;
+        let info = self.maps.read_underlay()?;
         if info.ip == 0 {
             return Ok(None);
         }
@@ -537,19 +543,21 @@ impl Datapath {
 
     /// The VNIs whose VXLAN this host accepts (those of its ports).
     pub fn vnis(&self) -> Result<Vec<u32>, DatapathError> {
-        Ok(read_hash(&self.vnis, maps::VNIS)?.into_keys().collect())
+        Ok(read_hash(&self.maps.vnis, maps::VNIS)?
+            .into_keys()
+            .collect())
     }
 
     /// The other hosts (tunnels), by address, with their endpoint counts.
     pub fn hosts(&self) -> Result<Vec<HostEntry>, DatapathError> {
-        let gateway = self.read_underlay()?.flags & UNDERLAY_GATEWAY_MAC != 0;
+        let gateway = self.maps.read_underlay()?.flags & UNDERLAY_GATEWAY_MAC != 0;
         let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-        for (_, endpoint) in read_hash_batched(&self.endpoints, maps::ENDPOINTS)? {
+        for (_, endpoint) in read_hash_batched(&self.maps.endpoints, maps::ENDPOINTS)? {
             if let Some(Location::Remote { .. }) = endpoint_location(&endpoint) {
                 *counts.entry(endpoint.remote_host).or_default() += 1;
             }
         }
-        Ok(read_hash(&self.hosts, maps::HOSTS)?
+        Ok(read_hash(&self.maps.hosts, maps::HOSTS)?
             .into_iter()
             .map(|(ip, info): (u32, HostInfo)| {
                 let mac = (info.flags & HOST_MAC != 0).then_some(Mac(info.mac));
@@ -569,7 +577,7 @@ impl Datapath {
 
     /// How many entries the endpoint map holds, read from the kernel.
     pub fn endpoint_count(&self) -> Result<usize, DatapathError> {
-        Ok(read_hash_batched(&self.endpoints, maps::ENDPOINTS)?.len())
+        Ok(read_hash_batched(&self.maps.endpoints, maps::ENDPOINTS)?.len())
     }
 
     /// The kernel memory each map holds (its `memlock` as the kernel
@@ -580,18 +588,18 @@ impl Datapath {
         let maps: [(&'static str, &MapData); 9] = [
             (
                 maps::PORT_COUNTERS,
-                IterableMap::<u32, _>::map(&self.counters),
+                IterableMap::<u32, _>::map(&self.maps.counters),
             ),
-            (maps::PORTS, self.ports.map()),
-            (maps::SOURCES, self.sources.map()),
-            (maps::ENDPOINTS, self.endpoints.map()),
-            (maps::SUBNETS, self.subnets.map()),
-            (maps::UNDERLAY, self.underlay.map()),
-            (maps::VNIS, self.vnis.map()),
-            (maps::HOSTS, self.hosts.map()),
+            (maps::PORTS, self.maps.ports.map()),
+            (maps::SOURCES, self.maps.sources.map()),
+            (maps::ENDPOINTS, self.maps.endpoints.map()),
+            (maps::SUBNETS, self.maps.subnets.map()),
+            (maps::UNDERLAY, self.maps.underlay.map()),
+            (maps::VNIS, self.maps.vnis.map()),
+            (maps::HOSTS, self.maps.hosts.map()),
             (
                 maps::UNDERLAY_STATS,
-                IterableMap::<u32, _>::map(&self.underlay_stats),
+                IterableMap::<u32, _>::map(&self.maps.underlay_stats),
             ),
         ];
         maps.into_iter()
@@ -616,6 +624,7 @@ impl Datapath {
     /// over CPUs.
     pub fn underlay_stats(&self) -> Result<UnderlayStats, DatapathError> {
         let per_cpu = self
+            .maps
             .underlay_stats
             .get(&0, 0)
             .map_err(map_error(maps::UNDERLAY_STATS))?;
@@ -640,9 +649,9 @@ impl Datapath {
 
     /// The programmed ports, in ifindex order.
     pub fn ports(&self) -> Result<Vec<PortEntry>, DatapathError> {
-        let ports = read_hash(&self.ports, maps::PORTS)?;
+        let ports = read_hash(&self.maps.ports, maps::PORTS)?;
         let mut sources: BTreeMap<u32, Vec<(Mac, Ipv4Net)>> = BTreeMap::new();
-        for ((len, key), value) in read_lpm(&self.sources, maps::SOURCES)? {
+        for ((len, key), value) in read_lpm(&self.maps.sources, maps::SOURCES)? {
             let Some(prefix) = len.checked_sub(SourceKey::FIXED_BITS) else {
                 continue;
             };
@@ -667,7 +676,7 @@ impl Datapath {
 
     /// Every address known in the VPCs served here, by VNI and address.
     pub fn endpoints(&self) -> Result<Vec<EndpointEntry>, DatapathError> {
-        let mut endpoints: Vec<_> = read_hash_batched(&self.endpoints, maps::ENDPOINTS)?
+        let mut endpoints: Vec<_> = read_hash_batched(&self.maps.endpoints, maps::ENDPOINTS)?
             .into_iter()
             .map(|(key, value): (EndpointKey, Endpoint)| EndpointEntry {
                 vni: key.vni,
@@ -682,7 +691,7 @@ impl Datapath {
 
     /// The subnets of the VPCs served here, by VNI and prefix.
     pub fn subnets(&self) -> Result<Vec<SubnetEntry>, DatapathError> {
-        let mut subnets: Vec<_> = read_lpm(&self.subnets, maps::SUBNETS)?
+        let mut subnets: Vec<_> = read_lpm(&self.maps.subnets, maps::SUBNETS)?
             .into_iter()
             .filter_map(|((len, key), info)| subnet_entry(len, &key, &info))
             .collect();
@@ -718,7 +727,7 @@ impl Datapath {
     /// The port's counters and drops by reason, summed over CPUs; zero if
     /// it has none.
     pub fn port_stats(&self, ifindex: u32) -> Result<PortStats, DatapathError> {
-        let per_cpu = match self.counters.get(&ifindex, 0) {
+        let per_cpu = match self.maps.counters.get(&ifindex, 0) {
             Ok(per_cpu) => per_cpu,
             Err(MapError::KeyNotFound) => return Ok(PortStats::default()),
             Err(e) => return Err(map_error(maps::PORT_COUNTERS)(e)),

@@ -163,9 +163,16 @@ fn port_programs_count_frames_and_let_them_through() {
         tx_packets: 3,
         tx_bytes: 300,
     };
-    assert_eq!(datapath.port_counters(LOOPBACK).unwrap(), expected);
     assert_eq!(
-        datapath.port_counters(LOOPBACK + 1).unwrap(),
+        datapath.reader().unwrap().port_counters(LOOPBACK).unwrap(),
+        expected
+    );
+    assert_eq!(
+        datapath
+            .reader()
+            .unwrap()
+            .port_counters(LOOPBACK + 1)
+            .unwrap(),
         PortCounters::default()
     );
 }
@@ -350,7 +357,7 @@ fn send_frames(ifindex: u32, len: usize, count: usize) {
 fn wait_for_counters(datapath: &Datapath, ifindex: u32, expected: PortCounters) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let counters = datapath.port_counters(ifindex).unwrap();
+        let counters = datapath.reader().unwrap().port_counters(ifindex).unwrap();
         if counters == expected {
             return;
         }
@@ -428,14 +435,14 @@ fn ports_count_traffic_and_outlive_the_agent() {
             assert!(netlink.filters(port, hook).is_empty(), "{hook:?}");
         }
         assert_eq!(
-            datapath.port_counters(port).unwrap(),
+            datapath.reader().unwrap().port_counters(port).unwrap(),
             PortCounters::default()
         );
         // tc egress runs within sendto(): a program still attached would
         // have counted this frame by now.
         send_frames(port, 90, 1);
         assert_eq!(
-            datapath.port_counters(port).unwrap(),
+            datapath.reader().unwrap().port_counters(port).unwrap(),
             PortCounters::default()
         );
         // A detached port attaches again, on the clsact qdisc left behind.
@@ -485,7 +492,10 @@ fn adopting_a_port_loses_no_frame() {
         let _ = writeln!(io::stderr(), "{sent} frames sent across 5 adoptions");
         let mut expected = PortCounters::default();
         add(&mut expected, Hook::ToVm, 60, sent);
-        assert_eq!(datapath.port_counters(port).unwrap(), expected);
+        assert_eq!(
+            datapath.reader().unwrap().port_counters(port).unwrap(),
+            expected
+        );
     });
 }
 
@@ -513,7 +523,7 @@ fn a_deleted_device_is_forgotten() {
         drop(datapath);
         let mut datapath = Datapath::open(&pins.0).unwrap();
         assert_eq!(
-            datapath.port_counters(port).unwrap(),
+            datapath.reader().unwrap().port_counters(port).unwrap(),
             PortCounters::default()
         );
 
@@ -536,7 +546,7 @@ fn a_deleted_device_is_forgotten() {
         netlink.delete(port);
         datapath.detach_port(port).unwrap();
         assert_eq!(
-            datapath.port_counters(port).unwrap(),
+            datapath.reader().unwrap().port_counters(port).unwrap(),
             PortCounters::default()
         );
     });

@@ -9,10 +9,12 @@
 
 use std::{fmt, net::Ipv4Addr};
 
-use alcor_ebpf_common::{DropReason, NextHop, Redirect, UnderlayDropReason, programs, trace};
-use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use alcor_ebpf_common::{DropReason, NextHop, Redirect, UnderlayDropReason, trace};
+use std::os::fd::AsFd;
 
-use super::{Datapath, DatapathError, entries::from_net_u32, errno};
+use aya::programs::{ProgramError, ProgramFd};
+
+use super::{DatapathError, DatapathReader, bpf, entries::from_net_u32};
 
 /// What `port_from_vm` does with a frame the VM sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,45 +263,33 @@ struct TcRun {
     output: Vec<u8>,
 }
 
-impl Datapath {
-    fn trace_run(&self, name: &str, ifindex: u32, frame: &[u8]) -> Result<TcRun, DatapathError> {
+impl DatapathReader {
+    fn trace_run(
+        &self,
+        program: &ProgramFd,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<TcRun, DatapathError> {
         if frame.len() < 14 {
             return Err(DatapathError::InvalidFrame(format!(
                 "{} bytes is shorter than an Ethernet header",
                 frame.len()
             )));
         }
-        let program: &aya::programs::SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or_else(|| DatapathError::InvalidFrame(format!("no program {name}")))?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                name: name.into(),
-                source: Box::new(source),
-            })?;
         let mut ctx_in = [0u8; SKB_CTX_LEN];
         put_u32(&mut ctx_in, SKB_MARK, trace::MARK);
         put_u32(&mut ctx_in, SKB_IFINDEX, ifindex);
         let mut ctx_out = [0u8; SKB_CTX_LEN];
         let mut output = vec![0u8; frame.len() + GROWTH];
-        let options = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut output),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::default()
-        };
-        let result = program
-            .test_run(options)
-            .map_err(|source| match errno(&source) {
+        let result = bpf::test_run(program.as_fd(), frame, &mut output, &ctx_in, &mut ctx_out)
+            .map_err(|source| match source.raw_os_error() {
                 Some(libc::ENODEV) => DatapathError::NoSuchDevice(ifindex),
                 Some(libc::EINVAL) => DatapathError::InvalidFrame(
                     "the kernel refuses to run it (a header too short for its EtherType?)".into(),
                 ),
                 _ => DatapathError::Trace {
                     ifindex,
-                    source: Box::new(source),
+                    source: Box::new(ProgramError::IOError(source)),
                 },
             })?;
         output.truncate(result.data_size_out as usize);
@@ -319,7 +309,7 @@ impl Datapath {
         ifindex: u32,
         frame: &[u8],
     ) -> Result<UnderlayTrace, DatapathError> {
-        let run = self.trace_run(programs::UNDERLAY_IN, ifindex, frame)?;
+        let run = self.trace_run(&self.underlay_in, ifindex, frame)?;
         let verdict =
             underlay_verdict(run.cb, run.return_value).ok_or_else(|| DatapathError::Trace {
                 ifindex,
@@ -344,7 +334,7 @@ impl Datapath {
             return_value,
             cb,
             output,
-        } = self.trace_run(programs::PORT_FROM_VM, ifindex, frame)?;
+        } = self.trace_run(&self.port_from_vm, ifindex, frame)?;
         let verdict = verdict(cb, return_value, &output).ok_or_else(|| DatapathError::Trace {
             ifindex,
             source: Box::new(ProgramError::IOError(std::io::Error::other(format!(

@@ -3,7 +3,8 @@
 //!
 //! Data flows one way:
 //! - [`view`]: an immutable snapshot built from the desired state and the
-//!   ready ports, published by the engine through a [`SharedView`];
+//!   ready ports, rebuilt by [`publisher`] when the engine says the state
+//!   changed, and shared through a [`SharedView`];
 //! - [`socket`] receives frames in batches from every port device;
 //! - [`packet`] handles each: [`frame`] unwraps Ethernet/IPv4/UDP,
 //!   [`message`] decodes the request, [`server`] decides (a pure function),
@@ -25,6 +26,7 @@ pub mod leases;
 pub mod message;
 pub mod options;
 pub mod packet;
+pub mod publisher;
 pub mod reply;
 pub mod server;
 pub mod socket;

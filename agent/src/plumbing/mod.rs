@@ -1,6 +1,6 @@
 //! Port plumbing: makes the kernel devices behind ports match the desired
-//! state, through rtnetlink, and attaches the datapath to them. Also the
-//! host's VXLAN device ([`vxlan`]).
+//! state, through rtnetlink (the engine then attaches the datapath to them).
+//! Also the host's VXLAN device ([`vxlan`]).
 //!
 //! Reconciling is level-triggered and idempotent: `apply` and `remove` look
 //! at what exists and change only what differs, so the same calls serve a
@@ -14,7 +14,6 @@ use std::{
     fs::File,
     io::Write,
     os::fd::{AsRawFd, OwnedFd},
-    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -25,10 +24,9 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use self::link::Link;
 pub use self::watch::{LinkEvent, watch_links};
-use crate::{
-    core::model::{Binding, Mac, NetnsRef, device_name},
-    datapath::Datapath,
-    error::chain,
+use crate::core::{
+    devices::{AgentDevice, Plugged, PortPlan},
+    model::{Binding, NetnsRef, device_name},
 };
 
 /// How many ports are plumbed at once: enough to keep netlink busy while
@@ -43,37 +41,8 @@ pub const VM_DEVICE: &str = "eth0";
 /// agent can tell its own devices, and stale ones, from anybody else's.
 const ALIAS_PREFIX: &str = "alcor:";
 
-/// What a bound port needs from the kernel.
-#[derive(Clone, Debug)]
-pub struct PortPlan {
-    pub id: String,
-    pub device: String,
-    pub binding: Binding,
-    pub mac: Mac,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ready {
-        ifindex: u32,
-    },
-    /// A tap port whose device the hypervisor has not created yet.
-    Pending,
-    Failed(String),
-}
-
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub outcome: Outcome,
-    /// Microseconds spent on netlink plumbing.
-    pub network_us: u32,
-    /// Microseconds spent attaching the datapath.
-    pub dataplane_us: u32,
-}
-
 pub struct Plumber {
     handle: Handle,
-    datapath: Arc<Mutex<Datapath>>,
     /// MTU of port devices: the underlay's minus the VXLAN overhead.
     mtu: u32,
 }
@@ -86,6 +55,13 @@ pub struct Plumber {
 /// be fragmented). Nothing is sent out of the host side but to the VM,
 /// whose own `eth0` keeps the port MTU.
 const HOST_SIDE_MTU: u32 = 65535;
+
+/// What [`Plumber::prepare`] did for a port, and how long it took.
+struct Preparation {
+    prepared: Result<Prepared, String>,
+    replaced: Option<u32>,
+    micros: u32,
+}
 
 /// How far [`Plumber::prepare`] took a port's device.
 enum Prepared {
@@ -107,24 +83,30 @@ enum Owner {
 }
 
 impl Plumber {
-    pub fn new(handle: Handle, datapath: Arc<Mutex<Datapath>>, mtu: u32) -> Plumber {
-        Plumber {
-            handle,
-            datapath,
-            mtu,
-        }
+    pub fn new(handle: Handle, mtu: u32) -> Plumber {
+        Plumber { handle, mtu }
     }
 
-    pub fn mtu(&self) -> u32 {
-        self.mtu
+    /// The devices the agent made for ports (by their alias), whichever
+    /// ports they were for.
+    pub async fn agent_devices(&self) -> Result<Vec<AgentDevice>, String> {
+        let links = link::all(&self.handle)
+            .await
+            .map_err(|e| format!("listing links: {e}"))?;
+        Ok(links
+            .iter()
+            .filter_map(|link| {
+                Some(AgentDevice {
+                    ifindex: link.index,
+                    name: link.name.clone(),
+                    port_id: Self::owner_port_id(link)?.to_owned(),
+                })
+            })
+            .collect())
     }
 
-    pub async fn all_links(&self) -> Result<Vec<Link>, rtnetlink::Error> {
-        link::all(&self.handle).await
-    }
-
-    /// Makes the ports' devices exist as planned and attaches the datapath,
-    /// concurrently; the reports come in the order of `plans`.
+    /// Makes the ports' devices exist as planned, concurrently; the results
+    /// come in the order of `plans`.
     ///
     /// IPv6 goes off on new devices between their creation and their
     /// bringing up ([`Ipv6Settings`]), for all of them in one pass once
@@ -135,25 +117,26 @@ impl Plumber {
     /// after them, only other users of the lock are left. (16 agents on one
     /// kernel, 150 veths each, create to up: 3.4-7.6 s with the write
     /// between, 1.3-1.4 s in one pass after, 1.3-1.7 s without it.)
-    pub async fn apply_all(&self, plans: &[PortPlan]) -> Vec<Report> {
+    pub async fn plug_all(&self, plans: &[PortPlan]) -> Vec<Plugged> {
         // Futures made up front (run `CONCURRENCY` at a time): a stream
         // closure over borrowed plans is not `Send` for the compiler.
         let preparing: Vec<_> = plans.iter().map(|plan| self.prepare_timed(plan)).collect();
-        let prepared: Vec<(Result<Prepared, String>, u32)> = stream::iter(preparing)
+        let prepared: Vec<Preparation> = stream::iter(preparing)
             .buffered(CONCURRENCY)
             .collect()
             .await;
 
-        let silence =
-            |prepared: &Result<Prepared, String>| matches!(prepared, Ok(Prepared::Silence { .. }));
-        let silence_us: Vec<u32> = if prepared.iter().any(|(prepared, _)| silence(prepared)) {
+        let silence = |preparation: &Preparation| {
+            matches!(preparation.prepared, Ok(Prepared::Silence { .. }))
+        };
+        let silence_us: Vec<u32> = if prepared.iter().any(silence) {
             tokio::task::block_in_place(|| {
                 let ipv6 = Ipv6Settings::open();
                 plans
                     .iter()
                     .zip(&prepared)
-                    .map(|(plan, (prepared, _))| {
-                        if !silence(prepared) {
+                    .map(|(plan, preparation)| {
+                        if !silence(preparation) {
                             return 0;
                         }
                         let started = Instant::now();
@@ -170,9 +153,7 @@ impl Plumber {
             .iter()
             .zip(prepared)
             .zip(silence_us)
-            .map(|((plan, (prepared, prepare_us)), silence_us)| {
-                self.finish(plan, prepared, prepare_us.saturating_add(silence_us))
-            })
+            .map(|((plan, preparation), silence_us)| self.finish(plan, preparation, silence_us))
             .collect();
         stream::iter(finishing)
             .buffered(CONCURRENCY)
@@ -180,22 +161,22 @@ impl Plumber {
             .await
     }
 
-    async fn prepare_timed(&self, plan: &PortPlan) -> (Result<Prepared, String>, u32) {
+    async fn prepare_timed(&self, plan: &PortPlan) -> Preparation {
         let started = Instant::now();
-        let prepared = self.prepare(plan).await;
-        (prepared, micros_since(started))
+        let mut replaced = None;
+        let prepared = self.prepare(plan, &mut replaced).await;
+        Preparation {
+            prepared,
+            replaced,
+            micros: micros_since(started),
+        }
     }
 
-    /// Brings a prepared port's device up if new, attaches the datapath to
-    /// it and reports; `network_us`: the plumbing so far.
-    async fn finish(
-        &self,
-        plan: &PortPlan,
-        prepared: Result<Prepared, String>,
-        network_us: u32,
-    ) -> Report {
+    /// Brings a prepared port's device up if new; `silence_us`: the time
+    /// IPv6 took to go off on it.
+    async fn finish(&self, plan: &PortPlan, preparation: Preparation, silence_us: u32) -> Plugged {
         let started = Instant::now();
-        let plumbed = match prepared {
+        let device = match preparation.prepared {
             Ok(Prepared::Pending) => Ok(None),
             Ok(
                 Prepared::Ready(ifindex)
@@ -209,39 +190,22 @@ impl Plumber {
             }
             Err(reason) => Err(reason),
         };
-        let network_us = network_us.saturating_add(micros_since(started));
-        let mut dataplane_us = 0;
-        let outcome = match plumbed {
-            Ok(Some(ifindex)) => {
-                let attaching = Instant::now();
-                let attached = self.attach(ifindex);
-                dataplane_us = micros_since(attaching);
-                match attached {
-                    Ok(()) => Outcome::Ready { ifindex },
-                    Err(reason) => {
-                        // Leave nothing half-made behind.
-                        if let Err(cleanup) = self.remove(&plan.id).await {
-                            tracing::warn!(port = plan.id, %cleanup, "cleanup after a failed attach");
-                        }
-                        Outcome::Failed(reason)
-                    }
-                }
-            }
-            Ok(None) => Outcome::Pending,
-            Err(reason) => Outcome::Failed(reason),
-        };
-        Report {
-            outcome,
-            network_us,
-            dataplane_us,
+        Plugged {
+            device,
+            replaced: preparation.replaced,
+            network_us: preparation
+                .micros
+                .saturating_add(silence_us)
+                .saturating_add(micros_since(started)),
         }
     }
 
-    /// Undoes what [`Self::apply_all`] did for these ports: deletes the
-    /// devices the agent created ([`Self::delete_orphans`]), forgets
-    /// (detaches from) those it adopted. The results come in the order of
+    /// Undoes what [`Self::plug_all`] did for these ports: deletes the
+    /// devices the agent created, leaves those it adopted (taps) to their
+    /// owner. Each result is the ifindex of the device the port had, if it
+    /// had one, for the datapath to forget; they come in the order of
     /// `port_ids`.
-    pub async fn remove_all(&self, port_ids: &[&str]) -> Vec<Result<(), String>> {
+    pub async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, String>> {
         let devices: Vec<String> = port_ids.iter().map(|id| device_name(id)).collect();
         let finding: Vec<_> = devices.iter().map(|device| self.find(device)).collect();
         let found: Vec<_> = stream::iter(finding).buffered(CONCURRENCY).collect().await;
@@ -251,58 +215,55 @@ impl Plumber {
             results.push(match found {
                 Ok(Some(found)) if Self::created_for(port_id, &found) => {
                     positions.push(results.len());
-                    doomed.push(found);
-                    Ok(())
+                    let ifindex = found.index;
+                    doomed.push(AgentDevice {
+                        ifindex,
+                        name: found.name,
+                        port_id: (*port_id).to_owned(),
+                    });
+                    Ok(Some(ifindex))
                 }
-                Ok(Some(found)) => self.detach(found.index),
-                Ok(None) => Ok(()),
+                Ok(Some(found)) => Ok(Some(found.index)),
+                Ok(None) => Ok(None),
                 Err(reason) => Err(reason),
             });
         }
-        for (position, deleted) in positions
-            .into_iter()
-            .zip(self.delete_orphans(&doomed).await)
-        {
-            results[position] = deleted;
+        for (position, deleted) in positions.into_iter().zip(self.delete(&doomed).await) {
+            if let Err(reason) = deleted {
+                results[position] = Err(reason);
+            }
         }
         results
     }
 
-    /// Undoes what `apply_all` did for one port.
-    async fn remove(&self, port_id: &str) -> Result<(), String> {
-        self.remove_all(&[port_id]).await.pop().unwrap_or(Ok(()))
-    }
-
-    /// Deletes a device the agent created for a port that no longer exists.
-    async fn delete_orphan(&self, found: &Link) -> Result<(), String> {
-        self.delete_orphans(std::slice::from_ref(found))
+    /// Deletes a device the agent created for a port, whose spec changed.
+    async fn delete_one(&self, found: &Link) -> Result<(), String> {
+        let device = AgentDevice {
+            ifindex: found.index,
+            name: found.name.clone(),
+            port_id: String::new(),
+        };
+        self.delete(std::slice::from_ref(&device))
             .await
             .pop()
             .unwrap_or(Ok(()))
     }
 
-    /// Deletes devices the agent created for ports that no longer exist,
-    /// all in one request when there are several ([`link::delete_all`]),
-    /// then has the datapath forget them: their filters went with them.
-    /// (Detached first, each would cost two more requests under the rtnl
-    /// lock.) The results come in the order of `found`.
-    pub async fn delete_orphans(&self, found: &[Link]) -> Vec<Result<(), String>> {
-        let indexes: Vec<u32> = found.iter().map(|link| link.index).collect();
+    /// Deletes devices the agent created, all in one request when there are
+    /// several ([`link::delete_all`]); their datapath filters go with them.
+    /// The results come in the order of `devices`.
+    pub async fn delete(&self, devices: &[AgentDevice]) -> Vec<Result<(), String>> {
+        let indexes: Vec<u32> = devices.iter().map(|device| device.ifindex).collect();
         let deleted = link::delete_all(&self.handle, &indexes, CONCURRENCY).await;
-        found
+        devices
             .iter()
             .zip(deleted)
-            .map(|(link, deleted)| {
-                let deleted = deleted.map_err(|e| format!("deleting {}: {e}", link.name));
-                // A device that is still there is detached in full.
-                let detached = self.detach(link.index);
-                deleted.and(detached)
-            })
+            .map(|(device, deleted)| deleted.map_err(|e| format!("deleting {}: {e}", device.name)))
             .collect()
     }
 
     /// The port id in the alias of a device the agent created.
-    pub fn owner_port_id(found: &Link) -> Option<&str> {
+    fn owner_port_id(found: &Link) -> Option<&str> {
         let rest = found.alias.as_deref()?.strip_prefix(ALIAS_PREFIX)?;
         Some(rest.rsplit_once(':').map_or(rest, |(id, _spec)| id))
     }
@@ -314,8 +275,13 @@ impl Plumber {
     }
 
     /// Makes the port's device exist, as far as it can before IPv6 is
-    /// turned off on it.
-    async fn prepare(&self, plan: &PortPlan) -> Result<Prepared, String> {
+    /// turned off on it; `replaced`: the agent's device it deleted on the
+    /// way.
+    async fn prepare(
+        &self,
+        plan: &PortPlan,
+        replaced: &mut Option<u32>,
+    ) -> Result<Prepared, String> {
         let found = self.find(&plan.device).await?;
         match (&plan.binding, found) {
             (Binding::Unbound, _) => Err("an unbound port has no device".into()),
@@ -327,7 +293,8 @@ impl Plumber {
                 }),
                 // The port was netns-bound before: its veth goes, the tap will come.
                 Owner::Agent { .. } => {
-                    self.delete_orphan(&found).await?;
+                    self.delete_one(&found).await?;
+                    *replaced = Some(found.index);
                     Ok(Prepared::Pending)
                 }
             },
@@ -339,7 +306,10 @@ impl Plumber {
                         }
                         Owner::Agent {
                             spec_matches: false,
-                        } => self.delete_orphan(&found).await?,
+                        } => {
+                            self.delete_one(&found).await?;
+                            *replaced = Some(found.index);
+                        }
                         Owner::Other => {
                             return Err(format!(
                                 "device {} already exists and was not created by the agent",
@@ -449,30 +419,6 @@ impl Plumber {
             return Err(format!("{what} veth {}: {error}", plan.device));
         }
         Ok(ifindex)
-    }
-
-    // Datapath calls are blocking syscalls under a mutex: let the runtime
-    // move other tasks off this worker meanwhile.
-    fn attach(&self, ifindex: u32) -> Result<(), String> {
-        tokio::task::block_in_place(|| {
-            self.datapath()?
-                .attach_port(ifindex)
-                .map_err(|e| format!("attaching the datapath: {}", chain(&e)))
-        })
-    }
-
-    fn detach(&self, ifindex: u32) -> Result<(), String> {
-        tokio::task::block_in_place(|| {
-            self.datapath()?
-                .detach_port(ifindex)
-                .map_err(|e| format!("detaching the datapath: {}", chain(&e)))
-        })
-    }
-
-    pub fn datapath(&self) -> Result<std::sync::MutexGuard<'_, Datapath>, String> {
-        self.datapath
-            .lock()
-            .map_err(|_| "the datapath lock is poisoned".to_string())
     }
 }
 

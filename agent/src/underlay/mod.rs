@@ -89,22 +89,19 @@ impl Underlay {
     /// previous run with an underlay left (its VXLAN device, its programs).
     pub async fn start(
         handle: &Handle,
-        datapath: &std::sync::Mutex<Datapath>,
+        datapath: &mut Datapath,
         config: &Config,
     ) -> Result<Option<Underlay>, UnderlayError> {
         let Some(device) = config.underlay_dev.clone() else {
-            release_previous(&mut lock(datapath), None)?;
+            release_previous(datapath, None)?;
             vxlan::remove_others(handle, None)
                 .await
                 .map_err(UnderlayError::Vxlan)?;
             return Ok(None);
         };
         let mut spec = resolve(handle, &device, config.underlay_ip, config.underlay_xdp).await?;
-        {
-            let mut datapath = lock(datapath);
-            release_previous(&mut datapath, Some(spec.ifindex))?;
-            attach(&mut datapath, &device, spec.ifindex, config.underlay_xdp)?;
-        }
+        release_previous(datapath, Some(spec.ifindex))?;
+        attach(datapath, &device, spec.ifindex, config.underlay_xdp)?;
         vxlan::remove_others(handle, Some(&config.vxlan_dev))
             .await
             .map_err(UnderlayError::Vxlan)?;
@@ -121,7 +118,7 @@ impl Underlay {
             ifindex = vxlan_ifindex,
             "VXLAN device {verb}"
         );
-        lock(datapath)
+        datapath
             .attach_vxlan(vxlan_ifindex)
             .map_err(|source| UnderlayError::Datapath {
                 what: format!(
@@ -138,12 +135,6 @@ impl Underlay {
             vxlan_device: config.vxlan_dev.clone(),
         }))
     }
-}
-
-/// The datapath, even if a panic poisoned its lock: its state is the
-/// kernel's, not the lock's.
-fn lock(datapath: &std::sync::Mutex<Datapath>) -> std::sync::MutexGuard<'_, Datapath> {
-    datapath.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads what the datapath needs of the underlay device `name`: ifindex,
@@ -216,7 +207,8 @@ pub async fn resolve(
 /// unless it is `current` (their attachments are then swapped in place).
 fn release_previous(datapath: &mut Datapath, current: Option<u32>) -> Result<(), UnderlayError> {
     let previous = datapath
-        .underlay()
+        .reader()
+        .and_then(|reader| reader.underlay())
         .map_err(|source| UnderlayError::Datapath {
             what: "reading the underlay of the previous run".into(),
             source,

@@ -11,7 +11,7 @@ pub use self::{
 };
 use crate::{
     core::model::Mac,
-    datapath::{Answer, Datapath, DatapathError, Verdict},
+    datapath::{Answer, DatapathError, DatapathReader, Verdict},
     packet,
 };
 
@@ -21,7 +21,11 @@ mod probe;
 /// Builds the frame and runs it through the port program; resolving
 /// its destination MAC first runs the VM's ARP request through it too.
 /// The device is looked up in the calling thread's network namespace.
-pub fn run(datapath: &Datapath, setup: &Setup, probe: &Probe) -> Result<Outcome, DatapathError> {
+pub fn run(
+    datapath: &DatapathReader,
+    setup: &Setup,
+    probe: &Probe,
+) -> Result<Outcome, DatapathError> {
     let (dst_mac, resolution) = match (probe.protocol, probe.dst_mac) {
         (_, Some(mac)) => (mac, Resolution::Given),
         (Protocol::Arp, None) => (packet::BROADCAST, Resolution::Broadcast),
@@ -40,7 +44,7 @@ pub fn run(datapath: &Datapath, setup: &Setup, probe: &Probe) -> Result<Outcome,
 /// the port's MAC and its own address) for the destination in its
 /// subnet, or for its gateway; the program answers, or not.
 fn resolve(
-    datapath: &Datapath,
+    datapath: &DatapathReader,
     setup: &Setup,
     probe: &Probe,
 ) -> Result<(Mac, Resolution), DatapathError> {

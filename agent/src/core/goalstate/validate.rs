@@ -654,3 +654,174 @@ impl Validate for Gateway {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alcor_proto::schema::{port_configuration, subnet_configuration};
+
+    use super::*;
+    use crate::core::desired::Entry;
+
+    fn vpc_config(vni: u32) -> schema::VpcConfiguration {
+        schema::VpcConfiguration {
+            id: "vpc-1".into(),
+            cidr: "10.0.0.0/16".into(),
+            tunnel_id: vni,
+            ..Default::default()
+        }
+    }
+
+    fn subnet_config() -> schema::SubnetConfiguration {
+        schema::SubnetConfiguration {
+            id: "subnet-1".into(),
+            vpc_id: "vpc-1".into(),
+            cidr: "10.0.1.0/24".into(),
+            gateway: Some(subnet_configuration::Gateway {
+                ip_address: "10.0.1.1".into(),
+                mac_address: "fa:16:3e:00:00:01".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn port_config(id: &str, ip: &str, mac: &str) -> schema::PortConfiguration {
+        schema::PortConfiguration {
+            id: id.into(),
+            update_type: UpdateType::Full as i32,
+            vpc_id: "vpc-1".into(),
+            mac_address: mac.into(),
+            fixed_ips: vec![port_configuration::FixedIp {
+                subnet_id: "subnet-1".into(),
+                ip_address: ip.into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn parse<R: Validate>(config: R::Config, state: &DesiredState) -> Result<R, String> {
+        R::parse(R::check(config)?, OperationType::Create, state)
+    }
+
+    fn add<R: Validate>(state: &mut DesiredState, id: &str, config: R::Config) {
+        let spec = parse::<R>(config, state).unwrap();
+        let entry = Entry::new(spec, OperationType::Create, 1, Box::default());
+        R::table_mut(state).upsert(id.into(), entry);
+    }
+
+    /// A VPC with one subnet and one port, `web`, at 10.0.1.10.
+    fn network() -> DesiredState {
+        let mut state = DesiredState::default();
+        add::<Vpc>(&mut state, "vpc-1", vpc_config(100));
+        add::<Subnet>(&mut state, "subnet-1", subnet_config());
+        add::<Port>(
+            &mut state,
+            "web",
+            port_config("web", "10.0.1.10", "fa:16:3e:00:00:0a"),
+        );
+        state
+    }
+
+    fn refused<R: Validate + std::fmt::Debug>(config: R::Config, state: &DesiredState) -> String {
+        parse::<R>(config, state).expect_err("refused")
+    }
+
+    #[test]
+    fn ids_and_texts_must_be_present_bounded_and_printable() {
+        assert_eq!(check_id(""), Err("id is empty".into()));
+        assert!(check_id(&"x".repeat(MAX_TEXT_LEN)).is_ok());
+        assert!(
+            check_id(&"x".repeat(MAX_TEXT_LEN + 1))
+                .unwrap_err()
+                .contains("more than")
+        );
+        assert!(check_id("a\nb").unwrap_err().contains("control characters"));
+    }
+
+    #[test]
+    fn a_port_address_must_be_a_host_address_of_its_subnet_and_not_its_gateway() {
+        let state = network();
+        let mac = "fa:16:3e:00:00:0b";
+        for (ip, reason) in [
+            ("10.0.2.5", "outside subnet subnet-1"),
+            ("10.0.1.0", "not a host address"),
+            ("10.0.1.255", "not a host address"),
+            ("10.0.1.1", "is the gateway of subnet"),
+            ("10.0.1", "fixed IP"),
+        ] {
+            let reason_given = refused::<Port>(port_config("db", ip, mac), &state);
+            assert!(reason_given.contains(reason), "{ip}: {reason_given}");
+        }
+        assert!(parse::<Port>(port_config("db", "10.0.1.11", mac), &state).is_ok());
+    }
+
+    #[test]
+    fn a_port_needs_a_known_vpc_and_subnet_a_unicast_mac_of_its_own_and_a_device_name() {
+        let state = network();
+        let ip = "10.0.1.11";
+        let mut config = port_config("db", ip, "fa:16:3e:00:00:0b");
+        config.vpc_id = "vpc-2".into();
+        assert!(refused::<Port>(config, &state).contains("unknown VPC"));
+        let mut config = port_config("db", ip, "fa:16:3e:00:00:0b");
+        config.fixed_ips[0].subnet_id = "subnet-9".into();
+        assert!(refused::<Port>(config, &state).contains("unknown subnet"));
+        let multicast = port_config("db", ip, "01:00:5e:00:00:01");
+        assert!(!refused::<Port>(multicast, &state).is_empty());
+        let taken = port_config("db", ip, "fa:16:3e:00:00:0a");
+        assert!(refused::<Port>(taken, &state).contains("already used by port web"));
+        let odd = port_config("db/../x", ip, "fa:16:3e:00:00:0b");
+        assert!(refused::<Port>(odd, &state).contains("valid device name"));
+        let mut delta = port_config("db", ip, "fa:16:3e:00:00:0b");
+        delta.update_type = UpdateType::Delta as i32;
+        assert!(refused::<Port>(delta, &state).contains("update_type FULL"));
+    }
+
+    #[test]
+    fn a_port_binds_to_its_namespace_to_a_tap_or_unbinds_on_an_update_without_owner() {
+        let state = network();
+        let mut config = port_config("db", "10.0.1.11", "fa:16:3e:00:00:0b");
+        let bound = |config: &schema::PortConfiguration, op| {
+            Port::parse(config.clone(), op, &state).unwrap().binding
+        };
+        assert_eq!(bound(&config, OperationType::Create), Binding::Tap);
+        assert_eq!(bound(&config, OperationType::Update), Binding::Unbound);
+        config.device_owner = "compute:nova".into();
+        assert_eq!(bound(&config, OperationType::Update), Binding::Tap);
+        config.netns = "vm-db".into();
+        assert!(matches!(
+            bound(&config, OperationType::Create),
+            Binding::Netns(_)
+        ));
+    }
+
+    #[test]
+    fn a_vpc_keeps_its_tunnel_id_while_it_has_subnets() {
+        let state = network();
+        let reason = refused::<Vpc>(vpc_config(200), &state);
+        assert!(reason.contains("subnet subnet-1"), "{reason}");
+        assert!(parse::<Vpc>(vpc_config(100), &state).is_ok());
+        let empty = DesiredState::default();
+        assert!(parse::<Vpc>(vpc_config(200), &empty).is_ok());
+        assert!(!refused::<Vpc>(vpc_config(1 << 24), &empty).is_empty());
+    }
+
+    #[test]
+    fn a_subnet_must_be_vxlan_in_a_known_vpc() {
+        let state = network();
+        let mut vlan = subnet_config();
+        vlan.network_type = NetworkType::Vlan as i32;
+        assert!(refused::<Subnet>(vlan, &state).contains("only VXLAN"));
+        let mut orphan = subnet_config();
+        orphan.vpc_id = "vpc-9".into();
+        assert!(refused::<Subnet>(orphan, &state).contains("unknown VPC"));
+    }
+
+    #[test]
+    fn what_others_use_cannot_be_deleted() {
+        let state = network();
+        let subnet = Subnet::referenced_by("subnet-1", &state);
+        assert!(subnet.is_some_and(|reason| reason == "still used by PORT web"));
+        let vpc = Vpc::referenced_by("vpc-1", &state);
+        assert!(vpc.is_some_and(|reason| reason == "still used by SUBNET subnet-1"));
+        assert_eq!(Port::referenced_by("web", &state), None);
+    }
+}

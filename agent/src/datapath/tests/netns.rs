@@ -333,7 +333,7 @@ fn vms_talk_through_the_datapath_and_nothing_else_does() {
         assert_eq!(tcp_transfer(&vm_a, &vm_b, "10.0.1.11:5001", LEN), LEN);
         assert_eq!(tcp_transfer(&vm_b, &vm_c, "10.0.2.20:5002", LEN), LEN);
 
-        let stats = |port: u32| datapath.port_stats(port).unwrap();
+        let stats = |port: u32| datapath.reader().unwrap().port_stats(port).unwrap();
         // B got A's transfer without its egress seeing it; C's deliveries
         // passed its egress.
         assert!(stats(b.0).traffic.tx_bytes > LEN as u64, "{:?}", stats(b.0));
@@ -388,7 +388,7 @@ fn vms_talk_through_the_datapath_and_nothing_else_does() {
             summary.contains("100 packets transmitted, 100 received"),
             "{summary}"
         );
-        let stats = |port: u32| datapath.port_stats(port).unwrap();
+        let stats = |port: u32| datapath.reader().unwrap().port_stats(port).unwrap();
 
         // Another VPC with the same addresses: no ARP answer for B's
         // address, so no ping.

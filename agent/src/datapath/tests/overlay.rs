@@ -222,7 +222,7 @@ impl Host {
     }
 
     pub fn stats(&self) -> UnderlayStats {
-        self.datapath.underlay_stats().unwrap()
+        self.datapath.reader().unwrap().underlay_stats().unwrap()
     }
 }
 
@@ -524,8 +524,18 @@ fn vms_on_two_hosts_talk_over_vxlan() {
 
     // Counted: encapsulated on the sender's port, decapsulated on the
     // receiver's, and on both hosts; nothing dropped.
-    let a = t.h1.datapath.port_stats(t.a.port).unwrap();
-    let b = t.h2.datapath.port_stats(t.b.port).unwrap();
+    let a =
+        t.h1.datapath
+            .reader()
+            .unwrap()
+            .port_stats(t.a.port)
+            .unwrap();
+    let b =
+        t.h2.datapath
+            .reader()
+            .unwrap()
+            .port_stats(t.b.port)
+            .unwrap();
     assert!(a.tunnel.encap_bytes > 2 * LEN as u64, "{a:?}");
     assert!(a.tunnel.decap_bytes > 2 * LEN as u64, "{a:?}");
     assert!(b.tunnel.decap_bytes > LEN as u64, "{b:?}");
@@ -584,7 +594,10 @@ fn spoofed_vxlan_is_dropped_by_tc_and_by_xdp() {
     let mut expected = (0, 0);
     for mode in [XdpMode::Skb, XdpMode::Driver] {
         t.h2.with(|datapath| datapath.attach_xdp(underlay, mode).unwrap());
-        assert_eq!(t.h2.datapath.xdp_mode(underlay).unwrap(), Some(mode));
+        assert_eq!(
+            t.h2.datapath.reader().unwrap().xdp_mode(underlay),
+            Some(mode)
+        );
         send_udp(&t.fabric.ns, stranger, t.h2.ip, &known_vni, 7);
         send_udp(&t.h1.ns, t.h1.ip, t.h2.ip, &unknown_vni, 4);
         expected = (expected.0 + 7, expected.1 + 4);
@@ -602,7 +615,7 @@ fn spoofed_vxlan_is_dropped_by_tc_and_by_xdp() {
     }
     // Off: tc is the one dropping again.
     t.h2.with(|datapath| datapath.detach_xdp(underlay).unwrap());
-    assert_eq!(t.h2.datapath.xdp_mode(underlay).unwrap(), None);
+    assert_eq!(t.h2.datapath.reader().unwrap().xdp_mode(underlay), None);
     send_udp(&t.fabric.ns, stranger, t.h2.ip, &known_vni, 2);
     wait_for(&t.h2, UnderlayDropReason::UnknownHost, 7);
     assert_eq!(drops(&t.h2, UnderlayDropReason::XdpUnknownHost), expected.0);

@@ -156,7 +156,11 @@ impl Fixture {
 
     #[track_caller]
     fn trace(&self, ifindex: u32, frame: &[u8]) -> TraceResult {
-        self.datapath.trace(ifindex, frame).unwrap()
+        self.datapath
+            .reader()
+            .unwrap()
+            .trace(ifindex, frame)
+            .unwrap()
     }
 
     /// Asserts that `frame` from port `ifindex` is dropped for `reason`,
@@ -510,7 +514,7 @@ fn unknown_and_unsupported_destinations_are_dropped() {
         f.assert_dropped(f.a, &frame, DropReason::Malformed);
         // The kernel refuses to run a truncated IPv4 header at all.
         assert!(matches!(
-            f.datapath.trace(f.a, &frame[..30]),
+            f.datapath.reader().unwrap().trace(f.a, &frame[..30]),
             Err(DatapathError::InvalidFrame(_))
         ));
     });
@@ -586,11 +590,11 @@ fn an_unprogrammed_port_passes_everything() {
 fn trace_errors_are_reported() {
     with_fixture(|f| {
         assert!(matches!(
-            f.datapath.trace(f.a, &[0; 10]),
+            f.datapath.reader().unwrap().trace(f.a, &[0; 10]),
             Err(DatapathError::InvalidFrame(_))
         ));
         assert!(matches!(
-            f.datapath.trace(999_999, &[0; 60]),
+            f.datapath.reader().unwrap().trace(999_999, &[0; 60]),
             Err(DatapathError::NoSuchDevice(999_999))
         ));
     });
@@ -620,13 +624,16 @@ fn drops_are_counted_by_reason_and_deliveries_on_both_ports() {
         let to_b = from_a(B_MAC, "10.0.1.11", UDP, &packets::udp(1, 2, &counting(22)));
         // Traces count nothing.
         f.trace(f.a, &spoofed);
-        assert_eq!(f.datapath.port_stats(f.a).unwrap(), PortStats::default());
+        assert_eq!(
+            f.datapath.reader().unwrap().port_stats(f.a).unwrap(),
+            PortStats::default()
+        );
 
         for _ in 0..3 {
             assert_eq!(run_for_real(&mut f.datapath, f.a, &spoofed), 2);
         }
         assert_eq!(run_for_real(&mut f.datapath, f.a, &to_b), 7);
-        let stats = f.datapath.port_stats(f.a).unwrap();
+        let stats = f.datapath.reader().unwrap().port_stats(f.a).unwrap();
         assert_eq!(
             stats.traffic,
             PortCounters {
@@ -639,7 +646,7 @@ fn drops_are_counted_by_reason_and_deliveries_on_both_ports() {
         assert_eq!(drops_by_reason(&stats), [(DropReason::SpoofedMac, 3)]);
         // Delivered into B's namespace: counted as sent to B, whose egress
         // it skips.
-        let stats = f.datapath.port_stats(f.b).unwrap();
+        let stats = f.datapath.reader().unwrap().port_stats(f.b).unwrap();
         assert_eq!(
             stats.traffic,
             PortCounters {

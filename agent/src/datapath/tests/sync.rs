@@ -136,9 +136,9 @@ fn sync_writes_only_what_changed() {
     // An empty model empties the maps.
     let stats = datapath.sync(&DatapathModel::default()).unwrap();
     assert_eq!(stats.ports, changes(0, 2, 0));
-    assert!(datapath.ports().unwrap().is_empty());
-    assert!(datapath.endpoints().unwrap().is_empty());
-    assert!(datapath.subnets().unwrap().is_empty());
+    assert!(datapath.reader().unwrap().ports().unwrap().is_empty());
+    assert!(datapath.reader().unwrap().endpoints().unwrap().is_empty());
+    assert!(datapath.reader().unwrap().subnets().unwrap().is_empty());
 }
 
 #[test]
@@ -151,9 +151,9 @@ fn a_new_agent_resyncs_without_a_write() {
     let mut datapath = Datapath::open(&pins.0).unwrap();
     datapath.sync(&model).unwrap();
     let before = (
-        datapath.ports().unwrap(),
-        datapath.endpoints().unwrap(),
-        datapath.subnets().unwrap(),
+        datapath.reader().unwrap().ports().unwrap(),
+        datapath.reader().unwrap().endpoints().unwrap(),
+        datapath.reader().unwrap().subnets().unwrap(),
     );
     drop(datapath);
 
@@ -161,9 +161,9 @@ fn a_new_agent_resyncs_without_a_write() {
     // its resync (same model) has nothing to write.
     let mut datapath = Datapath::open(&pins.0).unwrap();
     let after = (
-        datapath.ports().unwrap(),
-        datapath.endpoints().unwrap(),
-        datapath.subnets().unwrap(),
+        datapath.reader().unwrap().ports().unwrap(),
+        datapath.reader().unwrap().endpoints().unwrap(),
+        datapath.reader().unwrap().subnets().unwrap(),
     );
     assert_eq!(after, before);
     let stats = datapath.sync(&model).unwrap();
@@ -179,7 +179,7 @@ fn conflicting_records_are_reported_and_the_rest_programmed() {
     let mut datapath = Datapath::open(&pins.0).unwrap();
     let mut model = three_ports();
     datapath.sync(&model).unwrap();
-    let before = datapath.endpoints().unwrap();
+    let before = datapath.reader().unwrap().endpoints().unwrap();
 
     // A new subnet, and the same address twice with different MACs (a VIP
     // claimed by two ports, say).
@@ -193,7 +193,7 @@ fn conflicting_records_are_reported_and_the_rest_programmed() {
     assert_eq!(stats.conflicts.len(), 1, "{stats:?}");
     assert!(stats.conflicts[0].contains("10.0.1.10"), "{stats:?}");
     // The first record stays; the new subnet is programmed all the same.
-    assert_eq!(datapath.endpoints().unwrap(), before);
+    assert_eq!(datapath.reader().unwrap().endpoints().unwrap(), before);
     assert_eq!(stats.subnets, changes(1, 0, 4));
     assert_eq!(stats.changes(), 1);
 }
@@ -214,7 +214,7 @@ fn listings_read_back_the_maps() {
         });
     datapath.sync(&model).unwrap();
 
-    let ports = datapath.ports().unwrap();
+    let ports = datapath.reader().unwrap().ports().unwrap();
     assert_eq!(ports.len(), 3);
     assert_eq!(
         ports[0],
@@ -232,7 +232,7 @@ fn listings_read_back_the_maps() {
         }
     );
 
-    let endpoints = datapath.endpoints().unwrap();
+    let endpoints = datapath.reader().unwrap().endpoints().unwrap();
     let listed: Vec<_> = endpoints
         .iter()
         .map(|e| (e.vni, e.ip, e.mac, e.location.unwrap()))
@@ -278,7 +278,7 @@ fn listings_read_back_the_maps() {
         ]
     );
 
-    let subnets = datapath.subnets().unwrap();
+    let subnets = datapath.reader().unwrap().subnets().unwrap();
     let cidrs: Vec<_> = subnets
         .iter()
         .map(|s| (s.vni, s.cidr.to_string(), s.router.is_some()))
@@ -300,7 +300,7 @@ fn listings_read_back_the_maps() {
         })
     );
 
-    let routes = datapath.routes().unwrap();
+    let routes = datapath.reader().unwrap().routes().unwrap();
     let router = subnets[0].router.unwrap();
     assert_eq!(
         routes,
@@ -401,7 +401,7 @@ fn many_endpoints_are_written_removed_and_read_back_in_batches() {
     let stats = datapath.sync(&model).unwrap();
     assert_eq!(stats.endpoints, changes(COUNT as usize, 0, 0));
     assert_eq!(stats.hosts, changes(100, 0, 0));
-    let endpoints = datapath.endpoints().unwrap();
+    let endpoints = datapath.reader().unwrap().endpoints().unwrap();
     assert_eq!(endpoints.len(), COUNT as usize);
     assert_eq!(
         endpoints
@@ -446,11 +446,14 @@ fn many_endpoints_are_written_removed_and_read_back_in_batches() {
         )
     );
     assert_eq!(stats.hosts, changes(1, 0, 100));
-    assert_eq!(datapath.endpoints().unwrap().len(), COUNT as usize / 2);
+    assert_eq!(
+        datapath.reader().unwrap().endpoints().unwrap().len(),
+        COUNT as usize / 2
+    );
     assert_eq!(datapath.sync(&model).unwrap().changes(), 0);
     let stats = datapath.sync(&DatapathModel::default()).unwrap();
     assert_eq!(stats.endpoints, changes(0, COUNT as usize / 2, 0));
-    assert!(datapath.endpoints().unwrap().is_empty());
+    assert!(datapath.reader().unwrap().endpoints().unwrap().is_empty());
 }
 
 #[test]
@@ -495,7 +498,7 @@ fn endpoint_changes_leave_the_maps_as_a_full_sync_would() {
     assert_eq!(stats.hosts, changes(5, 1, 5));
     // 198.18.0.2 went with its last endpoint, its MAC notwithstanding;
     // 198.18.0.3 kept its MAC.
-    let hosts = datapath.hosts().unwrap();
+    let hosts = datapath.reader().unwrap().hosts().unwrap();
     let host = |ip| hosts.iter().find(|host| host.ip == ip).map(|host| host.mac);
     assert_eq!((host(host2), host(host3)), (None, Some(Some(mac(0x33)))));
 
@@ -570,7 +573,7 @@ fn a_million_neighbors() {
     let stats = datapath.sync(&moved).unwrap();
     report("every endpoint rewritten (moved host)", started);
     assert_eq!(stats.endpoints, changes(COUNT as usize, 0, 0));
-    for (name, bytes) in datapath.map_memory().unwrap() {
+    for (name, bytes) in datapath.reader().unwrap().map_memory().unwrap() {
         let _ = writeln!(
             io::stderr(),
             "map {name}: {:.1} MiB",

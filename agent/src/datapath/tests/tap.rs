@@ -290,7 +290,7 @@ fn tap_ports_get_decapsulated_tcp_as_ordinary_frames() {
             "{guest:?}"
         );
         let delivered = wire.delivered.lock().unwrap().clone();
-        let port = h2.datapath.port_stats(c.port).unwrap();
+        let port = h2.datapath.reader().unwrap().port_stats(c.port).unwrap();
         assert!(port.tunnel.decap_bytes > LEN as u64, "{guest:?}: {port:?}");
         let through_device = h2.stats().device_decap_packets;
         assert!(

@@ -116,12 +116,20 @@ impl Fixture {
 
     #[track_caller]
     fn trace(&self, ifindex: u32, frame: &[u8]) -> TraceResult {
-        self.datapath.trace(ifindex, frame).unwrap()
+        self.datapath
+            .reader()
+            .unwrap()
+            .trace(ifindex, frame)
+            .unwrap()
     }
 
     #[track_caller]
     fn decap(&self, frame: &[u8]) -> UnderlayTrace {
-        self.datapath.trace_underlay(self.underlay, frame).unwrap()
+        self.datapath
+            .reader()
+            .unwrap()
+            .trace_underlay(self.underlay, frame)
+            .unwrap()
     }
 
     #[track_caller]
@@ -348,7 +356,7 @@ fn next_hop_macs_from_the_model_are_written() {
             let headers = outer(&result.output, frame.len());
             assert_eq!((headers.dst_mac, headers.src_mac), (next_mac, UNDERLAY_MAC));
         }
-        let hosts = f.datapath.hosts().unwrap();
+        let hosts = f.datapath.reader().unwrap().hosts().unwrap();
         assert_eq!(
             hosts,
             [
@@ -390,7 +398,7 @@ fn host_macs_change_in_place_and_the_next_sync_agrees() {
             .set_host_macs(&[known(Some(HOST2_MAC)), stranger])
             .unwrap();
         assert_eq!(written, 1);
-        let hosts = f.datapath.hosts().unwrap();
+        let hosts = f.datapath.reader().unwrap().hosts().unwrap();
         assert_eq!(
             hosts.iter().map(|h| (h.ip, h.mac)).collect::<Vec<_>>(),
             [(HOST2, Some(HOST2_MAC)), (HOST3, None)]
@@ -437,7 +445,7 @@ fn host_macs_change_in_place_and_the_next_sync_agrees() {
                 .unwrap(),
             1
         );
-        let hosts = restarted.hosts().unwrap();
+        let hosts = restarted.reader().unwrap().hosts().unwrap();
         assert_eq!(hosts[0].mac, Some(HOST2_MAC));
         assert_eq!(hosts.len(), 2);
     });
@@ -620,7 +628,7 @@ fn fragmentation_needed_is_rate_limited_per_port_and_counted() {
             (ICMP_ERRORS_BURST..=allowed).contains(&answered),
             "{answered} of {SENT} answered in {elapsed} ns"
         );
-        let drops = f.datapath.port_stats(f.a).unwrap().drops;
+        let drops = f.datapath.reader().unwrap().port_stats(f.a).unwrap().drops;
         assert_eq!(drops[DropReason::FragNeeded as usize], answered);
         assert_eq!(drops[DropReason::TooBig as usize], SENT - answered);
         // Another port has its own allowance (routed to the other host).
@@ -644,7 +652,7 @@ fn without_an_underlay_remote_traffic_is_dropped() {
         assert_eq!(result.verdict, Verdict::Drop(DropReason::NoUnderlay));
         assert_eq!(result.output, frame);
         // And nothing is decapsulated.
-        assert_eq!(f.datapath.underlay().unwrap(), None);
+        assert_eq!(f.datapath.reader().unwrap().underlay().unwrap(), None);
         f.assert_passed(&vxlan_frame(HOST2, LOCAL, 100, &to_a()));
     });
 }
@@ -794,7 +802,7 @@ fn decapsulation_is_counted_per_port_and_host() {
         assert_eq!(f.decap_for_real(&frame), 7);
         assert_eq!(f.decap_for_real(&frame), 7);
         assert_eq!(f.decap_for_real(&vxlan_frame(HOST2, LOCAL, 300, &inner)), 2);
-        let stats = f.datapath.underlay_stats().unwrap();
+        let stats = f.datapath.reader().unwrap().underlay_stats().unwrap();
         assert_eq!(
             (stats.decap_packets, stats.decap_bytes),
             (2, 2 * inner.len() as u64)
@@ -803,7 +811,7 @@ fn decapsulation_is_counted_per_port_and_host() {
             underlay_drops_by_reason(&stats),
             [(UnderlayDropReason::UnknownVni, 1)]
         );
-        let a = f.datapath.port_stats(f.a).unwrap();
+        let a = f.datapath.reader().unwrap().port_stats(f.a).unwrap();
         let expected = TunnelCounters {
             decap_packets: 2,
             decap_bytes: 2 * inner.len() as u64,
@@ -840,7 +848,7 @@ fn xdp_drops_unknown_vnis_and_hosts_and_passes_the_rest() {
             XDP_PASS
         );
         assert_eq!(f.xdp(&arp_request(HOST2_MAC, HOST2, LOCAL)), XDP_PASS);
-        let stats = f.datapath.underlay_stats().unwrap();
+        let stats = f.datapath.reader().unwrap().underlay_stats().unwrap();
         assert_eq!(
             underlay_drops_by_reason(&stats),
             [
@@ -855,7 +863,7 @@ fn xdp_drops_unknown_vnis_and_hosts_and_passes_the_rest() {
 fn the_underlay_maps_read_back() {
     with_fixture(|f| {
         assert_eq!(
-            f.datapath.underlay().unwrap(),
+            f.datapath.reader().unwrap().underlay().unwrap(),
             Some(UnderlayEntry {
                 ifindex: f.underlay,
                 ip: LOCAL,
@@ -864,9 +872,11 @@ fn the_underlay_maps_read_back() {
                 gateway_mac: None,
             })
         );
-        assert_eq!(f.datapath.vnis().unwrap(), [100, 200]);
+        assert_eq!(f.datapath.reader().unwrap().vnis().unwrap(), [100, 200]);
         let hosts: Vec<_> = f
             .datapath
+            .reader()
+            .unwrap()
             .hosts()
             .unwrap()
             .iter()

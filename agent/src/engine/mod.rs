@@ -14,6 +14,15 @@
 //! It also adopts what exists when the agent starts, and reacts to link
 //! events (a tap appearing, a device vanishing) and to the underlay's
 //! neighbours (host MACs).
+//!
+//! It reaches the host only through the traits of [`kernel`]: the port
+//! devices, the datapath (which it alone writes) and the store, so that its
+//! logic is unit-tested with fakes ([`adapters`] has the real ones).
+
+mod adapters;
+pub mod kernel;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,22 +35,25 @@ use alcor_proto::schema::{
     goal_state_operation_reply::GoalStateOperationStatus,
 };
 use prost::Message;
+use tokio::sync::Notify;
 
+use self::kernel::{Dataplane, Devices, Persistence};
 use crate::{
-    core::desired::{DesiredState, Entry},
-    core::forwarding,
-    core::forwarding::HostSpec,
-    core::goalstate::{
-        batch::{Action, Batch, Batched, Op},
-        validate::Validate,
+    core::{
+        desired::{DesiredState, Entry},
+        devices::{Plugged, PortPlan},
+        forwarding::{self, HostSpec},
+        goalstate::{
+            batch::{Action, Batch, Batched, Op},
+            validate::Validate,
+        },
+        model::*,
+        status::{AgentState, PortPhase, PortStatus, SharedState},
     },
-    core::model::*,
-    core::status::{AgentState, PortPhase, PortStatus, SharedState},
-    datapath::DatapathError,
-    dhcp::{DhcpSettings, DhcpView, Leases, SharedView},
+    datapath::{Datapath, DatapathError},
     error::chain,
     metrics::{Metrics, PhaseLabels, ResourceLabels},
-    plumbing::{LinkEvent, Outcome, Plumber, PortPlan, Report, micros_since},
+    plumbing::{LinkEvent, Plumber, micros_since},
     store::{Record, Store, StoreError},
     underlay::neighbours::NeighbourChange,
 };
@@ -73,57 +85,41 @@ impl PortStatus {
     }
 }
 
-pub struct Engine {
+/// How a port's plumbing ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ready {
+        ifindex: u32,
+    },
+    /// A tap port whose device the hypervisor has not created yet.
+    Pending,
+    Failed(String),
+}
+
+/// A port's plumbing: how it ended and what it cost.
+#[derive(Clone, Debug)]
+struct Report {
+    outcome: Outcome,
+    /// Microseconds spent on netlink plumbing.
+    network_us: u32,
+    /// Microseconds spent attaching the datapath.
+    dataplane_us: u32,
+}
+
+/// The engine; by default over the real host (netlink, eBPF, the disk).
+pub struct Engine<D = Plumber, P = Datapath, S = Store> {
     state: SharedState,
-    store: Arc<Store>,
-    plumber: Plumber,
+    store: Arc<S>,
+    devices: D,
+    /// The datapath's one writer.
+    dataplane: P,
     metrics: Arc<Metrics>,
-    dhcp: DhcpPublisher,
+    /// Told after each change of the desired state or of the ports (the
+    /// DHCP responder rebuilds its view from them).
+    changed: Arc<Notify>,
     /// Who claims which addresses, for programming a transaction of
     /// neighbors without rebuilding the whole forwarding model.
     claims: forwarding::Claims,
-}
-
-/// Rebuilds the DHCP responder's view when the engine says the state
-/// changed. Requests that arrive during a rebuild coalesce into one more, so
-/// a burst of messages costs a few rebuilds, not one each, and the engine
-/// never waits for them.
-#[derive(Clone)]
-pub struct DhcpPublisher {
-    changed: Arc<tokio::sync::Notify>,
-}
-
-impl DhcpPublisher {
-    pub fn spawn(
-        state: SharedState,
-        view: SharedView,
-        leases: Arc<Leases>,
-        settings: DhcpSettings,
-    ) -> DhcpPublisher {
-        let changed = Arc::new(tokio::sync::Notify::new());
-        let notified = changed.clone();
-        tokio::spawn(async move {
-            loop {
-                notified.notified().await;
-                let state = state.read().unwrap_or_else(|p| p.into_inner());
-                let ready = state
-                    .ports
-                    .iter()
-                    .filter(|(_, status)| status.phase == PortPhase::Ready)
-                    .map(|(id, status)| (id.as_str(), status.ifindex));
-                let built = DhcpView::build(&state.desired, ready, &settings);
-                view.store(Arc::new(built));
-                leases
-                    .lock()
-                    .forget_ports(|port_id| state.desired.ports.contains(port_id));
-            }
-        });
-        DhcpPublisher { changed }
-    }
-
-    fn state_changed(&self) {
-        self.changed.notify_one();
-    }
 }
 
 /// A port touched by the message being applied.
@@ -147,20 +143,22 @@ enum Pass {
     Deletes,
 }
 
-impl Engine {
+impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
     pub fn new(
         state: SharedState,
-        store: Arc<Store>,
-        plumber: Plumber,
+        store: Arc<S>,
+        devices: D,
+        dataplane: P,
         metrics: Arc<Metrics>,
-        dhcp: DhcpPublisher,
-    ) -> Engine {
+        changed: Arc<Notify>,
+    ) -> Self {
         Engine {
             state,
             store,
-            plumber,
+            devices,
+            dataplane,
             metrics,
-            dhcp,
+            changed,
             claims: forwarding::Claims::default(),
         }
     }
@@ -168,11 +166,7 @@ impl Engine {
     /// Tells the consumers that work from snapshots (the DHCP responder)
     /// that the desired state or the ports changed.
     fn publish(&self) {
-        self.dhcp.state_changed();
-    }
-
-    pub fn plumber(&self) -> &Plumber {
-        &self.plumber
+        self.changed.notify_one();
     }
 
     fn read(&self) -> RwLockReadGuard<'_, AgentState> {
@@ -216,19 +210,16 @@ impl Engine {
     /// devices the agent made for ports that are gone are deleted, the others
     /// are kept as they are (same ifindex, no flap).
     pub async fn adopt(&mut self) -> anyhow::Result<()> {
-        let links = self
-            .plumber
-            .all_links()
+        let devices = self
+            .devices
+            .agent_devices()
             .await
-            .map_err(|e| anyhow::anyhow!("listing links: {e}"))?;
+            .map_err(anyhow::Error::msg)?;
         let orphans: Vec<_> = {
             let state = self.read();
-            links
-                .iter()
-                .filter(|link| {
-                    Plumber::owner_port_id(link).is_some_and(|id| !state.desired.ports.contains(id))
-                })
-                .cloned()
+            devices
+                .into_iter()
+                .filter(|device| !state.desired.ports.contains(&device.port_id))
                 .collect()
         };
         for orphan in &orphans {
@@ -237,10 +228,12 @@ impl Engine {
                 "deleting a device of a port that is gone"
             );
         }
-        let deleted = self.plumber.delete_orphans(&orphans).await;
+        let deleted = self.devices.delete(&orphans).await;
         for (orphan, deleted) in orphans.iter().zip(deleted) {
-            if let Err(reason) = deleted {
-                tracing::warn!(device = orphan.name, %reason, "could not delete");
+            match deleted {
+                // Its filters went with it: the datapath forgets it.
+                Ok(()) => self.forget_device(orphan.ifindex),
+                Err(reason) => tracing::warn!(device = orphan.name, %reason, "could not delete"),
             }
         }
 
@@ -261,16 +254,11 @@ impl Engine {
             .filter(|status| status.phase == PortPhase::Ready)
             .map(|status| status.ifindex)
             .collect();
-        let mut datapath = self
-            .plumber
-            .datapath()
-            .map_err(|reason| anyhow::anyhow!(reason))?;
-        for ifindex in datapath.attached_ports()? {
+        for ifindex in self.dataplane.attached_ports()? {
             if !ready.contains(&ifindex) {
-                datapath.detach_port(ifindex)?;
+                self.dataplane.detach_port(ifindex)?;
             }
         }
-        drop(datapath);
         self.sync_datapath()
             .map_err(|reason| anyhow::anyhow!(reason))?;
         self.update_port_gauges();
@@ -338,15 +326,9 @@ impl Engine {
                 mac: change.mac,
             })
             .collect();
-        let written = tokio::task::block_in_place(|| {
-            self.plumber
-                .datapath()?
-                .set_host_macs(&hosts)
-                .map_err(|e| format!("writing host MACs: {}", chain(&e)))
-        });
-        match written {
+        match tokio::task::block_in_place(|| self.dataplane.set_host_macs(&hosts)) {
             Ok(written) => tracing::debug!(?changes, written, "underlay neighbours changed"),
-            Err(reason) => tracing::error!(%reason, "after a neighbour change"),
+            Err(e) => tracing::error!(reason = chain(&e), "writing host MACs"),
         }
     }
 
@@ -361,16 +343,21 @@ impl Engine {
         }
     }
 
-    /// Plumbs (or unplumbs) the given ports, concurrently; the reports come
-    /// in the order of `ids`. Removals go first: a port that goes may leave
-    /// its VM's namespace (its `eth0`) to one that comes.
-    async fn plumb(&self, ids: &[String]) -> Vec<Option<Report>> {
+    /// Plumbs (or unplumbs) the given ports, their devices concurrently,
+    /// then attaches the datapath to the new ones; the reports come in the
+    /// order of `ids`. Removals go first: a port that goes may leave its
+    /// VM's namespace (its `eth0`) to one that comes.
+    async fn plumb(&mut self, ids: &[String]) -> Vec<Option<Report>> {
         let (mut wanted, mut gone) = (Vec::new(), Vec::new());
         let planned: Vec<bool> = {
             let state = self.read();
             ids.iter()
                 .map(|id| {
-                    let plan = state.desired.ports.get(id).and_then(|e| plan(&e.spec));
+                    let plan = state
+                        .desired
+                        .ports
+                        .get(id)
+                        .and_then(|e| PortPlan::of(&e.spec));
                     let planned = plan.is_some();
                     match plan {
                         Some(plan) => wanted.push(plan),
@@ -380,8 +367,18 @@ impl Engine {
                 })
                 .collect()
         };
-        let mut removed = self.plumber.remove_all(&gone).await.into_iter();
-        let mut applied = self.plumber.apply_all(&wanted).await.into_iter();
+        let removed = self.devices.unplug_all(&gone).await;
+        let plugged = self.devices.plug_all(&wanted).await;
+        let mut removed = removed
+            .into_iter()
+            .map(|unplugged| self.forget_unplugged(unplugged))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut applied = Vec::with_capacity(plugged.len());
+        for (plan, plugged) in wanted.iter().zip(plugged) {
+            applied.push(self.attach(plan, plugged).await);
+        }
+        let mut applied = applied.into_iter();
         planned
             .into_iter()
             .map(|planned| {
@@ -396,6 +393,59 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Attaches the datapath to a port's device once plugged; undoes the
+    /// plugging if it cannot (nothing half-made is left).
+    async fn attach(&mut self, plan: &PortPlan, plugged: Plugged) -> Report {
+        if let Some(replaced) = plugged.replaced {
+            self.forget_device(replaced);
+        }
+        let network_us = plugged.network_us;
+        let ifindex = match plugged.device {
+            Ok(Some(ifindex)) => ifindex,
+            Ok(None) => return Report::new(Outcome::Pending, network_us),
+            Err(reason) => return Report::new(Outcome::Failed(reason), network_us),
+        };
+        let started = Instant::now();
+        // A quick blocking syscall: the runtime moves other tasks off this
+        // worker meanwhile.
+        let attached = tokio::task::block_in_place(|| self.dataplane.attach_port(ifindex));
+        let dataplane_us = micros_since(started);
+        let outcome = match attached {
+            Ok(()) => Outcome::Ready { ifindex },
+            Err(e) => {
+                let unplugged = self.devices.unplug_all(&[plan.id.as_str()]).await;
+                for unplugged in unplugged {
+                    if let Err(cleanup) = self.forget_unplugged(unplugged) {
+                        tracing::warn!(port = plan.id, %cleanup, "cleanup after a failed attach");
+                    }
+                }
+                Outcome::Failed(format!("attaching the datapath: {}", chain(&e)))
+            }
+        };
+        Report {
+            outcome,
+            network_us,
+            dataplane_us,
+        }
+    }
+
+    /// Has the datapath forget the device a port had (see
+    /// [`Devices::unplug_all`]); an error says why either refused.
+    fn forget_unplugged(&mut self, unplugged: Result<Option<u32>, String>) -> Result<(), String> {
+        let Some(ifindex) = unplugged? else {
+            return Ok(());
+        };
+        tokio::task::block_in_place(|| self.dataplane.detach_port(ifindex))
+            .map_err(|e| format!("detaching the datapath: {}", chain(&e)))
+    }
+
+    /// Has the datapath forget a device the agent deleted.
+    fn forget_device(&mut self, ifindex: u32) {
+        if let Err(reason) = self.forget_unplugged(Ok(Some(ifindex))) {
+            tracing::warn!(ifindex, %reason, "forgetting a deleted device");
+        }
     }
 
     /// Applies goal-state messages that arrived together, in order, as one
@@ -620,13 +670,13 @@ impl Engine {
             .map(|(&ip, &mac)| HostSpec { ip, mac: Some(mac) })
             .collect();
         let synced = tokio::task::block_in_place(|| {
-            let mut datapath = self.plumber.datapath()?;
             let programming = |e: DatapathError| format!("programming the datapath: {}", chain(&e));
-            let synced = datapath
+            let synced = self
+                .dataplane
                 .sync_endpoints(&delta.write, &delta.remove)
                 .map_err(programming)?;
             if synced.is_some() {
-                datapath.set_host_macs(&macs).map_err(programming)?;
+                self.dataplane.set_host_macs(&macs).map_err(programming)?;
             }
             Ok::<_, String>(synced)
         })?;
@@ -645,8 +695,7 @@ impl Engine {
             &mut self.claims,
         );
         let stats = tokio::task::block_in_place(|| {
-            self.plumber
-                .datapath()?
+            self.dataplane
                 .sync(&model)
                 .map_err(|e| format!("programming the datapath: {}", chain(&e)))
         })?;
@@ -692,16 +741,14 @@ fn applied(status: &GoalStateOperationStatus) -> bool {
     changing && succeeded
 }
 
-/// The plan of a port that has a device on this host.
-fn plan(port: &Port) -> Option<PortPlan> {
-    match port.binding {
-        Binding::Unbound => None,
-        _ => Some(PortPlan {
-            id: port.id.clone(),
-            device: port.device_name(),
-            binding: port.binding.clone(),
-            mac: port.mac,
-        }),
+impl Report {
+    /// A port the datapath was not attached to.
+    fn new(outcome: Outcome, network_us: u32) -> Report {
+        Report {
+            outcome,
+            network_us,
+            dataplane_us: 0,
+        }
     }
 }
 

@@ -9,7 +9,6 @@
 //! that the forwarding model carries. With a controller, [`registration`]
 //! registers the agent there and asks for its whole state.
 
-pub mod agentctl;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -241,7 +241,7 @@ pub struct Config {
 impl Config {
     pub const DEFAULT_GRPC_LISTEN: &'static str = "0.0.0.0:50001";
     pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/alcor";
-    pub const DEFAULT_CONTROL_SOCKET: &'static str = "/run/alcor/agent.sock";
+    pub const DEFAULT_CONTROL_SOCKET: &'static str = alcor_types::DEFAULT_CONTROL_SOCKET;
     pub const DEFAULT_METRICS_LISTEN: &'static str = "127.0.0.1:9490";
     pub const DEFAULT_BPF_PIN_DIR: &'static str = "/sys/fs/bpf/alcor";
     pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;

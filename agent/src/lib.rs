@@ -11,7 +11,6 @@
 //! controller, [`registration`] registers the agent there and asks for its
 //! whole state. [`control`] and [`metrics`] read, never write.
 
-pub mod agentctl;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -1,9 +1,11 @@
 //! Frames as a VM sends them, built for traces and tests, and read back
-//! header by header; the Internet checksum; hex dumps.
+//! header by header; the Internet checksum; hex dumps (`alcor_types`'s,
+//! which `agentctl` shares).
 
 use std::net::Ipv4Addr;
 
 use alcor_proto::control as api;
+pub use alcor_types::hexdump;
 
 use crate::core::model::Mac;
 
@@ -342,33 +344,6 @@ fn ipv4_header(frame: &[u8]) -> Option<api::Ipv4Header> {
     Some(view)
 }
 
-/// `bytes` as `hexdump -C` shows them: offset, 16 bytes in hex (two groups
-/// of 8), and their printable characters.
-pub fn hexdump(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for (n, chunk) in bytes.chunks(16).enumerate() {
-        let mut hex = String::new();
-        for (i, byte) in chunk.iter().enumerate() {
-            if i == 8 {
-                hex.push(' ');
-            }
-            hex.push_str(&format!("{byte:02x} "));
-        }
-        let text: String = chunk
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    char::from(b)
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        out.push_str(&format!("{:04x}  {hex:<49} |{text}|\n", n * 16));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,17 +455,5 @@ mod tests {
         assert_eq!(short.ethertype, "0xffff");
         assert_eq!(short.ipv4, None);
         assert_eq!(headers(&[1, 2]).eth_dst, "");
-    }
-
-    #[test]
-    fn hexdump_shows_offsets_hex_and_text() {
-        let dump = hexdump(b"0123456789abcdefXY");
-        let lines: Vec<&str> = dump.lines().collect();
-        assert_eq!(
-            lines[0],
-            "0000  30 31 32 33 34 35 36 37  38 39 61 62 63 64 65 66  |0123456789abcdef|"
-        );
-        assert_eq!(lines[1], format!("0010  58 59{}|XY|", " ".repeat(45)));
-        assert_eq!(lines[0].find('|'), lines[1].find('|'), "the text lines up");
     }
 }

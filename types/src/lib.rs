@@ -1,11 +1,23 @@
 //! Network value types parsed once at the API boundary, shared by the agent
 //! and the controller: a [`Mac`], a [`Vni`], IPv4 networks that must be
-//! networks.
+//! networks. Also what the agent and its CLI, `agentctl`, must agree on
+//! without `agentctl` depending on the agent (which needs the eBPF toolchain
+//! to build): the default [control socket](DEFAULT_CONTROL_SOCKET), the
+//! names of the DHCP responder's counters ([`dhcp`]) and the [`hexdump`] of
+//! traced frames.
+
+pub mod dhcp;
+mod hexdump;
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
+pub use hexdump::hexdump;
 pub use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// Where the agent serves its control API (root only) and `agentctl` looks
+/// for it, unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/alcor/agent.sock";
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

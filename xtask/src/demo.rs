@@ -127,7 +127,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("demo: building alcor-agent, alcor-controller and agentctl");
     util::build_agent(false)?;
     util::run_status(util::cargo().args(["build", "--quiet", "--bin", "alcor-controller"]))?;
-    let agentctl = util::try_build(false, "agentctl");
+    let agentctl = util::try_build(false, "alcor-agentctl", "agentctl");
     util::sweep_leftovers(TAG)?;
 
     let runtime = tokio::runtime::Runtime::new()?;

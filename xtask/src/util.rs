@@ -43,7 +43,7 @@ pub fn run_status(command: &mut Command) -> anyhow::Result<()> {
 /// Builds `alcor-agent` (`release` or debug) and points the harness at the
 /// target directory through `ALCOR_BIN_DIR`.
 pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
-    run_status(cargo_build(release).args(["--bin", "alcor-agent"]))?;
+    run_status(cargo_build(release, "alcor-agent").args(["--bin", "alcor-agent"]))?;
     let dir = target_dir().join(if release { "release" } else { "debug" });
     // SAFETY: xtask sets this before it starts any other thread (the tokio
     // runtime starts afterwards).
@@ -51,10 +51,11 @@ pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Builds another binary of the agent crate if it can be built; says why
-/// not otherwise.
-pub fn try_build(release: bool, bin: &str) -> Result<(), String> {
-    let output = cargo_build(release)
+/// Builds binary `bin` of workspace package `package` (e.g. `agentctl` of
+/// `alcor-agentctl`) into the same directory as the agent if it can be
+/// built; says why not otherwise.
+pub fn try_build(release: bool, package: &str, bin: &str) -> Result<(), String> {
+    let output = cargo_build(release, package)
         .args(["--bin", bin])
         .output()
         .map_err(|e| e.to_string())?;
@@ -69,9 +70,9 @@ pub fn try_build(release: bool, bin: &str) -> Result<(), String> {
         .to_string())
 }
 
-fn cargo_build(release: bool) -> Command {
+fn cargo_build(release: bool, package: &str) -> Command {
     let mut command = cargo();
-    command.args(["build", "--quiet", "-p", "alcor-agent"]);
+    command.args(["build", "--quiet", "-p", package]);
     if release {
         command.arg("--release");
     }

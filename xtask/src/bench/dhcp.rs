@@ -97,7 +97,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("bench dhcp: building alcor-agent and agentctl (release)");
     util::build_agent(true)?;
-    let agentctl = util::try_build(true, "agentctl");
+    let agentctl = util::try_build(true, "alcor-agentctl", "agentctl");
     super::in_namespaces(TAG, async |prefix| bench(prefix, agentctl.is_ok()).await)
 }
 

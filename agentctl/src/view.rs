@@ -1,7 +1,7 @@
 //! Human-readable views of the agent's replies: tables with headers, enums
 //! as words, and a sentence instead of an empty table.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::SystemTime};
 
 use alcor_proto::{
     control::{
@@ -12,20 +12,26 @@ use alcor_proto::{
     },
     schema::GoalState,
 };
+// The datapath's drop reasons, named as the agent's `datapath` re-exports them.
+use alcor_ebpf_common as datapath;
+use alcor_types::{
+    dhcp::{ClientMessage, DropReason, ServerMessage},
+    hexdump,
+};
 
 use super::table::{Table, left, right};
-use crate::{
-    datapath,
-    dhcp::{
-        counters::{ClientMessage, DropReason, ServerMessage},
-        leases::unix_now,
-    },
-    packet::hexdump,
-};
 
 /// A reply as an operator reads it.
 pub trait Human {
     fn human(&self) -> String;
+}
+
+/// Seconds since the Unix epoch: the clock of the agent's lease expiries and
+/// of its controller link's times, which are shown relative to now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Blank cells print as `-` so that every column stays visible.

@@ -1,5 +1,6 @@
 //! `agentctl`: the operator's view of the agent on this node, read over the
-//! agent's root-only control socket.
+//! agent's root-only control socket. A crate of its own, apart from the
+//! agent's: it builds without the eBPF toolchain.
 
 mod client;
 mod error;
@@ -18,11 +19,11 @@ use alcor_proto::control::{
     GetCountersRequest, GetDhcpCountersRequest, GetDpTunnelsRequest, GetGoalStateRequest,
     GetStatusRequest, ListRequest, TraceProtocol, TraceRequest,
 };
+use alcor_types::{DEFAULT_CONTROL_SOCKET, Mac};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use self::{error::Error, view::Human};
-use crate::{config::Config, core::model::Mac};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,7 +38,7 @@ pub struct Cli {
         global = true,
         value_name = "PATH",
         env = "ALCOR_AGENT_SOCKET",
-        default_value = Config::DEFAULT_CONTROL_SOCKET
+        default_value = DEFAULT_CONTROL_SOCKET
     )]
     socket: PathBuf,
 

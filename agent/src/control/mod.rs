@@ -28,9 +28,11 @@ use self::views::{
 };
 use crate::{
     config::Config,
-    core::forwarding::Location,
-    core::model::*,
-    core::status::{AgentState, PortPhase, SharedState},
+    core::{
+        forwarding::Location,
+        model::*,
+        status::{AgentState, PortPhase, SharedState},
+    },
     datapath::{self as dp, DatapathError, DatapathReader},
     dhcp::{
         self, Leases,

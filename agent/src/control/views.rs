@@ -5,10 +5,12 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use alcor_proto::control as api;
 
 use crate::{
-    core::desired::{Entry, Resource, Table},
-    core::forwarding::{Location, Redirect},
-    core::model::*,
-    core::status::{AgentState, PortPhase},
+    core::{
+        desired::{Entry, Resource, Table},
+        forwarding::{Location, Redirect},
+        model::*,
+        status::{AgentState, PortPhase},
+    },
     datapath as dp,
 };
 

@@ -10,9 +10,9 @@ use super::{
     frame::{self, Destination, SERVER_PORT, Source},
     message::code,
 };
-use crate::{
-    core::desired::{DesiredState, Entry, Resource},
-    core::model::*,
+use crate::core::{
+    desired::{DesiredState, Entry, Resource},
+    model::*,
 };
 
 pub const CLIENT_MAC: Mac = Mac([0xfa, 0x16, 0x3e, 0, 0x10, 0x01]);

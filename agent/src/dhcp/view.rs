@@ -22,9 +22,9 @@ use super::{
     message::code,
     options::{ExtraOption, OptionTable, parse_extra},
 };
-use crate::{
-    core::desired::DesiredState,
-    core::model::{DhcpEntry, Mac, Port, Subnet},
+use crate::core::{
+    desired::DesiredState,
+    model::{DhcpEntry, Mac, Port, Subnet},
 };
 
 /// The view the engine publishes and the responder reads.

@@ -8,8 +8,10 @@ use alcor_proto::control as api;
 use super::probe::{Outcome, Probe, Protocol, Resolution, Setup};
 use crate::{
     control::views::{delivery_word, next_hop_word, port_of},
-    core::forwarding::{Location, Redirect, SubnetSpec},
-    core::model::device_name,
+    core::{
+        forwarding::{Location, Redirect, SubnetSpec},
+        model::device_name,
+    },
     datapath::{Answer, DropReason, NextHop, PassReason, Verdict},
     packet,
 };

@@ -9,10 +9,12 @@ use tonic::Status;
 
 use crate::{
     control::views::ports_by_ifindex,
-    core::forwarding,
-    core::forwarding::{EndpointSpec, SubnetSpec},
-    core::model::{AddressPair, Mac},
-    core::status::{AgentState, PortPhase},
+    core::{
+        forwarding,
+        forwarding::{EndpointSpec, SubnetSpec},
+        model::{AddressPair, Mac},
+        status::{AgentState, PortPhase},
+    },
     datapath::TraceResult,
     packet,
 };

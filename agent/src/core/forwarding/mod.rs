@@ -247,9 +247,9 @@ mod tests {
     use alcor_proto::schema::OperationType;
 
     use super::*;
-    use crate::{
-        core::desired::Entry,
-        core::model::{Mac, NeighborIp, Vpc},
+    use crate::core::{
+        desired::Entry,
+        model::{Mac, NeighborIp, Vpc},
     };
 
     const VPC: &str = "vpc-1";

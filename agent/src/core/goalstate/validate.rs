@@ -11,9 +11,9 @@ use alcor_proto::schema::{
 use ipnet::{IpNet, Ipv4Net};
 
 use super::wire::{AddressPairRef, NeighborConfigurationRef};
-use crate::{
-    core::desired::{DesiredState, Resource},
-    core::model::*,
+use crate::core::{
+    desired::{DesiredState, Resource},
+    model::*,
 };
 
 /// Longest id, name or other free text accepted in a configuration.

@@ -29,8 +29,8 @@ use self::views::{
 use crate::{
     config::Config,
     core::{
-        forwarding::Location,
         model::*,
+        spec::Location,
         status::{AgentState, PortPhase, SharedState},
     },
     datapath::{self as dp, DatapathError, DatapathReader},

@@ -5,8 +5,8 @@ use alcor_proto::control as api;
 use super::trace::{Outcome, Probe, Protocol, Resolution, Setup, drop_words, reply};
 use crate::{
     core::{
-        forwarding::{EndpointSpec, Location, Redirect, SubnetSpec},
         model::{AddressPair, GatewayAddress, Mac, Vni},
+        spec::{EndpointSpec, Location, Redirect, SubnetSpec},
     },
     datapath::{DropReason, NextHop, TraceResult, Verdict},
     packet as frames,

@@ -7,8 +7,8 @@ use alcor_proto::control as api;
 use crate::{
     core::{
         desired::{Entry, Resource, Table},
-        forwarding::{Location, Redirect},
         model::*,
+        spec::{Location, Redirect},
         status::{AgentState, PortPhase},
     },
     datapath as dp,

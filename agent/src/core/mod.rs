@@ -10,7 +10,7 @@
 //!   doing on this host;
 //! - [`devices`]: what the engine asks of a port's devices, and what came
 //!   of it;
-//! - [`forwarding`]: what the datapath must do ([`forwarding::DatapathModel`]),
+//! - [`forwarding`]: what the datapath must do ([`spec::DatapathModel`]),
 //!   computed from the state.
 
 pub mod desired;
@@ -18,4 +18,5 @@ pub mod devices;
 pub mod forwarding;
 pub mod goalstate;
 pub mod model;
+pub mod spec;
 pub mod status;

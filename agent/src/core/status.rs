@@ -10,7 +10,7 @@ use std::{
 
 use alcor_proto::schema::OperationStatus;
 
-use crate::core::{desired::DesiredState, forwarding::UnderlaySpec, model::Mac};
+use crate::core::{desired::DesiredState, model::Mac, spec::UnderlaySpec};
 
 /// What a port is, on this host, right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

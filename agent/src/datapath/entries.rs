@@ -17,8 +17,8 @@ use alcor_ebpf_common::{
 use ipnet::Ipv4Net;
 
 use crate::core::{
-    forwarding::{DatapathModel, EndpointSpec, Location, SubnetSpec, UnderlaySpec},
     model::{Mac, Vni},
+    spec::{DatapathModel, EndpointSpec, Location, SubnetSpec, UnderlaySpec},
 };
 
 /// The map entries a model stands for, keyed and valued as the programs
@@ -364,7 +364,7 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{forwarding::PortSpec, model::AddressPair};
+    use crate::core::{model::AddressPair, spec::PortSpec};
 
     fn vni(n: u64) -> Vni {
         Vni::try_from(n).unwrap()

@@ -1,6 +1,6 @@
 //! The eBPF datapath: loads the programs built from `ebpf/` (embedded in the
 //! agent binary by build.rs), attaches the port program to port devices as tc
-//! filters, programs its maps from a [`DatapathModel`](crate::core::forwarding::DatapathModel) ([`Datapath::sync`]),
+//! filters, programs its maps from a [`DatapathModel`](crate::core::spec::DatapathModel) ([`Datapath::sync`]),
 //! runs frames through it for a trace ([`Datapath::trace`]) and reads the
 //! maps back (listings, counters).
 //!
@@ -26,7 +26,7 @@
 //! (this host's tunnel endpoint), VNIS (served here: the ports' VNIs), HOSTS
 //! (the other hosts, with the next hop's MAC where known) and
 //! UNDERLAY_STATS (per CPU: tunnel traffic and the underlay's drops by
-//! reason). [`DatapathModel::underlay`](crate::core::forwarding::DatapathModel::underlay) and [`DatapathModel::hosts`](crate::core::forwarding::DatapathModel::hosts) say what
+//! reason). [`DatapathModel::underlay`](crate::core::spec::DatapathModel::underlay) and [`DatapathModel::hosts`](crate::core::spec::DatapathModel::hosts) say what
 //! they hold.
 //!
 //! Port programs are cls_bpf filters in direct-action mode on the device's
@@ -380,7 +380,7 @@ impl Datapath {
     /// Counters are keyed by ifindex and kept until [`Self::detach_port`].
     ///
     /// The port's frames pass untouched until [`Self::sync`] gives it a
-    /// record (a model with a [`PortSpec`](crate::core::forwarding::PortSpec) of this ifindex).
+    /// record (a model with a [`PortSpec`](crate::core::spec::PortSpec) of this ifindex).
     pub fn attach_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         let ifname = ifname(ifindex)?.ok_or(DatapathError::NoSuchDevice(ifindex))?;
         // Recorded first: should the agent die halfway, its successor still
@@ -399,7 +399,7 @@ impl Datapath {
     /// Attaches `underlay_in` to the underlay device's ingress (a tc
     /// filter, as on ports: it stays when the agent stops, and attaching
     /// again swaps the program in place). From then on VXLAN addressed to
-    /// this host ([`DatapathModel::underlay`](crate::core::forwarding::DatapathModel::underlay)) for the VNIs of its ports is
+    /// this host ([`DatapathModel::underlay`](crate::core::spec::DatapathModel::underlay)) for the VNIs of its ports is
     /// decapsulated and delivered; everything else passes untouched. The
     /// device must be the one the model's underlay names.
     pub fn attach_underlay(&mut self, ifindex: u32) -> Result<(), DatapathError> {

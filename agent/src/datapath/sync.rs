@@ -40,8 +40,8 @@ use super::{
     map_error, removed,
 };
 use crate::core::{
-    forwarding::{DatapathModel, EndpointSpec, HostSpec, Location},
     model::{GatewayAddress, Mac, Vni},
+    spec::{DatapathModel, EndpointSpec, HostSpec, Location},
 };
 
 /// From this many changes in one map on, they are written (or removed) in

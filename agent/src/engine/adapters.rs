@@ -8,8 +8,8 @@ use crate::{
     core::{
         desired::StoreWrite,
         devices::{AgentDevice, Plugged, PortPlan},
-        forwarding::{DatapathModel, EndpointSpec, HostSpec},
         model::Vni,
+        spec::{DatapathModel, EndpointSpec, HostSpec},
     },
     datapath::{Datapath, DatapathError, SyncStats},
     plumbing::Plumber,

@@ -10,8 +10,8 @@ use crate::{
     core::{
         desired::StoreWrite,
         devices::{AgentDevice, Plugged, PortPlan},
-        forwarding::{DatapathModel, EndpointSpec, HostSpec},
         model::Vni,
+        spec::{DatapathModel, EndpointSpec, HostSpec},
     },
     datapath::{DatapathError, SyncStats},
     store::{StoreError, Stored},

@@ -42,12 +42,13 @@ use crate::{
     core::{
         desired::{DesiredState, Entry},
         devices::{Plugged, PortPlan},
-        forwarding::{self, HostSpec},
+        forwarding,
         goalstate::{
             batch::{Action, Batch, Batched, Op},
             validate::Validate,
         },
         model::*,
+        spec::HostSpec,
         status::{AgentState, PortPhase, PortStatus, SharedState},
     },
     datapath::{Datapath, DatapathError},

@@ -22,9 +22,9 @@ use crate::{
     core::{
         desired::StoreWrite,
         devices::{AgentDevice, Plugged, PortPlan},
-        forwarding::{DatapathModel, EndpointSpec, HostSpec},
         goalstate::batch::Batch,
         model::{Binding, Vni},
+        spec::{DatapathModel, EndpointSpec, HostSpec},
         status::{AgentState, PortPhase},
     },
     datapath::{DatapathError, SyncStats},

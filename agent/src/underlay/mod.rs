@@ -19,7 +19,7 @@ use rtnetlink::Handle;
 
 use crate::{
     config::{Config, UnderlayXdp},
-    core::forwarding::UnderlaySpec,
+    core::spec::UnderlaySpec,
     datapath::{Datapath, DatapathError, XdpMode},
     plumbing::{
         link,

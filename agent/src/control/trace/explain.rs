@@ -9,8 +9,8 @@ use super::probe::{Outcome, Probe, Protocol, Resolution, Setup};
 use crate::{
     control::views::{delivery_word, next_hop_word, port_of},
     core::{
-        forwarding::{Location, Redirect, SubnetSpec},
         model::device_name,
+        spec::{Location, Redirect, SubnetSpec},
     },
     datapath::{Answer, DropReason, NextHop, PassReason, Verdict},
     packet,

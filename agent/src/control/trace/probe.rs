@@ -11,8 +11,8 @@ use crate::{
     control::views::ports_by_ifindex,
     core::{
         forwarding,
-        forwarding::{EndpointSpec, SubnetSpec},
         model::{AddressPair, Mac},
+        spec::{EndpointSpec, SubnetSpec},
         status::{AgentState, PortPhase},
     },
     datapath::TraceResult,

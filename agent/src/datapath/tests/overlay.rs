@@ -30,8 +30,8 @@ use super::{
     programs::{GW1_MAC, GW2_MAC, VNI1, ip, subnet},
 };
 use crate::core::{
-    forwarding::{DatapathModel, EndpointSpec, Location, PortSpec, UnderlaySpec},
     model::Mac,
+    spec::{DatapathModel, EndpointSpec, Location, PortSpec, UnderlaySpec},
 };
 
 /// The underlay device of each host, its VXLAN device, and the bridge of

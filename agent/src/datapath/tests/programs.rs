@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     core::{
-        forwarding::{DatapathModel, EndpointSpec, Location, PortSpec, SubnetSpec},
         model::{AddressPair, GatewayAddress, Mac, Vni},
+        spec::{DatapathModel, EndpointSpec, Location, PortSpec, SubnetSpec},
     },
     packet::checksum,
 };

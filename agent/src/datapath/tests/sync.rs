@@ -10,8 +10,8 @@ use super::{
 use std::io::{self, Write as _};
 
 use crate::core::{
-    forwarding::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec},
     model::GatewayAddress,
+    spec::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec},
 };
 
 /// Ports need no devices to be synced: ifindexes that exist nowhere.

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     core::{
-        forwarding::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, UnderlaySpec},
         model::Mac,
+        spec::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, UnderlaySpec},
     },
     packet::checksum,
 };

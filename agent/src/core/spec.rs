@@ -4,7 +4,7 @@
 
 use std::{fmt, net::Ipv4Addr};
 
-use alcor_ebpf_common::Redirect;
+pub use alcor_ebpf_common::Redirect;
 use ipnet::Ipv4Net;
 
 use crate::core::model::{AddressPair, GatewayAddress, Mac, Vni};

@@ -10,16 +10,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-mod model;
-
-pub use alcor_ebpf_common::Redirect;
-
-pub use self::model::{
-    DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, SubnetSpec, UnderlaySpec,
-};
 use crate::core::{
     desired::DesiredState,
     model::{Binding, Neighbor, Vni},
+    spec::{DatapathModel, EndpointSpec, HostSpec, Location, PortSpec, Redirect, SubnetSpec},
     status::{AgentState, NeighbourMacs, PortPhase},
 };
 

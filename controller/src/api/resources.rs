@@ -63,9 +63,6 @@ pub fn routes() -> Router<Arc<App>> {
             "/v2.0/ports/{id}",
             get(show::<Port>).put(update_port).delete(delete_port),
         )
-        .merge(super::l3::routes())
-        .merge(super::agents::routes())
-        .merge(super::security_groups::routes())
 }
 
 /// A list response: the page, and a link to the next one if there is one.

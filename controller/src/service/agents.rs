@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::SystemTime};
 use serde_json::Value;
 
 use super::{
-    Controller, Try, decode,
+    AGENT, Controller, Try, decode,
     owners::{OWNER, owner_id},
     resource_key, resource_prefix, retrying,
 };
@@ -23,7 +23,6 @@ use crate::{
     store::{Entry, Txn},
 };
 
-pub(crate) const AGENT: &str = "agent";
 /// Not a change anything is computed from: watchers skip it.
 pub const HEARTBEAT: &str = "agent-heartbeat";
 /// Port statuses written per transaction: a compare and a write each, 128

@@ -82,6 +82,18 @@ pub struct Controller {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+/// The kind agents' registrations are kept under.
+pub(crate) const AGENT: &str = "agent";
+
+/// That the port uses the group.
+pub fn group_port_key(group_id: &str, port_id: &str) -> String {
+    format!("{}{port_id}", group_ports_prefix(group_id))
+}
+
+fn group_ports_prefix(group_id: &str) -> String {
+    format!("/alcor/sg-port/{group_id}/")
+}
+
 pub fn resource_key(kind: &str, id: &str) -> String {
     format!("/alcor/{kind}/{id}")
 }

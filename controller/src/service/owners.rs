@@ -23,7 +23,7 @@ use crate::{
     error::ApiResult,
     goalstate::Inventory,
     model::{Network, Port, Resource, Router, Subnet},
-    service::agents::AGENT,
+    service::AGENT,
     store::{Changes, Entry, LeaseId, Outcome, Txn},
 };
 

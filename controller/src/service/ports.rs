@@ -16,10 +16,9 @@ use std::{
 use alcor_types::Mac;
 
 use super::{
-    Controller, Try, check_revision, encode,
+    Controller, Try, check_revision, encode, group_port_key,
     networks::ports_prefix,
     resource_key, retrying,
-    security_groups::group_port_key,
     subnets::{ip_key, ips_prefix},
 };
 use crate::{

@@ -16,7 +16,10 @@
 //! created meanwhile either committed before the mark, and is seen, or
 //! fails its compare and finds the group gone.
 
-use super::{Controller, Try, check_revision, encode, ports::Plan, resource_key, retrying};
+use super::{
+    Controller, Try, check_revision, encode, group_port_key, group_ports_prefix, ports::Plan,
+    resource_key, retrying,
+};
 use crate::{
     error::{ApiError, ApiResult},
     model::{
@@ -28,15 +31,6 @@ use crate::{
     },
     store::{Entry, Txn},
 };
-
-/// That the port uses the group.
-pub fn group_port_key(group_id: &str, port_id: &str) -> String {
-    format!("{}{port_id}", group_ports_prefix(group_id))
-}
-
-fn group_ports_prefix(group_id: &str) -> String {
-    format!("/alcor/sg-port/{group_id}/")
-}
 
 /// The id of the project's default group.
 fn default_group_key(project: &str) -> String {

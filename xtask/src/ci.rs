@@ -47,6 +47,11 @@ const STEPS: &[Step] = &[
         },
     },
     Step {
+        name: "modules",
+        required: false,
+        run: crate::modules::run,
+    },
+    Step {
         name: "build",
         required: true,
         run: || run_status(cargo().args(["build", "--workspace", "--bins"])),

@@ -4,6 +4,7 @@ mod bench;
 mod ci;
 mod demo;
 mod ebpf;
+mod modules;
 mod setup;
 mod util;
 
@@ -35,6 +36,9 @@ enum Task {
     /// pushing goal state, VMs plugged in and talking across hosts over
     /// VXLAN, and an agent crash survived.
     Demo,
+    /// Check that no two sibling modules of a crate import each other,
+    /// directly or around a circle.
+    Modules,
     /// Run a benchmark against its peers in the same run (release build).
     Bench {
         /// Benchmark name; an unknown one lists those that exist.
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => ebpf::build_ebpf(),
         Task::Test => ci::run(),
         Task::Demo => demo::run(),
+        Task::Modules => modules::run(),
         Task::Bench {
             name,
             quick,

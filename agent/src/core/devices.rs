@@ -28,13 +28,13 @@ impl PortPlan {
     }
 }
 
-/// What plugging one port did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plugged {
+/// What plugging one port did; `E`: why a device cannot be made.
+#[derive(Debug)]
+pub struct Plugged<E> {
     /// The port's device (its ifindex), ready for the datapath; `None`: a
     /// tap the hypervisor has not created yet; `Err`: why it cannot be made
     /// (nothing half-made is left).
-    pub device: Result<Option<u32>, String>,
+    pub device: Result<Option<u32>, E>,
     /// A device the agent had made for the port, deleted on the way (the
     /// port's binding or spec changed): the datapath must forget it.
     pub replaced: Option<u32>,

@@ -12,30 +12,37 @@ use crate::{
         spec::{DatapathModel, EndpointSpec, HostSpec},
     },
     datapath::{Datapath, DatapathError, SyncStats},
-    plumbing::Plumber,
+    plumbing::{Plumber, PlumbingError},
     store::{Store, StoreError, Stored},
 };
 
 impl Devices for Plumber {
-    fn plug_all(&self, plans: &[PortPlan]) -> impl Future<Output = Vec<Plugged>> + Send {
+    type Error = PlumbingError;
+
+    fn plug_all(
+        &self,
+        plans: &[PortPlan],
+    ) -> impl Future<Output = Vec<Plugged<PlumbingError>>> + Send {
         Plumber::plug_all(self, plans)
     }
 
     fn unplug_all(
         &self,
         port_ids: &[&str],
-    ) -> impl Future<Output = Vec<Result<Option<u32>, String>>> + Send {
+    ) -> impl Future<Output = Vec<Result<Option<u32>, PlumbingError>>> + Send {
         Plumber::unplug_all(self, port_ids)
     }
 
-    fn agent_devices(&self) -> impl Future<Output = Result<Vec<AgentDevice>, String>> + Send {
+    fn agent_devices(
+        &self,
+    ) -> impl Future<Output = Result<Vec<AgentDevice>, PlumbingError>> + Send {
         Plumber::agent_devices(self)
     }
 
     fn delete(
         &self,
         devices: &[AgentDevice],
-    ) -> impl Future<Output = Vec<Result<(), String>>> + Send {
+    ) -> impl Future<Output = Vec<Result<(), PlumbingError>>> + Send {
         Plumber::delete(self, devices)
     }
 }

@@ -19,9 +19,15 @@ use crate::{
 
 /// The ports' devices.
 pub trait Devices: Send + Sync + 'static {
+    /// Why a device cannot be made or removed, with the kernel's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Makes each planned port's device exist (idempotent: what exists as
     /// planned is kept); the results come in the order of `plans`.
-    fn plug_all(&self, plans: &[PortPlan]) -> impl Future<Output = Vec<Plugged>> + Send;
+    fn plug_all(
+        &self,
+        plans: &[PortPlan],
+    ) -> impl Future<Output = Vec<Plugged<Self::Error>>> + Send;
 
     /// Undoes [`Self::plug_all`] for these ports; each result is the
     /// ifindex of the device the port had, if any, for the datapath to
@@ -29,16 +35,16 @@ pub trait Devices: Send + Sync + 'static {
     fn unplug_all(
         &self,
         port_ids: &[&str],
-    ) -> impl Future<Output = Vec<Result<Option<u32>, String>>> + Send;
+    ) -> impl Future<Output = Vec<Result<Option<u32>, Self::Error>>> + Send;
 
     /// The devices the agent made for ports, whichever ports they were for.
-    fn agent_devices(&self) -> impl Future<Output = Result<Vec<AgentDevice>, String>> + Send;
+    fn agent_devices(&self) -> impl Future<Output = Result<Vec<AgentDevice>, Self::Error>> + Send;
 
     /// Deletes devices the agent made; in the order of `devices`.
     fn delete(
         &self,
         devices: &[AgentDevice],
-    ) -> impl Future<Output = Vec<Result<(), String>>> + Send;
+    ) -> impl Future<Output = Vec<Result<(), Self::Error>>> + Send;
 }
 
 /// The datapath: programs on the port devices, and the maps they forward

@@ -34,6 +34,7 @@ use alcor_proto::schema::{
     GoalStateOperationReply, OperationStatus, OperationType, ResourceType,
     goal_state_operation_reply::GoalStateOperationStatus,
 };
+use anyhow::Context;
 use prost::Message;
 use tokio::sync::Notify;
 
@@ -105,6 +106,28 @@ struct Report {
     network_us: u32,
     /// Microseconds spent attaching the datapath.
     dataplane_us: u32,
+}
+
+/// Why a port's devices or their datapath attachment could not be made.
+#[derive(Debug, thiserror::Error)]
+enum PortError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Device(E),
+    #[error("attaching the datapath")]
+    Attach(#[source] DatapathError),
+    #[error("detaching the datapath")]
+    Detach(#[source] DatapathError),
+}
+
+/// Why a transaction was not applied.
+#[derive(Debug, thiserror::Error)]
+enum NotApplied {
+    #[error("programming the datapath")]
+    Datapath(#[source] DatapathError),
+    #[error("writing the store")]
+    Store(#[source] StoreError),
+    #[error("the store commit did not finish")]
+    StoreTask(#[source] tokio::task::JoinError),
 }
 
 /// The engine; by default over the real host (netlink, eBPF, the disk).
@@ -215,7 +238,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             .devices
             .agent_devices()
             .await
-            .map_err(anyhow::Error::msg)?;
+            .context("listing the agent's devices")?;
         let orphans: Vec<_> = {
             let state = self.read();
             devices
@@ -234,7 +257,9 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             match deleted {
                 // Its filters went with it: the datapath forgets it.
                 Ok(()) => self.forget_device(orphan.ifindex),
-                Err(reason) => tracing::warn!(device = orphan.name, %reason, "could not delete"),
+                Err(e) => {
+                    tracing::warn!(device = orphan.name, reason = chain(&e), "could not delete")
+                }
             }
         }
 
@@ -260,8 +285,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 self.dataplane.detach_port(ifindex)?;
             }
         }
-        self.sync_datapath()
-            .map_err(|reason| anyhow::anyhow!(reason))?;
+        self.sync_datapath().context("programming the datapath")?;
         self.update_port_gauges();
         self.publish();
         Ok(())
@@ -298,8 +322,11 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
         if !affected.is_empty() {
             tracing::debug!(?event, ports = ?affected, "link event");
             self.reconcile_ports(affected).await;
-            if let Err(reason) = self.sync_datapath() {
-                tracing::error!(%reason, "after a link event");
+            if let Err(e) = self.sync_datapath() {
+                tracing::error!(
+                    reason = chain(&e),
+                    "programming the datapath after a link event"
+                );
             }
             self.update_port_gauges();
             self.publish();
@@ -386,9 +413,9 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 if planned {
                     return applied.next();
                 }
-                let reason = removed.next()?.err()?;
+                let error = removed.next()?.err()?;
                 Some(Report {
-                    outcome: Outcome::Failed(reason),
+                    outcome: Outcome::Failed(chain(&error)),
                     network_us: 0,
                     dataplane_us: 0,
                 })
@@ -398,7 +425,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
 
     /// Attaches the datapath to a port's device once plugged; undoes the
     /// plugging if it cannot (nothing half-made is left).
-    async fn attach(&mut self, plan: &PortPlan, plugged: Plugged) -> Report {
+    async fn attach(&mut self, plan: &PortPlan, plugged: Plugged<D::Error>) -> Report {
         if let Some(replaced) = plugged.replaced {
             self.forget_device(replaced);
         }
@@ -406,7 +433,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
         let ifindex = match plugged.device {
             Ok(Some(ifindex)) => ifindex,
             Ok(None) => return Report::new(Outcome::Pending, network_us),
-            Err(reason) => return Report::new(Outcome::Failed(reason), network_us),
+            Err(error) => return Report::new(Outcome::Failed(chain(&error)), network_us),
         };
         let started = Instant::now();
         // A quick blocking syscall: the runtime moves other tasks off this
@@ -419,10 +446,11 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 let unplugged = self.devices.unplug_all(&[plan.id.as_str()]).await;
                 for unplugged in unplugged {
                     if let Err(cleanup) = self.forget_unplugged(unplugged) {
-                        tracing::warn!(port = plan.id, %cleanup, "cleanup after a failed attach");
+                        let cleanup = chain(&cleanup);
+                        tracing::warn!(port = plan.id, cleanup, "cleanup after a failed attach");
                     }
                 }
-                Outcome::Failed(format!("attaching the datapath: {}", chain(&e)))
+                Outcome::Failed(chain(&PortError::<D::Error>::Attach(e)))
             }
         };
         Report {
@@ -434,18 +462,21 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
 
     /// Has the datapath forget the device a port had (see
     /// [`Devices::unplug_all`]); an error says why either refused.
-    fn forget_unplugged(&mut self, unplugged: Result<Option<u32>, String>) -> Result<(), String> {
-        let Some(ifindex) = unplugged? else {
+    fn forget_unplugged(
+        &mut self,
+        unplugged: Result<Option<u32>, D::Error>,
+    ) -> Result<(), PortError<D::Error>> {
+        let Some(ifindex) = unplugged.map_err(PortError::Device)? else {
             return Ok(());
         };
         tokio::task::block_in_place(|| self.dataplane.detach_port(ifindex))
-            .map_err(|e| format!("detaching the datapath: {}", chain(&e)))
+            .map_err(PortError::Detach)
     }
 
     /// Has the datapath forget a device the agent deleted.
     fn forget_device(&mut self, ifindex: u32) {
-        if let Err(reason) = self.forget_unplugged(Ok(Some(ifindex))) {
-            tracing::warn!(ifindex, %reason, "forgetting a deleted device");
+        if let Err(e) = self.forget_unplugged(Ok(Some(ifindex))) {
+            tracing::warn!(ifindex, reason = chain(&e), "forgetting a deleted device");
         }
     }
 
@@ -600,7 +631,8 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             })
         };
         let mut datapath_us = 0;
-        let programmed = self.program_transaction().map(|micros| {
+        let programmed = self.program_transaction().map_err(NotApplied::Datapath);
+        let programmed = programmed.map(|micros| {
             datapath_us = micros;
             // Every resource the messages changed waited for the maps.
             for status in applied_statuses(runs) {
@@ -609,17 +641,17 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             }
         });
         let stored = match stored.await {
-            Ok(stored) => stored.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the store commit did not finish: {e}")),
+            Ok(stored) => stored.map_err(NotApplied::Store),
+            Err(e) => Err(NotApplied::StoreTask(e)),
         };
         if programmed.is_err() && stored.is_ok() {
             // The disk took what the datapath refused: put back what it had.
             let undone = tokio::task::block_in_place(|| {
                 self.store.commit(self.read().desired.undo_writes())
             });
-            if let Err(reason) = undone {
+            if let Err(e) = undone {
                 tracing::error!(
-                    %reason,
+                    reason = chain(&e),
                     "the store keeps goal state the datapath refused: a restart would apply it"
                 );
             }
@@ -629,8 +661,9 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 self.write().desired.commit();
                 (true, datapath_us)
             }
-            Err(reason) => {
-                tracing::error!(%reason, "goal-state messages not applied");
+            Err(error) => {
+                let reason = chain(&error);
+                tracing::error!(reason, "goal-state messages not applied");
                 self.write().desired.rollback();
                 let ids = runs
                     .iter()
@@ -639,7 +672,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                     .collect();
                 self.reconcile_ports(ids).await;
                 if let Err(again) = self.sync_datapath() {
-                    tracing::error!(reason = %again, "restoring the datapath failed");
+                    tracing::error!(reason = chain(&again), "restoring the datapath failed");
                 }
                 for status in applied_statuses(runs) {
                     status.operation_status = OperationStatus::Failure as i32;
@@ -653,7 +686,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
     /// Programs what the transaction changed: only endpoints if it changed
     /// only neighbors (unless they contend for an address), else the whole
     /// model. Returns how long it took, in microseconds.
-    fn program_transaction(&mut self) -> Result<u32, String> {
+    fn program_transaction(&mut self) -> Result<u32, DatapathError> {
         let started = Instant::now();
         let delta = {
             // A read lock: the store reads the state meanwhile.
@@ -671,15 +704,11 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             .map(|(&ip, &mac)| HostSpec { ip, mac: Some(mac) })
             .collect();
         let synced = tokio::task::block_in_place(|| {
-            let programming = |e: DatapathError| format!("programming the datapath: {}", chain(&e));
-            let synced = self
-                .dataplane
-                .sync_endpoints(&delta.write, &delta.remove)
-                .map_err(programming)?;
+            let synced = self.dataplane.sync_endpoints(&delta.write, &delta.remove)?;
             if synced.is_some() {
-                self.dataplane.set_host_macs(&macs).map_err(programming)?;
+                self.dataplane.set_host_macs(&macs)?;
             }
-            Ok::<_, String>(synced)
+            Ok::<_, DatapathError>(synced)
         })?;
         match synced {
             Some(_) => Ok(micros_since(started)),
@@ -689,17 +718,13 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
 
     /// Makes the eBPF maps say what the desired state and the ready ports
     /// say; returns how long it took, in microseconds.
-    fn sync_datapath(&mut self) -> Result<u32, String> {
+    fn sync_datapath(&mut self) -> Result<u32, DatapathError> {
         let started = Instant::now();
         let model = forwarding::model(
             &self.state.read().unwrap_or_else(|p| p.into_inner()),
             &mut self.claims,
         );
-        let stats = tokio::task::block_in_place(|| {
-            self.dataplane
-                .sync(&model)
-                .map_err(|e| format!("programming the datapath: {}", chain(&e)))
-        })?;
+        let stats = tokio::task::block_in_place(|| self.dataplane.sync(&model))?;
         for conflict in &stats.conflicts {
             tracing::warn!(%conflict, "datapath record left out");
         }

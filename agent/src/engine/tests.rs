@@ -78,8 +78,15 @@ impl FakeDevices {
     }
 }
 
+/// What the fake "kernel" says when it refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel refuses {0}")]
+struct Refused(String);
+
 impl Devices for FakeDevices {
-    async fn plug_all(&self, plans: &[PortPlan]) -> Vec<Plugged> {
+    type Error = Refused;
+
+    async fn plug_all(&self, plans: &[PortPlan]) -> Vec<Plugged<Refused>> {
         let mut table = self.table();
         plans
             .iter()
@@ -92,7 +99,7 @@ impl Devices for FakeDevices {
                     table.made.remove(&plan.id);
                 }
                 let device = if table.refused.contains(&plan.id) {
-                    Err(format!("the kernel refuses {}", plan.device))
+                    Err(Refused(plan.device.clone()))
                 } else if let Some((ifindex, _)) = table.made.get(&plan.id) {
                     Ok(Some(*ifindex))
                 } else {
@@ -115,7 +122,7 @@ impl Devices for FakeDevices {
             .collect()
     }
 
-    async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, String>> {
+    async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, Refused>> {
         let mut table = self.table();
         port_ids
             .iter()
@@ -123,7 +130,7 @@ impl Devices for FakeDevices {
             .collect()
     }
 
-    async fn agent_devices(&self) -> Result<Vec<AgentDevice>, String> {
+    async fn agent_devices(&self) -> Result<Vec<AgentDevice>, Refused> {
         let table = self.table();
         Ok(table
             .made
@@ -136,7 +143,7 @@ impl Devices for FakeDevices {
             .collect())
     }
 
-    async fn delete(&self, devices: &[AgentDevice]) -> Vec<Result<(), String>> {
+    async fn delete(&self, devices: &[AgentDevice]) -> Vec<Result<(), Refused>> {
         let mut table = self.table();
         devices
             .iter()

@@ -6,6 +6,7 @@
 //! at what exists and change only what differs, so the same calls serve a
 //! goal-state push, a device appearing, and adoption after a restart.
 
+mod error;
 pub mod link;
 pub mod vxlan;
 mod watch;
@@ -22,8 +23,9 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, Li
 use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
-use self::link::Link;
+pub use self::error::PlumbingError;
 pub use self::watch::{LinkEvent, watch_links};
+use self::{error::netlink, link::Link};
 use crate::core::{
     devices::{AgentDevice, Plugged, PortPlan},
     model::{Binding, NetnsRef, device_name},
@@ -58,7 +60,7 @@ const HOST_SIDE_MTU: u32 = 65535;
 
 /// What [`Plumber::prepare`] did for a port, and how long it took.
 struct Preparation {
-    prepared: Result<Prepared, String>,
+    prepared: Result<Prepared, PlumbingError>,
     replaced: Option<u32>,
     micros: u32,
 }
@@ -89,10 +91,10 @@ impl Plumber {
 
     /// The devices the agent made for ports (by their alias), whichever
     /// ports they were for.
-    pub async fn agent_devices(&self) -> Result<Vec<AgentDevice>, String> {
+    pub async fn agent_devices(&self) -> Result<Vec<AgentDevice>, PlumbingError> {
         let links = link::all(&self.handle)
             .await
-            .map_err(|e| format!("listing links: {e}"))?;
+            .map_err(netlink("listing links"))?;
         Ok(links
             .iter()
             .filter_map(|link| {
@@ -117,7 +119,7 @@ impl Plumber {
     /// after them, only other users of the lock are left. (16 agents on one
     /// kernel, 150 veths each, create to up: 3.4-7.6 s with the write
     /// between, 1.3-1.4 s in one pass after, 1.3-1.7 s without it.)
-    pub async fn plug_all(&self, plans: &[PortPlan]) -> Vec<Plugged> {
+    pub async fn plug_all(&self, plans: &[PortPlan]) -> Vec<Plugged<PlumbingError>> {
         // Futures made up front (run `CONCURRENCY` at a time): a stream
         // closure over borrowed plans is not `Send` for the compiler.
         let preparing: Vec<_> = plans.iter().map(|plan| self.prepare_timed(plan)).collect();
@@ -174,7 +176,12 @@ impl Plumber {
 
     /// Brings a prepared port's device up if new; `silence_us`: the time
     /// IPv6 took to go off on it.
-    async fn finish(&self, plan: &PortPlan, preparation: Preparation, silence_us: u32) -> Plugged {
+    async fn finish(
+        &self,
+        plan: &PortPlan,
+        preparation: Preparation,
+        silence_us: u32,
+    ) -> Plugged<PlumbingError> {
         let started = Instant::now();
         let device = match preparation.prepared {
             Ok(Prepared::Pending) => Ok(None),
@@ -205,7 +212,7 @@ impl Plumber {
     /// owner. Each result is the ifindex of the device the port had, if it
     /// had one, for the datapath to forget; they come in the order of
     /// `port_ids`.
-    pub async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, String>> {
+    pub async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, PlumbingError>> {
         let devices: Vec<String> = port_ids.iter().map(|id| device_name(id)).collect();
         let finding: Vec<_> = devices.iter().map(|device| self.find(device)).collect();
         let found: Vec<_> = stream::iter(finding).buffered(CONCURRENCY).collect().await;
@@ -237,7 +244,7 @@ impl Plumber {
     }
 
     /// Deletes a device the agent created for a port, whose spec changed.
-    async fn delete_one(&self, found: &Link) -> Result<(), String> {
+    async fn delete_one(&self, found: &Link) -> Result<(), PlumbingError> {
         let device = AgentDevice {
             ifindex: found.index,
             name: found.name.clone(),
@@ -252,13 +259,13 @@ impl Plumber {
     /// Deletes devices the agent created, all in one request when there are
     /// several ([`link::delete_all`]); their datapath filters go with them.
     /// The results come in the order of `devices`.
-    pub async fn delete(&self, devices: &[AgentDevice]) -> Vec<Result<(), String>> {
+    pub async fn delete(&self, devices: &[AgentDevice]) -> Vec<Result<(), PlumbingError>> {
         let indexes: Vec<u32> = devices.iter().map(|device| device.ifindex).collect();
         let deleted = link::delete_all(&self.handle, &indexes, CONCURRENCY).await;
         devices
             .iter()
             .zip(deleted)
-            .map(|(device, deleted)| deleted.map_err(|e| format!("deleting {}: {e}", device.name)))
+            .map(|(device, deleted)| deleted.map_err(netlink(format!("deleting {}", device.name))))
             .collect()
     }
 
@@ -268,10 +275,10 @@ impl Plumber {
         Some(rest.rsplit_once(':').map_or(rest, |(id, _spec)| id))
     }
 
-    async fn find(&self, device: &str) -> Result<Option<Link>, String> {
+    async fn find(&self, device: &str) -> Result<Option<Link>, PlumbingError> {
         link::by_name(&self.handle, device)
             .await
-            .map_err(|e| format!("looking up {device}: {e}"))
+            .map_err(netlink(format!("looking up {device}")))
     }
 
     /// Makes the port's device exist, as far as it can before IPv6 is
@@ -281,10 +288,10 @@ impl Plumber {
         &self,
         plan: &PortPlan,
         replaced: &mut Option<u32>,
-    ) -> Result<Prepared, String> {
+    ) -> Result<Prepared, PlumbingError> {
         let found = self.find(&plan.device).await?;
         match (&plan.binding, found) {
-            (Binding::Unbound, _) => Err("an unbound port has no device".into()),
+            (Binding::Unbound, _) => Err(PlumbingError::Unbound),
             (Binding::Tap, None) => Ok(Prepared::Pending),
             (Binding::Tap, Some(found)) => match self.owner(plan, &found) {
                 Owner::Other => Ok(Prepared::Silence {
@@ -311,10 +318,10 @@ impl Plumber {
                             *replaced = Some(found.index);
                         }
                         Owner::Other => {
-                            return Err(format!(
-                                "device {} already exists and was not created by the agent",
-                                plan.device
-                            ));
+                            return Err(PlumbingError::NotOurs {
+                                device: plan.device.clone(),
+                                hint: "",
+                            });
                         }
                     }
                 }
@@ -354,14 +361,12 @@ impl Plumber {
     /// round fails: a veth cannot go up at creation before its peer
     /// exists.) Then the host side is labelled at once, so that an agent
     /// that dies before it is up still knows it for its own.
-    async fn create_veth(&self, plan: &PortPlan, netns: &NetnsRef) -> Result<u32, String> {
+    async fn create_veth(&self, plan: &PortPlan, netns: &NetnsRef) -> Result<u32, PlumbingError> {
         let path = netns.path();
-        let namespace = File::open(&path).map_err(|e| {
-            format!(
-                "network namespace {} ({}) cannot be opened: {e}",
-                netns.as_str(),
-                path.display()
-            )
+        let namespace = File::open(&path).map_err(|source| PlumbingError::Netns {
+            netns: netns.as_str().into(),
+            path: path.clone(),
+            source,
         })?;
         let host_side = LinkUnspec::new_with_name(&plan.device)
             .mtu(HOST_SIDE_MTU)
@@ -380,17 +385,18 @@ impl Plumber {
             .execute()
             .await
             .map_err(|e| match link::errno(&e) {
-                Some(nix::libc::EEXIST) => format!(
-                    "cannot create {}: it exists, or namespace {} already has an {VM_DEVICE}",
-                    plan.device,
-                    netns.as_str()
-                ),
-                _ => format!("creating veth {}: {e}", plan.device),
+                Some(nix::libc::EEXIST) => PlumbingError::Taken {
+                    device: plan.device.clone(),
+                    netns: netns.as_str().into(),
+                },
+                _ => netlink(format!("creating veth {}", plan.device))(e),
             })?;
         let created = self
             .find(&plan.device)
             .await?
-            .ok_or_else(|| format!("veth {} vanished right after its creation", plan.device))?;
+            .ok_or_else(|| PlumbingError::Vanished {
+                device: format!("veth {}", plan.device),
+            })?;
         // The kernel ignores an alias given at creation.
         let label = LinkUnspec::new_with_index(created.index)
             .append_extra_attribute(LinkAttribute::IfAlias(self.alias(plan)))
@@ -401,7 +407,7 @@ impl Plumber {
 
     /// Brings a new veth's host side up, once IPv6 is off on it (so that it
     /// never sends anything of its own).
-    async fn finish_veth(&self, plan: &PortPlan, ifindex: u32) -> Result<u32, String> {
+    async fn finish_veth(&self, plan: &PortPlan, ifindex: u32) -> Result<u32, PlumbingError> {
         let up = LinkUnspec::new_with_index(ifindex).up().build();
         self.set_or_delete(up, ifindex, "bringing up", plan).await
     }
@@ -413,10 +419,10 @@ impl Plumber {
         ifindex: u32,
         what: &str,
         plan: &PortPlan,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, PlumbingError> {
         if let Err(error) = self.handle.link().set(change).execute().await {
             let _ = link::delete(&self.handle, ifindex).await;
-            return Err(format!("{what} veth {}: {error}", plan.device));
+            return Err(netlink(format!("{what} veth {}", plan.device))(error));
         }
         Ok(ifindex)
     }

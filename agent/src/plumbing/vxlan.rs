@@ -15,7 +15,8 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use super::{
-    Ipv6Settings,
+    Ipv6Settings, PlumbingError,
+    error::netlink,
     link::{self, Link},
 };
 
@@ -41,16 +42,20 @@ pub enum VxlanOutcome {
 /// Makes the VXLAN device `name` exist with MTU `mtu`, up, in external
 /// mode on [`VXLAN_PORT`]; returns its ifindex and what was done. A device
 /// of that name that is not the agent's is an error, left untouched.
-pub async fn ensure(handle: &Handle, name: &str, mtu: u32) -> Result<(u32, VxlanOutcome), String> {
+pub async fn ensure(
+    handle: &Handle,
+    name: &str,
+    mtu: u32,
+) -> Result<(u32, VxlanOutcome), PlumbingError> {
     let found = link::by_name(handle, name)
         .await
-        .map_err(|e| format!("looking up {name}: {e}"))?;
+        .map_err(netlink(format!("looking up {name}")))?;
     if let Some(found) = found {
         if !is_ours(&found) {
-            return Err(format!(
-                "device {name} exists and was not created by the agent; remove it or choose \
-                 another name with --vxlan-dev"
-            ));
+            return Err(PlumbingError::NotOurs {
+                device: name.into(),
+                hint: "; remove it or choose another name with --vxlan-dev",
+            });
         }
         let right = found.kind == Some(InfoKind::Vxlan)
             && found
@@ -69,7 +74,9 @@ pub async fn ensure(handle: &Handle, name: &str, mtu: u32) -> Result<(u32, Vxlan
                 .set(fix)
                 .execute()
                 .await
-                .map_err(|e| format!("setting MTU {mtu} on {name} and bringing it up: {e}"))?;
+                .map_err(netlink(format!(
+                    "setting MTU {mtu} on {name} and bringing it up"
+                )))?;
             return Ok((found.index, VxlanOutcome::Updated));
         }
         tracing::info!(
@@ -78,7 +85,7 @@ pub async fn ensure(handle: &Handle, name: &str, mtu: u32) -> Result<(u32, Vxlan
         );
         link::delete(handle, found.index)
             .await
-            .map_err(|e| format!("deleting {name}: {e}"))?;
+            .map_err(netlink(format!("deleting {name}")))?;
     }
     create(handle, name, mtu)
         .await
@@ -93,10 +100,8 @@ pub fn is_ours(found: &Link) -> bool {
 /// Deletes the agent's VXLAN devices other than `keep` (all of them with
 /// `None`): left by a run with another --vxlan-dev, or with an underlay
 /// where there is none now.
-pub async fn remove_others(handle: &Handle, keep: Option<&str>) -> Result<(), String> {
-    let links = link::all(handle)
-        .await
-        .map_err(|e| format!("listing links: {e}"))?;
+pub async fn remove_others(handle: &Handle, keep: Option<&str>) -> Result<(), PlumbingError> {
+    let links = link::all(handle).await.map_err(netlink("listing links"))?;
     for found in links
         .iter()
         .filter(|found| is_ours(found) && Some(found.name.as_str()) != keep)
@@ -107,12 +112,12 @@ pub async fn remove_others(handle: &Handle, keep: Option<&str>) -> Result<(), St
         );
         link::delete(handle, found.index)
             .await
-            .map_err(|e| format!("deleting {}: {e}", found.name))?;
+            .map_err(netlink(format!("deleting {}", found.name)))?;
     }
     Ok(())
 }
 
-async fn create(handle: &Handle, name: &str, mtu: u32) -> Result<u32, String> {
+async fn create(handle: &Handle, name: &str, mtu: u32) -> Result<u32, PlumbingError> {
     let device = LinkMessageBuilder::<LinkVxlan>::new(name)
         .collect_metadata(true)
         .port(VXLAN_PORT)
@@ -123,11 +128,13 @@ async fn create(handle: &Handle, name: &str, mtu: u32) -> Result<u32, String> {
         .add(device)
         .execute()
         .await
-        .map_err(|e| format!("creating VXLAN device {name}: {e}"))?;
+        .map_err(netlink(format!("creating VXLAN device {name}")))?;
     let created = link::by_name(handle, name)
         .await
-        .map_err(|e| format!("looking up {name}: {e}"))?
-        .ok_or_else(|| format!("VXLAN device {name} vanished right after its creation"))?;
+        .map_err(netlink(format!("looking up {name}")))?
+        .ok_or_else(|| PlumbingError::Vanished {
+            device: format!("VXLAN device {name}"),
+        })?;
     // It never sends anything of its own: no router solicitations, no MLD.
     Ipv6Settings::open().turn_off(name);
     // The kernel ignores an alias given at creation: set it with `up`.
@@ -137,7 +144,7 @@ async fn create(handle: &Handle, name: &str, mtu: u32) -> Result<u32, String> {
         .build();
     if let Err(error) = handle.link().set(finish).execute().await {
         let _ = link::delete(handle, created.index).await;
-        return Err(format!("bringing up VXLAN device {name}: {error}"));
+        return Err(netlink(format!("bringing up VXLAN device {name}"))(error));
     }
     Ok(created.index)
 }

@@ -22,7 +22,7 @@ use crate::{
     core::spec::UnderlaySpec,
     datapath::{Datapath, DatapathError, XdpMode},
     plumbing::{
-        link,
+        PlumbingError, link,
         vxlan::{self, VxlanOutcome},
     },
 };
@@ -60,8 +60,8 @@ pub enum UnderlayError {
         #[source]
         source: DatapathError,
     },
-    #[error("{0}")]
-    Vxlan(String),
+    #[error("setting up the VXLAN device")]
+    Vxlan(#[from] PlumbingError),
 }
 
 /// The underlay as the agent set it up.
@@ -94,20 +94,14 @@ impl Underlay {
     ) -> Result<Option<Underlay>, UnderlayError> {
         let Some(device) = config.underlay_dev.clone() else {
             release_previous(datapath, None)?;
-            vxlan::remove_others(handle, None)
-                .await
-                .map_err(UnderlayError::Vxlan)?;
+            vxlan::remove_others(handle, None).await?;
             return Ok(None);
         };
         let mut spec = resolve(handle, &device, config.underlay_ip, config.underlay_xdp).await?;
         release_previous(datapath, Some(spec.ifindex))?;
         attach(datapath, &device, spec.ifindex, config.underlay_xdp)?;
-        vxlan::remove_others(handle, Some(&config.vxlan_dev))
-            .await
-            .map_err(UnderlayError::Vxlan)?;
-        let (vxlan_ifindex, outcome) = vxlan::ensure(handle, &config.vxlan_dev, spec.mtu)
-            .await
-            .map_err(UnderlayError::Vxlan)?;
+        vxlan::remove_others(handle, Some(&config.vxlan_dev)).await?;
+        let (vxlan_ifindex, outcome) = vxlan::ensure(handle, &config.vxlan_dev, spec.mtu).await?;
         let verb = match outcome {
             VxlanOutcome::Adopted => "adopted",
             VxlanOutcome::Updated => "updated",

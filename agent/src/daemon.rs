@@ -1,16 +1,19 @@
 //! Wires the agent together: state, datapath, netlink, the engine, the
 //! three listeners (goal state, control socket, metrics) and, with a
-//! controller, the link to it.
+//! controller, the link to it; and stops it all gracefully ([`Tasks`]).
+//! The netlink connections' tasks end with their handles.
 
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use alcor_proto::control::agent_control_server::AgentControlServer;
 use anyhow::Context;
+use futures::{TryStreamExt, future::BoxFuture};
 use tokio::{net::UnixListener, signal::unix::SignalKind};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -22,19 +25,26 @@ use crate::{
     datapath::Datapath,
     dhcp::{self, DhcpSettings, DhcpView, Leases, Responder},
     engine::Engine,
+    linger::Lingering,
     metrics::{self, Metrics},
     plumbing::{self, Plumber},
     provisioner::{GoalStateRoutes, GoalStateService},
     registration::{self, Registration},
     store::Store,
+    tasks::Tasks,
     underlay::{self, Underlay, neighbours},
 };
+
+/// How long a stopping agent waits for its tasks (an apply in progress, its
+/// reply) before it exits anyway. Within systemd's default stop timeout.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// HTTP/2 flow-control windows of the goal-state server, bytes.
 const GRPC_STREAM_WINDOW: u32 = 8 << 20;
 const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let tasks = Tasks::default();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -49,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(connection);
+    tasks.spawn_until_stopped(connection);
     let underlay = Underlay::start(&handle, &mut datapath, &config).await?;
     // The engine will own the datapath, its one writer; the control socket
     // and the metrics read through handles of their own.
@@ -57,11 +67,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (control_reader, metrics_reader) = (reader()?, reader()?);
     let port_mtu = underlay::port_mtu(underlay.as_ref());
     // Subscribe before adopting, so that no device appearing meanwhile is missed.
-    let mut link_events = plumbing::watch_links().context("subscribing to link events")?;
+    let mut link_events = plumbing::watch_links(&tasks).context("subscribing to link events")?;
     // The other hosts' MACs: the first sync writes those known now.
     let (host_macs, neighbour_changes) = match &underlay {
         Some(underlay) => {
-            let (macs, changes) = neighbours::watch(&handle, underlay.spec.ifindex)
+            let (macs, changes) = neighbours::watch(&handle, underlay.spec.ifindex, &tasks)
                 .await
                 .with_context(|| format!("following the neighbours of {}", underlay.device))?;
             (macs, Some(changes))
@@ -88,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let leases = Arc::new(Leases::load(store.clone())?);
     let state_changed = dhcp::publisher::spawn(
+        &tasks,
         state.clone(),
         dhcp_view.clone(),
         leases.clone(),
@@ -112,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Arc::new(tokio::sync::Mutex::new(engine));
 
     let events_engine = engine.clone();
-    tokio::spawn(async move {
+    tasks.spawn_until_stopped(async move {
         while let Some(event) = link_events.recv().await {
             events_engine.lock().await.on_link_event(event).await;
         }
@@ -120,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     if let Some(mut changes) = neighbour_changes {
         let engine = engine.clone();
-        tokio::spawn(async move {
+        tasks.spawn_until_stopped(async move {
             while let Some(change) = changes.recv().await {
                 // What piled up meanwhile goes in one call.
                 let mut batch = vec![change];
@@ -134,7 +145,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let registration = Registration::prepare(&config, &state)?;
     let link_status = registration.as_ref().map(Registration::status);
-    let goal_state = serve_goal_state(&config, engine.clone(), metrics.clone()).await?;
+    // A listener that ends on its own failed: the agent stops with its error.
+    let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+    let serve = |name: &'static str, server: BoxFuture<'static, anyhow::Result<()>>| {
+        let failed = failed.clone();
+        tasks.spawn(async move {
+            if let Err(error) = server.await {
+                let _ = failed.send(error.context(name));
+            }
+        });
+    };
+    let goal_state = GoalStateService::new(engine.clone(), metrics.clone(), tasks.clone());
+    serve(
+        "goal-state server",
+        serve_goal_state(&config, goal_state, &tasks).await?,
+    );
     let control = ControlService::new(
         state.clone(),
         control_reader,
@@ -145,14 +170,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         underlay,
     )
     .with_controller(link_status.clone());
-    let control = serve_control(&config.control_socket, control)?;
-    let metrics_server = metrics::serve(config.metrics_listen, metrics.clone());
+    serve(
+        "control server",
+        serve_control(&config.control_socket, control, tasks.stopping())?,
+    );
+    serve(
+        "metrics server",
+        Box::pin(metrics::serve(
+            config.metrics_listen,
+            metrics.clone(),
+            tasks.stopping(),
+        )),
+    );
     // After the goal-state listener is bound: the controller dials back.
     if let (Some(registration), Some(status)) = (registration, link_status) {
-        tokio::spawn(registration::run(registration, state, metrics, status));
+        tasks.spawn_until_stopped(registration::run(registration, state, metrics, status));
     }
 
-    notify_systemd();
+    notify_systemd(&tasks);
     tracing::info!(
         grpc = %config.grpc_listen,
         mutual_tls = config.tls.is_some(),
@@ -163,18 +198,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let outcome = tokio::select! {
-        result = goal_state => result.context("goal-state server"),
-        result = control => result.context("control server"),
-        result = metrics_server => result.context("metrics server"),
+        Some(error) = failures.recv() => Err(error),
         _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; the datapath keeps forwarding");
+            tracing::info!("interrupted; stopping (the datapath keeps forwarding)");
             Ok(())
         }
         _ = terminate.recv() => {
-            tracing::info!("terminated; the datapath keeps forwarding");
+            tracing::info!("terminated; stopping (the datapath keeps forwarding)");
             Ok(())
         }
     };
+    // The listeners stop taking requests; an apply in progress finishes and
+    // its reply goes out; the other tasks end.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if !tasks.stop(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "some tasks were still running when the agent stopped"
+        );
+    }
     // Flushes the leases one last time.
     tokio::task::block_in_place(|| responder.stop());
     outcome
@@ -184,9 +226,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// and readiness means the port accepts connections.
 async fn serve_goal_state(
     config: &Config,
-    engine: Arc<tokio::sync::Mutex<Engine>>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    service: GoalStateService,
+    tasks: &Tasks,
+) -> anyhow::Result<BoxFuture<'static, anyhow::Result<()>>> {
+    let (tasks, stopping) = (tasks.clone(), tasks.stopping());
     // Goal-state messages run to megabytes: HTTP/2's default 64 KiB windows
     // would make the controller wait for a window update every 64 KiB.
     let mut server = Server::builder()
@@ -208,22 +251,23 @@ async fn serve_goal_state(
         ),
         None => {}
     }
-    let service = GoalStateRoutes::new(
-        GoalStateService::new(engine, metrics),
-        config.max_message_size,
-    );
+    let service = GoalStateRoutes::new(service, config.max_message_size);
     let listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("listening on {}", config.grpc_listen))?;
-    Ok(server
+    let connections = TcpListenerStream::new(listener)
+        .map_ok(move |stream| Lingering::new(stream, tasks.clone()));
+    let serving = server
         .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener)))
+        .serve_with_incoming_shutdown(connections, stopping);
+    Ok(Box::pin(async move { Ok(serving.await?) }))
 }
 
 fn serve_control(
     path: &Path,
     service: ControlService,
-) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    stopping: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<BoxFuture<'static, anyhow::Result<()>>> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -241,19 +285,20 @@ fn serve_control(
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    Ok(Server::builder()
+    let serving = Server::builder()
         .add_service(AgentControlServer::new(service))
-        .serve_with_incoming(UnixListenerStream::new(listener)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+    Ok(Box::pin(async move { Ok(serving.await?) }))
 }
 
 /// Tells systemd (Type=notify) the agent is ready, and keeps its watchdog fed
-/// for as long as the runtime is alive.
-fn notify_systemd() {
+/// until the agent stops.
+fn notify_systemd(tasks: &Tasks) {
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(%error, "could not notify systemd");
     }
     if let Some(timeout) = sd_notify::watchdog_enabled() {
-        tokio::spawn(async move {
+        tasks.spawn_until_stopped(async move {
             let mut ticks = tokio::time::interval(timeout / 2);
             loop {
                 ticks.tick().await;

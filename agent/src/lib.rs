@@ -21,10 +21,12 @@ pub mod engine;
 pub mod error;
 #[cfg(test)]
 mod fuzzing;
+pub mod linger;
 pub mod metrics;
 pub mod packet;
 pub mod plumbing;
 pub mod provisioner;
 pub mod registration;
 pub mod store;
+pub mod tasks;
 pub mod underlay;

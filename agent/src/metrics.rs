@@ -295,8 +295,12 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until the listener fails.
-pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serves `GET /metrics` until the listener fails or `stopping` resolves.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    stopping: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -315,6 +319,8 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopping)
+        .await?;
     Ok(())
 }

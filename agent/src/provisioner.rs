@@ -30,6 +30,7 @@ use crate::{
     core::goalstate::batch::Batch,
     engine::Engine,
     metrics::{ApiLabels, Metrics},
+    tasks::Tasks,
 };
 
 /// Replies a stream may have in flight before the agent waits for the
@@ -42,31 +43,40 @@ const STREAM_REPLY_BACKLOG: usize = 16;
 /// datapath).
 const STREAM_READ_AHEAD: u32 = 100_000;
 
+/// What applying goal state takes; cloned into each stream's tasks.
+#[derive(Clone)]
 pub struct GoalStateService {
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
+    tasks: Tasks,
 }
 
 impl GoalStateService {
-    pub fn new(engine: Arc<Mutex<Engine>>, metrics: Arc<Metrics>) -> Self {
-        GoalStateService { engine, metrics }
+    pub fn new(engine: Arc<Mutex<Engine>>, metrics: Arc<Metrics>, tasks: Tasks) -> Self {
+        GoalStateService {
+            engine,
+            metrics,
+            tasks,
+        }
     }
 }
 
-/// Applies messages to completion even if the caller goes away: a message
-/// is applied whole or not at all.
+/// Applies messages to completion even if the caller goes away, or the
+/// agent stops meanwhile: a message is applied whole or not at all.
 async fn apply(
-    engine: &Arc<Mutex<Engine>>,
-    metrics: &Metrics,
+    service: &GoalStateService,
     api: &'static str,
     group: Vec<Batch>,
 ) -> Result<Vec<GoalStateOperationReply>, Status> {
-    let engine = engine.clone();
+    let engine = service.engine.clone();
     let count = group.len() as u64;
-    let replies = tokio::spawn(async move { engine.lock().await.apply_group(group).await })
+    let replies = service
+        .tasks
+        .spawn(async move { engine.lock().await.apply_group(group).await })
         .await
         .map_err(|e| Status::internal(format!("applying the goal state failed: {e}")))?;
-    metrics
+    service
+        .metrics
         .messages
         .get_or_create(&ApiLabels { api })
         .inc_by(count);
@@ -80,21 +90,27 @@ type Incoming = (Result<Option<Batch>, Status>, Option<OwnedSemaphorePermit>);
 
 /// Applies the messages of one stream in order, a group at a time, and
 /// sends a reply for each; stops at the end of the stream, at the first
-/// message the transport refused (after replying to those before it) or
-/// when the controller stops reading.
+/// message the transport refused (after replying to those before it), when
+/// the controller stops reading, or when the agent stops (after the group
+/// in progress and its replies: the controller sends the rest again).
 async fn apply_stream(
-    engine: Arc<Mutex<Engine>>,
-    metrics: Arc<Metrics>,
+    service: GoalStateService,
     mut incoming: mpsc::UnboundedReceiver<Incoming>,
     replies: mpsc::Sender<Result<GoalStateOperationReply, Status>>,
 ) {
+    let stopping = service.tasks.stopping();
+    tokio::pin!(stopping);
     let mut held = None;
     loop {
         let next = match held.take() {
             Some(next) => next,
-            None => match incoming.recv().await {
-                Some(next) => next,
-                None => return,
+            None => tokio::select! {
+                biased;
+                () = &mut stopping => return,
+                next = incoming.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
             },
         };
         let (next, permit) = next;
@@ -120,7 +136,7 @@ async fn apply_stream(
                 }
             }
         }
-        let applied = apply(&engine, &metrics, "v2", group).await;
+        let applied = apply(&service, "v2", group).await;
         drop(permits);
         match applied {
             Ok(group_replies) => {
@@ -166,7 +182,7 @@ impl GoalStateService {
         // Reads and decodes ahead, on its own task, while the engine works,
         // as far as the budget allows.
         let budget = Arc::new(Semaphore::new(STREAM_READ_AHEAD as usize));
-        tokio::spawn(async move {
+        self.tasks.spawn_until_stopped(async move {
             loop {
                 let next = messages.next().await.transpose();
                 let last = !matches!(next, Ok(Some(_)));
@@ -184,9 +200,9 @@ impl GoalStateService {
         // Open until the controller ends it (or goes) and what it sent is
         // applied.
         let open = OpenStream::new(&self.metrics);
-        let (engine, metrics) = (self.engine.clone(), self.metrics.clone());
-        tokio::spawn(async move {
-            apply_stream(engine, metrics, incoming, replies).await;
+        let service = self.clone();
+        self.tasks.spawn(async move {
+            apply_stream(service, incoming, replies).await;
             drop(open);
         });
         ReceiverStream::new(outbound)
@@ -200,7 +216,7 @@ impl GoalStateProvisioner for GoalStateService {
         request: Request<GoalState>,
     ) -> Result<Response<GoalStateOperationReply>, Status> {
         let batch = Batch::from(request.into_inner());
-        let mut replies = apply(&self.engine, &self.metrics, "v1", vec![batch]).await?;
+        let mut replies = apply(self, "v1", vec![batch]).await?;
         Ok(Response::new(replies.pop().unwrap_or_default()))
     }
 

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::Duration,
 };
 
@@ -189,6 +189,18 @@ impl Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the agent as systemd does (SIGTERM) and waits, 30 s at most,
+    /// for it to exit: its exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the agent runs");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        wait_for("the agent to exit", Duration::from_secs(30), async || {
+            child.try_wait().expect("waiting for the agent")
+        })
+        .await
     }
 
     /// The options the agent runs with; changes take effect at the next

@@ -9,7 +9,7 @@ use alcor_proto::schema::{
     GoalStateOperationReply, GoalStateV2, NetworkType, OperationStatus, OperationType, PortState,
     UpdateType,
 };
-use alcor_tests::{Agent, AgentOptions, Netns, goalstate::*, privileged, unique_prefix};
+use alcor_tests::{Agent, AgentOptions, Netns, goalstate::*, privileged, unique_prefix, wait_for};
 use tokio_stream::StreamExt;
 
 fn status_of(reply: &GoalStateOperationReply, id: &str) -> (OperationStatus, String) {
@@ -573,4 +573,91 @@ async fn open_streams_are_counted_until_they_end() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// SIGTERM (systemd stopping the agent) while a big message is being
+/// applied: the apply finishes, its reply goes out, the agent exits cleanly
+/// within its grace period, and the message is there, whole, after the
+/// restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_apply_in_progress_finish_and_reply() {
+    if !privileged("sigterm_lets_the_apply_in_progress_finish_and_reply") {
+        return;
+    }
+    const NEIGHBORS: usize = 60_000;
+    let mut h = host("sigterm", 0).await;
+    let (messages, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut replies = h
+        .agent
+        .client()
+        .await
+        .push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    // The stream is up and applying: a first message answered.
+    let network = v2(
+        vec![vpc("vpc-t", 77, "10.0.0.0/8")],
+        vec![subnet("sn-t", "vpc-t", "10.1.0.0/16", "10.1.0.1")],
+        vec![],
+    );
+    messages.send(network).await.unwrap();
+    let first = replies.next().await.expect("a reply").expect("a reply");
+    assert_status(&first, "vpc-t", OperationStatus::Success, "");
+
+    let mut big = v2(vec![], vec![], vec![]);
+    big.neighbor_states = (0..NEIGHBORS)
+        .map(|i| {
+            let id = format!("n{i}");
+            let ip = format!("10.1.{}.{}", 1 + i / 250, 1 + i % 250);
+            let mac = format!("fa:16:3e:0a:{:02x}:{:02x}", i >> 8 & 0xff, i & 0xff);
+            (
+                id.clone(),
+                neighbor(&id, "vpc-t", "sn-t", &ip, &mac, "198.18.0.2"),
+            )
+        })
+        .collect();
+    messages.send(big).await.unwrap();
+    let applying = format!("applying goal state messages=1 resources={NEIGHBORS}");
+    wait_for(
+        "the agent to apply the big message",
+        Duration::from_secs(30),
+        async || h.agent.log().contains(&applying).then_some(()),
+    )
+    .await;
+    // Read as a controller does, while the agent stops.
+    let reply = tokio::spawn(async move { replies.next().await });
+    let status = h.agent.terminate().await;
+    assert!(status.success(), "the agent exits cleanly: {status}");
+    let log = h.agent.log();
+    assert!(log.contains("stopping"), "{log}");
+    assert!(
+        !log.contains("still running"),
+        "every task ended in time: {log}"
+    );
+
+    let reply = reply
+        .await
+        .unwrap()
+        .expect("the reply of the message in progress")
+        .expect("the reply of the message in progress");
+    assert_eq!(reply.operation_statuses.len(), NEIGHBORS, "one status each");
+    assert!(
+        reply
+            .operation_statuses
+            .iter()
+            .all(|status| status.operation_status == OperationStatus::Success as i32)
+    );
+    drop(messages);
+    h.agent.restart().await;
+    let status = h
+        .agent
+        .control()
+        .await
+        .get_status(alcor_proto::control::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.neighbors as usize, NEIGHBORS);
+    assert_eq!(status.vpcs, 1);
 }

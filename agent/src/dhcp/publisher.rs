@@ -8,11 +8,15 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::{DhcpSettings, DhcpView, Leases, SharedView};
-use crate::core::status::{PortPhase, SharedState};
+use crate::{
+    core::status::{PortPhase, SharedState},
+    tasks::Tasks,
+};
 
 /// Starts the publisher; the engine notifies the returned handle after each
 /// change of the desired state or of the ports.
 pub fn spawn(
+    tasks: &Tasks,
     state: SharedState,
     view: SharedView,
     leases: Arc<Leases>,
@@ -20,7 +24,7 @@ pub fn spawn(
 ) -> Arc<Notify> {
     let changed = Arc::new(Notify::new());
     let notified = changed.clone();
-    tokio::spawn(async move {
+    tasks.spawn_until_stopped(async move {
         loop {
             notified.notified().await;
             let state = state.read().unwrap_or_else(|p| p.into_inner());

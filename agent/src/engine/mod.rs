@@ -490,6 +490,11 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
     /// a port the kernel refuses is rolled back to its value before the
     /// transaction, which must be the one its own message started from.
     pub async fn apply_group(&mut self, batches: Vec<Batch>) -> Vec<GoalStateOperationReply> {
+        tracing::debug!(
+            messages = batches.len(),
+            resources = batches.iter().map(Batch::len).sum::<usize>(),
+            "applying goal state"
+        );
         // Staging a big group is long CPU work: off the async workers, so that
         // the transport keeps reading the next messages meanwhile.
         let mut runs: Vec<Run> = tokio::task::block_in_place(|| self.stage_all(batches));

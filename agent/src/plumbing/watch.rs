@@ -9,6 +9,7 @@ use rtnetlink::{MulticastGroup, new_multicast_connection};
 use tokio::sync::mpsc;
 
 use super::link::Link;
+use crate::tasks::Tasks;
 
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -23,18 +24,18 @@ pub enum LinkEvent {
 const RECEIVE_BUFFER: usize = 8 << 20;
 
 /// Subscribes to link events; they arrive on the returned channel until it
-/// is dropped.
-pub fn watch_links() -> std::io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
+/// is dropped or the agent stops.
+pub fn watch_links(tasks: &Tasks) -> std::io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
     let (mut connection, _handle, mut messages) =
         new_multicast_connection(&[MulticastGroup::Link])?;
     connection
         .socket_mut()
         .socket_mut()
         .set_rx_buf_sz(RECEIVE_BUFFER)?;
-    tokio::spawn(connection);
+    tasks.spawn_until_stopped(connection);
 
     let (events, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    tasks.spawn_until_stopped(async move {
         while let Some((message, _)) = messages.next().await {
             let event = match message.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {

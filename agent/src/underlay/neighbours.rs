@@ -41,7 +41,10 @@ use netlink_sys::AsyncSocket;
 use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
 use tokio::sync::mpsc;
 
-use crate::core::{model::Mac, status::NeighbourMacs};
+use crate::{
+    core::{model::Mac, status::NeighbourMacs},
+    tasks::Tasks,
+};
 
 /// Room for bursts of neighbour events.
 const RECEIVE_BUFFER: usize = 1 << 20;
@@ -60,6 +63,7 @@ pub struct NeighbourChange {
 pub async fn watch(
     handle: &Handle,
     ifindex: u32,
+    tasks: &Tasks,
 ) -> anyhow::Result<(NeighbourMacs, mpsc::UnboundedReceiver<NeighbourChange>)> {
     let (mut connection, _, mut messages) = new_multicast_connection(&[MulticastGroup::Neigh])
         .context("subscribing to neighbour events")?;
@@ -68,13 +72,13 @@ pub async fn watch(
         .socket_mut()
         .set_rx_buf_sz(RECEIVE_BUFFER)
         .context("sizing the neighbour events' socket")?;
-    tokio::spawn(connection);
+    tasks.spawn_until_stopped(connection);
     let mut table = dump(handle, ifindex).await?;
     let initial = table.clone();
 
     let (changes, receiver) = mpsc::unbounded_channel();
     let handle = handle.clone();
-    tokio::spawn(async move {
+    tasks.spawn_until_stopped(async move {
         while let Some((message, _)) = messages.next().await {
             let found = match message.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) => {

@@ -90,7 +90,10 @@ pub use sync::{
     EndpointEntry, HostEntry, MapChanges, PortEntry, RouteEntry, SubnetEntry, SyncStats,
     UnderlayEntry, drops_by_reason, underlay_drops_by_reason,
 };
-pub use trace::{Answer, PassReason, TraceResult, UnderlayTrace, UnderlayVerdict, Verdict};
+pub use trace::{
+    Answer, PassReason, TraceResult, UnderlayTrace, UnderlayVerdict, Verdict, delivery_words,
+    next_hop_words,
+};
 
 /// Where the agent pins its maps unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/alcor";

@@ -65,6 +65,44 @@ pub enum PassReason {
     Dhcp,
 }
 
+// The words of a verdict's parts, shared by its `Display` (logs, tests)
+// and the control socket's explanation (`agentctl trace`).
+
+impl PassReason {
+    /// Where the frame goes, and why.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::NotProgrammed => {
+                "to the host stack, unfiltered: the port has no record in the datapath yet (not \
+                 programmed)"
+            }
+            Self::Dhcp => "to the host stack: DHCP, for the agent's DHCP responder",
+        }
+    }
+}
+
+/// How a frame reaches a local port's VM.
+pub fn delivery_words(redirect: Redirect) -> &'static str {
+    match redirect {
+        Redirect::Peer => "into its VM's namespace (redirect to peer)",
+        Redirect::Egress => "out of its device to the hypervisor (redirect to egress)",
+    }
+}
+
+/// Who writes an encapsulated frame's outer MACs.
+pub fn next_hop_words(next_hop: NextHop) -> &'static str {
+    match next_hop {
+        NextHop::Neighbor => {
+            "the kernel resolves the next hop and its MAC (route and neighbour table)"
+        }
+        NextHop::Mac => "outer MACs written by the datapath",
+        NextHop::VxlanDevice => "the kernel's VXLAN device writes the outer headers",
+    }
+}
+
+/// What routing does to a frame, before it is delivered or encapsulated.
+const ROUTED_WORDS: &str = "routed to another subnet (source MAC = that subnet's gateway, TTL - 1)";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
     /// ARP reply for the gateway or a known address.
@@ -91,17 +129,7 @@ pub struct TraceResult {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pass(PassReason::NotProgrammed) => write!(
-                f,
-                "passed to the host stack: the port is not programmed yet, so its frames are \
-                 not filtered"
-            ),
-            Self::Pass(PassReason::Dhcp) => {
-                write!(
-                    f,
-                    "passed to the host stack: DHCP, for the agent's responder"
-                )
-            }
+            Self::Pass(reason) => write!(f, "passed {}", reason.words()),
             Self::Drop(reason) => {
                 write!(f, "dropped ({}): {}", reason.name(), reason.description())
             }
@@ -110,17 +138,12 @@ impl fmt::Display for Verdict {
                 redirect,
                 routed,
             } => {
-                let how = match redirect {
-                    Redirect::Peer => "into its VM's namespace (redirect to peer)",
-                    Redirect::Egress => "out of its device (redirect to egress)",
-                };
-                let what = if *routed {
-                    "routed to another subnet (source MAC = that subnet's gateway, TTL - 1) and \
-                     delivered"
+                let how = delivery_words(*redirect);
+                if *routed {
+                    write!(f, "{ROUTED_WORDS} and delivered to port {ifindex}, {how}")
                 } else {
-                    "delivered in the same subnet"
-                };
-                write!(f, "{what} to port {ifindex}, {how}")
+                    write!(f, "delivered in the same subnet to port {ifindex}, {how}")
+                }
             }
             Self::Answered(Answer::Arp) => write!(f, "answered in place: ARP reply"),
             Self::Answered(Answer::EchoReply) => {
@@ -156,20 +179,15 @@ impl fmt::Display for Verdict {
                 routed,
             } => {
                 let routed = if *routed {
-                    "routed to another subnet (source MAC = that subnet's gateway, TTL - 1), then "
+                    format!("{ROUTED_WORDS}, then ")
                 } else {
-                    ""
-                };
-                let next_hop = match next_hop {
-                    NextHop::Mac => "outer MACs written by the datapath",
-                    NextHop::Neighbor | NextHop::VxlanDevice => {
-                        "next hop and its MAC resolved by the kernel (route, neighbour table)"
-                    }
+                    String::new()
                 };
                 write!(
                     f,
                     "{routed}encapsulated in VXLAN to host {host}, VNI {vni}, out of underlay \
-                     device {underlay} ({next_hop})"
+                     device {underlay} ({})",
+                    next_hop_words(*next_hop)
                 )
             }
         }
@@ -214,13 +232,10 @@ impl fmt::Display for UnderlayVerdict {
                 redirect,
                 vni,
             } => {
-                let how = match redirect {
-                    Redirect::Peer => "into its VM's namespace (redirect to peer)",
-                    Redirect::Egress => "out of its device (redirect to egress)",
-                };
                 write!(
                     f,
-                    "decapsulated (VNI {vni}) and delivered to port {ifindex}, {how}"
+                    "decapsulated (VNI {vni}) and delivered to port {ifindex}, {}",
+                    delivery_words(*redirect)
                 )
             }
         }

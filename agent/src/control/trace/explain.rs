@@ -10,9 +10,9 @@ use crate::{
     control::views::{delivery_word, next_hop_word, port_of},
     core::{
         model::device_name,
-        spec::{Location, Redirect, SubnetSpec},
+        spec::{Location, SubnetSpec},
     },
-    datapath::{Answer, DropReason, NextHop, PassReason, Verdict},
+    datapath::{Answer, DropReason, NextHop, Verdict, delivery_words, next_hop_words},
     packet,
 };
 
@@ -53,14 +53,6 @@ fn port_words(ports: &HashMap<u32, String>, ifindex: u32) -> String {
     match ports.get(&ifindex) {
         Some(id) => format!("port {id} ({})", device_name(id)),
         None => format!("device {ifindex} (no port of this agent)"),
-    }
-}
-
-/// How a frame reaches a local port's VM, in words.
-fn delivery_words(redirect: Redirect) -> &'static str {
-    match redirect {
-        Redirect::Peer => "into its VM's namespace (redirect to peer)",
-        Redirect::Egress => "out of its device to the hypervisor (redirect to egress)",
     }
 }
 
@@ -387,14 +379,7 @@ fn explain(setup: &Setup, probe: &Probe, outcome: &Outcome) -> Explained {
     match verdict {
         Verdict::Pass(reason) => {
             explained.verdict = api::TraceVerdict::Passed;
-            explained.explanation = match reason {
-                PassReason::NotProgrammed => "to the host stack, unfiltered: the port has \
-                                              no record in the datapath yet (not programmed)"
-                    .into(),
-                PassReason::Dhcp => {
-                    "to the host stack: DHCP, for the agent's DHCP responder".into()
-                }
-            };
+            explained.explanation = reason.words().into();
             explained.next_hop.kind = "host-stack".into();
         }
         Verdict::Drop(reason) => {
@@ -446,13 +431,7 @@ fn explain(setup: &Setup, probe: &Probe, outcome: &Outcome) -> Explained {
         } => {
             explained.verdict = api::TraceVerdict::Encapsulated;
             let device = named(&setup.underlay_device, underlay);
-            let how = match next_hop {
-                NextHop::Neighbor => {
-                    "the kernel resolves the next hop and its MAC (route and neighbour table)"
-                }
-                NextHop::Mac => "outer MACs written by the datapath",
-                NextHop::VxlanDevice => "the kernel's VXLAN device writes the outer headers",
-            };
+            let how = next_hop_words(next_hop);
             explained.explanation = format!(
                 "{} lives on host {host}: {}encapsulated in VXLAN (VNI {vni}) to it, out of \
                  the underlay device {device}; {how}",

@@ -208,7 +208,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
     /// Reloads the persisted desired state. Configurations that no longer
     /// validate are reported and skipped (they stay in the store).
     pub fn load(&mut self) -> Result<usize, StoreError> {
-        let mut by_kind: HashMap<i32, Vec<(String, Record)>> = HashMap::new();
+        let mut by_kind = StoredByKind::new();
         for stored in self.store.load()? {
             by_kind
                 .entry(stored.kind)
@@ -217,15 +217,10 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
         }
         let mut state = self.write();
         let desired = &mut state.desired;
-        let mut loaded = 0;
-        loaded += load_kind::<Vpc>(desired, &mut by_kind);
-        loaded += load_kind::<Subnet>(desired, &mut by_kind);
-        loaded += load_kind::<SecurityGroup>(desired, &mut by_kind);
-        loaded += load_kind::<Router>(desired, &mut by_kind);
-        loaded += load_kind::<Port>(desired, &mut by_kind);
-        loaded += load_kind::<Neighbor>(desired, &mut by_kind);
-        loaded += load_kind::<DhcpEntry>(desired, &mut by_kind);
-        loaded += load_kind::<Gateway>(desired, &mut by_kind);
+        let loaded = KINDS
+            .iter()
+            .map(|kind| (kind.load)(desired, &mut by_kind))
+            .sum();
         desired.commit();
         Ok(loaded)
     }
@@ -567,13 +562,12 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 // Creates and updates top-down, so that a resource finds what
                 // it refers to; deletes bottom-up, so that nothing is left
                 // dangling.
-                macro_rules! stage {
-                    ($pass:expr; $($kind:ty),*) => {
-                        $(run.stage::<$kind>(state, &mut batch, $pass);)*
-                    };
+                for kind in &KINDS {
+                    (kind.stage)(&mut run, state, &mut batch, Pass::Upserts);
                 }
-                stage!(Pass::Upserts; Vpc, Subnet, SecurityGroup, Router, Port, Neighbor, DhcpEntry, Gateway);
-                stage!(Pass::Deletes; Gateway, DhcpEntry, Neighbor, Port, Router, SecurityGroup, Subnet, Vpc);
+                for kind in KINDS.iter().rev() {
+                    (kind.stage)(&mut run, state, &mut batch, Pass::Deletes);
+                }
                 run
             })
             .collect()
@@ -797,10 +791,7 @@ fn record_port(state: &mut AgentState, id: String, report: Option<Report>) -> Op
     Some(state.ports.entry(id).insert_entry(status).into_mut())
 }
 
-fn load_kind<R: Validate>(
-    desired: &mut DesiredState,
-    by_kind: &mut HashMap<i32, Vec<(String, Record)>>,
-) -> usize {
+fn load_kind<R: Validate>(desired: &mut DesiredState, by_kind: &mut StoredByKind) -> usize {
     let mut loaded = 0;
     for (id, record) in by_kind.remove(&(R::KIND as i32)).unwrap_or_default() {
         let parsed = R::Config::decode(record.config.as_slice())
@@ -828,6 +819,34 @@ fn load_kind<R: Validate>(
     }
     loaded
 }
+
+/// The stored records, by kind (wire value) then id.
+type StoredByKind = HashMap<i32, Vec<(String, Record)>>;
+
+/// What the engine does per kind of resource.
+struct Kind {
+    load: fn(&mut DesiredState, &mut StoredByKind) -> usize,
+    stage: fn(&mut Run, &mut AgentState, &mut Batch, Pass),
+}
+
+macro_rules! kinds {
+    ($($kind:ty),*) => {
+        [$(Kind { load: load_kind::<$kind>, stage: Run::stage::<$kind> }),*]
+    };
+}
+
+/// The kinds of resources in dependency order: each refers only to kinds
+/// before it.
+const KINDS: [Kind; 8] = kinds!(
+    Vpc,
+    Subnet,
+    SecurityGroup,
+    Router,
+    Port,
+    Neighbor,
+    DhcpEntry,
+    Gateway
+);
 
 impl Run {
     /// Stages the operations of one kind that belong to `pass`.

@@ -7,6 +7,9 @@
 //! Every message has serde implementations of the canonical protobuf JSON
 //! mapping (enum values by name, field names as in the .proto files).
 
+#[cfg(feature = "builders")]
+pub mod builders;
+
 // The module tree mirrors the protobuf packages, which the generated code
 // relies on to refer across packages.
 mod alcor {

@@ -11,7 +11,9 @@ pub mod cloud;
 pub mod controller;
 pub mod dhcp;
 pub mod etcd;
-pub mod goalstate;
+/// Goal-state message builders (alcor-proto's, shared with the agent's
+/// unit tests).
+pub use alcor_proto::builders as goalstate;
 pub mod guest;
 pub mod lab;
 pub mod netns;

@@ -8,10 +8,12 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use alcor_proto::schema::{
-    self, GoalStateOperationReply, GoalStateV2, NeighborState, NeighborType, OperationStatus,
-    OperationType, PortState, SubnetState, UpdateType, VpcState, neighbor_configuration,
-    port_configuration::FixedIp, subnet_configuration::Gateway,
+use alcor_proto::{
+    builders,
+    schema::{
+        self, GoalStateOperationReply, GoalStateV2, NeighborState, OperationStatus, OperationType,
+        PortState, SubnetState, VpcState,
+    },
 };
 
 use super::{
@@ -370,98 +372,43 @@ impl Statuses {
 const VPC: &str = "vpc-1";
 const SUBNET: &str = "subnet-1";
 
-fn vpc(revision: u32, vni: u32) -> VpcState {
-    VpcState {
-        operation_type: OperationType::Create as i32,
-        configuration: Some(schema::VpcConfiguration {
-            revision_number: revision,
-            id: VPC.into(),
-            cidr: "10.0.0.0/16".into(),
-            tunnel_id: vni,
-            ..Default::default()
-        }),
-    }
+fn vpc() -> VpcState {
+    builders::vpc(VPC, 100, "10.0.0.0/16")
 }
 
-fn subnet(id: &str, cidr: &str) -> SubnetState {
-    SubnetState {
-        operation_type: OperationType::Create as i32,
-        configuration: Some(schema::SubnetConfiguration {
-            revision_number: 1,
-            id: id.into(),
-            vpc_id: VPC.into(),
-            cidr: cidr.into(),
-            gateway: Some(Gateway {
-                ip_address: cidr.replace(".0/24", ".1"),
-                mac_address: "fa:16:3e:00:00:01".into(),
-            }),
-            ..Default::default()
-        }),
-    }
+fn subnet() -> SubnetState {
+    builders::subnet(SUBNET, VPC, "10.0.1.0/24", "10.0.1.1")
 }
 
 /// A port in SUBNET, bound to namespace `netns`, or to a tap if empty.
 fn port(id: &str, revision: u32, ip: &str, mac: &str, netns: &str) -> PortState {
-    PortState {
-        operation_type: OperationType::Create as i32,
-        configuration: Some(schema::PortConfiguration {
-            revision_number: revision,
-            id: id.into(),
-            update_type: UpdateType::Full as i32,
-            vpc_id: VPC.into(),
-            mac_address: mac.into(),
-            netns: netns.into(),
-            fixed_ips: vec![FixedIp {
-                subnet_id: SUBNET.into(),
-                ip_address: ip.into(),
-            }],
-            ..Default::default()
-        }),
+    let mut port = match netns {
+        "" => builders::tap_port(id, VPC, SUBNET, ip, mac),
+        netns => builders::netns_port(id, VPC, SUBNET, ip, mac, netns),
+    };
+    if let Some(config) = port.configuration.as_mut() {
+        config.revision_number = revision;
     }
+    port
 }
 
 fn neighbor(id: &str, ip: &str) -> NeighborState {
-    NeighborState {
-        operation_type: OperationType::Create as i32,
-        configuration: Some(schema::NeighborConfiguration {
-            revision_number: 1,
-            id: id.into(),
-            update_type: UpdateType::Full as i32,
-            vpc_id: VPC.into(),
-            mac_address: "fa:16:3e:00:01:01".into(),
-            host_ip_address: "198.18.0.2".into(),
-            fixed_ips: vec![neighbor_configuration::FixedIp {
-                neighbor_type: NeighborType::L2 as i32,
-                subnet_id: SUBNET.into(),
-                ip_address: ip.into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-    }
+    builders::neighbor(id, VPC, SUBNET, ip, "fa:16:3e:00:01:01", "198.18.0.2")
 }
 
-fn delete<T>(mut state: T, set: impl FnOnce(&mut T)) -> T {
+fn deleting<T>(mut state: T, set: impl FnOnce(&mut T)) -> T {
     set(&mut state);
     state
 }
 
 /// A message with the network (VPC, subnet) and these ports and neighbors.
 fn message(ports: Vec<PortState>, neighbors: Vec<NeighborState>) -> GoalStateV2 {
-    GoalStateV2 {
-        vpc_states: [(VPC.into(), vpc(1, 100))].into(),
-        subnet_states: [(SUBNET.into(), subnet(SUBNET, "10.0.1.0/24"))].into(),
-        port_states: keyed(ports, |port| &port.configuration.as_ref().unwrap().id),
-        neighbor_states: keyed(neighbors, |n| &n.configuration.as_ref().unwrap().id),
-        ..Default::default()
-    }
-}
-
-fn keyed<T>(states: Vec<T>, id: impl Fn(&T) -> &String) -> HashMap<String, T> {
-    states
+    let mut message = builders::v2(vec![vpc()], vec![subnet()], ports);
+    message.neighbor_states = neighbors
         .into_iter()
-        .map(|state| (id(&state).clone(), state))
-        .collect()
+        .map(|n| (n.configuration.as_ref().unwrap().id.clone(), n))
+        .collect();
+    message
 }
 
 fn web(revision: u32) -> PortState {
@@ -547,25 +494,25 @@ async fn an_invalid_resource_is_refused_with_its_reason_and_its_neighbours_apply
 async fn a_resource_in_use_cannot_be_deleted() {
     let mut host = Host::new();
     host.apply(message(vec![web(1)], vec![])).await;
-    let deleting = GoalStateV2 {
+    let delete_subnet = GoalStateV2 {
         subnet_states: [(
             SUBNET.into(),
-            delete(subnet(SUBNET, "10.0.1.0/24"), |s| {
+            deleting(subnet(), |s| {
                 s.operation_type = OperationType::Delete as i32;
             }),
         )]
         .into(),
         ..Default::default()
     };
-    let (status, reason) = host.apply(deleting.clone()).await.of(SUBNET);
+    let (status, reason) = host.apply(delete_subnet.clone()).await.of(SUBNET);
     assert_eq!(status, OperationStatus::InvalidArg);
     assert!(reason.contains("still used by"), "{reason}");
 
     // With its port deleted in the same message, bottom-up: both go.
-    let mut both = deleting;
+    let mut both = delete_subnet;
     both.port_states = [(
         "web".into(),
-        delete(web(2), |p| p.operation_type = OperationType::Delete as i32),
+        deleting(web(2), |p| p.operation_type = OperationType::Delete as i32),
     )]
     .into();
     let deleted = host.apply(both).await;

@@ -1,7 +1,7 @@
 //! Builders for goal-state messages, with the defaults a controller would
 //! send (revision 1, CREATE, port update_type FULL).
 
-use alcor_proto::schema::{
+use crate::schema::{
     self, DhcpState, GoalState, GoalStateV2, NeighborState, NeighborType, OperationType, PortState,
     RouterState, SubnetState, UpdateType, VpcState, neighbor_configuration,
     port_configuration::{AllowAddressPair, FixedIp},

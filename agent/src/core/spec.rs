@@ -16,7 +16,7 @@ use crate::core::model::{AddressPair, GatewayAddress, Mac, Vni};
 /// exactly this.
 ///
 /// ```
-/// # use alcor_agent::core::{forwarding::*, model::*};
+/// # use alcor_agent::core::{model::*, spec::*};
 /// # use std::net::Ipv4Addr;
 /// let vni = Vni::try_from(100).unwrap();
 /// let web = PortSpec {

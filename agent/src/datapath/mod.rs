@@ -203,6 +203,24 @@ pub enum DatapathError {
     },
 }
 
+impl DatapathError {
+    /// Whether the same call may succeed if tried again shortly: the kernel
+    /// was short of memory for a map entry, or busy. A map without
+    /// preallocation (PORT_COUNTERS, per CPU) allocates at each insert from
+    /// a cache the kernel refills in the background, which a burst of
+    /// attaches can empty for a moment.
+    pub fn is_transient(&self) -> bool {
+        let errno = match self {
+            Self::Map {
+                source: MapError::SyscallError(SyscallError { io_error, .. }),
+                ..
+            } => io_error.raw_os_error(),
+            _ => None,
+        };
+        matches!(errno, Some(libc::ENOMEM | libc::EBUSY | libc::EAGAIN))
+    }
+}
+
 /// The tc hooks the datapath uses and the program that runs on each.
 #[derive(Debug, Clone, Copy)]
 enum Hook {

@@ -130,6 +130,12 @@ enum NotApplied {
     StoreTask(#[source] tokio::task::JoinError),
 }
 
+/// How many times an attach that failed for want of kernel memory (or a
+/// busy kernel) is tried again, and the first pause before it (doubled
+/// each time): 2 + 4 + 8 ms at most.
+const ATTACH_RETRIES: u32 = 3;
+const ATTACH_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The engine; by default over the real host (netlink, eBPF, the disk).
 pub struct Engine<D = Plumber, P = Datapath, S = Store> {
     state: SharedState,
@@ -431,9 +437,20 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
             Err(error) => return Report::new(Outcome::Failed(chain(&error)), network_us),
         };
         let started = Instant::now();
-        // A quick blocking syscall: the runtime moves other tasks off this
-        // worker meanwhile.
-        let attached = tokio::task::block_in_place(|| self.dataplane.attach_port(ifindex));
+        let mut retries = 0;
+        let attached = loop {
+            // Quick blocking syscalls: the runtime moves other tasks off this
+            // worker meanwhile.
+            match tokio::task::block_in_place(|| self.dataplane.attach_port(ifindex)) {
+                Err(e) if e.is_transient() && retries < ATTACH_RETRIES => {
+                    let reason = chain(&e);
+                    tracing::debug!(port = plan.id, retries, reason, "attaching again");
+                    tokio::time::sleep(ATTACH_BACKOFF * 2u32.pow(retries)).await;
+                    retries += 1;
+                }
+                attached => break attached,
+            }
+        };
         let dataplane_us = micros_since(started);
         let outcome = match attached {
             Ok(()) => Outcome::Ready { ifindex },

@@ -170,6 +170,8 @@ struct Programmed {
     endpoints: BTreeMap<(Vni, Ipv4Addr), EndpointSpec>,
     full_syncs: usize,
     endpoint_syncs: usize,
+    /// Attaches that fail for want of kernel memory before one succeeds.
+    short_of_memory: usize,
     host_macs: Vec<HostSpec>,
     refuse_syncs: bool,
 }
@@ -186,7 +188,18 @@ fn refused() -> DatapathError {
 
 impl Dataplane for FakeDataplane {
     fn attach_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        self.programmed().attached.insert(ifindex);
+        let mut programmed = self.programmed();
+        if programmed.short_of_memory > 0 {
+            programmed.short_of_memory -= 1;
+            return Err(DatapathError::Map {
+                name: "PORT_COUNTERS",
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(libc::ENOMEM),
+                }),
+            });
+        }
+        programmed.attached.insert(ifindex);
         Ok(())
     }
 
@@ -715,4 +728,26 @@ async fn a_restarted_engine_adopts_its_devices_and_drops_the_stale_ones() {
     let programmed = second.dataplane.programmed();
     assert_eq!(programmed.attached, BTreeSet::from([web_ifindex]));
     assert_eq!(programmed.model.as_ref().unwrap().ports.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_short_of_kernel_memory_is_tried_again_a_few_times() {
+    let mut host = Host::new();
+    host.dataplane.programmed().short_of_memory = 2;
+    let applied = host.apply(message(vec![web(1)], vec![])).await;
+    assert_eq!(applied.of("web"), (OperationStatus::Success, String::new()));
+    assert_eq!(host.phase("web"), Some(PortPhase::Ready));
+
+    // Short for longer than the retries: refused with the kernel's reason,
+    // and nothing half-made is left.
+    host.dataplane.programmed().short_of_memory = 10;
+    let (status, reason) = host.apply(message(vec![db()], vec![])).await.of("db");
+    assert_eq!(status, OperationStatus::Failure);
+    assert!(
+        reason.starts_with("attaching the datapath: map PORT_COUNTERS")
+            && reason.contains("os error 12"),
+        "{reason}"
+    );
+    assert_eq!(host.devices.plans().keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(host.dataplane.programmed().attached.len(), 1);
 }

@@ -42,6 +42,18 @@ pub struct Plugged<E> {
     pub network_us: u32,
 }
 
+/// What unplugging one port did; `E`: why its device could not be found or
+/// deleted.
+#[derive(Debug)]
+pub struct Unplugged<E> {
+    /// The device the port had, if any: deleted (the agent's) or left to its
+    /// owner (a tap), and in both cases for the datapath to forget, even if
+    /// deleting it failed: a device still there then runs no program of a
+    /// port that is gone.
+    pub device: Option<u32>,
+    pub error: Option<E>,
+}
+
 /// A device the agent made for a port, found on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentDevice {

@@ -7,7 +7,7 @@ use super::kernel::{Dataplane, Devices, Persistence};
 use crate::{
     core::{
         desired::StoreWrite,
-        devices::{AgentDevice, Plugged, PortPlan},
+        devices::{AgentDevice, Plugged, PortPlan, Unplugged},
         model::Vni,
         spec::{DatapathModel, EndpointSpec, HostSpec},
     },
@@ -29,7 +29,7 @@ impl Devices for Plumber {
     fn unplug_all(
         &self,
         port_ids: &[&str],
-    ) -> impl Future<Output = Vec<Result<Option<u32>, PlumbingError>>> + Send {
+    ) -> impl Future<Output = Vec<Unplugged<PlumbingError>>> + Send {
         Plumber::unplug_all(self, port_ids)
     }
 

@@ -9,7 +9,7 @@ use std::{future::Future, net::Ipv4Addr};
 use crate::{
     core::{
         desired::StoreWrite,
-        devices::{AgentDevice, Plugged, PortPlan},
+        devices::{AgentDevice, Plugged, PortPlan, Unplugged},
         model::Vni,
         spec::{DatapathModel, EndpointSpec, HostSpec},
     },
@@ -29,13 +29,12 @@ pub trait Devices: Send + Sync + 'static {
         plans: &[PortPlan],
     ) -> impl Future<Output = Vec<Plugged<Self::Error>>> + Send;
 
-    /// Undoes [`Self::plug_all`] for these ports; each result is the
-    /// ifindex of the device the port had, if any, for the datapath to
-    /// forget. In the order of `port_ids`.
+    /// Undoes [`Self::plug_all`] for these ports; in the order of
+    /// `port_ids`.
     fn unplug_all(
         &self,
         port_ids: &[&str],
-    ) -> impl Future<Output = Vec<Result<Option<u32>, Self::Error>>> + Send;
+    ) -> impl Future<Output = Vec<Unplugged<Self::Error>>> + Send;
 
     /// The devices the agent made for ports, whichever ports they were for.
     fn agent_devices(&self) -> impl Future<Output = Result<Vec<AgentDevice>, Self::Error>> + Send;

@@ -42,7 +42,7 @@ use self::kernel::{Dataplane, Devices, Persistence};
 use crate::{
     core::{
         desired::{DesiredState, Entry},
-        devices::{Plugged, PortPlan},
+        devices::{Plugged, PortPlan, Unplugged},
         forwarding,
         goalstate::{
             batch::{Action, Batch, Batched, Op},
@@ -396,13 +396,13 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                 })
                 .collect()
         };
-        let removed = self.devices.unplug_all(&gone).await;
-        let plugged = self.devices.plug_all(&wanted).await;
+        let removed: Vec<_> = self.devices.unplug_all(&gone).await;
         let mut removed = removed
             .into_iter()
             .map(|unplugged| self.forget_unplugged(unplugged))
             .collect::<Vec<_>>()
             .into_iter();
+        let plugged = self.devices.plug_all(&wanted).await;
         let mut applied = Vec::with_capacity(plugged.len());
         for (plan, plugged) in wanted.iter().zip(plugged) {
             applied.push(self.attach(plan, plugged).await);
@@ -415,11 +415,7 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
                     return applied.next();
                 }
                 let error = removed.next()?.err()?;
-                Some(Report {
-                    outcome: Outcome::Failed(chain(&error)),
-                    network_us: 0,
-                    dataplane_us: 0,
-                })
+                Some(Report::new(Outcome::Failed(chain(&error)), 0))
             })
             .collect()
     }
@@ -476,18 +472,26 @@ impl<D: Devices, P: Dataplane, S: Persistence> Engine<D, P, S> {
     /// [`Devices::unplug_all`]); an error says why either refused.
     fn forget_unplugged(
         &mut self,
-        unplugged: Result<Option<u32>, D::Error>,
+        unplugged: Unplugged<D::Error>,
     ) -> Result<(), PortError<D::Error>> {
-        let Some(ifindex) = unplugged.map_err(PortError::Device)? else {
-            return Ok(());
+        let detached = match unplugged.device {
+            Some(ifindex) => tokio::task::block_in_place(|| self.dataplane.detach_port(ifindex))
+                .map_err(PortError::Detach),
+            None => Ok(()),
         };
-        tokio::task::block_in_place(|| self.dataplane.detach_port(ifindex))
-            .map_err(PortError::Detach)
+        match unplugged.error {
+            Some(error) => Err(PortError::Device(error)),
+            None => detached,
+        }
     }
 
     /// Has the datapath forget a device the agent deleted.
     fn forget_device(&mut self, ifindex: u32) {
-        if let Err(e) = self.forget_unplugged(Ok(Some(ifindex))) {
+        let deleted = Unplugged {
+            device: Some(ifindex),
+            error: None,
+        };
+        if let Err(e) = self.forget_unplugged(deleted) {
             tracing::warn!(ifindex, reason = chain(&e), "forgetting a deleted device");
         }
     }

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     core::{
         desired::StoreWrite,
-        devices::{AgentDevice, Plugged, PortPlan},
+        devices::{AgentDevice, Plugged, PortPlan, Unplugged},
         goalstate::batch::Batch,
         model::{Binding, Vni},
         spec::{DatapathModel, EndpointSpec, HostSpec},
@@ -124,11 +124,14 @@ impl Devices for FakeDevices {
             .collect()
     }
 
-    async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, Refused>> {
+    async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Unplugged<Refused>> {
         let mut table = self.table();
         port_ids
             .iter()
-            .map(|id| Ok(table.made.remove(*id).map(|(ifindex, _)| ifindex)))
+            .map(|id| Unplugged {
+                device: table.made.remove(*id).map(|(ifindex, _)| ifindex),
+                error: None,
+            })
             .collect()
     }
 

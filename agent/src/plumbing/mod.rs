@@ -27,7 +27,7 @@ pub use self::error::PlumbingError;
 pub use self::watch::{LinkEvent, watch_links};
 use self::{error::netlink, link::Link};
 use crate::core::{
-    devices::{AgentDevice, Plugged, PortPlan},
+    devices::{AgentDevice, Plugged, PortPlan, Unplugged},
     model::{Binding, NetnsRef, device_name},
 };
 
@@ -209,51 +209,42 @@ impl Plumber {
 
     /// Undoes what [`Self::plug_all`] did for these ports: deletes the
     /// devices the agent created, leaves those it adopted (taps) to their
-    /// owner. Each result is the ifindex of the device the port had, if it
-    /// had one, for the datapath to forget; they come in the order of
-    /// `port_ids`.
-    pub async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Result<Option<u32>, PlumbingError>> {
+    /// owner. The results come in the order of `port_ids`.
+    pub async fn unplug_all(&self, port_ids: &[&str]) -> Vec<Unplugged<PlumbingError>> {
         let devices: Vec<String> = port_ids.iter().map(|id| device_name(id)).collect();
         let finding: Vec<_> = devices.iter().map(|device| self.find(device)).collect();
         let found: Vec<_> = stream::iter(finding).buffered(CONCURRENCY).collect().await;
         let mut results = Vec::with_capacity(port_ids.len());
         let (mut doomed, mut positions) = (Vec::new(), Vec::new());
         for (port_id, found) in port_ids.iter().zip(found) {
-            results.push(match found {
-                Ok(Some(found)) if Self::created_for(port_id, &found) => {
-                    positions.push(results.len());
-                    let ifindex = found.index;
-                    doomed.push(AgentDevice {
-                        ifindex,
-                        name: found.name,
-                        port_id: (*port_id).to_owned(),
-                    });
-                    Ok(Some(ifindex))
+            let (device, error) = match found {
+                Ok(Some(found)) => {
+                    if Self::created_for(port_id, &found) {
+                        positions.push(results.len());
+                        doomed.push(AgentDevice {
+                            ifindex: found.index,
+                            name: found.name,
+                            port_id: (*port_id).to_owned(),
+                        });
+                    }
+                    (Some(found.index), None)
                 }
-                Ok(Some(found)) => Ok(Some(found.index)),
-                Ok(None) => Ok(None),
-                Err(reason) => Err(reason),
-            });
+                Ok(None) => (None, None),
+                Err(error) => (None, Some(error)),
+            };
+            results.push(Unplugged { device, error });
         }
         for (position, deleted) in positions.into_iter().zip(self.delete(&doomed).await) {
-            if let Err(reason) = deleted {
-                results[position] = Err(reason);
-            }
+            results[position].error = deleted.err();
         }
         results
     }
 
     /// Deletes a device the agent created for a port, whose spec changed.
     async fn delete_one(&self, found: &Link) -> Result<(), PlumbingError> {
-        let device = AgentDevice {
-            ifindex: found.index,
-            name: found.name.clone(),
-            port_id: String::new(),
-        };
-        self.delete(std::slice::from_ref(&device))
+        link::delete(&self.handle, found.index)
             .await
-            .pop()
-            .unwrap_or(Ok(()))
+            .map_err(netlink(format!("deleting {}", found.name)))
     }
 
     /// Deletes devices the agent created, all in one request when there are

@@ -29,4 +29,6 @@ pub mod provisioner;
 pub mod registration;
 pub mod store;
 pub mod tasks;
+#[cfg(test)]
+mod testing;
 pub mod underlay;

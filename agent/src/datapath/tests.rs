@@ -207,15 +207,7 @@ struct Netlink {
 
 impl Netlink {
     fn new() -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let (connection, handle, _) = {
-            let _context = runtime.enter();
-            rtnetlink::new_connection().unwrap()
-        };
-        runtime.spawn(connection);
+        let (runtime, handle) = crate::testing::rtnetlink();
         Self { runtime, handle }
     }
 

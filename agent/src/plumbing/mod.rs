@@ -510,15 +510,7 @@ mod tests {
         }
         let thread = std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .unwrap();
-            let (connection, handle, _) = {
-                let _context = runtime.enter();
-                rtnetlink::new_connection().unwrap()
-            };
-            runtime.spawn(connection);
+            let (runtime, handle) = crate::testing::rtnetlink();
             test(&runtime, &handle);
         });
         if let Err(panic) = thread.join() {

@@ -10,24 +10,27 @@ use std::{
     task::{Context, Poll},
 };
 
-use alcor_proto::schema::{
-    GoalState, GoalStateOperationReply, GoalStateV2, HostRequest, HostRequestReply,
-    goal_state_provisioner_server::{GoalStateProvisioner, GoalStateProvisionerServer},
+use alcor_proto::{
+    codec::{ReadMessage, ReplyCodec},
+    schema::{
+        GoalState, GoalStateOperationReply, GoalStateV2, HostRequest, HostRequestReply,
+        goal_state_provisioner_server::{GoalStateProvisioner, GoalStateProvisionerServer},
+    },
 };
 use futures::{Stream, StreamExt, future::BoxFuture};
-use prost::{Message, bytes::Buf};
+use prost::bytes::Buf;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status, Streaming,
     body::Body,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::DecodeBuf,
     codegen::{Service, http},
     server::{Grpc, NamedService, StreamingService},
 };
 
 use crate::{
-    core::goalstate::batch::Batch,
+    core::goalstate::{batch::Batch, wire::WireError},
     engine::Engine,
     metrics::{ApiLabels, Metrics},
     tasks::Tasks,
@@ -289,8 +292,8 @@ impl Service<http::Request<Body>> for GoalStateRoutes {
         let method = StreamMethod(self.service.clone());
         let max_message_size = self.max_message_size;
         Box::pin(async move {
-            let mut grpc =
-                Grpc::new(BatchCodec).apply_max_message_size_config(Some(max_message_size), None);
+            let mut grpc = Grpc::new(ReplyCodec::<Batch>::default())
+                .apply_max_message_size_config(Some(max_message_size), None);
             Ok(grpc.streaming(method, request).await)
         })
     }
@@ -309,46 +312,12 @@ impl StreamingService<Batch> for StreamMethod {
     }
 }
 
-/// Reads V2 messages into batches, and encodes replies with prost.
-#[derive(Clone, Copy)]
-struct BatchCodec;
+/// The agent reads V2 messages straight into batches.
+impl ReadMessage for Batch {
+    type Error = WireError;
 
-impl Codec for BatchCodec {
-    type Encode = GoalStateOperationReply;
-    type Decode = Batch;
-    type Encoder = BatchCodec;
-    type Decoder = BatchCodec;
-
-    fn encoder(&mut self) -> BatchCodec {
-        *self
-    }
-
-    fn decoder(&mut self) -> BatchCodec {
-        *self
-    }
-}
-
-impl Encoder for BatchCodec {
-    type Item = GoalStateOperationReply;
-    type Error = Status;
-
-    fn encode(&mut self, reply: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        reply
-            .encode(dst)
-            .map_err(|e| Status::internal(format!("encoding a reply: {e}")))
-    }
-}
-
-impl Decoder for BatchCodec {
-    type Item = Batch;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Batch>, Status> {
+    fn read(message: &mut DecodeBuf<'_>) -> Result<Batch, WireError> {
         // Split off the receive buffer, not copied.
-        let message = src.copy_to_bytes(src.remaining());
-        // INTERNAL, as tonic answers a message prost cannot decode.
-        Batch::from_encoded_v2(&message)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("failed to decode the message: {e}")))
+        Batch::from_encoded_v2(&message.copy_to_bytes(message.remaining()))
     }
 }

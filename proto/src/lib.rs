@@ -9,6 +9,7 @@
 
 #[cfg(feature = "builders")]
 pub mod builders;
+pub mod codec;
 
 // The module tree mirrors the protobuf packages, which the generated code
 // relies on to refer across packages.

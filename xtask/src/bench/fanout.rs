@@ -41,6 +41,7 @@ use std::{
 };
 
 use alcor_proto::{
+    codec::{ReadMessage, ReplyCodec},
     registry::{AgentHeartbeat, agent_registry_client::AgentRegistryClient},
     schema::{
         GoalStateOperationReply, OperationStatus, OperationType, ResourceType,
@@ -56,7 +57,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Request, Response, Status, Streaming,
     body::Body,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::DecodeBuf,
     codegen::{Service, http},
     server::{Grpc, NamedService, StreamingService},
     transport::{Channel, Server},
@@ -786,7 +787,7 @@ impl Stub {
 
     /// Takes a message in as an agent that applies everything would: one
     /// SUCCESS a resource.
-    fn take(&self, (size, message): (usize, LiteGoalState)) -> GoalStateOperationReply {
+    fn take(&self, Received { size, message }: Received) -> GoalStateOperationReply {
         self.bytes.fetch_add(size as u64, Ordering::Relaxed);
         self.messages.fetch_add(1, Ordering::Relaxed);
         let mut statuses = Vec::new();
@@ -944,8 +945,8 @@ impl Service<http::Request<Body>> for StubRoute {
         }
         let method = StreamMethod(self.0.clone());
         Box::pin(async move {
-            let mut grpc =
-                Grpc::new(LiteCodec).apply_max_message_size_config(Some(usize::MAX), None);
+            let mut grpc = Grpc::new(ReplyCodec::<Received>::default())
+                .apply_max_message_size_config(Some(usize::MAX), None);
             Ok(grpc.streaming(method, request).await)
         })
     }
@@ -953,12 +954,12 @@ impl Service<http::Request<Body>> for StubRoute {
 
 struct StreamMethod(Arc<Stub>);
 
-impl StreamingService<(usize, LiteGoalState)> for StreamMethod {
+impl StreamingService<Received> for StreamMethod {
     type Response = GoalStateOperationReply;
     type ResponseStream = BoxStream<'static, Result<GoalStateOperationReply, Status>>;
     type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
 
-    fn call(&mut self, request: Request<Streaming<(usize, LiteGoalState)>>) -> Self::Future {
+    fn call(&mut self, request: Request<Streaming<Received>>) -> Self::Future {
         let stub = self.0.clone();
         Box::pin(async move {
             let replies = request
@@ -969,45 +970,19 @@ impl StreamingService<(usize, LiteGoalState)> for StreamMethod {
     }
 }
 
-/// Reads a V2 message as [`LiteGoalState`] with its size; encodes replies.
-#[derive(Clone, Copy)]
-struct LiteCodec;
-
-impl Codec for LiteCodec {
-    type Encode = GoalStateOperationReply;
-    type Decode = (usize, LiteGoalState);
-    type Encoder = LiteCodec;
-    type Decoder = LiteCodec;
-
-    fn encoder(&mut self) -> LiteCodec {
-        *self
-    }
-
-    fn decoder(&mut self) -> LiteCodec {
-        *self
-    }
+/// A V2 message as the stub reads it, with its size.
+struct Received {
+    size: usize,
+    message: LiteGoalState,
 }
 
-impl Encoder for LiteCodec {
-    type Item = GoalStateOperationReply;
-    type Error = Status;
+impl ReadMessage for Received {
+    type Error = prost::DecodeError;
 
-    fn encode(&mut self, reply: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        reply
-            .encode(dst)
-            .map_err(|e| Status::internal(format!("encoding a reply: {e}")))
-    }
-}
-
-impl Decoder for LiteCodec {
-    type Item = (usize, LiteGoalState);
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        let size = src.remaining();
-        let message = LiteGoalState::decode(src)
-            .map_err(|e| Status::internal(format!("failed to decode the message: {e}")))?;
-        Ok(Some((size, message)))
+    fn read(message: &mut DecodeBuf<'_>) -> Result<Received, prost::DecodeError> {
+        let size = message.remaining();
+        let message = LiteGoalState::decode(message)?;
+        Ok(Received { size, message })
     }
 }
 

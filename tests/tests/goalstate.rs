@@ -67,6 +67,25 @@ async fn host(tag: &str, vms: usize) -> Host {
     Host { host, vms, agent }
 }
 
+/// A goal-state stream to the agent that stays open as a controller's
+/// does: messages go in through the sender, replies come out.
+async fn open_stream(
+    agent: &Agent,
+) -> (
+    tokio::sync::mpsc::Sender<GoalStateV2>,
+    tonic::Streaming<GoalStateOperationReply>,
+) {
+    let (messages, outgoing) = tokio::sync::mpsc::channel(4);
+    let replies = agent
+        .client()
+        .await
+        .push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    (messages, replies)
+}
+
 fn mac(i: usize) -> String {
     format!("fa:16:3e:00:20:{i:02x}")
 }
@@ -547,19 +566,11 @@ async fn open_streams_are_counted_until_they_end() {
             .map(|value| value.trim().to_string())
     };
     assert_eq!(streams(&h.agent).as_deref(), Some("0"));
-    let (messages, outgoing) = tokio::sync::mpsc::channel(1);
+    let (messages, mut replies) = open_stream(&h.agent).await;
     messages
         .send(v2(vec![vpc("vpc-s", 1, "10.0.0.0/16")], vec![], vec![]))
         .await
         .unwrap();
-    let mut replies = h
-        .agent
-        .client()
-        .await
-        .push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
     replies.next().await.unwrap().unwrap();
     assert_eq!(streams(&h.agent).as_deref(), Some("1"));
     drop(messages);
@@ -586,15 +597,7 @@ async fn sigterm_lets_the_apply_in_progress_finish_and_reply() {
     }
     const NEIGHBORS: usize = 60_000;
     let mut h = host("sigterm", 0).await;
-    let (messages, outgoing) = tokio::sync::mpsc::channel(4);
-    let mut replies = h
-        .agent
-        .client()
-        .await
-        .push_goal_states_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
+    let (messages, mut replies) = open_stream(&h.agent).await;
     // The stream is up and applying: a first message answered.
     let network = v2(
         vec![vpc("vpc-t", 77, "10.0.0.0/8")],
